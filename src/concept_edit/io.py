@@ -1,0 +1,107 @@
+"""Atomic file writes and pickle-free checkpoints.
+
+Every file the project writes goes through `atomic_path`: the content is written to a temporary file
+in the same folder and renamed into place, so a crash or a refused input never leaves a half-written
+file behind. Training checkpoints (weights, optimizer moments, RNG state) are nested structures saved
+as one safetensors file whose metadata holds the non-tensor skeleton as JSON — resumable without
+pickle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+_TENSOR = "__tensor__"
+_INT_KEYS = "__int_keys__"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def save_tensors(
+    path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
+    """safetensors save through `atomic_path` (tensors made contiguous and unshared first)."""
+    clean = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(clean, str(tmp), metadata=metadata)
+
+
+def save_tree(path: str | os.PathLike, tree: Any) -> None:
+    """Save a nested dict/list of tensors and JSON values (e.g. an optimizer state_dict) without pickle."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def encode(node: Any) -> Any:
+        if isinstance(node, torch.Tensor):
+            key = f"t{len(tensors)}"
+            tensors[key] = node
+            return {_TENSOR: key}
+        if isinstance(node, dict):
+            int_keys = [k for k in node if isinstance(k, int)]
+            out = {str(k): encode(v) for k, v in node.items()}
+            if int_keys:
+                out[_INT_KEYS] = [str(k) for k in int_keys]
+            return out
+        if isinstance(node, list | tuple):
+            return [encode(v) for v in node]
+        return node
+
+    skeleton = encode(tree)
+    save_tensors(path, tensors, metadata={"tree": json.dumps(skeleton)})
+
+
+def load_tree(path: str | os.PathLike) -> Any:
+    """Inverse of `save_tree`."""
+    with safe_open(str(path), framework="pt") as f:
+        skeleton = json.loads(f.metadata()["tree"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+
+    def decode(node: Any) -> Any:
+        if isinstance(node, dict):
+            if _TENSOR in node:
+                return tensors[node[_TENSOR]]
+            int_keys = set(node.get(_INT_KEYS, []))
+            return {(int(k) if k in int_keys else k): decode(v) for k, v in node.items() if k != _INT_KEYS}
+        if isinstance(node, list):
+            return [decode(v) for v in node]
+        return node
+
+    return decode(skeleton)
