@@ -1,0 +1,275 @@
+"""`concept-edit <verb>`: every verb maps to one library call.
+
+    concept-edit edit uce --model shapes --concept circle --out edits/no-circle
+    concept-edit generate --model shapes --edit edits/no-circle --prompt "a circle" -n 8 --out grid.png
+    concept-edit export --model shapes --edit edits/no-circle --out shapes-no-circle/
+Errors in the input are reported as one line and exit status 2; nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import types
+import typing
+from pathlib import Path
+
+log = logging.getLogger("concept_edit")
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+# -- shared options ----------------------------------------------------------------------------------------
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="'shapes', a local diffusers folder, or a hub id")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "float16", "bfloat16"),
+        default=None,
+        help="weights dtype (default: float16 on CUDA, float32 on CPU)",
+    )
+    p.add_argument(
+        "--allow-pickle", action="store_true", help="allow pickled (.bin/.ckpt) weights; only for sources you trust"
+    )
+
+
+def _load(args: argparse.Namespace):
+    import torch
+
+    from concept_edit.models import load_pipeline
+
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    return load_pipeline(args.model, device=args.device, dtype=dtype, allow_pickle=args.allow_pickle)
+
+
+def _load_edits(paths: list[str] | None):
+    from concept_edit.edit import Edit
+
+    return [Edit.load(p) for p in paths or []]
+
+
+def _config_options(parser: argparse.ArgumentParser, config_cls: type) -> list[str]:
+    """Add one --option per config field (help from the field's metadata); returns the field names."""
+    hints = typing.get_type_hints(config_cls)
+    names = []
+    for f in dataclasses.fields(config_cls):
+        kind = hints[f.name]
+        optional = isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union
+        if optional:
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        if kind is bool:
+            parser.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+            )
+        else:
+            parser.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS, help=help_text)
+        names.append(f.name)
+    return names
+
+
+# -- verbs ---------------------------------------------------------------------------------------------------
+def cmd_methods(args: argparse.Namespace) -> None:
+    from concept_edit.methods import available_methods, get_method
+
+    for name in available_methods():
+        m = get_method(name)
+        print(f"{name:10s} modes: {', '.join(m.modes):28s} {m.summary}")
+
+
+def cmd_edit(args: argparse.Namespace) -> None:
+    from concept_edit.edit import resolve_edit_path
+    from concept_edit.methods import EditRequest, fit, make_config
+
+    target = resolve_edit_path(args.out, for_writing=True)
+    options = {name: getattr(args, name) for name in args.config_fields if hasattr(args, name)}
+    config = make_config(args.method, **options)
+    request = EditRequest(
+        concepts=tuple(args.concept or ()),
+        mode=args.mode,
+        guide=args.guide,
+        preserve=tuple(args.preserve or ()),
+        attributes=tuple(args.attribute or ()),
+        ratios=tuple(args.ratio) if args.ratio else None,
+    )
+    pipe = _load(args)
+    context = {}
+    if request.mode == "debias":
+        from concept_edit.evaluation.classifiers import make_classifier
+
+        context["estimator"] = make_classifier(args.classifier, pipe)
+    edit = fit(pipe, args.method, request, config, seed=args.seed, **context)
+    edit.save(target)
+    print(f"wrote {target} ({len(edit.deltas)} tensors, method {args.method}, concepts {list(request.concepts)})")
+    stats = edit.manifest.get("stats", {})
+    if "final_ratios" in stats:
+        print(f"debias: {stats['iterations']} iterations, final ratios {stats['final_ratios']}")
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from concept_edit.edit import applied
+    from concept_edit.generation import generate, image_grid
+
+    out = Path(args.out)
+    if out.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"--out must be an image file ({', '.join(IMAGE_SUFFIXES)}), got {out}")
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give an image file name")
+    if args.n < 1:
+        raise ValueError("-n must be at least 1")
+    edits = _load_edits(args.edit)
+    pipe = _load(args)
+    prompts = [p for p in args.prompt for _ in range(args.n)]
+    seeds = [args.seed + k for _ in args.prompt for k in range(args.n)]
+    with applied(pipe, *edits):
+        images = generate(pipe, prompts, seeds, steps=args.steps, guidance=args.guidance, progress=True)
+    from concept_edit.io import atomic_path
+
+    with atomic_path(out) as tmp:
+        image_grid(images, cols=args.n).save(tmp, format=out.suffix.lstrip(".").upper().replace("JPG", "JPEG"))
+    print(f"wrote {out} ({len(args.prompt)} prompt(s) x {args.n} seeds from {args.seed})")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from concept_edit.export import export_pipeline
+
+    edits = _load_edits(args.edit)
+    out = export_pipeline(_load(args), edits, args.out, args.model)
+    print(f"wrote diffusers pipeline to {out}")
+
+
+def cmd_compose(args: argparse.Namespace) -> None:
+    from concept_edit.edit import compose, resolve_edit_path
+
+    target = resolve_edit_path(args.out, for_writing=True)
+    edits = _load_edits(args.edit)
+    merged = compose(_load(args), *edits)
+    merged.save(target)
+    print(f"wrote {target}: {' + '.join(e.name for e in edits)}")
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    import json
+
+    from concept_edit.edit import Edit
+
+    edit = Edit.load(args.edit)
+    manifest = dict(edit.manifest)
+    if not args.full:
+        manifest["params"] = f"{len(manifest['params'])} tensors"
+        manifest.get("stats", {}).pop("history", None)
+    print(json.dumps(manifest, indent=2))
+
+
+# -- parser --------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from concept_edit import __version__
+    from concept_edit.methods import MODES, available_methods, get_method
+
+    parser = argparse.ArgumentParser(
+        prog="concept-edit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"concept-edit {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    verbs.add_parser("methods", help="list the editing methods").set_defaults(func=cmd_methods)
+
+    edit = verbs.add_parser("edit", help="compute an edit and write it to an edit file")
+    per_method = edit.add_subparsers(dest="method", required=True, metavar="METHOD")
+    for name in available_methods():
+        method = get_method(name)
+        p = per_method.add_parser(name, help=method.summary, description=method.summary)
+        _add_model_args(p)
+        p.add_argument("--concept", action="append", help="a concept to edit (repeat for several)")
+        p.add_argument("--mode", choices=[m for m in MODES if m in method.modes], default=method.modes[0])
+        p.add_argument("--guide", default=None, help="erase towards this concept (default: the method's)")
+        p.add_argument("--preserve", action="append", help="a concept to preserve (repeat)")
+        p.add_argument("--attribute", action="append", help="debias: an attribute to balance (repeat)")
+        p.add_argument("--ratio", action="append", type=float, help="debias: desired share of each attribute")
+        p.add_argument(
+            "--classifier",
+            default=None,
+            help="debias: judge of generated images: 'oracle' (ShapesSD) or 'clip:<hub id>'",
+        )
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--out", required=True, help="edit folder (gets edit.safetensors) or .safetensors path")
+        p.set_defaults(func=cmd_edit, config_fields=_config_options(p, method.config_cls))
+
+    gen = verbs.add_parser("generate", help="generate a grid of images, optionally with edits applied")
+    _add_model_args(gen)
+    gen.add_argument("--edit", action="append", help="edit file or folder to apply (repeat to compose)")
+    gen.add_argument("--prompt", action="append", required=True, help="a prompt (repeat: one row each)")
+    gen.add_argument("-n", type=int, default=8, help="images per prompt (seeds seed..seed+n-1)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--steps", type=int, default=None)
+    gen.add_argument("--guidance", type=float, default=None)
+    gen.add_argument("--out", required=True, help="grid image file (.png/.jpg/.webp)")
+    gen.set_defaults(func=cmd_generate)
+
+    export = verbs.add_parser("export", help="write a full diffusers pipeline folder with edits applied")
+    _add_model_args(export)
+    export.add_argument("--edit", action="append", required=True)
+    export.add_argument("--out", required=True, help="a new (or empty) folder")
+    export.set_defaults(func=cmd_export)
+
+    comp = verbs.add_parser("compose", help="merge several edits into one edit file")
+    _add_model_args(comp)
+    comp.add_argument("--edit", action="append", required=True)
+    comp.add_argument("--out", required=True)
+    comp.set_defaults(func=cmd_compose)
+
+    insp = verbs.add_parser("inspect", help="print an edit's manifest")
+    insp.add_argument("edit")
+    insp.add_argument("--full", action="store_true", help="include every tensor and the debias history")
+    insp.set_defaults(func=cmd_inspect)
+
+    _add_evaluation_verbs(verbs)
+    return parser
+
+
+def _add_evaluation_verbs(verbs) -> None:
+    try:
+        from concept_edit.evaluation import cli as evaluation_cli
+    except ImportError:  # pragma: no cover - evaluation is part of the package
+        return
+    evaluation_cli.add_verbs(verbs, _add_model_args)
+
+
+def _quiet_libraries() -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    try:
+        import diffusers
+        import transformers
+
+        diffusers.logging.set_verbosity_error()
+        transformers.logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    _quiet_libraries()
+    from concept_edit.edit import EditError
+    from concept_edit.models import ModelLoadError
+
+    try:
+        args.func(args)
+    except (ValueError, EditError, ModelLoadError, FileNotFoundError, FileExistsError) as err:
+        print(f"concept-edit: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

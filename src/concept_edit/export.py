@@ -1,0 +1,47 @@
+"""Write a full diffusers pipeline folder with edits baked in, for tools that need one.
+
+The folder is written beside its destination and renamed into place only when complete. It carries a
+`concept_edit.json` that names the base model and the edits, so the export can be traced (and a ShapesSD
+export is still evaluated with the shapes-world oracle).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from concept_edit.edit import Edit, applied
+from concept_edit.io import write_json
+from concept_edit.models.loading import model_info
+
+
+def export_pipeline(pipe, edits: list[Edit], out: str | Path, spec: str | None = None) -> Path:
+    """Save `pipe` with `edits` applied to the new folder `out` (safetensors weights). `pipe` is unchanged."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} already exists and is not an empty folder; choose a new --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        with applied(pipe, *edits):
+            pipe.save_pretrained(tmp, safe_serialization=True)
+        info = model_info(pipe)
+        write_json(
+            tmp / "concept_edit.json",
+            {
+                "base_model": spec or info.spec,
+                "world": info.world,
+                "edits": [
+                    {k: e.manifest.get(k) for k in ("method", "concepts", "config", "seed", "base_hash")} for e in edits
+                ],
+            },
+        )
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -1,0 +1,133 @@
+"""The method registry and the request every method receives.
+
+A method is a config dataclass (how to edit: every option documented in `field(metadata={"help": ...})`,
+validated in `__post_init__`, no device or path) plus one `fit(pipe, request, config, *, seed, **context)`
+that returns an `Edit`. The request says what to edit. The CLI and `concept_edit.fit` dispatch only
+through this registry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+MODES = ("erase", "moderate", "debias", "amplify")
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """What to edit.
+
+    concepts:   the concepts to act on (prompts or phrases), e.g. ("Van Gogh",);
+    mode:       erase | moderate | debias | amplify (each method lists the modes it supports);
+    guide:      erase towards this concept instead of the method's default (UCE: the empty prompt);
+    preserve:   concepts whose behaviour must stay as it is;
+    attributes: debias: the attributes to balance, e.g. ("male", "female");
+    ratios:     debias: the desired share of each attribute (default: uniform); they must sum to 1.
+    """
+
+    concepts: tuple[str, ...]
+    mode: str = "erase"
+    guide: str | None = None
+    preserve: tuple[str, ...] = ()
+    attributes: tuple[str, ...] = ()
+    ratios: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "concepts", tuple(self.concepts))
+        object.__setattr__(self, "preserve", tuple(self.preserve))
+        object.__setattr__(self, "attributes", tuple(self.attributes))
+        if self.ratios is not None:
+            object.__setattr__(self, "ratios", tuple(float(r) for r in self.ratios))
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if not self.concepts:
+            raise ValueError("no concept given: name at least one concept to edit")
+        for text in (*self.concepts, *self.preserve, *self.attributes):
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError("empty concept: every concept, preserved concept and attribute needs text")
+        if len(set(self.concepts)) != len(self.concepts):
+            raise ValueError(f"a concept is listed twice in {list(self.concepts)}")
+        if self.guide is not None:
+            if self.mode not in ("erase",):
+                raise ValueError(f"a guide concept applies to erase only, not to {self.mode}")
+            same = [c for c in self.concepts if c.strip().lower() == self.guide.strip().lower()]
+            if same:
+                raise ValueError(f"the guide {self.guide!r} is the concept being erased; pick a different guide")
+        overlap = {c.lower() for c in self.concepts} & {p.lower() for p in self.preserve}
+        if overlap:
+            raise ValueError(f"{sorted(overlap)} cannot be both edited and preserved")
+        if self.mode == "debias":
+            if len(self.attributes) < 2:
+                raise ValueError("debias needs at least two attributes to balance")
+            if self.ratios is not None:
+                if len(self.ratios) != len(self.attributes):
+                    raise ValueError(f"{len(self.ratios)} ratios given for {len(self.attributes)} attributes")
+                if any(r < 0 for r in self.ratios) or not math.isclose(sum(self.ratios), 1.0, abs_tol=1e-6):
+                    raise ValueError(f"debias ratios must be non-negative and sum to 1; got {list(self.ratios)}")
+        elif self.attributes or self.ratios is not None:
+            raise ValueError("attributes and ratios apply to debias only")
+
+    @property
+    def desired_ratios(self) -> tuple[float, ...]:
+        return self.ratios or tuple(1.0 / len(self.attributes) for _ in self.attributes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (tuples as lists), as stored in an edit's manifest."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    config_cls: type
+    fit: Callable[..., Any]
+    modes: tuple[str, ...]
+    summary: str
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(name: str, config_cls: type, modes: Sequence[str], summary: str):
+    """Decorator for a method's fit function."""
+
+    def wrap(fit: Callable[..., Any]) -> Callable[..., Any]:
+        _REGISTRY[name] = Method(name, config_cls, fit, tuple(modes), summary)
+        return fit
+
+    return wrap
+
+
+def available_methods() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> Method:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(available_methods())}")
+    return _REGISTRY[name]
+
+
+def make_config(name: str, **options: Any):
+    """The method's config with `options` set; ValueError naming any unknown option."""
+    method = get_method(name)
+    known = {f.name for f in dataclasses.fields(method.config_cls)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"unknown option(s) for {name}: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return method.config_cls(**options)
+
+
+def fit(pipe, method: str, request: EditRequest, config=None, *, seed: int = 0, **context: Any):
+    """Run `method` on `pipe` for `request`; returns an `Edit` and leaves the pipeline unchanged."""
+    spec = get_method(method)
+    if request.mode not in spec.modes:
+        raise ValueError(f"{method} does not support mode {request.mode!r}; it supports {', '.join(spec.modes)}")
+    config = config if config is not None else spec.config_cls()
+    if not isinstance(config, spec.config_cls):
+        raise ValueError(f"{method} takes a {spec.config_cls.__name__}, not a {type(config).__name__}")
+    return spec.fit(pipe, request, config, seed=seed, **context)

@@ -1,0 +1,348 @@
+"""Unified Concept Editing (UCE; Gandikota et al., WACV 2024, paper 001): closed-form edits of the
+cross-attention key and value projections.
+
+For every cross-attention projection W (to_k and to_v of every layer), eq. 6 asks for
+
+    min_W  s_e * sum_{c_i in E} ||W c_i - v_i*||^2 + s_p * sum_{c_j in P} ||W c_j - W_old c_j||^2
+           + lam * ||W - W_old||_F^2
+
+whose minimiser (eq. 7; the lam term is TIME's identity regulariser, eq. 5 / appendix B) is
+
+    W = (s_e sum v_i* c_i^T + s_p sum W_old c_j c_j^T + lam W_old) (s_e sum c_i c_i^T + s_p sum c_j c_j^T + lam I)^-1.
+
+Every UCE target is the old projection of some embedding, v_i* = W_old t_i (erase eq. 8: t_i = c_guide;
+moderate eq. 10: t_i = c_"" ; debias eq. 9: t_i = c_i + sum_k alpha_k a_k), so eq. 7 rearranges into the
+MEMIT-style update of appendix C:
+
+    W = W_old (I + P),   P = s_e (T - C_E)^T C_E M^-1,   M = lam I + s_e C_E^T C_E + s_p C_P^T C_P
+
+(rows of C_E, T, C_P are the embeddings). P is the same d x d matrix for every layer, so the whole edit is
+one symmetric solve of size d (768 for SD 1.x, 2048 for SDXL) however many layers and concepts there are,
+and rank(P) <= number of edited tokens, which is how the delta is stored. The solve uses
+`torch.linalg.solve` (no explicit inverse) in float64 by default.
+
+Choices that follow the official code (rohitgandikota/unified-concept-editing, trainscripts/uce_sd_*.py):
+  * token alignment: the embedding of a concept's *last* token (`attention_mask.sum() - 2`; for "" that is
+    the start token) is edited toward the guide's last-token embedding; `tokens="all"` edits every token
+    of the concept toward it instead;
+  * defaults erase_scale=1, preserve_scale=1, lam=0.5, guide "" (the official script uses "art" for styles);
+  * debias (Algorithm 1): the paper writes alpha <- eta (R_curr - R_des), but the official code steps
+    toward the desired ratios, alpha <- eta (R_des - R_curr); we follow the code. As Algorithm 1 does, each
+    iteration re-solves eq. 7 around the *current* weights (lines 14-21), so alpha is not accumulated, and a
+    concept within tolerance leaves the edit list and is preserved at its current output. Ratios are
+    measured on the same seeds every iteration (common random numbers), which steadies the loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from concept_edit.edit import Edit, WeightDelta, applied
+from concept_edit.generation import generate
+from concept_edit.methods.registry import EditRequest, register
+from concept_edit.models.prompts import concept_ids, encode_prompts, last_token_index, prompt_lengths_ok
+from concept_edit.models.targets import cross_attention_layers, get_parameter
+
+log = logging.getLogger(__name__)
+
+# classify(images, attributes) -> index of the attribute each image shows (-1: none of them)
+RatioEstimator = Callable[[list, Sequence[str]], Sequence[int]]
+CONDITION_WARNING = {torch.float64: 1e10, torch.float32: 1e5}
+
+
+@dataclass(frozen=True)
+class UCEConfig:
+    erase_scale: float = field(default=1.0, metadata={"help": "weight s_e of the edit terms in eq. 6"})
+    preserve_scale: float = field(default=1.0, metadata={"help": "weight s_p of the preserve terms in eq. 6"})
+    lam: float = field(default=0.5, metadata={"help": "TIME's identity regulariser lambda (0: pure eq. 7)"})
+    edit_keys: bool = field(default=True, metadata={"help": "edit W_k as well as W_v (off: values only)"})
+    tokens: str = field(default="last", metadata={"help": "which concept tokens to edit: last | all"})
+    float64: bool = field(default=True, metadata={"help": "accumulate and solve in float64"})
+    debias_step: float = field(default=1.0, metadata={"help": "debias: step eta from ratio error to alpha"})
+    debias_tolerance: float = field(default=0.05, metadata={"help": "debias: max |ratio error| to stop"})
+    debias_max_iterations: int = field(default=30, metadata={"help": "debias: max solve iterations"})
+    debias_images: int = field(default=10, metadata={"help": "debias: images per concept per measurement"})
+    debias_steps: int | None = field(default=None, metadata={"help": "debias: inference steps (model default)"})
+    debias_guidance: float | None = field(default=None, metadata={"help": "debias: guidance (model default)"})
+
+    def __post_init__(self) -> None:
+        if self.erase_scale <= 0:
+            raise ValueError(f"erase_scale must be > 0, got {self.erase_scale}")
+        if self.preserve_scale < 0 or self.lam < 0:
+            raise ValueError("preserve_scale and lam must be >= 0")
+        if self.tokens not in ("last", "all"):
+            raise ValueError(f"tokens must be 'last' or 'all', got {self.tokens!r}")
+        if self.debias_step <= 0 or not 0 < self.debias_tolerance < 1:
+            raise ValueError("debias_step must be > 0 and debias_tolerance in (0, 1)")
+        if self.debias_max_iterations < 1 or self.debias_images < 1:
+            raise ValueError("debias_max_iterations and debias_images must be >= 1")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float64 if self.float64 else torch.float32
+
+
+# -- the closed form -----------------------------------------------------------------------------------------
+def uce_operator(
+    edit_rows: torch.Tensor,
+    target_rows: torch.Tensor,
+    preserve_rows: torch.Tensor,
+    *,
+    erase_scale: float,
+    preserve_scale: float,
+    lam: float,
+    dtype: torch.dtype = torch.float64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Factors (U, V) of the shared update P = U @ V with W_new = W_old (I + P) (eq. 7, appendix C form).
+
+    edit_rows C_E (m, d), target_rows T (m, d) with v_i* = W_old t_i, preserve_rows C_P (n, d).
+    Returns U = (T - C_E)^T of shape (d, m) and V = s_e C_E M^-1 of shape (m, d).
+    """
+    c_e, t, c_p = (x.to(dtype) for x in (edit_rows, target_rows, preserve_rows))
+    d = c_e.shape[1]
+    m = lam * torch.eye(d, dtype=dtype) + erase_scale * (c_e.T @ c_e)
+    if len(c_p):
+        m = m + preserve_scale * (c_p.T @ c_p)
+    _check_conditioning(m, lam, dtype)
+    try:
+        x = torch.linalg.solve(m, c_e.T)  # M^-1 C_E^T; M is symmetric
+    except torch.linalg.LinAlgError:
+        raise ValueError(
+            "the UCE system is singular: the edited and preserved embeddings do not span the "
+            "text-embedding space; set lam > 0 or preserve more concepts"
+        ) from None
+    return (t - c_e).T, erase_scale * x.T
+
+
+def _check_conditioning(m: torch.Tensor, lam: float, dtype: torch.dtype) -> None:
+    limit = CONDITION_WARNING[dtype]
+    if lam > 0 and (lam + torch.trace(m).item()) / lam < limit:
+        return  # lam I bounds the smallest eigenvalue: no eigendecomposition needed
+    eig = torch.linalg.eigvalsh(m)
+    cond = (eig[-1] / eig[0].clamp(min=torch.finfo(dtype).tiny)).item()
+    if cond > limit or eig[0] <= 0:
+        warnings.warn(
+            f"UCE system is ill-conditioned (condition number {cond:.2e}); the edit may be "
+            "inaccurate. Raise lam or preserve more concepts.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def target_weights(pipe, edit_keys: bool) -> dict[str, torch.nn.Parameter]:
+    """Parameter path -> weight of every cross-attention to_v (and to_k) projection."""
+    out = {}
+    for layer in cross_attention_layers(pipe):
+        for proj in (layer.to_k, layer.to_v) if edit_keys else (layer.to_v,):
+            out[f"{proj}.weight"] = get_parameter(pipe, f"{proj}.weight")
+    return out
+
+
+def layer_deltas(
+    weights: dict[str, torch.Tensor], u: torch.Tensor, v: torch.Tensor, dtype: torch.dtype
+) -> dict[str, WeightDelta]:
+    """Delta W_l = W_l U V for every layer, kept as factors (W_l U, V) when that is smaller."""
+    deltas, shared = {}, None
+    rank, d = v.shape
+    for key, w in weights.items():
+        w = w.detach().to("cpu", dtype)
+        if w.shape[1] != d:
+            raise ValueError(f"{key} reads {w.shape[1]}-d inputs but the text embeddings are {d}-d")
+        if rank * (w.shape[0] + d) < w.shape[0] * d:
+            deltas[key] = WeightDelta(up=(w @ u).float(), down=v.float())
+        else:
+            shared = (u @ v) if shared is None else shared
+            deltas[key] = WeightDelta(dense=(w @ shared).float())
+    return deltas
+
+
+# -- embeddings -------------------------------------------------------------------------------------------
+def _token_rows(pipe, prompts: Sequence[str], tokens: str) -> list[torch.Tensor]:
+    """For each prompt, the embedding rows UCE edits: its last token, or every token of it."""
+    prompt_lengths_ok(pipe, prompts)
+    for p in prompts:
+        if p:
+            concept_ids(pipe, p)
+    embeds = encode_prompts(pipe, prompts)
+    last = last_token_index(pipe, prompts)
+    rows = []
+    for i, _prompt in enumerate(prompts):
+        end = int(last[i])
+        start = end if tokens == "last" or end == 0 else 1
+        rows.append(embeds[i, start : end + 1])
+    return rows
+
+
+def _stack(rows: Sequence[torch.Tensor], dim: int) -> torch.Tensor:
+    return torch.cat(list(rows)) if rows else torch.zeros(0, dim)
+
+
+# -- the method ---------------------------------------------------------------------------------------------
+@register(
+    "uce",
+    UCEConfig,
+    modes=("erase", "moderate", "debias"),
+    summary="closed-form edit of cross-attention K/V (erase, moderate, debias; TIME/MEMIT special cases)",
+)
+def fit_uce(
+    pipe,
+    request: EditRequest,
+    config: UCEConfig,
+    *,
+    seed: int = 0,
+    estimator: RatioEstimator | None = None,
+    progress: bool = True,
+) -> Edit:
+    """Compute a UCE edit for `request` on `pipe`; the pipeline is left unchanged."""
+    weights = target_weights(pipe, config.edit_keys)
+    if request.mode == "debias":
+        if estimator is None:
+            raise ValueError("UCE debias needs a ratio estimator (a classifier of generated images)")
+        deltas, stats = _debias(pipe, request, config, weights, estimator, seed, progress)
+    else:
+        deltas, stats = _erase(pipe, request, config, weights)
+    return Edit.create(
+        pipe, deltas, method="uce", config=dataclasses.asdict(config), request=request.to_dict(), seed=seed, stats=stats
+    )
+
+
+def _erase(pipe, request: EditRequest, config: UCEConfig, weights) -> tuple[dict, dict]:
+    guide = "" if request.mode == "moderate" else (request.guide or "")
+    started = time.perf_counter()
+    rows = _token_rows(pipe, [*request.concepts, guide, *request.preserve], config.tokens)
+    encode_s = time.perf_counter() - started
+    n = len(request.concepts)
+    guide_row = rows[n][-1]
+    edit = _stack(rows[:n], guide_row.shape[0])
+    targets = guide_row.expand_as(edit)
+    preserve = _stack(rows[n + 1 :], guide_row.shape[0])
+    started = time.perf_counter()
+    u, v = uce_operator(
+        edit,
+        targets,
+        preserve,
+        erase_scale=config.erase_scale,
+        preserve_scale=config.preserve_scale,
+        lam=config.lam,
+        dtype=config.dtype,
+    )
+    deltas = layer_deltas(weights, u, v, config.dtype)
+    log.info(
+        "UCE: %d edited and %d preserved tokens; encoding %.3fs, solve %.3fs",
+        len(edit),
+        len(preserve),
+        encode_s,
+        time.perf_counter() - started,
+    )
+    stats = {"edited_tokens": len(edit), "preserved_tokens": len(preserve), "guide": guide}
+    return deltas, stats
+
+
+def _debias(
+    pipe, request: EditRequest, config: UCEConfig, weights, estimator: RatioEstimator, seed: int, progress: bool
+) -> tuple[dict, dict]:
+    """Algorithm 1: measure ratios, step alpha, re-solve around the current weights, until within tolerance."""
+    concepts, attributes = list(request.concepts), list(request.attributes)
+    desired = np.array(request.desired_ratios)
+    rows = _token_rows(pipe, [*concepts, *attributes, *request.preserve], config.tokens)
+    concept_rows = rows[: len(concepts)]
+    attr = torch.stack([r[-1] for r in rows[len(concepts) : len(concepts) + len(attributes)]])
+    user_preserve = list(rows[len(concepts) + len(attributes) :])
+    d = attr.shape[1]
+    total = torch.eye(d, dtype=config.dtype)  # W_t = W_0 @ total
+    active = list(range(len(concepts)))
+    history: list[dict] = []
+    bar = tqdm(total=config.debias_max_iterations, desc="UCE debias", disable=not progress)
+    for iteration in range(config.debias_max_iterations + 1):
+        ratios = _measure(pipe, weights, total, config, [concepts[i] for i in active], attributes, estimator, seed)
+        history.append(
+            {
+                "iteration": iteration,
+                "ratios": {concepts[i]: r.round(4).tolist() for i, r in zip(active, ratios, strict=True)},
+            }
+        )
+        errors = {i: desired - r for i, r in zip(active, ratios, strict=True)}
+        active = [i for i in active if np.abs(errors[i]).max() >= config.debias_tolerance]
+        bar.set_postfix(
+            max_error=f"{max((np.abs(e).max() for e in errors.values()), default=0):.3f}", remaining=len(active)
+        )
+        if not active or iteration == config.debias_max_iterations:
+            break
+        edit = torch.cat([concept_rows[i] for i in active])
+        alpha = torch.cat(
+            [torch.from_numpy(config.debias_step * errors[i]).float().expand(len(concept_rows[i]), -1) for i in active]
+        )
+        targets = edit + alpha @ attr  # eq. 9: t_i = c_i + sum_k alpha_k a_k
+        done = [concept_rows[i] for i in range(len(concepts)) if i not in active]
+        preserve = _stack(user_preserve + done, d)
+        u, v = uce_operator(
+            edit,
+            targets,
+            preserve,
+            erase_scale=config.erase_scale,
+            preserve_scale=config.preserve_scale,
+            lam=config.lam,
+            dtype=config.dtype,
+        )
+        total = total @ (torch.eye(d, dtype=config.dtype) + u @ v)
+        bar.update(1)
+    bar.close()
+    deltas = _deltas_from_operator(weights, total - torch.eye(d, dtype=config.dtype), config.dtype)
+    final = history[-1]["ratios"]
+    stats = {
+        "iterations": len(history) - 1,
+        "history": history,
+        "desired": desired.tolist(),
+        "unconverged": [concepts[i] for i in active],
+        "final_ratios": final,
+    }
+    return deltas, stats
+
+
+def _deltas_from_operator(weights, operator: torch.Tensor, dtype: torch.dtype) -> dict[str, WeightDelta]:
+    """Factor a d x d update (W_new = W_old (I + operator)) at its numerical rank and expand per layer."""
+    u, s, vh = torch.linalg.svd(operator)
+    keep = s > s[0] * (1e-12 if dtype == torch.float64 else 1e-6) if s[0] > 0 else s > 0
+    rank = max(int(keep.sum()), 1)
+    return layer_deltas(weights, u[:, :rank] * s[:rank], vh[:rank], dtype)
+
+
+def _measure(
+    pipe,
+    weights,
+    total: torch.Tensor,
+    config: UCEConfig,
+    concepts: list[str],
+    attributes: list[str],
+    estimator: RatioEstimator,
+    seed: int,
+) -> list[np.ndarray]:
+    """Attribute shares among `debias_images` generations of each concept under W_0 @ total."""
+    d = total.shape[0]
+    operator = total - torch.eye(d, dtype=config.dtype)
+    ratios = []
+    with applied(pipe, *_temporary_edit(pipe, weights, operator, config.dtype)):
+        for concept in concepts:
+            seeds = [seed * 100_003 + k for k in range(config.debias_images)]
+            images = generate(
+                pipe, [concept] * len(seeds), seeds, steps=config.debias_steps, guidance=config.debias_guidance
+            )
+            labels = np.asarray(estimator(images, attributes))
+            ratios.append(np.array([(labels == k).mean() for k in range(len(attributes))]))
+    return ratios
+
+
+def _temporary_edit(pipe, weights, operator: torch.Tensor, dtype: torch.dtype) -> list[Edit]:
+    if not torch.any(operator):
+        return []
+    deltas = _deltas_from_operator(weights, operator, dtype)
+    return [Edit.create(pipe, deltas, method="uce-debias-step", config={}, request={}, seed=None)]

@@ -1,0 +1,151 @@
+"""Turn a model spec into a text-to-image diffusers pipeline.
+
+A spec is `shapes` (the bundled ShapesSD), a local diffusers folder, or a Hugging Face hub id
+(Stable Diffusion 1.x/2.x, SDXL, or any pipeline with a UNet denoiser fed by text encoders). Weights load
+from safetensors only unless `allow_pickle=True`. The loaded pipeline carries a `ModelInfo` describing it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+SHAPES = "shapes"
+
+
+class ModelLoadError(ValueError):
+    """A spec that cannot be turned into a pipeline; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the library needs to know about a loaded pipeline, decided once at load time."""
+
+    spec: str
+    world: str | None  # "shapes" when the shapes-world oracle and suites apply
+    default_steps: int
+    default_guidance: float
+    resolution: int
+
+
+def model_info(pipe) -> ModelInfo:
+    """The `ModelInfo` of a pipeline loaded by `load_pipeline`, or a best guess for one built by hand."""
+    info = getattr(pipe, "concept_edit_info", None)
+    if info is not None:
+        return info
+    unet = pipe.unet
+    scale = getattr(pipe, "vae_scale_factor", 8)
+    name = getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path") or type(pipe).__name__
+    return ModelInfo(
+        spec=str(name),
+        world=None,
+        default_steps=30,
+        default_guidance=7.5,
+        resolution=int(unet.config.sample_size) * scale,
+    )
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_pipeline(
+    spec: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None, *, allow_pickle: bool = False
+):
+    """Load `spec` ("shapes", a local folder, or a hub id) on `device` (default: CUDA if present, else CPU).
+
+    dtype defaults to float16 on CUDA and float32 on CPU. Raises `ModelLoadError` with one clear message
+    when the spec cannot be loaded (not cached and hub unreachable, pickled weights only, not text-to-image).
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ModelLoadError("the model spec is empty: pass 'shapes', a local folder or a hub id")
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
+    if spec == SHAPES:
+        from concept_edit.shapes.pipeline import (
+            DEFAULT_GUIDANCE,
+            DEFAULT_STEPS,
+            IMAGE_SIZE,
+            load_shapes_pipeline,
+        )
+
+        pipe = load_shapes_pipeline(device=device, dtype=dtype)
+        info = ModelInfo(SHAPES, "shapes", DEFAULT_STEPS, DEFAULT_GUIDANCE, IMAGE_SIZE)
+    else:
+        pipe = _load_diffusers(spec, dtype, allow_pickle)
+        pipe.to(device)
+        guess = model_info(pipe)
+        world = "shapes" if _is_shapes_export(spec) else None
+        info = ModelInfo(spec, world, guess.default_steps, guess.default_guidance, guess.resolution)
+        if world:
+            from concept_edit.shapes.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS
+
+            info = ModelInfo(spec, world, DEFAULT_STEPS, DEFAULT_GUIDANCE, guess.resolution)
+    _check_text_to_image(pipe, spec)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.concept_edit_info = info
+    return pipe
+
+
+def _is_shapes_export(spec: str) -> bool:
+    marker = Path(spec) / "concept_edit.json"
+    return marker.exists() and '"world": "shapes"' in marker.read_text()
+
+
+def _load_diffusers(spec: str, dtype: torch.dtype, allow_pickle: bool):
+    from diffusers import DiffusionPipeline
+
+    kwargs = {"torch_dtype": dtype, "safety_checker": None}
+    if not allow_pickle:
+        kwargs["use_safetensors"] = True
+    local = Path(spec)
+    if local.exists():
+        if not (local / "model_index.json").exists():
+            raise ModelLoadError(f"{spec} is not a diffusers pipeline folder (it has no model_index.json)")
+        try:
+            return DiffusionPipeline.from_pretrained(str(local), **kwargs)
+        except (OSError, ValueError) as err:
+            raise _explain(spec, err, allow_pickle) from None
+    try:
+        return DiffusionPipeline.from_pretrained(spec, local_files_only=True, **kwargs)
+    except (OSError, ValueError) as cached_err:
+        if _offline():
+            raise _explain(spec, cached_err, allow_pickle, offline=True) from None
+    try:
+        return DiffusionPipeline.from_pretrained(spec, **kwargs)
+    except Exception as err:  # noqa: BLE001 - hub/network errors come in many types; all mean "cannot load"
+        raise _explain(spec, err, allow_pickle, offline=True) from None
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def _explain(spec: str, err: Exception, allow_pickle: bool, offline: bool = False) -> ModelLoadError:
+    text = str(err)
+    if "safetensors" in text.lower() and not allow_pickle:
+        return ModelLoadError(
+            f"{spec} has no safetensors weights, only pickled checkpoints (.bin/.ckpt), which are refused "
+            "because unpickling can run arbitrary code; pass allow_pickle=True (CLI: --allow-pickle) only if "
+            "you trust the source"
+        )
+    if offline:
+        return ModelLoadError(
+            f"cannot load model {spec!r}: it is not in the local Hugging Face cache and the hub could not be "
+            f"reached. Download it first on a machine with internet (`hf download {spec}` or "
+            f"`huggingface-cli download {spec}`), or pass a local diffusers folder. ({type(err).__name__})"
+        )
+    return ModelLoadError(f"cannot load model {spec!r}: {text.splitlines()[0] if text else type(err).__name__}")
+
+
+def _check_text_to_image(pipe, spec: str) -> None:
+    missing = [name for name in ("unet", "text_encoder", "tokenizer") if getattr(pipe, name, None) is None]
+    if missing:
+        raise ModelLoadError(
+            f"{spec} ({type(pipe).__name__}) is not a UNet text-to-image pipeline: it has no {', '.join(missing)}"
+        )

@@ -1,0 +1,86 @@
+"""The generic matrix (DESIGN.md): every registered method, on the tiny SD-1.x pipeline and on ShapesSD."""
+
+import numpy as np
+import pytest
+import torch
+
+from concept_edit import (
+    Edit,
+    EditError,
+    EditRequest,
+    applied,
+    apply,
+    available_methods,
+    fit,
+    make_config,
+    revert,
+)
+from concept_edit.generation import generate, to_array
+
+# What each method is asked to do in the matrix. A new method must add its entry here.
+EXAMPLES = {
+    "uce": {"sd": EditRequest(concepts=("cat",), guide="art"), "shapes": EditRequest(concepts=("circle",))},
+}
+PROMPTS = {"sd": "a photo of a cat", "shapes": "a red circle on a striped background"}
+
+
+def test_every_registered_method_is_in_the_matrix():
+    assert set(available_methods()) <= set(EXAMPLES)
+
+
+def render(pipe, prompt):
+    return to_array(generate(pipe, [prompt, prompt], [0, 1], steps=3)).astype(np.float32) / 255
+
+
+@pytest.fixture(params=["sd", "shapes"])
+def model(request):
+    return request.param, request.getfixturevalue(request.param)
+
+
+@pytest.mark.parametrize("method", available_methods())
+def test_fit_apply_changes_output_and_revert_restores_it_exactly(method, model):
+    name, pipe = model
+    before = render(pipe, PROMPTS[name])
+    edit = fit(pipe, method, EXAMPLES[method][name], seed=0)
+    np.testing.assert_array_equal(render(pipe, PROMPTS[name]), before)  # fit leaves the pipeline unchanged
+    apply(pipe, edit)
+    assert np.abs(render(pipe, PROMPTS[name]) - before).max() > 1e-3
+    revert(pipe)
+    np.testing.assert_array_equal(render(pipe, PROMPTS[name]), before)
+
+
+@pytest.mark.parametrize("method", available_methods())
+def test_saved_edit_gives_the_same_output_as_in_memory(method, model, tmp_path):
+    name, pipe = model
+    edit = fit(pipe, method, EXAMPLES[method][name], seed=0)
+    with applied(pipe, edit):
+        in_memory = render(pipe, PROMPTS[name])
+    with applied(pipe, Edit.load(edit.save(tmp_path / "e"))):
+        np.testing.assert_array_equal(render(pipe, PROMPTS[name]), in_memory)
+
+
+@pytest.mark.parametrize("method", available_methods())
+def test_edit_is_refused_by_a_different_base(method, sd, other_sd):
+    edit = fit(sd, method, EXAMPLES[method]["sd"], seed=0)
+    with pytest.raises(EditError):
+        apply(other_sd, edit)
+
+
+@pytest.mark.parametrize("method", available_methods())
+def test_same_seed_same_edit(method, model):
+    name, pipe = model
+    a = fit(pipe, method, EXAMPLES[method][name], seed=7)
+    b = fit(pipe, method, EXAMPLES[method][name], seed=7)
+    assert a.manifest == b.manifest
+    for key in a.deltas:
+        assert torch.equal(a.deltas[key].materialize(), b.deltas[key].materialize())
+
+
+@pytest.mark.parametrize("method", available_methods())
+def test_bad_requests_raise_one_clear_value_error(method, sd):
+    with pytest.raises(ValueError, match="empty concept"):
+        EditRequest(concepts=("  ",))
+    with pytest.raises(ValueError, match="unknown option"):
+        make_config(method, no_such_option=1)
+    with pytest.raises(ValueError, match="unknown method"):
+        fit(sd, method + "-nope", EXAMPLES[method]["sd"])

@@ -1,0 +1,212 @@
+"""UCE: the closed form against an independent float64 evaluation of eq. 7, and its effect on pipelines."""
+
+import numpy as np
+import pytest
+import torch
+
+from concept_edit import EditRequest, applied, fit
+from concept_edit.methods.uce import UCEConfig, layer_deltas, target_weights, uce_operator
+from concept_edit.models import encode_prompts, last_token_index
+
+
+def eq7_reference(w_old, c_e, v_star, c_p, s_e, s_p, lam):
+    """W = (s_e sum v* c^T + s_p sum W c_p c_p^T + lam W)(s_e sum c c^T + s_p sum c_p c_p^T + lam I)^-1 (numpy)."""
+    w_old, c_e, v_star, c_p = (np.asarray(x, dtype=np.float64) for x in (w_old, c_e, v_star, c_p))
+    d = w_old.shape[1]
+    left = s_e * v_star.T @ c_e + lam * w_old
+    right = s_e * c_e.T @ c_e + lam * np.eye(d)
+    if len(c_p):
+        left = left + s_p * w_old @ c_p.T @ c_p
+        right = right + s_p * c_p.T @ c_p
+    return left @ np.linalg.inv(right)
+
+
+def rel_err(a, b):
+    return np.linalg.norm(np.asarray(a, dtype=np.float64) - b) / np.linalg.norm(b)
+
+
+@pytest.mark.parametrize(
+    ("n_edit", "n_preserve", "s_e", "s_p", "lam"),
+    [
+        (3, 0, 1.0, 1.0, 0.5),  # edit only (+ TIME's identity term)
+        (5, 40, 1.0, 0.7, 0.5),  # edit + preserve
+        (4, 0, 1.0, 0.0, 2.0),  # TIME (eq. 5): canonical directions only
+        (6, 64, 1.0, 1.0, 0.0),  # MEMIT form (appendix C): no identity term, preservation gives full rank
+        (300, 500, 2.0, 0.3, 0.1),  # many concepts at once
+    ],
+)
+def test_closed_form_matches_float64_eq7(n_edit, n_preserve, s_e, s_p, lam):
+    gen = torch.Generator().manual_seed(n_edit + n_preserve)
+    d, d_out = 48, 40
+    w = torch.randn(d_out, d, generator=gen, dtype=torch.float64)
+    c_e = torch.randn(n_edit, d, generator=gen, dtype=torch.float64) * 3
+    t = torch.randn(n_edit, d, generator=gen, dtype=torch.float64) * 3
+    c_p = torch.randn(n_preserve, d, generator=gen, dtype=torch.float64) * 3
+    u, v = uce_operator(c_e, t, c_p, erase_scale=s_e, preserve_scale=s_p, lam=lam)
+    delta = layer_deltas({"w": w}, u, v, torch.float64)["w"].materialize().double()
+    ours = w + delta
+    reference = eq7_reference(w.numpy(), c_e.numpy(), (t @ w.T).numpy(), c_p.numpy(), s_e, s_p, lam)
+    # the stored delta is float32; compare in the precision the edit is applied in
+    assert rel_err(ours.numpy(), reference) < 1e-6
+
+
+def test_singular_system_is_a_clear_error():
+    c_e = torch.zeros(1, 8, dtype=torch.float64)
+    with pytest.raises(ValueError, match="singular"):
+        uce_operator(c_e, c_e, torch.zeros(0, 8), erase_scale=1.0, preserve_scale=1.0, lam=0.0)
+
+
+def test_ill_conditioned_system_warns():
+    gen = torch.Generator().manual_seed(0)
+    c_e = torch.randn(2, 8, generator=gen, dtype=torch.float64)
+    c_p = torch.randn(6, 8, generator=gen, dtype=torch.float64)
+    c_p[5] = c_p[4] + 1e-9  # nearly rank-deficient, no identity term
+    with pytest.warns(RuntimeWarning, match="ill-conditioned"):
+        uce_operator(c_e, c_e, c_p, erase_scale=1.0, preserve_scale=1.0, lam=0.0)
+
+
+def _last_rows(pipe, prompts):
+    embeds = encode_prompts(pipe, prompts)
+    idx = last_token_index(pipe, prompts)
+    return torch.stack([embeds[i, idx[i]] for i in range(len(prompts))])
+
+
+def _moves(pipe, edit, concept, guide, kept):
+    """Per layer: residual before/after (to the guide's old value), erased and max preserved movement."""
+    rows = _last_rows(pipe, [concept, guide, *kept]).double()
+    c, g, p = rows[0], rows[1], rows[2:]
+    assert rows.shape[1] == pipe.unet.config.cross_attention_dim  # SDXL: both encoders, concatenated
+    out = []
+    for key, w in target_weights(pipe, edit_keys=True).items():
+        w_old = w.detach().double()
+        delta = edit.deltas[key].materialize().double()
+        residual_before = (w_old @ c - w_old @ g).norm()
+        residual_after = ((w_old + delta) @ c - w_old @ g).norm()
+        preserved = (p @ delta.T).norm(dim=1).max() if len(p) else torch.tensor(0.0)
+        out.append((key, residual_before, residual_after, (delta @ c).norm(), preserved))
+    return out
+
+
+@pytest.mark.parametrize("pipe_name", ["sd", "sdxl", "shapes"])
+def test_erase_residual_falls_90_percent_with_default_scales(pipe_name, request):
+    pipe = request.getfixturevalue(pipe_name)
+    edit = fit(pipe, "uce", EditRequest(concepts=("cat",), guide="art"))
+    assert set(edit.deltas) == set(target_weights(pipe, edit_keys=True))
+    for key, before, after, _, _ in _moves(pipe, edit, "cat", "art", []):
+        assert after <= 0.1 * before, f"{key}: residual fell only {1 - after / before:.1%}"
+
+
+@pytest.mark.parametrize("pipe_name", ["sd", "sdxl", "shapes"])
+def test_preserved_concepts_move_far_less_than_the_erased_one(pipe_name, request):
+    pipe = request.getfixturevalue(pipe_name)
+    kept = ["dog", "tree", "car", "house", "bird"]
+    edit = fit(pipe, "uce", EditRequest(concepts=("cat",), guide="art", preserve=tuple(kept)))
+    for key, _, _, erased_move, preserved_move in _moves(pipe, edit, "cat", "art", kept):
+        assert preserved_move < 0.1 * erased_move, f"{key}: preserved moved {preserved_move / erased_move:.1%}"
+
+
+def test_erase_with_preservation_on_a_real_text_encoder(shapes):
+    """ShapesSD's MiniLM is a real pretrained encoder: with a preserve list the erased concept still moves
+    at least 90% of the way to the guide while the preserved concepts barely move."""
+    kept = ["square", "triangle", "star", "heart", "cross", "diamond", "ring"]
+    edit = fit(shapes, "uce", EditRequest(concepts=("circle",), preserve=tuple(kept)))
+    for key, before, after, erased_move, preserved_move in _moves(shapes, edit, "circle", "", kept):
+        assert after <= 0.1 * before, f"{key}: residual fell only {1 - after / before:.1%}"
+        assert preserved_move < 0.1 * erased_move
+
+
+def test_values_only_and_all_tokens(sd):
+    v_only = fit(sd, "uce", EditRequest(concepts=("van gogh",)), UCEConfig(edit_keys=False))
+    assert all(k.endswith("to_v.weight") for k in v_only.deltas)
+    last = fit(sd, "uce", EditRequest(concepts=("van gogh",)))
+    every = fit(sd, "uce", EditRequest(concepts=("van gogh",)), UCEConfig(tokens="all"))
+    assert last.manifest["stats"]["edited_tokens"] == 1
+    assert every.manifest["stats"]["edited_tokens"] == 3  # "v", "an", "gogh" in the fixture tokenizer
+
+
+def test_hundreds_of_concepts_in_one_solve(sd):
+    words = ["cat", "dog", "car", "tree", "house", "bird", "red", "blue", "doctor", "nurse"]
+    concepts = tuple(f"{a} {b}" for a in words for b in words if a != b)  # 90 concepts
+    preserve = tuple(words)
+    edit = fit(sd, "uce", EditRequest(concepts=concepts[:60], preserve=preserve + concepts[60:]))
+    assert edit.manifest["stats"]["edited_tokens"] == 60
+    for delta in edit.deltas.values():
+        assert torch.isfinite(delta.materialize()).all()
+
+
+def test_moderate_targets_the_unconditional_prompt(sd):
+    moderated = fit(sd, "uce", EditRequest(concepts=("cat",), mode="moderate"))
+    erased_to_empty = fit(sd, "uce", EditRequest(concepts=("cat",)))
+    assert moderated.manifest["stats"]["guide"] == ""
+    for key in moderated.deltas:
+        assert torch.equal(moderated.deltas[key].materialize(), erased_to_empty.deltas[key].materialize())
+
+
+def test_erase_changes_generation_for_the_concept(sd):
+    def image(prompt):
+        g = torch.Generator().manual_seed(0)
+        return sd(prompt, num_inference_steps=2, height=16, width=16, generator=g, output_type="np").images
+
+    edit = fit(sd, "uce", EditRequest(concepts=("cat",), guide="tree"))
+    before = image("a photo of a cat")
+    with applied(sd, edit):
+        after = image("a photo of a cat")
+    assert np.abs(after - before).mean() > 1e-4
+    np.testing.assert_array_equal(image("a photo of a cat"), before)
+
+
+class ScriptedEstimator:
+    """Returns attribute labels giving the scripted shares, one script entry per call."""
+
+    def __init__(self, shares):
+        self.shares, self.calls = list(shares), 0
+
+    def __call__(self, images, attributes):
+        share = self.shares[min(self.calls, len(self.shares) - 1)]
+        self.calls += 1
+        n = len(images)
+        first = round(share * n)
+        return [0] * first + [1] * (n - first)
+
+
+def test_debias_loop_stops_when_ratios_are_reached(sd):
+    estimator = ScriptedEstimator([0.9, 0.8, 0.5])
+    config = UCEConfig(debias_images=4, debias_steps=1, debias_max_iterations=10)
+    req = EditRequest(concepts=("doctor",), mode="debias", attributes=("male", "female"))
+    edit = fit(sd, "uce", req, config, estimator=estimator)
+    stats = edit.manifest["stats"]
+    assert stats["iterations"] == 2 and stats["unconverged"] == []
+    assert stats["final_ratios"]["doctor"] == [0.5, 0.5]
+    assert any(d.materialize().abs().max() > 0 for d in edit.deltas.values())
+
+
+def test_debias_reports_unconverged_after_max_iterations(sd):
+    config = UCEConfig(debias_images=2, debias_steps=1, debias_max_iterations=2)
+    req = EditRequest(concepts=("doctor", "nurse"), mode="debias", attributes=("male", "female"))
+    edit = fit(sd, "uce", req, config, estimator=ScriptedEstimator([1.0]))
+    assert edit.manifest["stats"]["iterations"] == 2
+    assert edit.manifest["stats"]["unconverged"] == ["doctor", "nurse"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"concepts": ()}, "no concept"),
+        ({"concepts": ("",)}, "empty concept"),
+        ({"concepts": ("cat",), "guide": "Cat"}, "guide"),
+        ({"concepts": ("cat",), "mode": "debias", "attributes": ("a", "b"), "ratios": (0.7, 0.7)}, "sum to 1"),
+        ({"concepts": ("cat",), "mode": "debias", "attributes": ("a",)}, "two attributes"),
+        ({"concepts": ("cat",), "mode": "shrink"}, "unknown mode"),
+        ({"concepts": ("cat",), "preserve": ("cat",)}, "both edited and preserved"),
+    ],
+)
+def test_bad_requests(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        EditRequest(**kwargs)
+
+
+def test_bad_config_and_debias_without_estimator(sd):
+    with pytest.raises(ValueError, match="tokens"):
+        UCEConfig(tokens="first")
+    with pytest.raises(ValueError, match="estimator"):
+        fit(sd, "uce", EditRequest(concepts=("doctor",), mode="debias", attributes=("male", "female")))
