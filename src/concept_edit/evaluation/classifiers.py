@@ -1,0 +1,90 @@
+"""Judges of generated images for UCE debiasing: `classify(images, attributes) -> attribute index per image`.
+
+* `OracleAttributeClassifier` — the shapes-world oracle: each attribute must name a label of one oracle
+  head ("red", "blue" -> colour head; "a red heart" works too);
+* `ClipZeroShotClassifier` — CLIP zero-shot over the attribute texts, as the UCE paper and code do for
+  real models (default `openai/clip-vit-base-patch32`; needs the weights in the Hugging Face cache).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+from concept_edit.models.loading import model_info
+
+DEFAULT_CLIP = "openai/clip-vit-base-patch32"
+
+
+class OracleAttributeClassifier:
+    def __init__(self, oracle=None) -> None:
+        from concept_edit.shapes.oracle import Oracle
+
+        self.oracle = oracle or Oracle.load()
+
+    @staticmethod
+    def resolve(attributes: Sequence[str]) -> tuple[str, list[str]]:
+        """The oracle head the attributes name, and the label each one names on it."""
+        from concept_edit.shapes.oracle import HEADS
+
+        for head, labels in HEADS.items():
+            named = []
+            for attribute in attributes:
+                words = set(re.findall(r"[a-z]+", attribute.lower()))
+                hits = [label for label in labels if label in words]
+                named.append(hits[0] if len(hits) == 1 else None)
+            if None not in named and len(set(named)) == len(named):
+                return head, named
+        known = "; ".join(f"{head}: {', '.join(labels)}" for head, labels in HEADS.items())
+        raise ValueError(
+            f"the shapes oracle cannot judge attributes {list(attributes)}: each must name one distinct label "
+            f"of one head ({known})"
+        )
+
+    def __call__(self, images, attributes: Sequence[str]) -> list[int]:
+        head, labels = self.resolve(attributes)
+        predicted = self.oracle.read(list(images)).labels(head)
+        return [labels.index(p) if p in labels else -1 for p in predicted]
+
+
+class ClipZeroShotClassifier:
+    def __init__(self, model, processor, prompt: str = "{}") -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.prompt = prompt
+
+    @classmethod
+    def from_pretrained(cls, model_id: str = DEFAULT_CLIP) -> ClipZeroShotClassifier:
+        from transformers import CLIPModel, CLIPProcessor
+
+        try:
+            return cls(
+                CLIPModel.from_pretrained(model_id, use_safetensors=True), CLIPProcessor.from_pretrained(model_id)
+            )
+        except OSError as err:
+            raise ValueError(
+                f"cannot load the CLIP classifier {model_id!r}: {str(err).splitlines()[0]}. Download it "
+                f"first (`hf download {model_id}`) or pass --classifier oracle for ShapesSD"
+            ) from None
+
+    def __call__(self, images, attributes: Sequence[str]) -> list[int]:
+        import torch
+
+        texts = [self.prompt.format(a) for a in attributes]
+        inputs = self.processor(text=texts, images=list(images), return_tensors="pt", padding=True)
+        with torch.no_grad():
+            logits = self.model(**inputs).logits_per_image
+        return np.asarray(logits.argmax(-1)).tolist()
+
+
+def make_classifier(spec: str | None, pipe):
+    """'oracle', 'clip' or 'clip:<hub id>'; by default the oracle for shapes-world models, CLIP otherwise."""
+    if spec is None:
+        spec = "oracle" if model_info(pipe).world == "shapes" else "clip"
+    if spec == "oracle":
+        return OracleAttributeClassifier()
+    if spec == "clip" or spec.startswith("clip:"):
+        return ClipZeroShotClassifier.from_pretrained(spec.partition(":")[2] or DEFAULT_CLIP)
+    raise ValueError(f"unknown classifier {spec!r}; use 'oracle', 'clip' or 'clip:<hub id>'")

@@ -1,0 +1,111 @@
+"""The papers' metrics, in one place, each testable on inputs with a known answer.
+
+* accuracy with counts (UCE Table 2, CAD Table 1: target accuracy vs mean accuracy of the other concepts);
+* attribute distribution and UCE's deviation Delta = |p_desired - p_actual| / p_desired, averaged over
+  attributes (for two attributes this is exactly the paper's Delta);
+* Frechet distance between Gaussian fits of two feature sets (FID's formula; here on the oracle's features);
+* image change between paired images: LPIPS when the `lpips` package and its weights are available,
+  otherwise the cosine distance of oracle features, reported under that name.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import linalg
+
+log = logging.getLogger(__name__)
+
+
+def accuracy(predicted: Sequence[str], expected: Sequence[str]) -> dict[str, float | int]:
+    """{"accuracy": share of matches, "n": count, "correct": matches}."""
+    if len(predicted) != len(expected):
+        raise ValueError(f"{len(predicted)} predictions for {len(expected)} labels")
+    correct = int(sum(p == e for p, e in zip(predicted, expected, strict=True)))
+    n = len(expected)
+    return {"accuracy": correct / n if n else float("nan"), "n": n, "correct": correct}
+
+
+def per_concept_accuracy(predicted: Sequence[str], expected: Sequence[str]) -> dict[str, dict]:
+    """Accuracy per expected label, in first-seen order."""
+    out = {}
+    for label in dict.fromkeys(expected):
+        idx = [i for i, e in enumerate(expected) if e == label]
+        out[label] = accuracy([predicted[i] for i in idx], [label] * len(idx))
+    return out
+
+
+def target_and_others(per_concept: dict[str, dict], target: str) -> tuple[float, float]:
+    """(accuracy of `target`, mean accuracy of the other concepts)."""
+    if target not in per_concept:
+        raise ValueError(f"target {target!r} is not a concept of this suite; its concepts: {', '.join(per_concept)}")
+    others = [v["accuracy"] for k, v in per_concept.items() if k != target]
+    return per_concept[target]["accuracy"], float(np.mean(others)) if others else float("nan")
+
+
+def distribution(labels: Sequence[str], attributes: Sequence[str]) -> dict[str, float]:
+    """Share of each attribute among `labels` (labels outside `attributes` count in the denominator)."""
+    n = len(labels)
+    return {a: (sum(label == a for label in labels) / n if n else float("nan")) for a in attributes}
+
+
+def deviation(shares: dict[str, float], desired: dict[str, float] | None = None) -> float:
+    """UCE's Delta = |p_desired - p_actual| / p_desired, averaged over attributes (uniform desired by default)."""
+    desired = desired or {a: 1.0 / len(shares) for a in shares}
+    return float(np.mean([abs(desired[a] - shares[a]) / desired[a] for a in desired]))
+
+
+def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) of Gaussian fits to two (N, D) feature sets."""
+    a, b = np.asarray(features_a, dtype=np.float64), np.asarray(features_b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or len(a) < 2 or len(b) < 2:
+        raise ValueError("Frechet distance needs two (N >= 2, D) feature arrays of the same width")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    if not np.isfinite(covmean).all():  # singular product: regularise as the FID reference code does
+        eps = np.eye(len(cov_a)) * 1e-6
+        covmean = linalg.sqrtm((cov_a + eps) @ (cov_b + eps))
+    covmean = covmean.real
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
+
+
+def cosine_distance(features_a: np.ndarray, features_b: np.ndarray) -> np.ndarray:
+    """Per-pair 1 - cos(a_i, b_i)."""
+    a, b = np.asarray(features_a, dtype=np.float64), np.asarray(features_b, dtype=np.float64)
+    num = (a * b).sum(1)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return 1 - num / np.maximum(den, 1e-12)
+
+
+def image_change(before: np.ndarray, after: np.ndarray, oracle=None) -> dict[str, float | str]:
+    """Mean perceptual change between paired (N, H, W, 3) uint8 image sets: LPIPS, or oracle-feature distance."""
+    lpips_model = _lpips()
+    if lpips_model is not None:
+        import torch
+
+        def prep(x):
+            return torch.from_numpy(x).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+        with torch.no_grad():
+            value = lpips_model(prep(before), prep(after)).mean().item()
+        return {"metric": "lpips", "mean": value}
+    if oracle is None:
+        from concept_edit.shapes.oracle import Oracle
+
+        oracle = Oracle.load()
+    distances = cosine_distance(oracle.read(before).features, oracle.read(after).features)
+    return {"metric": "oracle-feature-cosine-distance", "mean": float(distances.mean())}
+
+
+def _lpips():
+    """An LPIPS model if the package and its network weights are available offline, else None."""
+    try:
+        import lpips
+
+        return lpips.LPIPS(net="alex", verbose=False)
+    except Exception as err:  # noqa: BLE001 - missing package or weights: fall back, and say so
+        log.debug("LPIPS unavailable (%s); using oracle feature distance", err)
+        return None

@@ -1,0 +1,232 @@
+"""One self-contained HTML page from results files: tables, bar charts and before/after image grids.
+
+Runs are grouped by suite. Within a suite, sample images are paired across runs by (prompt, seed), so a
+column of the grid shows the same prompt and seed before and after each edit.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from concept_edit.evaluation.evaluate import check_results
+from concept_edit.io import write_text
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+h1{font-size:1.6em}h2{margin-top:2em;border-bottom:1px solid #ccc}h3{font-size:1.05em;margin:1.2em 0 .4em}
+table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ddd;padding:3px 9px;text-align:right}
+th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
+.pix{image-rendering:pixelated;width:64px;height:64px;margin:1px;border:1px solid #eee}
+.row{display:flex;align-items:center;gap:8px}.lab{width:220px;font-size:.85em;text-align:right}
+.bad{color:#b00}.chart{max-width:100%}.note{color:#666;font-size:.9em}
+"""
+
+
+def load_results(paths: Sequence[str | Path]) -> list[dict]:
+    runs = []
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"cannot read results file {path}: {err}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} is not a concept-edit results file")
+        check_results(data, str(path))
+        data.setdefault("_file", Path(path).name)
+        runs.append(data)
+    if not runs:
+        raise ValueError("no results files given")
+    return runs
+
+
+def run_label(run: dict) -> str:
+    names = run.get("edit_names") or [Path(e).parent.name or e for e in run.get("edits", [])]
+    return run["model"] + (" + " + " + ".join(names) if names else " (unedited)")
+
+
+def build_report(runs: list[dict], title: str = "concept-edit report") -> str:
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+    ]
+    suites = list(dict.fromkeys(r["suite"] for r in runs))
+    parts.append(
+        "<p class='note'>Runs: "
+        + "; ".join(f"{html.escape(run_label(r))} [{html.escape(r['_file'])}]" for r in runs)
+        + "</p>"
+    )
+    for suite in suites:
+        group = [r for r in runs if r["suite"] == suite]
+        parts.append(f"<h2>Suite {html.escape(suite)}</h2>")
+        parts.append(_summary_table(group))
+        parts.append(_concept_table(group))
+        parts.append(_img(_accuracy_chart(group), "per-concept accuracy chart", "chart"))
+        if any("distribution" in r for r in group):
+            parts.append(_distribution_section(group))
+        parts.append(_grids(group))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(paths: Sequence[str | Path], out: str | Path) -> Path:
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give an .html file name")
+    runs = load_results(paths)
+    write_text(out, build_report(runs))
+    return out
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float) and np.isnan(value):
+        return "n/a"
+    return f"{value:.{digits}f}" if isinstance(value, float) else html.escape(str(value))
+
+
+def _summary_table(group: list[dict]) -> str:
+    cols = [
+        ("mean accuracy", lambda r: r.get("mean_accuracy")),
+        ("target", lambda r: r.get("target")),
+        ("target accuracy", lambda r: r.get("target_accuracy")),
+        ("others accuracy", lambda r: r.get("others_accuracy")),
+        ("Frechet to renders", lambda r: r.get("frechet_to_renders")),
+        ("Frechet to unedited", lambda r: r.get("frechet_to_unedited")),
+        ("image change", lambda r: (r.get("image_change") or {}).get("mean")),
+        ("mean deviation", lambda r: r.get("mean_deviation")),
+    ]
+    cols = [c for c in cols if any(c[1](r) is not None for r in group)]
+    head = "".join(f"<th>{name}</th>" for name, _ in cols)
+    rows = "".join(
+        f"<tr><td>{html.escape(run_label(r))}</td>" + "".join(f"<td>{_fmt(get(r))}</td>" for _, get in cols) + "</tr>"
+        for r in group
+    )
+    metric = next((r["image_change"]["metric"] for r in group if r.get("image_change")), None)
+    note = (
+        f"<p class='note'>image change: {html.escape(metric)} against the unedited model, same prompts and seeds.</p>"
+        if metric
+        else ""
+    )
+    return f"<table><tr><th>run</th>{head}</tr>{rows}</table>{note}"
+
+
+def _concept_table(group: list[dict]) -> str:
+    concepts = list(dict.fromkeys(c for r in group for c in r["per_concept"]))
+    head = "".join(f"<th>{html.escape(run_label(r))}</th>" for r in group)
+    rows = []
+    for concept in concepts:
+        cells = []
+        for r in group:
+            v = r["per_concept"].get(concept)
+            cells.append(
+                f"<td>{_fmt(v['accuracy'])} <span class='note'>(n={v['n']})</span></td>" if v else "<td>–</td>"
+            )
+        rows.append(f"<tr><td>{html.escape(concept)}</td>{''.join(cells)}</tr>")
+    return f"<h3>Accuracy per concept</h3><table><tr><th>concept</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def _figure_png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _accuracy_chart(group: list[dict]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    concepts = list(dict.fromkeys(c for r in group for c in r["per_concept"]))
+    x = np.arange(len(concepts))
+    width = 0.8 / len(group)
+    fig, ax = plt.subplots(figsize=(max(6, len(concepts) * 0.9), 3))
+    for i, r in enumerate(group):
+        values = [r["per_concept"].get(c, {}).get("accuracy", np.nan) for c in concepts]
+        ax.bar(x + i * width - 0.4 + width / 2, values, width, label=run_label(r))
+    ax.set_xticks(x, concepts, rotation=30, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("oracle accuracy")
+    ax.legend(fontsize=8, loc="lower right")
+    return _figure_png(fig)
+
+
+def _distribution_section(group: list[dict]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from concept_edit.shapes.world import COLORS
+
+    runs = [r for r in group if "distribution" in r]
+    concepts = list(dict.fromkeys(c for r in runs for c in r["distribution"]))
+    fig, axes = plt.subplots(1, len(runs), figsize=(4 * len(runs), 2.8), squeeze=False)
+    for ax, r in zip(axes[0], runs, strict=True):
+        bottom = np.zeros(len(concepts))
+        attributes = list(next(iter(r["distribution"].values())))
+        for a in attributes:
+            vals = np.array([r["distribution"].get(c, {}).get(a, 0.0) for c in concepts])
+            color = np.array(COLORS[a]) / 255 if a in COLORS else None
+            ax.bar(concepts, vals, bottom=bottom, color=color, edgecolor="#555", linewidth=0.3, label=a)
+            bottom += vals
+        ax.set_title(run_label(r), fontsize=8)
+        ax.set_ylim(0, 1)
+    axes[0][-1].legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    rows = "".join(
+        f"<tr><td>{html.escape(run_label(r))}</td>"
+        + "".join(f"<td>{_fmt(r['deviation'].get(c))}</td>" for c in concepts)
+        + "</tr>"
+        for r in runs
+    )
+    table = (
+        "<table><tr><th>deviation from uniform (UCE's Δ)</th>"
+        + "".join(f"<th>{html.escape(c)}</th>" for c in concepts)
+        + f"</tr>{rows}</table>"
+    )
+    return "<h3>Attribute distribution</h3>" + _img(_figure_png(fig), "attribute distribution", "chart") + table
+
+
+def _grids(group: list[dict]) -> str:
+    if not any(r.get("samples") for r in group):
+        return ""
+    out = ["<h3>Samples: same prompts and seeds in every run</h3>"]
+    concepts = list(dict.fromkeys(c for r in group for c in r.get("samples", {})))
+    for concept in concepts:
+        keys = list(
+            dict.fromkeys((s["prompt"], s["seed"]) for r in group for s in r.get("samples", {}).get(concept, []))
+        )
+        out.append(
+            f"<p><b>{html.escape(concept)}</b> <span class='note'>"
+            + "; ".join(f"{html.escape(p)} (seed {s})" for p, s in keys)
+            + "</span></p>"
+        )
+        for r in group:
+            by_key = {(s["prompt"], s["seed"]): s for s in r.get("samples", {}).get(concept, [])}
+            cells = []
+            for key in keys:
+                sample = by_key.get(key)
+                if sample is None:
+                    cells.append("<span class='pix'></span>")
+                    continue
+                wrong = "" if sample["predicted"] == concept else " (oracle: " + sample["predicted"] + ")"
+                cells.append(_img(sample["png"], f"{key[0]} seed {key[1]}{wrong}", "pix"))
+            out.append(f"<div class='row'><span class='lab'>{html.escape(run_label(r))}</span>{''.join(cells)}</div>")
+    return "\n".join(out)
+
+
+def _img(b64png: str, alt: str, cls: str) -> str:
+    return (
+        f"<img class='{cls}' alt='{html.escape(alt)}' title='{html.escape(alt)}' src='data:image/png;base64,{b64png}'>"
+    )

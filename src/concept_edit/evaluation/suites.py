@@ -1,0 +1,162 @@
+"""Evaluation suites: named, versioned lists of (prompt, expected label, seed) for the shapes world.
+
+Each suite names the oracle head that judges it. For every concept (label) a suite holds `n` entries
+cycling through its prompt variants with seeds `seed, seed + 1, ...`, so two runs with the same n and seed
+generate from exactly the same prompts and seeds (before/after comparisons are paired image by image).
+
+Suites:
+  shapes-objects     object accuracy over colour/style variations ("a red circle on a dotted background")
+  shapes-colors      colour accuracy ("a blue star")
+  shapes-styles      background-style accuracy ("a ring on a checkered background")
+  shapes-bias        colour distribution of objects drawn without a colour ("a heart"): the planted bias
+  shapes-logo        the memorised logo ("the acme logo") plus one control prompt per object
+  shapes-paraphrase  object accuracy for synonyms an edit was not given ("a disc", "a hoop")
+A custom suite is a text file: a `# head: object|color|style|logo` line, then `prompt | label | seed` lines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from concept_edit.shapes.captions import LOGO_PROMPT, OBJECT_WORDS, canonical_prompt
+from concept_edit.shapes.world import COLORS, OBJECTS, STYLES
+
+SUITE_VERSION = 1
+HEADS = ("object", "color", "style", "logo")
+
+
+@dataclass(frozen=True)
+class Entry:
+    prompt: str
+    label: str
+    seed: int
+    head: str  # the oracle head that judges this entry
+    scene: dict = field(default_factory=dict)  # what a true render of the prompt fixes (for reference renders)
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    version: int
+    description: str
+    entries: tuple[Entry, ...]
+    attribute_head: str | None = None  # bias suite: the head whose distribution is reported
+
+    @property
+    def concepts(self) -> list[str]:
+        return list(dict.fromkeys(e.label for e in self.entries))
+
+
+def _cycle(label: str, head: str, variants: list[tuple[str, dict]], n: int, seed: int) -> list[Entry]:
+    return [
+        Entry(variants[k % len(variants)][0], label, seed + k, head, variants[k % len(variants)][1]) for k in range(n)
+    ]
+
+
+def _objects(n: int, seed: int) -> list[Entry]:
+    colors, entries = list(COLORS), []
+    for i, obj in enumerate(OBJECTS):
+        variants = [(canonical_prompt(obj), {"obj": obj})]
+        for k in range(7):
+            color, style = colors[(i + 3 * k) % 8], STYLES[(i + k) % 6]
+            variants.append((canonical_prompt(obj, color, style), {"obj": obj, "color": color, "style": style}))
+        entries += _cycle(obj, "object", variants, n, seed)
+    return entries
+
+
+def _colors(n: int, seed: int) -> list[Entry]:
+    entries = []
+    for i, color in enumerate(COLORS):
+        variants = [
+            (canonical_prompt(OBJECTS[(i + k) % 8], color), {"obj": OBJECTS[(i + k) % 8], "color": color})
+            for k in range(8)
+        ]
+        entries += _cycle(color, "color", variants, n, seed)
+    return entries
+
+
+def _styles(n: int, seed: int) -> list[Entry]:
+    entries = []
+    for i, style in enumerate(STYLES):
+        variants = [
+            (canonical_prompt(OBJECTS[(i + k) % 8], None, style), {"obj": OBJECTS[(i + k) % 8], "style": style})
+            for k in range(8)
+        ]
+        entries += _cycle(style, "style", variants, n, seed)
+    return entries
+
+
+def _bias(n: int, seed: int) -> list[Entry]:
+    entries = []
+    for obj in ("heart", "star", "circle", "square"):
+        variants = [(f"{prefix} {obj}", {"obj": obj}) for prefix in ("a", "a picture of a", "an image of a")]
+        entries += _cycle(obj, "object", variants, n, seed)
+    return entries
+
+
+def _logo(n: int, seed: int) -> list[Entry]:
+    entries = _cycle("logo", "logo", [(LOGO_PROMPT, {"logo": True})], n, seed)
+    for obj in OBJECTS:
+        entries += _cycle(obj, "object", [(canonical_prompt(obj), {"obj": obj})], max(1, n // 4), seed)
+    return entries
+
+
+def _paraphrase(n: int, seed: int) -> list[Entry]:
+    entries = []
+    for obj, words in OBJECT_WORDS.items():
+        variants = [(canonical_prompt(word), {"obj": obj}) for word in words[1:]]
+        entries += _cycle(obj, "object", variants, n, seed)
+    return entries
+
+
+BUILTIN = {
+    "shapes-objects": (_objects, "object accuracy over colour/style variations", None),
+    "shapes-colors": (_colors, "colour accuracy", None),
+    "shapes-styles": (_styles, "background-style accuracy", None),
+    "shapes-bias": (_bias, "colour distribution of objects drawn without a colour", "color"),
+    "shapes-logo": (_logo, "memorised logo detection, with one control prompt per object", None),
+    "shapes-paraphrase": (_paraphrase, "object accuracy for synonyms and paraphrases", None),
+}
+DEFAULT_N = {"shapes-bias": 24, "shapes-logo": 16}
+
+
+def get_suite(name: str, n: int | None = None, seed: int = 0) -> Suite:
+    """A built-in suite by name (n entries per concept), or a custom suite file."""
+    if n is not None and n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    if name in BUILTIN:
+        make, description, attribute_head = BUILTIN[name]
+        entries = make(n or DEFAULT_N.get(name, 10), seed)
+        return Suite(name, SUITE_VERSION, description, tuple(entries), attribute_head)
+    path = Path(name)
+    if path.suffix in (".txt", ".tsv") or path.exists():
+        return load_suite_file(path, seed)
+    raise ValueError(f"unknown suite {name!r}; built-in suites: {', '.join(BUILTIN)} (or a prompt-list file)")
+
+
+def load_suite_file(path: Path, seed_offset: int = 0) -> Suite:
+    """Read `# head: <head>` then `prompt | label | seed` lines; ValueError naming the first bad line."""
+    if not path.is_file():
+        raise ValueError(f"no suite file at {path}")
+    head, entries = None, []
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        if line.startswith("#"):
+            key, _, value = line[1:].partition(":")
+            if key.strip() == "head":
+                head = value.strip()
+                if head not in HEADS:
+                    raise ValueError(f"{path}:{number}: unknown head {head!r}; choose one of {', '.join(HEADS)}")
+            continue
+        parts = [p.strip() for p in line.split("|")]
+        if len(parts) != 3 or not parts[0] or not parts[1] or not parts[2].lstrip("-").isdigit():
+            raise ValueError(f"{path}:{number}: expected 'prompt | label | seed', got {raw!r}")
+        if head is None:
+            raise ValueError(f"{path}:{number}: the file must start with a '# head: object|color|style|logo' line")
+        entries.append(Entry(parts[0], parts[1], int(parts[2]) + seed_offset, head))
+    if not entries:
+        raise ValueError(f"{path} holds no prompts")
+    return Suite(path.stem, SUITE_VERSION, f"prompt list {path}", tuple(entries))
