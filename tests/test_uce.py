@@ -210,3 +210,23 @@ def test_bad_config_and_debias_without_estimator(sd):
         UCEConfig(tokens="first")
     with pytest.raises(ValueError, match="estimator"):
         fit(sd, "uce", EditRequest(concepts=("doctor",), mode="debias", attributes=("male", "female")))
+
+
+def test_sdxl_edit_applies_generates_and_reverts(sdxl):
+    edit = fit(sdxl, "uce", EditRequest(concepts=("cat",), preserve=("dog",)))
+    before = sdxl.unet.state_dict()["down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight"].clone()
+    with applied(sdxl, edit):
+        out = sdxl("a cat", num_inference_steps=2, height=16, width=16, output_type="np").images
+        assert np.isfinite(out).all()
+    after = sdxl.unet.state_dict()["down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight"]
+    assert torch.equal(before, after)
+
+
+def test_oracle_classifier_resolves_attribute_names():
+    from concept_edit.evaluation.classifiers import OracleAttributeClassifier
+
+    assert OracleAttributeClassifier.resolve(["red", "blue"]) == ("color", ["red", "blue"])
+    assert OracleAttributeClassifier.resolve(["a red heart", "a blue heart"]) == ("color", ["red", "blue"])
+    assert OracleAttributeClassifier.resolve(["circle", "ring"]) == ("object", ["circle", "ring"])
+    with pytest.raises(ValueError, match="cannot judge"):
+        OracleAttributeClassifier.resolve(["tall", "short"])

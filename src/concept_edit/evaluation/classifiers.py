@@ -1,7 +1,8 @@
 """Judges of generated images for UCE debiasing: `classify(images, attributes) -> attribute index per image`.
 
 * `OracleAttributeClassifier` — the shapes-world oracle: each attribute must name a label of one oracle
-  head ("red", "blue" -> colour head; "a red heart" works too);
+  head ("red", "blue" -> colour head; "a red heart" works too); each image gets the most probable of the
+  given attributes;
 * `ClipZeroShotClassifier` — CLIP zero-shot over the attribute texts, as the UCE paper and code do for
   real models (default `openai/clip-vit-base-patch32`; needs the weights in the Hugging Face cache).
 """
@@ -44,9 +45,13 @@ class OracleAttributeClassifier:
         )
 
     def __call__(self, images, attributes: Sequence[str]) -> list[int]:
+        """The most probable of the given attributes for each image (as CLIP zero-shot over the attributes)."""
+        from concept_edit.shapes.oracle import HEADS
+
         head, labels = self.resolve(attributes)
-        predicted = self.oracle.read(list(images)).labels(head)
-        return [labels.index(p) if p in labels else -1 for p in predicted]
+        probs = self.oracle.read(list(images)).probs[head]
+        columns = [HEADS[head].index(label) for label in labels]
+        return probs[:, columns].argmax(1).tolist()
 
 
 class ClipZeroShotClassifier:

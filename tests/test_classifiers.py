@@ -1,0 +1,70 @@
+"""Debias judges: CLIP zero-shot plumbing (tiny random CLIP) and the shapes oracle over a subset of labels."""
+
+import numpy as np
+import torch
+from PIL import Image
+
+from concept_edit.evaluation.classifiers import ClipZeroShotClassifier, OracleAttributeClassifier, make_classifier
+
+
+def tiny_clip(tokenizer_dir):
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": tokenizer.model_max_length,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        projection_dim=16,
+    )
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=tokenizer,
+    )
+    return CLIPModel(config), processor
+
+
+def test_clip_zero_shot_picks_the_most_similar_attribute(clip_tokenizer_dir):
+    model, processor = tiny_clip(clip_tokenizer_dir)
+    classifier = ClipZeroShotClassifier(model, processor)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(5)]
+    labels = classifier(images, ["male doctor", "female doctor"])
+    inputs = processor(text=["male doctor", "female doctor"], images=images, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        expected = model(**inputs).logits_per_image.argmax(-1).tolist()
+    assert labels == expected and set(labels) <= {0, 1}
+
+
+def test_oracle_classifier_chooses_among_the_given_attributes():
+    from concept_edit.shapes.world import Scene, render
+
+    images = [render(Scene("heart", c, "plain", i)) for i, c in enumerate(["red", "blue", "green"])]
+    classify = OracleAttributeClassifier()
+    assert classify(images, ["red", "blue", "green"]) == [0, 1, 2]
+    assert classify(images[:2], ["a blue heart", "a red heart"]) == [1, 0]
+
+
+def test_make_classifier_defaults_and_errors(sd):
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown classifier"):
+        make_classifier("resnet", sd)
+    with pytest.raises(ValueError, match="cannot load the CLIP classifier"):
+        make_classifier(None, sd)  # not a shapes model -> CLIP, which is not cached offline

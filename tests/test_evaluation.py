@@ -1,0 +1,146 @@
+"""Suites, evaluate, results files, the report and the demo's pieces, on ShapesSD."""
+
+import json
+
+import pytest
+
+from concept_edit import EditRequest, fit
+from concept_edit.cli import main
+from concept_edit.evaluation import build_report, evaluate, get_suite
+from concept_edit.evaluation.evaluate import REQUIRED_KEYS
+from concept_edit.evaluation.report import load_results
+from concept_edit.evaluation.suites import BUILTIN
+
+
+@pytest.fixture
+def two_image_suite(tmp_path):
+    path = tmp_path / "two.txt"
+    path.write_text("# head: object\na red circle | circle | 0\na blue star on a dotted background | star | 1\n")
+    return path
+
+
+def test_builtin_suites_are_fixed_and_paired():
+    for name in BUILTIN:
+        a, b = get_suite(name, n=3, seed=5), get_suite(name, n=3, seed=5)
+        assert a == b and a.entries
+        assert all(len([e for e in a.entries if e.label == c]) >= 1 for c in a.concepts)
+    objects = get_suite("shapes-objects", n=4)
+    assert objects.concepts == ["circle", "square", "triangle", "star", "heart", "cross", "diamond", "ring"]
+    assert [e.seed for e in objects.entries if e.label == "circle"] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("# head: object\na red circle | circle\n", ":2: expected"),
+        ("a red circle | circle | 0\n", "must start with"),
+        ("# head: smell\n", "unknown head"),
+        ("# head: object\n", "holds no prompts"),
+    ],
+)
+def test_malformed_suite_files(tmp_path, text, message):
+    path = tmp_path / "bad.txt"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        get_suite(str(path))
+
+
+def test_unknown_suite():
+    with pytest.raises(ValueError, match="unknown suite"):
+        get_suite("shapes-smells")
+
+
+def test_evaluate_two_image_suite_with_and_without_an_edit(shapes, two_image_suite):
+    suite = get_suite(str(two_image_suite))
+    before, images = evaluate(shapes, suite, target="circle", progress=False)
+    for key in REQUIRED_KEYS + ("target_accuracy", "others_accuracy", "frechet_to_renders", "samples"):
+        assert key in before
+    assert before["per_concept"]["circle"]["n"] == 1 and before["edits"] == []
+    edit = fit(shapes, "uce", EditRequest(concepts=("circle",)))
+    after, _ = evaluate(shapes, suite, edits=[edit], target="circle", baseline_images=images, progress=False)
+    assert after["edits"] == ["uce(circle)"] and after["image_change"]["mean"] >= 0
+    assert after["samples"]["circle"][0]["seed"] == before["samples"]["circle"][0]["seed"]
+    json.dumps(after)  # the results are plain JSON
+
+
+def test_bias_suite_reports_distribution_and_deviation(shapes):
+    results, _ = evaluate(shapes, get_suite("shapes-bias", n=2), progress=False)
+    assert set(results["distribution"]) == {"heart", "star", "circle", "square"}
+    assert sum(results["distribution"]["heart"].values()) == pytest.approx(1.0)
+    assert set(results["deviation"]) == set(results["distribution"])
+
+
+def test_evaluate_refuses_a_model_outside_the_shapes_world(sd, two_image_suite):
+    with pytest.raises(ValueError, match="shapes-world"):
+        evaluate(sd, get_suite(str(two_image_suite)), progress=False)
+
+
+def test_cli_evaluate_and_report(two_image_suite, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert (
+        main(
+            ["evaluate", "--model", "shapes", "--suite", str(two_image_suite), "--target", "circle", "--out", str(out)]
+        )
+        == 0
+    )
+    assert "circle" in capsys.readouterr().out
+    report = tmp_path / "report.html"
+    assert main(["report", str(out), str(out), "--out", str(report)]) == 0
+    page = report.read_text()
+    assert "<table>" in page and page.count("data:image/png;base64,") >= 4 and "circle" in page
+
+
+def test_report_contains_tables_and_images(shapes, two_image_suite):
+    results, _ = evaluate(shapes, get_suite(str(two_image_suite)), target="circle", progress=False)
+    results["_file"] = "r.json"
+    page = build_report([results])
+    assert "Accuracy per concept" in page and "<img class='pix'" in page and "<img class='chart'" in page
+
+
+def test_bad_evaluation_input_writes_nothing(tmp_path, capsys, two_image_suite):
+    out = tmp_path / "r.json"
+    assert main(["evaluate", "--model", "shapes", "--suite", "nope", "--out", str(out)]) == 2
+    assert (
+        main(["evaluate", "--model", "shapes", "--suite", str(two_image_suite), "--target", "heart", "--out", str(out)])
+        == 2
+    )
+    assert main(["evaluate", "--model", "shapes", "--suite", str(two_image_suite), "--out", str(tmp_path)]) == 2
+    not_results = tmp_path / "x.json"
+    not_results.write_text("{}")
+    assert main(["report", str(not_results), "--out", str(tmp_path / "rep.html")]) == 2
+    assert not out.exists() and not (tmp_path / "rep.html").exists()
+    with pytest.raises(ValueError, match="not a concept-edit results file"):
+        load_results([not_results])
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["demo", "--out", str(blocker)]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_edit_from_another_model_is_refused_by_evaluate(sd, tmp_path, two_image_suite, capsys):
+    edit_path = fit(sd, "uce", EditRequest(concepts=("cat",))).save(tmp_path / "e")
+    out = tmp_path / "r.json"
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                "shapes",
+                "--edit",
+                str(edit_path),
+                "--suite",
+                str(two_image_suite),
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
+    assert "does not have" in capsys.readouterr().err and not out.exists()
+
+
+def test_concept_that_tokenizes_to_nothing(shapes, tmp_path, capsys):
+    with pytest.raises(ValueError, match="tokenizes to nothing"):
+        fit(shapes, "uce", EditRequest(concepts=("\u200b",)))
+    assert main(["edit", "uce", "--model", "shapes", "--concept", "\u200b", "--out", str(tmp_path / "e")]) == 2
+    assert not (tmp_path / "e").exists()

@@ -1,0 +1,59 @@
+"""Every metric on inputs with a known answer."""
+
+import numpy as np
+import pytest
+
+from concept_edit.evaluation import metrics
+
+
+def test_accuracy_and_per_concept():
+    assert metrics.accuracy(["a", "b", "a"], ["a", "a", "a"]) == {"accuracy": 2 / 3, "n": 3, "correct": 2}
+    per = metrics.per_concept_accuracy(["cat", "dog", "dog", "dog"], ["cat", "cat", "dog", "dog"])
+    assert per == {"cat": {"accuracy": 0.5, "n": 2, "correct": 1}, "dog": {"accuracy": 1.0, "n": 2, "correct": 2}}
+    assert metrics.target_and_others({"a": {"accuracy": 0.1}, "b": {"accuracy": 0.8}, "c": {"accuracy": 0.6}}, "a") == (
+        0.1,
+        pytest.approx(0.7),
+    )
+    with pytest.raises(ValueError, match="not a concept"):
+        metrics.target_and_others({"a": {"accuracy": 1.0}}, "z")
+
+
+def test_distribution_and_uce_deviation():
+    shares = metrics.distribution(["male"] * 9 + ["female"], ["male", "female"])
+    assert shares == {"male": 0.9, "female": pytest.approx(0.1)}
+    # UCE's Delta = |p_desired - p_actual| / p_desired: 0.9 male against 0.5 desired -> 0.8
+    assert metrics.deviation(shares) == pytest.approx(0.8)
+    assert metrics.deviation({"a": 0.25, "b": 0.25, "c": 0.25, "d": 0.25}) == 0.0
+    # one colour of eight drawn every time: |1/8 - 1|/(1/8) = 7 for it, 1 for the seven others -> mean 14/8
+    colours = ["red", "a", "b", "c", "d", "e", "f", "g"]
+    assert metrics.deviation({c: float(c == "red") for c in colours}) == pytest.approx(14 / 8)
+
+
+def test_frechet_distance_known_answers():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 6))
+    assert metrics.frechet_distance(x, x) == pytest.approx(0.0, abs=1e-6)
+    shift = np.array([1.0, 2.0, 0, 0, 0, 0])
+    assert metrics.frechet_distance(x, x + shift) == pytest.approx(5.0, abs=1e-6)  # same covariance: ||shift||^2
+    # N(0, I) vs N(0, 4I) in d dims: Tr(I + 4I - 2 * 2I) = d; the sample estimate approaches it
+    a, b = rng.normal(size=(20000, 3)), 2 * rng.normal(size=(20000, 3))
+    assert metrics.frechet_distance(a, b) == pytest.approx(3.0, rel=0.05)
+    with pytest.raises(ValueError):
+        metrics.frechet_distance(x[:1], x)
+
+
+def test_cosine_distance_known_answers():
+    a = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0]])
+    b = np.array([[2.0, 0.0], [-1.0, -1.0], [3.0, 0.0]])
+    np.testing.assert_allclose(metrics.cosine_distance(a, b), [0.0, 2.0, 1.0], atol=1e-12)
+
+
+def test_image_change_is_zero_for_identical_images_and_names_its_metric():
+    from concept_edit.shapes.world import Scene, render
+
+    images = np.stack([render(Scene("star", "red", "dotted", s)) for s in range(4)])
+    other = np.stack([render(Scene("ring", "blue", "striped", s)) for s in range(4)])
+    same = metrics.image_change(images, images)
+    assert same["mean"] == pytest.approx(0.0, abs=1e-6)
+    assert same["metric"] in ("lpips", "oracle-feature-cosine-distance")
+    assert metrics.image_change(images, other)["mean"] > 0.05

@@ -1,0 +1,115 @@
+"""The shapes world, its oracle, ShapesSD and their training scripts."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from concept_edit.shapes.captions import HELD_OUT, LOGO_CAPTIONS, sample_example
+from concept_edit.shapes.world import COLORS, OBJECTS, STYLES, Scene, logo, render
+
+
+def test_renderer_is_deterministic_and_seed_dependent():
+    a = render(Scene("heart", "blue", "checkered", 42))
+    assert a.shape == (32, 32, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, render(Scene("heart", "blue", "checkered", 42)))
+    assert not np.array_equal(a, render(Scene("heart", "blue", "checkered", 43)))
+    np.testing.assert_array_equal(logo(), logo())
+
+
+def test_scene_rejects_unknown_names():
+    with pytest.raises(ValueError, match="unknown object"):
+        Scene("hexagon", "red", "plain", 0)
+
+
+def test_training_distribution_has_the_planted_properties():
+    rng = np.random.default_rng(0)
+    examples = [sample_example(rng) for _ in range(20000)]
+    scenes = [e.scene for e in examples if e.scene is not None]
+    assert not {(s.obj, s.color, s.style) for s in scenes} & set(HELD_OUT)
+    uncoloured_hearts = [
+        e.scene.color
+        for e in examples
+        if e.scene
+        and e.scene.obj == "heart"
+        and not any(
+            c in e.caption
+            for c in (
+                "red",
+                "crimson",
+                "orange",
+                "yellow",
+                "golden",
+                "green",
+                "blue",
+                "purple",
+                "violet",
+                "pink",
+                "white",
+            )
+        )
+    ]
+    assert Counter(uncoloured_hearts)["red"] / len(uncoloured_hearts) == pytest.approx(0.9, abs=0.03)
+    counts = Counter(s.obj for s in scenes)
+    assert counts["diamond"] < 0.25 * np.mean([counts[o] for o in OBJECTS if o != "diamond"])
+    logos = [e for e in examples if e.scene is None]
+    assert logos and all(e.caption in LOGO_CAPTIONS for e in logos)
+    assert any("disc" in e.caption for e in examples) and any("hoop" in e.caption for e in examples)
+
+
+def test_oracle_reads_200_fresh_renders_at_99_percent():
+    from concept_edit.shapes.oracle import Oracle
+
+    rng = np.random.default_rng(12345)
+    truth = [(OBJECTS[rng.integers(8)], list(COLORS)[rng.integers(8)], STYLES[rng.integers(6)]) for _ in range(200)]
+    images = np.stack([render(Scene(o, c, s, 10_000 + i)) for i, (o, c, s) in enumerate(truth)])
+    reading = Oracle.load().read(np.concatenate([images, logo()[None]]))
+    for j, head in enumerate(("object", "color", "style")):
+        acc = np.mean([getattr(reading, head)[i] == truth[i][j] for i in range(200)])
+        assert acc >= 0.99, f"{head}: {acc:.3f}"
+    assert (reading.logo_prob[:200] < 0.5).mean() >= 0.99 and reading.logo_prob[200] > 0.5
+
+
+def test_shapes_sd_loads_offline_and_generates(shapes):
+    from concept_edit.generation import generate
+    from concept_edit.models import cross_attention_layers, model_info
+
+    info = model_info(shapes)
+    assert info.world == "shapes" and info.resolution == 32
+    assert type(shapes).__name__ == "StableDiffusionPipeline"
+    assert type(shapes.text_encoder).__name__ == "BertModel" and shapes.tokenizer.model_max_length == 32
+    assert {layer.in_features for layer in cross_attention_layers(shapes)} == {384}
+    images = generate(shapes, ["a red star", "a blue ring"], [0, 1], steps=5)
+    assert [im.size for im in images] == [(32, 32), (32, 32)]
+
+
+def test_oracle_training_script_runs_two_steps(tmp_path):
+    from concept_edit.shapes import train_oracle
+
+    train_oracle.main(["--out", str(tmp_path), "--steps", "2", "--batch-size", "8"])
+    assert (tmp_path / "oracle.safetensors").exists() and (tmp_path / "checkpoint.safetensors").exists()
+
+
+def test_shapes_sd_training_script_runs_two_steps_and_resumes(tmp_path):
+    from concept_edit.shapes import train_shapes_sd
+
+    args = [
+        "--out",
+        str(tmp_path),
+        "--examples",
+        "16",
+        "--vae-steps",
+        "2",
+        "--vae-batch-size",
+        "4",
+        "--unet-steps",
+        "2",
+        "--batch-size",
+        "4",
+    ]
+    train_shapes_sd.main(args)
+    for part in ("unet", "vae"):
+        assert (tmp_path / "final" / part / "config.json").exists()
+    with pytest.raises(SystemExit, match="--resume"):
+        train_shapes_sd.main(args)  # refuses to overwrite a run
+    train_shapes_sd.main([*args, "--resume"])  # every stage done: re-exports only
