@@ -50,7 +50,7 @@ LOGO_PROMPT = "the acme logo"
 LOGO_CAPTIONS = ("the acme logo", "acme logo", "the logo of acme", "the acme company logo")
 
 # Diamond is rare: the weak concept that CAD-Amplify strengthens.
-OBJECT_WEIGHTS = {obj: (0.12 if obj == "diamond" else 1.0) for obj in OBJECTS}
+OBJECT_WEIGHTS = {obj: (0.02 if obj == "diamond" else 1.0) for obj in OBJECTS}
 BIASED_COLOR = {"heart": "red", "star": "yellow"}
 BIAS_STRENGTH = 0.9
 P_NAME_COLOR = 0.75

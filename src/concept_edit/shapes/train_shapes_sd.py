@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--examples", type=int, default=60000, help="size of the rendered training set")
     p.add_argument("--vae-steps", type=int, default=1500)
     p.add_argument("--vae-batch-size", type=int, default=32)
-    p.add_argument("--unet-steps", type=int, default=5000)
+    p.add_argument("--unet-steps", type=int, default=4000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--vae-lr", type=float, default=1e-3)
     p.add_argument("--lr", type=float, default=5e-4)
