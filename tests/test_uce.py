@@ -120,8 +120,11 @@ def test_values_only_and_all_tokens(sd):
     assert all(k.endswith("to_v.weight") for k in v_only.deltas)
     last = fit(sd, "uce", EditRequest(concepts=("van gogh",)))
     every = fit(sd, "uce", EditRequest(concepts=("van gogh",)), UCEConfig(tokens="all"))
+    trailing = fit(sd, "uce", EditRequest(concepts=("van gogh",), guide="a painting"), UCEConfig(tokens="trailing"))
     assert last.manifest["stats"]["edited_tokens"] == 1
     assert every.manifest["stats"]["edited_tokens"] == 3  # "v", "an", "gogh" in the fixture tokenizer
+    # last token "gogh" at 3 and the 12 end-of-text/padding tokens after it; the guide's last token is at 2
+    assert trailing.manifest["stats"]["edited_tokens"] == sd.tokenizer.model_max_length - 3
 
 
 def test_hundreds_of_concepts_in_one_solve(sd):
@@ -186,6 +189,7 @@ def test_debias_reports_unconverged_after_max_iterations(sd):
     edit = fit(sd, "uce", req, config, estimator=ScriptedEstimator([1.0]))
     assert edit.manifest["stats"]["iterations"] == 2
     assert edit.manifest["stats"]["unconverged"] == ["doctor", "nurse"]
+    assert set(edit.manifest["stats"]["final_ratios"]) == {"doctor", "nurse"}
 
 
 @pytest.mark.parametrize(

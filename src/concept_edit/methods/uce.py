@@ -22,9 +22,12 @@ and rank(P) <= number of edited tokens, which is how the delta is stored. The so
 `torch.linalg.solve` (no explicit inverse) in float64 by default.
 
 Choices that follow the official code (rohitgandikota/unified-concept-editing, trainscripts/uce_sd_*.py):
-  * token alignment: the embedding of a concept's *last* token (`attention_mask.sum() - 2`; for "" that is
-    the start token) is edited toward the guide's last-token embedding; `tokens="all"` edits every token
-    of the concept toward it instead;
+  * token alignment (`tokens`): "last" (default, trainscripts/uce_sd_erase.py) edits the embedding of the
+    concept's last token (`attention_mask.sum() - 2`; for "" that is the start token) toward the guide's
+    last-token embedding; "trailing" (the earlier train-scripts/train_erase.py, technique "replace") edits the
+    last token and every token after it (end of text, padding), aligned position by position with the
+    guide's last token and the ones after it, which also reaches the concept's traces in the tokens a causal
+    text encoder writes after it; "all" edits every token of the concept toward the guide's last token;
   * defaults erase_scale=1, preserve_scale=1, lam=0.5, guide "" (the official script uses "art" for styles);
   * debias (Algorithm 1): the paper writes alpha <- eta (R_curr - R_des), but the official code steps
     toward the desired ratios, alpha <- eta (R_des - R_curr); we follow the code. As Algorithm 1 does, each
@@ -57,6 +60,7 @@ log = logging.getLogger(__name__)
 # classify(images, attributes) -> index of the attribute each image shows (-1: none of them)
 RatioEstimator = Callable[[list, Sequence[str]], Sequence[int]]
 CONDITION_WARNING = {torch.float64: 1e10, torch.float32: 1e5}
+TOKEN_MODES = ("last", "trailing", "all")
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,7 @@ class UCEConfig:
     preserve_scale: float = field(default=1.0, metadata={"help": "weight s_p of the preserve terms in eq. 6"})
     lam: float = field(default=0.5, metadata={"help": "TIME's identity regulariser lambda (0: pure eq. 7)"})
     edit_keys: bool = field(default=True, metadata={"help": "edit W_k as well as W_v (off: values only)"})
-    tokens: str = field(default="last", metadata={"help": "which concept tokens to edit: last | all"})
+    tokens: str = field(default="last", metadata={"help": "concept tokens to edit: last | trailing | all"})
     float64: bool = field(default=True, metadata={"help": "accumulate and solve in float64"})
     debias_step: float = field(default=1.0, metadata={"help": "debias: step eta from ratio error to alpha"})
     debias_tolerance: float = field(default=0.05, metadata={"help": "debias: max |ratio error| to stop"})
@@ -79,8 +83,8 @@ class UCEConfig:
             raise ValueError(f"erase_scale must be > 0, got {self.erase_scale}")
         if self.preserve_scale < 0 or self.lam < 0:
             raise ValueError("preserve_scale and lam must be >= 0")
-        if self.tokens not in ("last", "all"):
-            raise ValueError(f"tokens must be 'last' or 'all', got {self.tokens!r}")
+        if self.tokens not in TOKEN_MODES:
+            raise ValueError(f"tokens must be one of {', '.join(TOKEN_MODES)}, got {self.tokens!r}")
         if self.debias_step <= 0 or not 0 < self.debias_tolerance < 1:
             raise ValueError("debias_step must be > 0 and debias_tolerance in (0, 1)")
         if self.debias_max_iterations < 1 or self.debias_images < 1:
@@ -166,20 +170,31 @@ def layer_deltas(
 
 
 # -- embeddings -------------------------------------------------------------------------------------------
-def _token_rows(pipe, prompts: Sequence[str], tokens: str) -> list[torch.Tensor]:
-    """For each prompt, the embedding rows UCE edits: its last token, or every token of it."""
+def _encode(pipe, prompts: Sequence[str]) -> tuple[torch.Tensor, list[int]]:
+    """Token embeddings of every prompt and the index of its last token (validated: no empty concept)."""
     prompt_lengths_ok(pipe, prompts)
     for p in prompts:
         if p:
             concept_ids(pipe, p)
-    embeds = encode_prompts(pipe, prompts)
-    last = last_token_index(pipe, prompts)
-    rows = []
-    for i, _prompt in enumerate(prompts):
-        end = int(last[i])
-        start = end if tokens == "last" or end == 0 else 1
-        rows.append(embeds[i, start : end + 1])
-    return rows
+    return encode_prompts(pipe, prompts), [int(i) for i in last_token_index(pipe, prompts)]
+
+
+def _rows(embeds: torch.Tensor, last: int, tokens: str) -> torch.Tensor:
+    """The rows of one prompt that UCE edits or preserves."""
+    if tokens == "trailing":
+        return embeds[last:]
+    if tokens == "last" or last == 0:  # an empty prompt has no concept token: use its start token
+        return embeds[last : last + 1]
+    return embeds[1 : last + 1]
+
+
+def _aligned(concept: torch.Tensor, last: int, guide: torch.Tensor, guide_last: int, tokens: str):
+    """Edit rows of a concept and the guide rows they map to (eq. 8: v* = W_old c_guide)."""
+    if tokens == "trailing":
+        span = len(concept) - max(last, guide_last)
+        return concept[last : last + span], guide[guide_last : guide_last + span]
+    rows = _rows(concept, last, tokens)
+    return rows, guide[guide_last].expand_as(rows)
 
 
 def _stack(rows: Sequence[torch.Tensor], dim: int) -> torch.Tensor:
@@ -218,13 +233,14 @@ def fit_uce(
 def _erase(pipe, request: EditRequest, config: UCEConfig, weights) -> tuple[dict, dict]:
     guide = "" if request.mode == "moderate" else (request.guide or "")
     started = time.perf_counter()
-    rows = _token_rows(pipe, [*request.concepts, guide, *request.preserve], config.tokens)
+    prompts = [*request.concepts, guide, *request.preserve]
+    embeds, last = _encode(pipe, prompts)
     encode_s = time.perf_counter() - started
     n = len(request.concepts)
-    guide_row = rows[n][-1]
-    edit = _stack(rows[:n], guide_row.shape[0])
-    targets = guide_row.expand_as(edit)
-    preserve = _stack(rows[n + 1 :], guide_row.shape[0])
+    pairs = [_aligned(embeds[i], last[i], embeds[n], last[n], config.tokens) for i in range(n)]
+    edit = torch.cat([c for c, _ in pairs])
+    targets = torch.cat([t for _, t in pairs])
+    preserve = _stack([_rows(embeds[j], last[j], config.tokens) for j in range(n + 1, len(prompts))], edit.shape[1])
     started = time.perf_counter()
     u, v = uce_operator(
         edit,
@@ -253,14 +269,18 @@ def _debias(
     """Algorithm 1: measure ratios, step alpha, re-solve around the current weights, until within tolerance."""
     concepts, attributes = list(request.concepts), list(request.attributes)
     desired = np.array(request.desired_ratios)
-    rows = _token_rows(pipe, [*concepts, *attributes, *request.preserve], config.tokens)
+    if config.tokens == "trailing":
+        raise ValueError("UCE debias edits concept tokens only: use tokens='last' or 'all'")
+    embeds, last = _encode(pipe, [*concepts, *attributes, *request.preserve])
+    rows = [_rows(embeds[i], last[i], config.tokens) for i in range(len(embeds))]
     concept_rows = rows[: len(concepts)]
-    attr = torch.stack([r[-1] for r in rows[len(concepts) : len(concepts) + len(attributes)]])
+    attr = torch.stack([embeds[i, last[i]] for i in range(len(concepts), len(concepts) + len(attributes))])
     user_preserve = list(rows[len(concepts) + len(attributes) :])
     d = attr.shape[1]
     total = torch.eye(d, dtype=config.dtype)  # W_t = W_0 @ total
     active = list(range(len(concepts)))
     history: list[dict] = []
+    latest: dict[str, list[float]] = {}  # last measured shares of every concept
     bar = tqdm(total=config.debias_max_iterations, desc="UCE debias", disable=not progress)
     for iteration in range(config.debias_max_iterations + 1):
         ratios = _measure(pipe, weights, total, config, [concepts[i] for i in active], attributes, estimator, seed)
@@ -270,6 +290,7 @@ def _debias(
                 "ratios": {concepts[i]: r.round(4).tolist() for i, r in zip(active, ratios, strict=True)},
             }
         )
+        latest.update(history[-1]["ratios"])
         errors = {i: desired - r for i, r in zip(active, ratios, strict=True)}
         active = [i for i in active if np.abs(errors[i]).max() >= config.debias_tolerance]
         bar.set_postfix(
@@ -297,13 +318,12 @@ def _debias(
         bar.update(1)
     bar.close()
     deltas = _deltas_from_operator(weights, total - torch.eye(d, dtype=config.dtype), config.dtype)
-    final = history[-1]["ratios"]
     stats = {
         "iterations": len(history) - 1,
         "history": history,
         "desired": desired.tolist(),
         "unconverged": [concepts[i] for i in active],
-        "final_ratios": final,
+        "final_ratios": latest,
     }
     return deltas, stats
 
