@@ -136,7 +136,7 @@ def test_edit_from_another_model_is_refused_by_evaluate(sd, tmp_path, two_image_
         )
         == 2
     )
-    assert "does not have" in capsys.readouterr().err and not out.exists()
+    assert "was made for" in capsys.readouterr().err and not out.exists()
 
 
 def test_concept_that_tokenizes_to_nothing(shapes, tmp_path, capsys):

@@ -251,6 +251,8 @@ def _quiet_libraries() -> None:
 
         diffusers.logging.set_verbosity_error()
         transformers.logging.set_verbosity_error()
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
     except ImportError:  # pragma: no cover
         pass
 

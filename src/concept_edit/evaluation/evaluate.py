@@ -83,6 +83,8 @@ def evaluate(
         results.update(_bias_metrics(suite, reading))
     results["suite_version"] = suite.version
     results["edit_names"] = [e.name for e in edits]
+    # Frechet distances are biased by the sample size (128-d features): compare runs with the same n only.
+    results["frechet_samples"] = len(images)
     results["frechet_to_renders"] = metrics.frechet_distance(reading.features, oracle.read(_renders(suite)).features)
     if baseline_images is None and edits and compute_baseline:
         baseline_images = to_array(generate(pipe, prompts, seeds, steps=steps, guidance=guidance, progress=progress))

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -64,8 +65,10 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
         raise ValueError("Frechet distance needs two (N >= 2, D) feature arrays of the same width")
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
-    if not np.isfinite(covmean).all():  # singular product: regularise as the FID reference code does
+    with warnings.catch_warnings():  # fewer samples than feature dimensions give a singular product: expected
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(cov_a @ cov_b)
+    if not np.isfinite(covmean).all():  # regularise as the FID reference code does
         eps = np.eye(len(cov_a)) * 1e-6
         covmean = linalg.sqrtm((cov_a + eps) @ (cov_b + eps))
     covmean = covmean.real

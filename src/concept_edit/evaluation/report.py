@@ -25,7 +25,7 @@ table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ddd;padding
 th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
 .pix{image-rendering:pixelated;width:64px;height:64px;margin:1px;border:1px solid #eee}
 .row{display:flex;align-items:center;gap:8px}.lab{width:220px;font-size:.85em;text-align:right}
-.bad{color:#b00}.chart{max-width:100%}.note{color:#666;font-size:.9em}
+.wrong{outline:2px solid #d00}.chart{max-width:100%}.note{color:#666;font-size:.9em}
 """
 
 
@@ -201,7 +201,10 @@ def _distribution_section(group: list[dict]) -> str:
 def _grids(group: list[dict]) -> str:
     if not any(r.get("samples") for r in group):
         return ""
-    out = ["<h3>Samples: same prompts and seeds in every run</h3>"]
+    out = [
+        "<h3>Samples: same prompts and seeds in every run</h3>",
+        "<p class='note'>Outlined in red: the oracle does not see the expected concept (hover for its reading).</p>",
+    ]
     concepts = list(dict.fromkeys(c for r in group for c in r.get("samples", {})))
     for concept in concepts:
         keys = list(
@@ -220,8 +223,9 @@ def _grids(group: list[dict]) -> str:
                 if sample is None:
                     cells.append("<span class='pix'></span>")
                     continue
-                wrong = "" if sample["predicted"] == concept else " (oracle: " + sample["predicted"] + ")"
-                cells.append(_img(sample["png"], f"{key[0]} seed {key[1]}{wrong}", "pix"))
+                correct = sample["predicted"] == concept
+                alt = f"{key[0]} seed {key[1]}" + ("" if correct else f" (oracle: {sample['predicted']})")
+                cells.append(_img(sample["png"], alt, "pix" if correct else "pix wrong"))
             out.append(f"<div class='row'><span class='lab'>{html.escape(run_label(r))}</span>{''.join(cells)}</div>")
     return "\n".join(out)
 

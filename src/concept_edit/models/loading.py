@@ -7,6 +7,7 @@ from safetensors only unless `allow_pickle=True`. The loaded pipeline carries a 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -93,8 +94,12 @@ def load_pipeline(
 
 
 def _is_shapes_export(spec: str) -> bool:
+    """A folder written by `concept-edit export` from ShapesSD (it records its world in concept_edit.json)."""
     marker = Path(spec) / "concept_edit.json"
-    return marker.exists() and '"world": "shapes"' in marker.read_text()
+    try:
+        return json.loads(marker.read_text(encoding="utf-8")).get("world") == "shapes"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _load_diffusers(spec: str, dtype: torch.dtype, allow_pickle: bool):
