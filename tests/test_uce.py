@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from concept_edit import EditRequest, applied, fit
-from concept_edit.methods.uce import UCEConfig, layer_deltas, target_weights, uce_operator
+from concept_edit.methods.uce import UCEConfig, attribute_prompt, layer_deltas, target_weights, uce_operator
 from concept_edit.models import encode_prompts, last_token_index
 
 
@@ -190,6 +190,28 @@ def test_debias_reports_unconverged_after_max_iterations(sd):
     assert edit.manifest["stats"]["iterations"] == 2
     assert edit.manifest["stats"]["unconverged"] == ["doctor", "nurse"]
     assert set(edit.manifest["stats"]["final_ratios"]) == {"doctor", "nurse"}
+
+
+def test_debias_moves_the_concept_toward_the_missing_attribute(sd):
+    """All "doctor" images read male -> the edited doctor output turns toward "female doctor" (eq. 9)."""
+    config = UCEConfig(debias_images=2, debias_steps=1, debias_max_iterations=1, debias_step=0.5)
+    req = EditRequest(concepts=("doctor",), mode="debias", attributes=("male", "female"))
+    edit = fit(sd, "uce", req, config, estimator=ScriptedEstimator([1.0]))
+    prompts = ["doctor", attribute_prompt("doctor", "male", True), attribute_prompt("doctor", "female", True)]
+    embeds = encode_prompts(sd, prompts).double()
+    idx = last_token_index(sd, prompts)
+    c, a_male, a_female = (embeds[i, idx[i]] for i in range(3))
+    toward_female = a_female / a_female.norm() - a_male / a_male.norm()
+    for path, delta in edit.deltas.items():
+        w = target_weights(sd, True)[path].detach().double()
+        moved = delta.materialize().double() @ c
+        assert torch.dot(moved, w @ toward_female) > 0, path
+
+
+def test_attribute_prompt_names_the_concept_once():
+    assert attribute_prompt("doctor", "female", True) == "female doctor"
+    assert attribute_prompt("doctor", "female doctor", True) == "female doctor"
+    assert attribute_prompt("doctor", "female", False) == "female"
 
 
 @pytest.mark.parametrize(

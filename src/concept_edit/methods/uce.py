@@ -30,7 +30,12 @@ Choices that follow the official code (rohitgandikota/unified-concept-editing, t
     text encoder writes after it; "all" edits every token of the concept toward the guide's last token;
   * defaults erase_scale=1, preserve_scale=1, lam=0.5, guide "" (the official script uses "art" for styles);
   * debias (Algorithm 1): the paper writes alpha <- eta (R_curr - R_des), but the official code steps
-    toward the desired ratios, alpha <- eta (R_des - R_curr); we follow the code. As Algorithm 1 does, each
+    toward the desired ratios, alpha <- eta (R_des - R_curr); we follow the code. The attribute embedding
+    a_k is the last token of "<attribute> <concept>" ("female doctor"), as train_debias.py does with its
+    default add=True, unless the attribute already names the concept. Like that code, the shift is
+    |c_i| sum_k alpha_k a_k/|a_k| (relative to the concept's own size, so eta means the same for every
+    encoder); the code normalises per layer after the projection, we normalise the embeddings, which keeps
+    the single shared solve. As Algorithm 1 does, each
     iteration re-solves eq. 7 around the *current* weights (lines 14-21), so alpha is not accumulated, and a
     concept within tolerance leaves the edit list and is preserved at its current output. Ratios are
     measured on the same seeds every iteration (common random numbers), which steadies the loop.
@@ -71,7 +76,12 @@ class UCEConfig:
     edit_keys: bool = field(default=True, metadata={"help": "edit W_k as well as W_v (off: values only)"})
     tokens: str = field(default="last", metadata={"help": "concept tokens to edit: last | trailing | all"})
     float64: bool = field(default=True, metadata={"help": "accumulate and solve in float64"})
-    debias_step: float = field(default=1.0, metadata={"help": "debias: step eta from ratio error to alpha"})
+    debias_step: float = field(
+        default=0.1, metadata={"help": "debias: step eta from ratio error to alpha (official 0.1; ShapesSD needs ~3)"}
+    )
+    debias_attribute_with_concept: bool = field(
+        default=True, metadata={"help": "debias: attribute prompt is '<attribute> <concept>' (official add=True)"}
+    )
     debias_tolerance: float = field(default=0.05, metadata={"help": "debias: max |ratio error| to stop"})
     debias_max_iterations: int = field(default=30, metadata={"help": "debias: max solve iterations"})
     debias_images: int = field(default=10, metadata={"help": "debias: images per concept per measurement"})
@@ -271,12 +281,17 @@ def _debias(
     desired = np.array(request.desired_ratios)
     if config.tokens == "trailing":
         raise ValueError("UCE debias edits concept tokens only: use tokens='last' or 'all'")
-    embeds, last = _encode(pipe, [*concepts, *attributes, *request.preserve])
-    rows = [_rows(embeds[i], last[i], config.tokens) for i in range(len(embeds))]
+    prompts = [attribute_prompt(c, a, config.debias_attribute_with_concept) for c in concepts for a in attributes]
+    embeds, last = _encode(pipe, [*concepts, *request.preserve, *prompts])
+    rows = [_rows(embeds[i], last[i], config.tokens) for i in range(len(concepts) + len(request.preserve))]
     concept_rows = rows[: len(concepts)]
-    attr = torch.stack([embeds[i, last[i]] for i in range(len(concepts), len(concepts) + len(attributes))])
-    user_preserve = list(rows[len(concepts) + len(attributes) :])
-    d = attr.shape[1]
+    user_preserve = list(rows[len(concepts) :])
+    first = len(concepts) + len(request.preserve)
+    # attr[i, k]: the last-token embedding of attribute k's prompt for concept i (a_k in eq. 9)
+    attr = torch.stack([embeds[first + j, last[first + j]] for j in range(len(prompts))])
+    attr = attr.view(len(concepts), len(attributes), -1)
+    unit_attr = attr / attr.norm(dim=-1, keepdim=True)
+    d = attr.shape[-1]
     total = torch.eye(d, dtype=config.dtype)  # W_t = W_0 @ total
     active = list(range(len(concepts)))
     history: list[dict] = []
@@ -299,10 +314,16 @@ def _debias(
         if not active or iteration == config.debias_max_iterations:
             break
         edit = torch.cat([concept_rows[i] for i in active])
-        alpha = torch.cat(
-            [torch.from_numpy(config.debias_step * errors[i]).float().expand(len(concept_rows[i]), -1) for i in active]
+        # eq. 9: t_i = c_i + sum_k alpha_k a_k, alpha = eta (R_des - R_curr), each a_k unit-length and the
+        # sum scaled by |c_i| as train_debias.py does (there in output space, per layer), so eta is relative
+        shift = torch.cat(
+            [
+                (torch.from_numpy(config.debias_step * errors[i]).to(attr) @ unit_attr[i])
+                * concept_rows[i].norm(dim=1, keepdim=True)
+                for i in active
+            ]
         )
-        targets = edit + alpha @ attr  # eq. 9: t_i = c_i + sum_k alpha_k a_k
+        targets = edit + shift
         done = [concept_rows[i] for i in range(len(concepts)) if i not in active]
         preserve = _stack(user_preserve + done, d)
         u, v = uce_operator(
@@ -326,6 +347,13 @@ def _debias(
         "final_ratios": latest,
     }
     return deltas, stats
+
+
+def attribute_prompt(concept: str, attribute: str, with_concept: bool) -> str:
+    """The prompt whose embedding is attribute a_k for a concept: "female doctor" for ("doctor", "female")."""
+    if not with_concept or concept.lower() in attribute.lower():
+        return attribute
+    return f"{attribute} {concept}"
 
 
 def _deltas_from_operator(weights, operator: torch.Tensor, dtype: torch.dtype) -> dict[str, WeightDelta]:
