@@ -95,7 +95,7 @@ def summary_table(runs: list[dict]) -> str:
 
     labels = [run_label(r) for r in runs]
     concepts = list(dict.fromkeys(c for r in runs for c in r["per_concept"]))
-    width = max(12, *(len(c) for c in concepts))
+    width = max(18, *(len(c) for c in concepts))
     col = max(10, *(min(len(label), 28) for label in labels))
     lines = [f"{'concept':<{width}}  " + "  ".join(f"{label[:28]:>{col}}" for label in labels)]
     for c in concepts:
