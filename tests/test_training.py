@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from concept_edit.io import load_tree, save_tree
-from concept_edit.training import Interrupted, load_checkpoint, run_steps, save_checkpoint, step_generator
+from concept_edit.training import Interrupted, run_steps, save_checkpoint, step_generator
+from concept_edit.training import resume as resume_from
 
 
 def test_tree_roundtrip_keeps_int_keys_lists_and_tensors(tmp_path):
@@ -32,12 +33,7 @@ def _toy_run(ckpt, total, interrupt_at=None, resume=False):
     model = torch.nn.Linear(4, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     config = {"total": total}
-    start = 0
-    if resume:
-        state = load_checkpoint(ckpt, config)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start = state["step"]
+    start = resume_from(ckpt, config, model=model, optimizer=opt) if resume else 0
 
     def step_fn(step):
         if step == interrupt_at:

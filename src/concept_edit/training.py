@@ -100,3 +100,14 @@ def load_checkpoint(path: str | Path, config: dict) -> dict:
             "use the same options to resume, or a new --out folder to start over"
         )
     return tree
+
+
+def resume(path: str | Path, config: dict, **stateful) -> int:
+    """Restore each object's `load_state_dict` from the checkpoint at `path`; the step to start from (0 if none)."""
+    if not Path(path).exists():
+        return 0
+    state = load_checkpoint(path, config)
+    for name, obj in stateful.items():
+        obj.load_state_dict(state[name])
+    log.info("resumed %s from step %d", path, state["step"])
+    return state["step"]

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from concept_edit.io import save_tensors
 from concept_edit.shapes.oracle import HEADS, WEIGHTS, OracleNet, to_tensor
 from concept_edit.shapes.world import COLORS, OBJECTS, STYLES, Scene, logo, render
-from concept_edit.training import load_checkpoint, run_steps, save_checkpoint, step_generator, step_rng
+from concept_edit.training import resume, run_steps, save_checkpoint, step_generator, step_rng
 
 log = logging.getLogger(__name__)
 P_LOGO = 0.15
@@ -122,14 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
     ckpt = args.out / "checkpoint.safetensors"
-    start = 0
-    if args.resume and ckpt.exists():
-        state = load_checkpoint(ckpt, config)
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start = state["step"]
-        log.info("resumed from step %d", start)
+    start = resume(ckpt, config, model=net, optimizer=opt, scheduler=sched) if args.resume else 0
 
     def step_fn(step: int) -> dict[str, float]:
         net.train()

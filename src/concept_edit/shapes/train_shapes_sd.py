@@ -32,7 +32,7 @@ from concept_edit.io import save_tensors, write_json
 from concept_edit.shapes import pipeline as shapes
 from concept_edit.shapes.captions import sample_example
 from concept_edit.shapes.world import logo, render
-from concept_edit.training import load_checkpoint, run_steps, save_checkpoint, step_generator, step_rng
+from concept_edit.training import resume, run_steps, save_checkpoint, step_generator, step_rng
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +105,7 @@ def train_vae(args: argparse.Namespace, images: torch.Tensor) -> None:
         "examples": args.examples,
     }
     ckpt = args.out / "vae_checkpoint.safetensors"
-    start = 0
-    if args.resume and ckpt.exists():
-        state = load_checkpoint(ckpt, config)
-        vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start = state["step"]
+    start = resume(ckpt, config, model=vae, optimizer=opt) if args.resume else 0
 
     def step_fn(step: int) -> dict[str, float]:
         for group in opt.param_groups:
@@ -192,13 +187,7 @@ def train_unet(args: argparse.Namespace, caption_ids: torch.Tensor, vocab: list[
         for k in ("unet_steps", "batch_size", "lr", "ema_decay", "cfg_dropout", "snr_gamma", "seed", "examples")
     }
     ckpt = args.out / "unet_checkpoint.safetensors"
-    start = 0
-    if args.resume and ckpt.exists():
-        state = load_checkpoint(ckpt, config)
-        unet.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        ema.load_state_dict(state["ema"])
-        start = state["step"]
+    start = resume(ckpt, config, model=unet, optimizer=opt, ema=ema) if args.resume else 0
     unet.train()
 
     def step_fn(step: int) -> dict[str, float]:
