@@ -212,6 +212,8 @@ def test_attribute_prompt_names_the_concept_once():
     assert attribute_prompt("doctor", "female", True) == "female doctor"
     assert attribute_prompt("doctor", "female doctor", True) == "female doctor"
     assert attribute_prompt("doctor", "female", False) == "female"
+    assert attribute_prompt("a doctor", "female", True) == "a female doctor"
+    assert attribute_prompt("an apple", "red", True) == "an red apple"  # the article is kept, not re-chosen
 
 
 @pytest.mark.parametrize(

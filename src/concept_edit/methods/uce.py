@@ -31,11 +31,11 @@ Choices that follow the official code (rohitgandikota/unified-concept-editing, t
   * defaults erase_scale=1, preserve_scale=1, lam=0.5, guide "" (the official script uses "art" for styles);
   * debias (Algorithm 1): the paper writes alpha <- eta (R_curr - R_des), but the official code steps
     toward the desired ratios, alpha <- eta (R_des - R_curr); we follow the code. The attribute embedding
-    a_k is the last token of "<attribute> <concept>" ("female doctor"), as train_debias.py does with its
-    default add=True, unless the attribute already names the concept. Like that code, the shift is
-    |c_i| sum_k alpha_k a_k/|a_k| (relative to the concept's own size, so eta means the same for every
-    encoder); the code normalises per layer after the projection, we normalise the embeddings, which keeps
-    the single shared solve. As Algorithm 1 does, each
+    a_k is the last token of "<attribute> <concept>" ("female doctor"; "a female doctor" for "a doctor"), as
+    train_debias.py does with its default add=True, unless the attribute already names the concept. Like
+    that code, the shift is |c_i| sum_k alpha_k a_k / |a_k| (relative to the concept's own size, so eta
+    means the same for every encoder; default 0.1 as there); the code normalises per layer after the
+    projection, we normalise the embeddings, which keeps the single shared solve. As Algorithm 1 does, each
     iteration re-solves eq. 7 around the *current* weights (lines 14-21), so alpha is not accumulated, and a
     concept within tolerance leaves the edit list and is preserved at its current output. Ratios are
     measured on the same seeds every iteration (common random numbers), which steadies the loop.
@@ -252,15 +252,7 @@ def _erase(pipe, request: EditRequest, config: UCEConfig, weights) -> tuple[dict
     targets = torch.cat([t for _, t in pairs])
     preserve = _stack([_rows(embeds[j], last[j], config.tokens) for j in range(n + 1, len(prompts))], edit.shape[1])
     started = time.perf_counter()
-    u, v = uce_operator(
-        edit,
-        targets,
-        preserve,
-        erase_scale=config.erase_scale,
-        preserve_scale=config.preserve_scale,
-        lam=config.lam,
-        dtype=config.dtype,
-    )
+    u, v = _solve(config, edit, targets, preserve)
     deltas = layer_deltas(weights, u, v, config.dtype)
     log.info(
         "UCE: %d edited and %d preserved tokens; encoding %.3fs, solve %.3fs",
@@ -326,15 +318,7 @@ def _debias(
         targets = edit + shift
         done = [concept_rows[i] for i in range(len(concepts)) if i not in active]
         preserve = _stack(user_preserve + done, d)
-        u, v = uce_operator(
-            edit,
-            targets,
-            preserve,
-            erase_scale=config.erase_scale,
-            preserve_scale=config.preserve_scale,
-            lam=config.lam,
-            dtype=config.dtype,
-        )
+        u, v = _solve(config, edit, targets, preserve)
         total = total @ (torch.eye(d, dtype=config.dtype) + u @ v)
         bar.update(1)
     bar.close()
@@ -349,10 +333,30 @@ def _debias(
     return deltas, stats
 
 
+def _solve(config: UCEConfig, edit, targets, preserve) -> tuple[torch.Tensor, torch.Tensor]:
+    """eq. 7 with the config's scales: the factors (U, V) of W_new = W (I + U V)."""
+    return uce_operator(
+        edit,
+        targets,
+        preserve,
+        erase_scale=config.erase_scale,
+        preserve_scale=config.preserve_scale,
+        lam=config.lam,
+        dtype=config.dtype,
+    )
+
+
 def attribute_prompt(concept: str, attribute: str, with_concept: bool) -> str:
-    """The prompt whose embedding is attribute a_k for a concept: "female doctor" for ("doctor", "female")."""
+    """The prompt whose embedding is attribute a_k for a concept: "female doctor" for ("doctor", "female").
+
+    A leading article stays in front ("a female doctor" for "a doctor"), where the official code's
+    attribute + " " + concept would write "female a doctor".
+    """
     if not with_concept or concept.lower() in attribute.lower():
         return attribute
+    article, _, rest = concept.partition(" ")
+    if rest and article.lower() in ("a", "an", "the"):
+        return f"{article} {attribute} {rest}"
     return f"{attribute} {concept}"
 
 
