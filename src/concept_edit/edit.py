@@ -286,8 +286,8 @@ def apply(pipe, *edits: Edit) -> None:
     except Exception:
         revert(pipe, done)
         raise
-    for edit in edits:
-        log.info("applied %s", edit.name)
+    for edit in edits:  # name the files a user asked for; in-memory edits (debias steps) stay quiet
+        log.log(logging.INFO if edit.source else logging.DEBUG, "applied %s", edit.name)
 
 
 def revert(pipe, count: int | None = None) -> None:
