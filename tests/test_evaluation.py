@@ -144,3 +144,13 @@ def test_concept_that_tokenizes_to_nothing(shapes, tmp_path, capsys):
         fit(shapes, "uce", EditRequest(concepts=("\u200b",)))
     assert main(["edit", "uce", "--model", "shapes", "--concept", "\u200b", "--out", str(tmp_path / "e")]) == 2
     assert not (tmp_path / "e").exists()
+
+
+def test_summary_table_lists_each_concepts_deviation_for_the_bias_suite():
+    from concept_edit.evaluation.cli import summary_table
+
+    run = {"model": "shapes", "edits": [], "per_concept": {"heart": {"accuracy": 1.0, "n": 4}}}
+    before = {**run, "deviation": {"heart": 1.75}, "mean_deviation": 1.75}
+    after = {**run, "edits": ["e.safetensors"], "deviation": {"heart": 0.5}, "mean_deviation": 0.5}
+    row = next(line for line in summary_table([before, after]).splitlines() if line.startswith("deviation heart"))
+    assert row.split()[2:] == ["1.750", "0.500"]

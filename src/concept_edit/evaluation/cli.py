@@ -114,6 +114,9 @@ def summary_table(runs: list[dict]) -> str:
         if any(key in r for r in runs):
             cells = [f"{r[key]:>{col}.3f}" if key in r else f"{'-':>{col}}" for r in runs]
             lines.append(f"{name:<{width}}  " + "  ".join(cells))
+    for c in dict.fromkeys(c for r in runs for c in r.get("deviation", {})):  # bias suite: each concept's delta
+        cells = [f"{r['deviation'][c]:>{col}.3f}" if c in r.get("deviation", {}) else f"{'-':>{col}}" for r in runs]
+        lines.append(f"{'deviation ' + c:<{width}}  " + "  ".join(cells))
     if any("image_change" in r for r in runs):
         metric = next(r["image_change"]["metric"] for r in runs if "image_change" in r)
         cells = [f"{r['image_change']['mean']:>{col}.3f}" if "image_change" in r else f"{'-':>{col}}" for r in runs]
