@@ -77,7 +77,7 @@ class UCEConfig:
     tokens: str = field(default="last", metadata={"help": "concept tokens to edit: last | trailing | all"})
     float64: bool = field(default=True, metadata={"help": "accumulate and solve in float64"})
     debias_step: float = field(
-        default=0.1, metadata={"help": "debias: step eta from ratio error to alpha (official 0.1; ShapesSD needs ~3)"}
+        default=0.1, metadata={"help": "debias: step eta from ratio error to alpha (official 0.1; ShapesSD ~1.5)"}
     )
     debias_attribute_with_concept: bool = field(
         default=True, metadata={"help": "debias: attribute prompt is '<attribute> <concept>' (official add=True)"}
