@@ -24,7 +24,7 @@ from concept_edit import EditRequest, fit
 from concept_edit.evaluation.classifiers import OracleAttributeClassifier
 from concept_edit.evaluation.evaluate import evaluate
 from concept_edit.evaluation.suites import get_suite
-from concept_edit.methods.uce import UCEConfig
+from concept_edit.methods.uce import UCEConfig, UCEInputs
 from concept_edit.models import load_pipeline
 from concept_edit.shapes.world import COLORS, OBJECTS
 
@@ -109,9 +109,8 @@ def _debias(pipe, args) -> dict:
     config = UCEConfig(
         debias_images=args.debias_images, debias_step=args.debias_step, debias_max_iterations=args.debias_iterations
     )
-    debias_edit = fit(
-        pipe, "uce", request, config, seed=args.seed, estimator=OracleAttributeClassifier(), progress=not args.json
-    )
+    inputs = UCEInputs(classifier=OracleAttributeClassifier())
+    debias_edit = fit(pipe, "uce", request, config, inputs, seed=args.seed, progress=not args.json)
     debias_s = time.perf_counter() - started
     bias_after, _ = evaluate(pipe, bias_suite, edits=[debias_edit], progress=False)
     stats = debias_edit.manifest["stats"]

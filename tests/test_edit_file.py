@@ -1,14 +1,15 @@
 """The edit file: small, portable, refused where it does not belong, applied all-or-nothing, reverted exactly."""
 
-import json
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
-from concept_edit import Edit, EditError, EditRequest, WeightDelta, applied, apply, compose, fit, revert
-from concept_edit.edit import applied_edits, base_hash
+from concept_edit import Edit, EditError, EditRequest, LowRankDelta, applied, apply, compose, fit, revert
+from concept_edit.edit import applied_edits
 from concept_edit.methods.uce import target_weights
+from concept_edit.models.targets import get_parameter
 
 
 def state(pipe):
@@ -29,8 +30,8 @@ def cat_edit(sd):
 def test_only_edited_tensors_are_stored_low_rank(sd, cat_edit, tmp_path):
     path = cat_edit.save(tmp_path / "no-cat")
     assert path == tmp_path / "no-cat" / "edit.safetensors"
-    assert set(cat_edit.deltas) == set(target_weights(sd, edit_keys=True))  # K and V of every cross-attn layer
-    assert all(d.rank == 1 for d in cat_edit.deltas.values())  # one concept, last token: rank 1
+    assert set(cat_edit.targets) == set(target_weights(sd, edit_keys=True))  # K and V of every cross-attn layer
+    assert all(c.kind == "low_rank" and c.rank == 1 for c in cat_edit.changes())  # one concept, last token
     full = sum(p.numel() * p.element_size() for p in sd.unet.parameters())
     assert path.stat().st_size < full / 20
     manifest = Edit.load(path).manifest
@@ -43,8 +44,8 @@ def test_save_load_roundtrip_and_single_file_path(cat_edit, tmp_path):
     path = cat_edit.save(tmp_path / "cat.safetensors")
     loaded = Edit.load(path)
     assert loaded.manifest == cat_edit.manifest
-    for key, delta in cat_edit.deltas.items():
-        assert torch.equal(loaded.deltas[key].materialize(), delta.materialize())
+    for key in cat_edit.targets:
+        assert torch.equal(loaded.weight_delta(key), cat_edit.weight_delta(key))
 
 
 def test_revert_is_exact_and_compose_applies_in_order(sd, cat_edit):
@@ -75,7 +76,7 @@ def test_compose_merges_into_one_equivalent_edit(sd, cat_edit, tmp_path):
     dog_edit = fit(sd, "uce", EditRequest(concepts=("dog",)))
     merged = compose(sd, cat_edit, dog_edit)
     assert merged.manifest["concepts"] == ["cat", "dog"]
-    assert all(d.rank == 2 for d in merged.deltas.values())
+    assert all(c.kind == "low_rank" and c.rank == 2 for c in merged.changes())
     with applied(sd, cat_edit, dog_edit):
         sequential = {k: p.detach().clone() for k, p in target_weights(sd, True).items()}
     with applied(sd, Edit.load(merged.save(tmp_path / "both"))):
@@ -105,9 +106,12 @@ def test_edit_for_another_architecture_is_refused(sdxl, cat_edit):
         apply(sdxl, cat_edit)
 
 
-def test_float16_load_of_the_same_model_accepts_the_edit(sd, cat_edit):
+def test_float16_load_of_the_same_model_accepts_and_applies_the_edit(sd, cat_edit):
     half = sd.to(torch.float16)
-    assert base_hash(half, list(cat_edit.deltas)) == cat_edit.manifest["base_hash"]
+    key = cat_edit.targets[0]
+    expected = (get_parameter(half, key).detach().float() + cat_edit.weight_delta(key)).half()
+    with applied(half, cat_edit):
+        assert torch.equal(get_parameter(half, key).detach(), expected)
 
 
 def test_truncated_and_foreign_files_are_refused(cat_edit, tmp_path):
@@ -126,14 +130,19 @@ def test_truncated_and_foreign_files_are_refused(cat_edit, tmp_path):
         Edit.load(tmp_path / "missing")
 
 
-def test_tampered_tensor_is_detected(cat_edit, tmp_path):
-    tensors = cat_edit.tensors()
-    key = sorted(tensors)[0]
+def test_tampered_tensor_is_detected_and_nothing_is_applied(sd, cat_edit, tmp_path):
+    path = cat_edit.save(tmp_path / "good.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    key = sorted(tensors)[-1]  # the last change: earlier ones are applied before the bad one is read
     tensors[key] = tensors[key] + 1
-    meta = {"concept_edit": json.dumps({**cat_edit.manifest, "tensors_sha256": "0" * 64})}
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp_path / "bad.safetensors"), metadata=meta)
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=meta)
+    bad = Edit.load(tmp_path / "bad.safetensors")  # the header is fine: the data is checked when applied
+    original = state(sd)
     with pytest.raises(EditError, match="checksum"):
-        Edit.load(tmp_path / "bad.safetensors")
+        apply(sd, bad)
+    assert_same_state(sd, original)
+    assert applied_edits(sd) == []
 
 
 def test_output_path_that_is_a_file_is_refused(cat_edit, tmp_path):
@@ -144,8 +153,6 @@ def test_output_path_that_is_a_file_is_refused(cat_edit, tmp_path):
     assert blocker.read_text() == "x"
 
 
-def test_weight_delta_keeps_factors_only_when_smaller():
-    assert WeightDelta.compact(torch.ones(100, 2), torch.ones(2, 80)).rank == 2
-    assert WeightDelta.compact(torch.ones(10, 9), torch.ones(9, 8)).rank is None
-    with pytest.raises(ValueError):
-        WeightDelta()
+def test_low_rank_keeps_factors_only_when_smaller():
+    assert LowRankDelta.compact("w", torch.ones(100, 2), torch.ones(2, 80), (100, 80)).kind == "low_rank"
+    assert LowRankDelta.compact("w", torch.ones(10, 9), torch.ones(9, 8), (10, 8)).kind == "dense"

@@ -147,7 +147,7 @@ def test_concept_that_tokenizes_to_nothing(shapes, tmp_path, capsys):
 
 
 def test_summary_table_lists_each_concepts_deviation_for_the_bias_suite():
-    from concept_edit.evaluation.cli import summary_table
+    from concept_edit.evaluation.report import summary_table
 
     run = {"model": "shapes", "edits": [], "per_concept": {"heart": {"accuracy": 1.0, "n": 4}}}
     before = {**run, "deviation": {"heart": 1.75}, "mean_deviation": 1.75}

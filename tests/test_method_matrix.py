@@ -72,8 +72,10 @@ def test_same_seed_same_edit(method, model):
     a = fit(pipe, method, EXAMPLES[method][name], seed=7)
     b = fit(pipe, method, EXAMPLES[method][name], seed=7)
     assert a.manifest == b.manifest
-    for key in a.deltas:
-        assert torch.equal(a.deltas[key].materialize(), b.deltas[key].materialize())
+    for x, y in zip(a.changes(), b.changes(), strict=True):
+        assert x.info() == y.info()
+        for part, tensor in x.parts().items():
+            assert torch.equal(tensor, y.parts()[part])
 
 
 @pytest.mark.parametrize("method", available_methods())

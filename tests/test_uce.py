@@ -5,7 +5,14 @@ import pytest
 import torch
 
 from concept_edit import EditRequest, applied, fit
-from concept_edit.methods.uce import UCEConfig, attribute_prompt, layer_deltas, target_weights, uce_operator
+from concept_edit.methods.uce import (
+    UCEConfig,
+    UCEInputs,
+    attribute_prompt,
+    layer_deltas,
+    target_weights,
+    uce_operator,
+)
 from concept_edit.models import encode_prompts, last_token_index
 
 
@@ -43,7 +50,7 @@ def test_closed_form_matches_float64_eq7(n_edit, n_preserve, s_e, s_p, lam):
     t = torch.randn(n_edit, d, generator=gen, dtype=torch.float64) * 3
     c_p = torch.randn(n_preserve, d, generator=gen, dtype=torch.float64) * 3
     u, v = uce_operator(c_e, t, c_p, erase_scale=s_e, preserve_scale=s_p, lam=lam)
-    delta = layer_deltas({"w": w}, u, v, torch.float64)["w"].materialize().double()
+    delta = layer_deltas({"w": w}, u, v, torch.float64)[0].materialize().double()
     ours = w + delta
     reference = eq7_reference(w.numpy(), c_e.numpy(), (t @ w.T).numpy(), c_p.numpy(), s_e, s_p, lam)
     # the stored delta is float32; compare in the precision the edit is applied in
@@ -79,7 +86,7 @@ def _moves(pipe, edit, concept, guide, kept):
     out = []
     for key, w in target_weights(pipe, edit_keys=True).items():
         w_old = w.detach().double()
-        delta = edit.deltas[key].materialize().double()
+        delta = edit.weight_delta(key).double()
         residual_before = (w_old @ c - w_old @ g).norm()
         residual_after = ((w_old + delta) @ c - w_old @ g).norm()
         preserved = (p @ delta.T).norm(dim=1).max() if len(p) else torch.tensor(0.0)
@@ -91,7 +98,7 @@ def _moves(pipe, edit, concept, guide, kept):
 def test_erase_residual_falls_90_percent_with_default_scales(pipe_name, request):
     pipe = request.getfixturevalue(pipe_name)
     edit = fit(pipe, "uce", EditRequest(concepts=("cat",), guide="art"))
-    assert set(edit.deltas) == set(target_weights(pipe, edit_keys=True))
+    assert set(edit.targets) == set(target_weights(pipe, edit_keys=True))
     for key, before, after, _, _ in _moves(pipe, edit, "cat", "art", []):
         assert after <= 0.1 * before, f"{key}: residual fell only {1 - after / before:.1%}"
 
@@ -117,7 +124,7 @@ def test_erase_with_preservation_on_a_real_text_encoder(shapes):
 
 def test_values_only_and_all_tokens(sd):
     v_only = fit(sd, "uce", EditRequest(concepts=("van gogh",)), UCEConfig(edit_keys=False))
-    assert all(k.endswith("to_v.weight") for k in v_only.deltas)
+    assert all(k.endswith("to_v.weight") for k in v_only.targets)
     last = fit(sd, "uce", EditRequest(concepts=("van gogh",)))
     every = fit(sd, "uce", EditRequest(concepts=("van gogh",)), UCEConfig(tokens="all"))
     trailing = fit(sd, "uce", EditRequest(concepts=("van gogh",), guide="a painting"), UCEConfig(tokens="trailing"))
@@ -133,16 +140,16 @@ def test_hundreds_of_concepts_in_one_solve(sd):
     preserve = tuple(words)
     edit = fit(sd, "uce", EditRequest(concepts=concepts[:60], preserve=preserve + concepts[60:]))
     assert edit.manifest["stats"]["edited_tokens"] == 60
-    for delta in edit.deltas.values():
-        assert torch.isfinite(delta.materialize()).all()
+    for key in edit.targets:
+        assert torch.isfinite(edit.weight_delta(key)).all()
 
 
 def test_moderate_targets_the_unconditional_prompt(sd):
     moderated = fit(sd, "uce", EditRequest(concepts=("cat",), mode="moderate"))
     erased_to_empty = fit(sd, "uce", EditRequest(concepts=("cat",)))
     assert moderated.manifest["stats"]["guide"] == ""
-    for key in moderated.deltas:
-        assert torch.equal(moderated.deltas[key].materialize(), erased_to_empty.deltas[key].materialize())
+    for key in moderated.targets:
+        assert torch.equal(moderated.weight_delta(key), erased_to_empty.weight_delta(key))
 
 
 def test_erase_changes_generation_for_the_concept(sd):
@@ -176,17 +183,17 @@ def test_debias_loop_stops_when_ratios_are_reached(sd):
     estimator = ScriptedEstimator([0.9, 0.8, 0.5])
     config = UCEConfig(debias_images=4, debias_steps=1, debias_max_iterations=10)
     req = EditRequest(concepts=("doctor",), mode="debias", attributes=("male", "female"))
-    edit = fit(sd, "uce", req, config, estimator=estimator)
+    edit = fit(sd, "uce", req, config, UCEInputs(classifier=estimator))
     stats = edit.manifest["stats"]
     assert stats["iterations"] == 2 and stats["unconverged"] == []
     assert stats["final_ratios"]["doctor"] == [0.5, 0.5]
-    assert any(d.materialize().abs().max() > 0 for d in edit.deltas.values())
+    assert any(edit.weight_delta(k).abs().max() > 0 for k in edit.targets)
 
 
 def test_debias_reports_unconverged_after_max_iterations(sd):
     config = UCEConfig(debias_images=2, debias_steps=1, debias_max_iterations=2)
     req = EditRequest(concepts=("doctor", "nurse"), mode="debias", attributes=("male", "female"))
-    edit = fit(sd, "uce", req, config, estimator=ScriptedEstimator([1.0]))
+    edit = fit(sd, "uce", req, config, UCEInputs(classifier=ScriptedEstimator([1.0])))
     assert edit.manifest["stats"]["iterations"] == 2
     assert edit.manifest["stats"]["unconverged"] == ["doctor", "nurse"]
     assert set(edit.manifest["stats"]["final_ratios"]) == {"doctor", "nurse"}
@@ -196,15 +203,15 @@ def test_debias_moves_the_concept_toward_the_missing_attribute(sd):
     """All "doctor" images read male -> the edited doctor output turns toward "female doctor" (eq. 9)."""
     config = UCEConfig(debias_images=2, debias_steps=1, debias_max_iterations=1, debias_step=0.5)
     req = EditRequest(concepts=("doctor",), mode="debias", attributes=("male", "female"))
-    edit = fit(sd, "uce", req, config, estimator=ScriptedEstimator([1.0]))
+    edit = fit(sd, "uce", req, config, UCEInputs(classifier=ScriptedEstimator([1.0])))
     prompts = ["doctor", attribute_prompt("doctor", "male", True), attribute_prompt("doctor", "female", True)]
     embeds = encode_prompts(sd, prompts).double()
     idx = last_token_index(sd, prompts)
     c, a_male, a_female = (embeds[i, idx[i]] for i in range(3))
     toward_female = a_female / a_female.norm() - a_male / a_male.norm()
-    for path, delta in edit.deltas.items():
+    for path in edit.targets:
         w = target_weights(sd, True)[path].detach().double()
-        moved = delta.materialize().double() @ c
+        moved = edit.weight_delta(path).double() @ c
         assert torch.dot(moved, w @ toward_female) > 0, path
 
 
@@ -236,7 +243,7 @@ def test_bad_requests(kwargs, message):
 def test_bad_config_and_debias_without_estimator(sd):
     with pytest.raises(ValueError, match="tokens"):
         UCEConfig(tokens="first")
-    with pytest.raises(ValueError, match="estimator"):
+    with pytest.raises(ValueError, match="classifier"):
         fit(sd, "uce", EditRequest(concepts=("doctor",), mode="debias", attributes=("male", "female")))
 
 

@@ -10,16 +10,31 @@ with ce.applied(pipe, edit):
 
 __version__ = "0.1.0"
 
-from concept_edit.edit import Edit, EditError, WeightDelta, applied, apply, compose, revert  # noqa: E402
-from concept_edit.methods import EditRequest, available_methods, fit, get_method, make_config  # noqa: E402
+from concept_edit.edit import (  # noqa: E402
+    ActivationProjection,
+    DenseDelta,
+    Edit,
+    EditError,
+    LowRankDelta,
+    SparseSet,
+    applied,
+    apply,
+    compose,
+    revert,
+    trainable,
+)
+from concept_edit.methods import EditRequest, available_methods, fit, get_method, make_config, make_inputs  # noqa: E402
 from concept_edit.models import ModelLoadError, load_pipeline  # noqa: E402
 
 __all__ = [
+    "ActivationProjection",
+    "DenseDelta",
     "Edit",
     "EditError",
     "EditRequest",
     "ModelLoadError",
-    "WeightDelta",
+    "LowRankDelta",
+    "SparseSet",
     "__version__",
     "applied",
     "apply",
@@ -29,5 +44,7 @@ __all__ = [
     "get_method",
     "load_pipeline",
     "make_config",
+    "make_inputs",
     "revert",
+    "trainable",
 ]

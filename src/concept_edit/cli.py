@@ -16,60 +16,71 @@ import types
 import typing
 from pathlib import Path
 
+from concept_edit.cli_support import add_model_args, load_edits, load_model
+
 log = logging.getLogger("concept_edit")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
-# -- shared options ----------------------------------------------------------------------------------------
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="'shapes', a local diffusers folder, or a hub id")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument(
-        "--dtype",
-        choices=("float32", "float16", "bfloat16"),
-        default=None,
-        help="weights dtype (default: float16 on CUDA, float32 on CPU)",
-    )
-    p.add_argument(
-        "--allow-pickle", action="store_true", help="allow pickled (.bin/.ckpt) weights; only for sources you trust"
-    )
+# -- options rendered from a method's dataclasses ------------------------------------------------------------
+def _field_kind(hint) -> tuple[type, bool]:
+    """(element type, repeatable) of a config or inputs field: `X | None` -> X; `tuple[X, ...]` -> X, repeatable."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        hint = args[0] if len(args) == 1 else str
+    if typing.get_origin(hint) in (tuple, list):
+        return typing.get_args(hint)[0], True
+    return hint, False
 
 
-def _load(args: argparse.Namespace):
-    import torch
+def _dataclass_options(parser, cls: type) -> list[str]:
+    """Add one --option per field (help from the field's metadata); returns the field names.
 
-    from concept_edit.models import load_pipeline
-
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    return load_pipeline(args.model, device=args.device, dtype=dtype, allow_pickle=args.allow_pickle)
-
-
-def _load_edits(paths: list[str] | None):
-    from concept_edit.edit import Edit
-
-    return [Edit.load(p) for p in paths or []]
-
-
-def _config_options(parser: argparse.ArgumentParser, config_cls: type) -> list[str]:
-    """Add one --option per config field (help from the field's metadata); returns the field names."""
-    hints = typing.get_type_hints(config_cls)
+    A field with a `parse` function (an input such as the debias judge) takes a text spec, parsed later.
+    """
+    hints = typing.get_type_hints(cls)
     names = []
-    for f in dataclasses.fields(config_cls):
-        kind = hints[f.name]
-        optional = isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union
-        if optional:
-            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        default = f.default if f.default is not dataclasses.MISSING else "none"
+        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        kind, repeatable = _field_kind(hints[f.name])
+        if f.metadata.get("parse") is not None:
+            kind = str
         if kind is bool:
             parser.add_argument(
                 flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
             )
+        elif repeatable:
+            parser.add_argument(
+                flag, dest=f.name, type=kind, action="append", default=argparse.SUPPRESS, help=help_text + " (repeat)"
+            )
         else:
-            parser.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS, help=help_text)
+            metavar = "PATH" if kind is Path else None
+            parser.add_argument(
+                flag, dest=f.name, type=kind, default=argparse.SUPPRESS, metavar=metavar, help=help_text
+            )
         names.append(f.name)
     return names
+
+
+def _values(args: argparse.Namespace, names: list[str]) -> dict:
+    return {n: tuple(v) if isinstance(v, list) else v for n in names if (v := getattr(args, n, None)) is not None}
+
+
+def _request_lists(args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
+    """Concepts, preserved concepts and attributes from the repeated flags and their --*-file lists."""
+    from concept_edit.methods import read_list_file
+
+    lists = {}
+    for name, flag in (("concepts", "concept"), ("preserve", "preserve"), ("attributes", "attribute")):
+        values = list(getattr(args, flag) or ())
+        path = getattr(args, f"{name}_file")
+        if path is not None:
+            values += read_list_file(path)
+        lists[name] = tuple(values)
+    return lists
 
 
 # -- verbs ---------------------------------------------------------------------------------------------------
@@ -83,28 +94,31 @@ def cmd_methods(args: argparse.Namespace) -> None:
 
 def cmd_edit(args: argparse.Namespace) -> None:
     from concept_edit.edit import resolve_edit_path
-    from concept_edit.methods import EditRequest, fit, make_config
+    from concept_edit.methods import EditRequest, fit, get_method, make_config, make_inputs
 
     target = resolve_edit_path(args.out, for_writing=True)
-    options = {name: getattr(args, name) for name in args.config_fields if hasattr(args, name)}
-    config = make_config(args.method, **options)
+    method = get_method(args.method)
+    config = make_config(args.method, **_values(args, args.config_fields))
+    lists = _request_lists(args)
     request = EditRequest(
-        concepts=tuple(args.concept or ()),
+        concepts=lists["concepts"],
         mode=args.mode,
         guide=args.guide,
-        preserve=tuple(args.preserve or ()),
-        attributes=tuple(args.attribute or ()),
+        preserve=lists["preserve"],
+        attributes=lists["attributes"],
         ratios=tuple(args.ratio) if args.ratio else None,
     )
-    pipe = _load(args)
-    context = {}
-    if request.mode == "debias":
-        from concept_edit.evaluation.classifiers import make_classifier
-
-        context["estimator"] = make_classifier(args.classifier, pipe)
-    edit = fit(pipe, args.method, request, config, seed=args.seed, **context)
+    pipe = load_model(args)
+    values = _values(args, args.input_fields)
+    for f in dataclasses.fields(method.inputs_cls):  # text specs (a judge...) become objects for this pipeline
+        parse = f.metadata.get("parse")
+        if parse is not None and f.name in values:
+            values[f.name] = parse(values[f.name], pipe)
+    edit = fit(pipe, args.method, request, config, make_inputs(args.method, **values), seed=args.seed)
     edit.save(target)
-    print(f"wrote {target} ({len(edit.deltas)} tensors, method {args.method}, concepts {list(request.concepts)})")
+    kinds = ", ".join(sorted(set(edit.kinds)))
+    concepts = list(request.concepts)
+    print(f"wrote {target} ({len(edit.entries)} changes: {kinds}; method {args.method}, concepts {concepts})")
     stats = edit.manifest.get("stats", {})
     if "final_ratios" in stats:
         print(f"debias: {stats['iterations']} iterations, final ratios {stats['final_ratios']}")
@@ -121,8 +135,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
         raise ValueError(f"--out {out} is a folder; give an image file name")
     if args.n < 1:
         raise ValueError("-n must be at least 1")
-    edits = _load_edits(args.edit)
-    pipe = _load(args)
+    edits = load_edits(args.edit)
+    pipe = load_model(args)
     prompts = [p for p in args.prompt for _ in range(args.n)]
     seeds = [args.seed + k for _ in args.prompt for k in range(args.n)]
     with applied(pipe, *edits):
@@ -137,8 +151,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from concept_edit.export import export_pipeline
 
-    edits = _load_edits(args.edit)
-    out = export_pipeline(_load(args), edits, args.out, args.model)
+    edits = load_edits(args.edit)
+    out = export_pipeline(load_model(args), edits, args.out, args.model)
     print(f"wrote diffusers pipeline to {out}")
 
 
@@ -146,8 +160,8 @@ def cmd_compose(args: argparse.Namespace) -> None:
     from concept_edit.edit import compose, resolve_edit_path
 
     target = resolve_edit_path(args.out, for_writing=True)
-    edits = _load_edits(args.edit)
-    merged = compose(_load(args), *edits)
+    edits = load_edits(args.edit)
+    merged = compose(load_model(args), *edits)
     merged.save(target)
     print(f"wrote {target}: {' + '.join(e.name for e in edits)}")
 
@@ -159,8 +173,11 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
     edit = Edit.load(args.edit)
     manifest = dict(edit.manifest)
-    if not args.full:
-        manifest["params"] = f"{len(manifest['params'])} tensors"
+    counts = {kind: edit.kinds.count(kind) for kind in sorted(set(edit.kinds))}
+    if args.full:
+        manifest["changes"] = [{k: v for k, v in e.info.items() if k != "tensors"} for e in edit.entries]
+    else:
+        manifest["changes"] = ", ".join(f"{n} {kind}" for kind, n in counts.items())
         manifest.get("stats", {}).pop("history", None)
     print(json.dumps(manifest, indent=2))
 
@@ -184,24 +201,24 @@ def build_parser() -> argparse.ArgumentParser:
     for name in available_methods():
         method = get_method(name)
         p = per_method.add_parser(name, help=method.summary, description=method.summary)
-        _add_model_args(p)
+        add_model_args(p)
         p.add_argument("--concept", action="append", help="a concept to edit (repeat for several)")
+        p.add_argument("--concepts-file", type=Path, metavar="PATH", help="concepts to edit, one per line")
         p.add_argument("--mode", choices=[m for m in MODES if m in method.modes], default=method.modes[0])
         p.add_argument("--guide", default=None, help="erase towards this concept (default: the method's)")
         p.add_argument("--preserve", action="append", help="a concept to preserve (repeat)")
+        p.add_argument("--preserve-file", type=Path, metavar="PATH", help="concepts to preserve, one per line")
         p.add_argument("--attribute", action="append", help="debias: an attribute to balance (repeat)")
+        p.add_argument("--attributes-file", type=Path, metavar="PATH", help="debias: attributes, one per line")
         p.add_argument("--ratio", action="append", type=float, help="debias: desired share of each attribute")
-        p.add_argument(
-            "--classifier",
-            default=None,
-            help="debias: judge of generated images: 'oracle' (ShapesSD) or 'clip:<hub id>'",
-        )
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--out", required=True, help="edit folder (gets edit.safetensors) or .safetensors path")
-        p.set_defaults(func=cmd_edit, config_fields=_config_options(p, method.config_cls))
+        config_fields = _dataclass_options(p.add_argument_group(f"{name} options"), method.config_cls)
+        input_fields = _dataclass_options(p.add_argument_group(f"{name} inputs"), method.inputs_cls)
+        p.set_defaults(func=cmd_edit, config_fields=config_fields, input_fields=input_fields)
 
     gen = verbs.add_parser("generate", help="generate a grid of images, optionally with edits applied")
-    _add_model_args(gen)
+    add_model_args(gen)
     gen.add_argument("--edit", action="append", help="edit file or folder to apply (repeat to compose)")
     gen.add_argument("--prompt", action="append", required=True, help="a prompt (repeat: one row each)")
     gen.add_argument("-n", type=int, default=8, help="images per prompt (seeds seed..seed+n-1)")
@@ -212,13 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_generate)
 
     export = verbs.add_parser("export", help="write a full diffusers pipeline folder with edits applied")
-    _add_model_args(export)
+    add_model_args(export)
     export.add_argument("--edit", action="append", required=True)
     export.add_argument("--out", required=True, help="a new (or empty) folder")
     export.set_defaults(func=cmd_export)
 
     comp = verbs.add_parser("compose", help="merge several edits into one edit file")
-    _add_model_args(comp)
+    add_model_args(comp)
     comp.add_argument("--edit", action="append", required=True)
     comp.add_argument("--out", required=True)
     comp.set_defaults(func=cmd_compose)
@@ -233,11 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_evaluation_verbs(verbs) -> None:
-    try:
-        from concept_edit.evaluation import cli as evaluation_cli
-    except ImportError:  # pragma: no cover - evaluation is part of the package
-        return
-    evaluation_cli.add_verbs(verbs, _add_model_args)
+    from concept_edit.evaluation import cli as evaluation_cli
+
+    evaluation_cli.add_verbs(verbs)
 
 
 def _quiet_libraries() -> None:

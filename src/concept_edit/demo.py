@@ -16,9 +16,8 @@ import logging
 import time
 from pathlib import Path
 
-from concept_edit.evaluation.cli import summary_table
 from concept_edit.evaluation.evaluate import evaluate
-from concept_edit.evaluation.report import write_report
+from concept_edit.evaluation.report import summary_table, write_report
 from concept_edit.evaluation.suites import get_suite
 from concept_edit.io import write_json
 from concept_edit.methods import EditRequest, fit
@@ -68,7 +67,7 @@ def run_demo(out: Path, n: int = 16, seed: int = 0, concept: str = "circle") -> 
     print(f"{paraphrase.name}: synonyms the edit was not given")
     print(summary_table([before_para, after_para]))
     print()
-    print(f"edit: {edit_path} ({edit_path.stat().st_size / 1024:.0f} KiB, {len(edit.deltas)} tensors)")
+    print(f"edit: {edit_path} ({edit_path.stat().st_size / 1024:.0f} KiB, {len(edit.entries)} changes)")
     print(f"report: {report}")
     print(f"done in {time.perf_counter() - started:.0f} s")
     return {"before": before, "after": after, "edit": str(edit_path), "report": str(report)}

@@ -20,6 +20,12 @@ from concept_edit.models.loading import model_info
 def export_pipeline(pipe, edits: list[Edit], out: str | Path, spec: str | None = None) -> Path:
     """Save `pipe` with `edits` applied to the new folder `out` (safetensors weights). `pipe` is unchanged."""
     out = Path(out)
+    hooked = [e.name for e in edits if "activation" in e.kinds]
+    if hooked:
+        raise ValueError(
+            f"{hooked[0]} changes activations through forward hooks, which a diffusers folder cannot hold; "
+            "apply it with concept-edit (--edit, or concept_edit.apply) instead of exporting it"
+        )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} already exists and is not an empty folder; choose a new --out")
     out.parent.mkdir(parents=True, exist_ok=True)

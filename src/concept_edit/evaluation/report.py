@@ -65,7 +65,7 @@ def build_report(runs: list[dict], title: str = "concept-edit report") -> str:
     for suite in suites:
         group = [r for r in runs if r["suite"] == suite]
         parts.append(f"<h2>Suite {html.escape(suite)}</h2>")
-        parts.append(_summary_table(group))
+        parts.append(_summary_html(group))
         parts.append(_concept_table(group))
         parts.append(_img(_accuracy_chart(group), "per-concept accuracy chart", "chart"))
         if any("distribution" in r for r in group):
@@ -92,7 +92,7 @@ def _fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else html.escape(str(value))
 
 
-def _summary_table(group: list[dict]) -> str:
+def _summary_html(group: list[dict]) -> str:
     cols = [
         ("mean accuracy", lambda r: r.get("mean_accuracy")),
         ("target", lambda r: r.get("target")),
@@ -234,3 +234,36 @@ def _img(b64png: str, alt: str, cls: str) -> str:
     return (
         f"<img class='{cls}' alt='{html.escape(alt)}' title='{html.escape(alt)}' src='data:image/png;base64,{b64png}'>"
     )
+
+
+def summary_table(runs: list[dict]) -> str:
+    """Per-concept accuracy, one column per run, then the headline metrics."""
+    labels = [run_label(r) for r in runs]
+    concepts = list(dict.fromkeys(c for r in runs for c in r["per_concept"]))
+    width = max(18, *(len(c) for c in concepts))
+    col = max(10, *(min(len(label), 28) for label in labels))
+    lines = [f"{'concept':<{width}}  " + "  ".join(f"{label[:28]:>{col}}" for label in labels)]
+    for c in concepts:
+        cells = [
+            f"{r['per_concept'][c]['accuracy']:>{col}.2f}" if c in r["per_concept"] else f"{'-':>{col}}" for r in runs
+        ]
+        lines.append(f"{c:<{width}}  " + "  ".join(cells))
+    rows = [
+        ("mean accuracy", "mean_accuracy"),
+        ("target accuracy", "target_accuracy"),
+        ("others accuracy", "others_accuracy"),
+        ("Frechet to renders", "frechet_to_renders"),
+        ("mean deviation", "mean_deviation"),
+    ]
+    for name, key in rows:
+        if any(key in r for r in runs):
+            cells = [f"{r[key]:>{col}.3f}" if key in r else f"{'-':>{col}}" for r in runs]
+            lines.append(f"{name:<{width}}  " + "  ".join(cells))
+    for c in dict.fromkeys(c for r in runs for c in r.get("deviation", {})):  # bias suite: each concept's delta
+        cells = [f"{r['deviation'][c]:>{col}.3f}" if c in r.get("deviation", {}) else f"{'-':>{col}}" for r in runs]
+        lines.append(f"{'deviation ' + c:<{width}}  " + "  ".join(cells))
+    if any("image_change" in r for r in runs):
+        metric = next(r["image_change"]["metric"] for r in runs if "image_change" in r)
+        cells = [f"{r['image_change']['mean']:>{col}.3f}" if "image_change" in r else f"{'-':>{col}}" for r in runs]
+        lines.append(f"{'image change':<{width}}  " + "  ".join(cells) + f"   ({metric})")
+    return "\n".join(lines)

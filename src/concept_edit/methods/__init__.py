@@ -5,11 +5,28 @@ from concept_edit.methods.registry import (
     MODES,
     EditRequest,
     Method,
+    NoInputs,
     available_methods,
     fit,
     get_method,
+    input_field,
     make_config,
+    make_inputs,
+    read_list_file,
     register,
 )
 
-__all__ = ["MODES", "EditRequest", "Method", "available_methods", "fit", "get_method", "make_config", "register"]
+__all__ = [
+    "MODES",
+    "EditRequest",
+    "Method",
+    "NoInputs",
+    "available_methods",
+    "fit",
+    "get_method",
+    "input_field",
+    "make_config",
+    "make_inputs",
+    "read_list_file",
+    "register",
+]

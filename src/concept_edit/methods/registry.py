@@ -1,9 +1,15 @@
-"""The method registry and the request every method receives.
+"""The method registry, the request every method receives, and the inputs a method may declare.
 
-A method is a config dataclass (how to edit: every option documented in `field(metadata={"help": ...})`,
-validated in `__post_init__`, no device or path) plus one `fit(pipe, request, config, *, seed, **context)`
-that returns an `Edit`. The request says what to edit. The CLI and `concept_edit.fit` dispatch only
-through this registry.
+A method is
+* a config dataclass: *how* to edit, every option documented in `field(metadata={"help": ...})`,
+  validated in `__post_init__`, scalars or tuples of scalars only, no device or path;
+* an inputs dataclass: what a method needs that is not an option (a judge of images, an image folder, a
+  prompt list, a cache or resume directory), each field made with `input_field` so that the CLI can render
+  it (`Path` -> a path flag, `tuple[...]` -> a repeatable flag, a `parse` function -> a text spec turned
+  into an object once the pipeline is loaded, as `--classifier oracle` becomes a judge);
+* one `fit(pipe, request, config, inputs, *, seed, progress)` that returns an `Edit` and leaves the
+  pipeline as it found it (checked: a method that changes weights without restoring them is an error).
+The request says what to edit. The CLI and `concept_edit.fit` dispatch only through this registry.
 """
 
 from __future__ import annotations
@@ -11,7 +17,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 MODES = ("erase", "moderate", "debias", "amplify")
@@ -80,6 +87,28 @@ class EditRequest:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
+def input_field(help: str, *, default: Any = None, parse: Callable[[str, Any], Any] | None = None) -> Any:
+    """A field of a method's inputs dataclass. `parse(text, pipe)` turns a CLI spec into the value."""
+    return field(default=default, metadata={"help": help, "parse": parse})
+
+
+def read_list_file(path: str | Path) -> tuple[str, ...]:
+    """One entry per line of a UTF-8 text file; blank lines and lines starting with '#' are skipped."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"no such file: {path}") from None
+    except (UnicodeDecodeError, IsADirectoryError) as err:
+        raise ValueError(f"{path} is not a UTF-8 text file: {err}") from None
+    return tuple(line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+
+
+@dataclass(frozen=True)
+class NoInputs:
+    """The inputs of a method that needs nothing beyond its request and config."""
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
@@ -87,16 +116,17 @@ class Method:
     fit: Callable[..., Any]
     modes: tuple[str, ...]
     summary: str
+    inputs_cls: type = NoInputs
 
 
 _REGISTRY: dict[str, Method] = {}
 
 
-def register(name: str, config_cls: type, modes: Sequence[str], summary: str):
+def register(name: str, config_cls: type, modes: Sequence[str], summary: str, inputs_cls: type = NoInputs):
     """Decorator for a method's fit function."""
 
     def wrap(fit: Callable[..., Any]) -> Callable[..., Any]:
-        _REGISTRY[name] = Method(name, config_cls, fit, tuple(modes), summary)
+        _REGISTRY[name] = Method(name, config_cls, fit, tuple(modes), summary, inputs_cls)
         return fit
 
     return wrap
@@ -112,22 +142,50 @@ def get_method(name: str) -> Method:
     return _REGISTRY[name]
 
 
-def make_config(name: str, **options: Any):
-    """The method's config with `options` set; ValueError naming any unknown option."""
-    method = get_method(name)
-    known = {f.name for f in dataclasses.fields(method.config_cls)}
+def _make(name: str, cls: type, what: str, options: dict[str, Any]):
+    known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise ValueError(f"unknown option(s) for {name}: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return method.config_cls(**options)
+        raise ValueError(
+            f"unknown {what}(s) for {name}: {', '.join(unknown)}; known: {', '.join(sorted(known)) or 'none'}"
+        )
+    return cls(**options)
 
 
-def fit(pipe, method: str, request: EditRequest, config=None, *, seed: int = 0, **context: Any):
+def make_config(name: str, **options: Any):
+    """The method's config with `options` set; ValueError naming any unknown option."""
+    return _make(name, get_method(name).config_cls, "option", options)
+
+
+def make_inputs(name: str, **values: Any):
+    """The method's inputs with `values` set; ValueError naming any unknown input."""
+    return _make(name, get_method(name).inputs_cls, "input", values)
+
+
+def fit(pipe, method: str, request: EditRequest, config=None, inputs=None, *, seed: int = 0, progress: bool = True):
     """Run `method` on `pipe` for `request`; returns an `Edit` and leaves the pipeline unchanged."""
+    from concept_edit.edit.state import changed_since, state_of, versions
+
     spec = get_method(method)
     if request.mode not in spec.modes:
         raise ValueError(f"{method} does not support mode {request.mode!r}; it supports {', '.join(spec.modes)}")
     config = config if config is not None else spec.config_cls()
     if not isinstance(config, spec.config_cls):
         raise ValueError(f"{method} takes a {spec.config_cls.__name__}, not a {type(config).__name__}")
-    return spec.fit(pipe, request, config, seed=seed, **context)
+    inputs = inputs if inputs is not None else spec.inputs_cls()
+    if not isinstance(inputs, spec.inputs_cls):
+        raise ValueError(f"{method} takes inputs {spec.inputs_cls.__name__}, not a {type(inputs).__name__}")
+    state = state_of(pipe)
+    before = versions(pipe)
+    state.fit_versions.append(before)
+    try:
+        edit = spec.fit(pipe, request, config, inputs, seed=seed, progress=progress)
+    finally:
+        state.fit_versions.pop()
+    changed = changed_since(pipe, before)
+    if changed:
+        raise RuntimeError(
+            f"method {method} left {len(changed)} weight(s) of the pipeline changed (e.g. {changed[0]}); "
+            "a method must restore them (train inside concept_edit.trainable). Reload the pipeline."
+        )
+    return edit

@@ -54,9 +54,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from concept_edit.edit import Edit, WeightDelta, applied
+from concept_edit.edit import DenseDelta, Edit, LowRankDelta, applied
 from concept_edit.generation import generate
-from concept_edit.methods.registry import EditRequest, register
+from concept_edit.methods.registry import EditRequest, input_field, register
 from concept_edit.models.prompts import concept_ids, encode_prompts, last_token_index, prompt_lengths_ok
 from concept_edit.models.targets import cross_attention_layers, get_parameter
 
@@ -103,6 +103,19 @@ class UCEConfig:
     @property
     def dtype(self) -> torch.dtype:
         return torch.float64 if self.float64 else torch.float32
+
+
+def _parse_classifier(spec: str, pipe) -> RatioEstimator:
+    from concept_edit.evaluation.classifiers import make_classifier
+
+    return make_classifier(spec, pipe)
+
+
+@dataclass(frozen=True)
+class UCEInputs:
+    classifier: RatioEstimator | None = input_field(
+        "debias: the judge of generated images: 'oracle' (ShapesSD) or 'clip:<hub id>'", parse=_parse_classifier
+    )
 
 
 # -- the closed form -----------------------------------------------------------------------------------------
@@ -163,19 +176,19 @@ def target_weights(pipe, edit_keys: bool) -> dict[str, torch.nn.Parameter]:
 
 def layer_deltas(
     weights: dict[str, torch.Tensor], u: torch.Tensor, v: torch.Tensor, dtype: torch.dtype
-) -> dict[str, WeightDelta]:
+) -> list[DenseDelta | LowRankDelta]:
     """Delta W_l = W_l U V for every layer, kept as factors (W_l U, V) when that is smaller."""
-    deltas, shared = {}, None
+    deltas, shared = [], None
     rank, d = v.shape
     for key, w in weights.items():
         w = w.detach().to("cpu", dtype)
         if w.shape[1] != d:
             raise ValueError(f"{key} reads {w.shape[1]}-d inputs but the text embeddings are {d}-d")
         if rank * (w.shape[0] + d) < w.shape[0] * d:
-            deltas[key] = WeightDelta(up=(w @ u).float(), down=v.float())
+            deltas.append(LowRankDelta(key, (w @ u).float(), v.float(), tuple(w.shape)))
         else:
             shared = (u @ v) if shared is None else shared
-            deltas[key] = WeightDelta(dense=(w @ shared).float())
+            deltas.append(DenseDelta(key, (w @ shared).float()))
     return deltas
 
 
@@ -217,22 +230,15 @@ def _stack(rows: Sequence[torch.Tensor], dim: int) -> torch.Tensor:
     UCEConfig,
     modes=("erase", "moderate", "debias"),
     summary="closed-form edit of cross-attention K/V (erase, moderate, debias; TIME/MEMIT special cases)",
+    inputs_cls=UCEInputs,
 )
-def fit_uce(
-    pipe,
-    request: EditRequest,
-    config: UCEConfig,
-    *,
-    seed: int = 0,
-    estimator: RatioEstimator | None = None,
-    progress: bool = True,
-) -> Edit:
+def fit_uce(pipe, request: EditRequest, config: UCEConfig, inputs: UCEInputs, *, seed: int = 0, progress: bool = True):
     """Compute a UCE edit for `request` on `pipe`; the pipeline is left unchanged."""
     weights = target_weights(pipe, config.edit_keys)
     if request.mode == "debias":
-        if estimator is None:
-            raise ValueError("UCE debias needs a ratio estimator (a classifier of generated images)")
-        deltas, stats = _debias(pipe, request, config, weights, estimator, seed, progress)
+        if inputs.classifier is None:
+            raise ValueError("UCE debias needs a classifier of generated images (--classifier oracle | clip:<id>)")
+        deltas, stats = _debias(pipe, request, config, weights, inputs.classifier, seed, progress)
     else:
         deltas, stats = _erase(pipe, request, config, weights)
     return Edit.create(
@@ -360,7 +366,7 @@ def attribute_prompt(concept: str, attribute: str, with_concept: bool) -> str:
     return f"{attribute} {concept}"
 
 
-def _deltas_from_operator(weights, operator: torch.Tensor, dtype: torch.dtype) -> dict[str, WeightDelta]:
+def _deltas_from_operator(weights, operator: torch.Tensor, dtype: torch.dtype) -> list[DenseDelta | LowRankDelta]:
     """Factor a d x d update (W_new = W_old (I + operator)) at its numerical rank and expand per layer."""
     u, s, vh = torch.linalg.svd(operator)
     keep = s > s[0] * (1e-12 if dtype == torch.float64 else 1e-6) if s[0] > 0 else s > 0
