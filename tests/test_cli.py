@@ -191,3 +191,87 @@ def test_pickled_weights_are_refused_unless_allowed(_tiny_sd_session, tmp_path):
 def test_methods_lists_uce(capsys):
     code, stdout, _ = run(["methods"], capsys)
     assert code == 0 and stdout.startswith("uce")
+
+
+def test_concepts_and_preserve_lists_come_from_files(sd_folder, tmp_path, capsys):
+    concepts = tmp_path / "concepts.txt"
+    concepts.write_text("# styles to erase\ncat\n\n  van gogh  \n", encoding="utf-8")
+    preserve = tmp_path / "keep.txt"
+    preserve.write_text("dog\ntree\n", encoding="utf-8")
+    out = tmp_path / "e"
+    code, _, err = run(
+        ["edit", "uce", "--model", sd_folder, "--concept", "car", "--concepts-file", concepts]
+        + ["--preserve-file", preserve, "--preserve", "house", "--out", out],
+        capsys,
+    )
+    assert code == 0, err
+    request = Edit.load(out).manifest["request"]
+    assert request["concepts"] == ["car", "cat", "van gogh"]
+    assert request["preserve"] == ["house", "dog", "tree"]
+    code, _, err = run(
+        ["edit", "uce", "--model", sd_folder, "--concepts-file", tmp_path / "nope.txt", "--out", tmp_path / "f"], capsys
+    )
+    assert code == 2 and "no such file" in err and "nope.txt" in err and not (tmp_path / "f").exists()
+
+
+def test_inspect_counts_each_kind_of_change(cat_edit_dir, capsys):
+    code, stdout, _ = run(["inspect", cat_edit_dir], capsys)
+    assert code == 0 and json.loads(stdout)["changes"] == "8 low_rank"  # 4 cross-attention layers x K, V
+    code, stdout, _ = run(["inspect", cat_edit_dir, "--full"], capsys)
+    changes = json.loads(stdout)["changes"]
+    assert len(changes) == 8 and {c["kind"] for c in changes} == {"low_rank"} and changes[0]["rank"] == 1
+
+
+def test_method_inputs_and_list_options_are_rendered_as_flags():
+    """Path, repeatable and parsed fields of a method's dataclasses become flags of `edit <method>`."""
+    import argparse
+    from dataclasses import dataclass
+    from pathlib import Path
+
+    from concept_edit.cli import _dataclass_options, _values
+    from concept_edit.methods import input_field
+
+    @dataclass(frozen=True)
+    class Inputs:
+        images: Path | None = input_field("a folder of images")
+        prompts: tuple[str, ...] = input_field("prompts", default=())
+        judge: object = input_field("a judge", parse=lambda text, pipe: ("judge", text, pipe))
+
+    @dataclass(frozen=True)
+    class Config:
+        scales: tuple[float, ...] = (1.0,)
+        steps: int = 3
+
+    parser = argparse.ArgumentParser()
+    names = _dataclass_options(parser, Inputs) + _dataclass_options(parser, Config)
+    args = parser.parse_args(
+        ["--images", "imgs", "--prompts", "a", "--prompts", "b", "--judge", "j", "--scales", "0.5", "--scales", "2"]
+    )
+    assert _values(args, names) == {
+        "images": Path("imgs"),
+        "prompts": ("a", "b"),
+        "judge": "j",
+        "scales": (0.5, 2.0),
+    }
+    assert _values(parser.parse_args([]), names) == {}
+
+
+def test_uce_debias_judge_is_an_input_of_the_python_api_and_the_cli():
+    from concept_edit import make_inputs
+    from concept_edit.methods.uce import UCEInputs
+
+    judge = object()
+    assert make_inputs("uce", classifier=judge) == UCEInputs(classifier=judge)
+    with pytest.raises(ValueError, match="unknown input"):
+        make_inputs("uce", estimator=judge)
+
+
+def test_verb_modules_do_not_import_each_other():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, concept_edit.evaluation.cli, concept_edit.demo;"
+        "assert 'concept_edit.cli' not in sys.modules, 'evaluation imports the top-level cli'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,6 +1,5 @@
 """The edit file: small, portable, refused where it does not belong, applied all-or-nothing, reverted exactly."""
 
-
 import pytest
 import torch
 from safetensors import safe_open
