@@ -275,3 +275,16 @@ def test_verb_modules_do_not_import_each_other():
         "assert 'concept_edit.cli' not in sys.modules, 'evaluation imports the top-level cli'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_store_dtype_sets_the_precision_of_the_saved_changes(sd_folder, cat_edit_dir, tmp_path, capsys):
+    out = tmp_path / "half.safetensors"
+    code, _, err = run(
+        ["compose", "--model", sd_folder, "--edit", cat_edit_dir, "--store-dtype", "float16", "--out", out], capsys
+    )
+    assert code == 0, err
+    half = Edit.load(out)
+    assert {e.info["dtype"] for e in half.entries} == {"float16"}
+    full = Edit.load(cat_edit_dir)
+    key = full.targets[0]
+    torch.testing.assert_close(half.weight_delta(key), full.weight_delta(key), rtol=2e-3, atol=1e-4)

@@ -115,6 +115,10 @@ def cmd_edit(args: argparse.Namespace) -> None:
         if parse is not None and f.name in values:
             values[f.name] = parse(values[f.name], pipe)
     edit = fit(pipe, args.method, request, config, make_inputs(args.method, **values), seed=args.seed)
+    if args.store_dtype:
+        import torch
+
+        edit = edit.astype(getattr(torch, args.store_dtype))
     edit.save(target)
     kinds = ", ".join(sorted(set(edit.kinds)))
     concepts = list(request.concepts)
@@ -162,6 +166,10 @@ def cmd_compose(args: argparse.Namespace) -> None:
     target = resolve_edit_path(args.out, for_writing=True)
     edits = load_edits(args.edit)
     merged = compose(load_model(args), *edits)
+    if args.store_dtype:
+        import torch
+
+        merged = merged.astype(getattr(torch, args.store_dtype))
     merged.save(target)
     print(f"wrote {target}: {' + '.join(e.name for e in edits)}")
 
@@ -180,6 +188,15 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         manifest["changes"] = ", ".join(f"{n} {kind}" for kind, n in counts.items())
         manifest.get("stats", {}).pop("history", None)
     print(json.dumps(manifest, indent=2))
+
+
+def _add_store_dtype(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--store-dtype",
+        choices=("float32", "float16", "bfloat16"),
+        default=None,
+        help="dtype of the stored weight changes (default: dense and sparse in the model's dtype, low-rank float32)",
+    )
 
 
 # -- parser --------------------------------------------------------------------------------------------------
@@ -213,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--ratio", action="append", type=float, help="debias: desired share of each attribute")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--out", required=True, help="edit folder (gets edit.safetensors) or .safetensors path")
+        _add_store_dtype(p)
         config_fields = _dataclass_options(p.add_argument_group(f"{name} options"), method.config_cls)
         input_fields = _dataclass_options(p.add_argument_group(f"{name} inputs"), method.inputs_cls)
         p.set_defaults(func=cmd_edit, config_fields=config_fields, input_fields=input_fields)
@@ -238,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(comp)
     comp.add_argument("--edit", action="append", required=True)
     comp.add_argument("--out", required=True)
+    _add_store_dtype(comp)
     comp.set_defaults(func=cmd_compose)
 
     insp = verbs.add_parser("inspect", help="print an edit's manifest")

@@ -168,6 +168,13 @@ class Edit:
             raise KeyError(key)
         return sum(parts[1:], parts[0])
 
+    def astype(self, dtype: torch.dtype) -> Edit:
+        """The same edit with its weight changes stored in `dtype` (activation directions stay as they are)."""
+        changes = [c if c.kind == "activation" else c.stored_as(dtype) for c in self.changes()]
+        for change in changes:
+            change_from_parts(change.info(), change.parts())  # a narrower dtype may overflow to inf
+        return Edit(entries=changes, manifest={**self.manifest, "kinds": sorted({c.kind for c in changes})})
+
     def save(self, path: str | Path) -> Path:
         """Write atomically to `path` (a .safetensors file, or a folder that gets edit.safetensors)."""
         target = resolve_edit_path(path, for_writing=True)
