@@ -46,7 +46,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -59,12 +58,13 @@ from concept_edit.generation import generate
 from concept_edit.methods.registry import EditRequest, input_field, register
 from concept_edit.models.prompts import concept_ids, encode_prompts, last_token_index, prompt_lengths_ok
 from concept_edit.models.targets import cross_attention_layers, get_parameter
+from concept_edit.validation import check_fields
 
 log = logging.getLogger(__name__)
 
 # classify(images, attributes) -> index of the attribute each image shows (-1: none of them)
 RatioEstimator = Callable[[list, Sequence[str]], Sequence[int]]
-CONDITION_WARNING = {torch.float64: 1e10, torch.float32: 1e5}
+CONDITION_LIMIT = {torch.float64: 1e10, torch.float32: 1e5}
 TOKEN_MODES = ("last", "trailing", "all")
 
 
@@ -89,16 +89,22 @@ class UCEConfig:
     debias_guidance: float | None = field(default=None, metadata={"help": "debias: guidance (model default)"})
 
     def __post_init__(self) -> None:
-        if self.erase_scale <= 0:
-            raise ValueError(f"erase_scale must be > 0, got {self.erase_scale}")
-        if self.preserve_scale < 0 or self.lam < 0:
-            raise ValueError("preserve_scale and lam must be >= 0")
+        check_fields(
+            self,
+            {
+                "erase_scale": {"low": 0, "low_open": True},
+                "preserve_scale": {"low": 0},
+                "lam": {"low": 0},
+                "debias_step": {"low": 0, "low_open": True},
+                "debias_tolerance": {"low": 0, "low_open": True, "high": 1},
+                "debias_max_iterations": {"low": 1, "integer": True},
+                "debias_images": {"low": 1, "integer": True},
+                "debias_steps": {"low": 1, "integer": True, "optional": True},
+                "debias_guidance": {"low": 0, "optional": True},
+            },
+        )
         if self.tokens not in TOKEN_MODES:
             raise ValueError(f"tokens must be one of {', '.join(TOKEN_MODES)}, got {self.tokens!r}")
-        if self.debias_step <= 0 or not 0 < self.debias_tolerance < 1:
-            raise ValueError("debias_step must be > 0 and debias_tolerance in (0, 1)")
-        if self.debias_max_iterations < 1 or self.debias_images < 1:
-            raise ValueError("debias_max_iterations and debias_images must be >= 1")
 
     @property
     def dtype(self) -> torch.dtype:
@@ -140,28 +146,22 @@ def uce_operator(
     if len(c_p):
         m = m + preserve_scale * (c_p.T @ c_p)
     _check_conditioning(m, lam, dtype)
-    try:
-        x = torch.linalg.solve(m, c_e.T)  # M^-1 C_E^T; M is symmetric
-    except torch.linalg.LinAlgError:
-        raise ValueError(
-            "the UCE system is singular: the edited and preserved embeddings do not span the "
-            "text-embedding space; set lam > 0 or preserve more concepts"
-        ) from None
+    x = torch.linalg.solve(m, c_e.T)  # M^-1 C_E^T; M is symmetric and, checked above, well-conditioned
     return (t - c_e).T, erase_scale * x.T
 
 
 def _check_conditioning(m: torch.Tensor, lam: float, dtype: torch.dtype) -> None:
-    limit = CONDITION_WARNING[dtype]
+    """Refuse a system whose solution would be noise (e.g. MEMIT's lam = 0 with too few preserved concepts)."""
+    limit = CONDITION_LIMIT[dtype]
     if lam > 0 and (lam + torch.trace(m).item()) / lam < limit:
         return  # lam I bounds the smallest eigenvalue: no eigendecomposition needed
     eig = torch.linalg.eigvalsh(m)
     cond = (eig[-1] / eig[0].clamp(min=torch.finfo(dtype).tiny)).item()
     if cond > limit or eig[0] <= 0:
-        warnings.warn(
-            f"UCE system is ill-conditioned (condition number {cond:.2e}); the edit may be "
-            "inaccurate. Raise lam or preserve more concepts.",
-            RuntimeWarning,
-            stacklevel=3,
+        raise ValueError(
+            f"the UCE system is ill-conditioned (condition number {cond:.1e} > {limit:.0e}): the edited and "
+            f"preserved concepts do not span the {m.shape[0]}-d text embedding, so the edit would be noise. "
+            "Raise --lam (UCE's default is 0.5) or preserve more concepts"
         )
 
 
