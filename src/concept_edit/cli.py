@@ -3,7 +3,9 @@
     concept-edit edit uce --model shapes --concept circle --out edits/no-circle
     concept-edit generate --model shapes --edit edits/no-circle --prompt "a circle" -n 8 --out grid.png
     concept-edit export --model shapes --edit edits/no-circle --out shapes-no-circle/
-Errors in the input are reported as one line and exit status 2; nothing is written.
+Errors in the input are reported as one line and exit status 2; nothing is written. Ctrl-C (or SIGTERM)
+stops a verb with one line and exit status 130 (143), leaving no partial file behind; `-v` shows
+tracebacks.
 """
 
 from __future__ import annotations
@@ -11,12 +13,26 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import signal
 import sys
+import threading
+import traceback
 import types
 import typing
 from pathlib import Path
 
-from concept_edit.cli_support import add_model_args, load_edits, load_model
+from concept_edit.cli_support import (
+    add_edit_args,
+    add_force,
+    add_generation_args,
+    add_model_args,
+    check_output,
+    edit_inputs,
+    load_edits,
+    load_model,
+    number,
+    seed_type,
+)
 
 log = logging.getLogger("concept_edit")
 
@@ -96,7 +112,7 @@ def cmd_edit(args: argparse.Namespace) -> None:
     from concept_edit.edit import resolve_edit_path
     from concept_edit.methods import EditRequest, fit, get_method, make_config, make_inputs
 
-    target = resolve_edit_path(args.out, for_writing=True)
+    target = check_output(resolve_edit_path(args.out, for_writing=True), force=args.force)
     method = get_method(args.method)
     config = make_config(args.method, **_values(args, args.config_fields))
     lists = _request_lists(args)
@@ -135,15 +151,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"--out must be an image file ({', '.join(IMAGE_SUFFIXES)}), got {out}")
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a folder; give an image file name")
-    if args.n < 1:
-        raise ValueError("-n must be at least 1")
+    check_output(out, force=args.force, inputs=edit_inputs(args.edit))
     edits = load_edits(args.edit)
     pipe = load_model(args)
     prompts = [p for p in args.prompt for _ in range(args.n)]
     seeds = [args.seed + k for _ in args.prompt for k in range(args.n)]
-    with applied(pipe, *edits):
+    with applied(pipe, *edits, allow_repeat=args.allow_repeat):
         images = generate(pipe, prompts, seeds, steps=args.steps, guidance=args.guidance, progress=True)
     from concept_edit.io import atomic_path
 
@@ -155,17 +168,22 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from concept_edit.export import export_pipeline
 
+    check_output(args.out, force=args.force, folder=True, inputs=[args.model])
     edits = load_edits(args.edit)
-    out = export_pipeline(load_model(args), edits, args.out, args.model)
+    if not args.allow_repeat and len({e.identity for e in edits}) < len(edits):
+        raise ValueError("the same edit is given twice; pass --allow-repeat to apply it twice")
+    out = export_pipeline(load_model(args), edits, args.out, args.model, force=args.force)
     print(f"wrote diffusers pipeline to {out}")
 
 
 def cmd_compose(args: argparse.Namespace) -> None:
     from concept_edit.edit import compose, resolve_edit_path
 
-    target = resolve_edit_path(args.out, for_writing=True)
+    target = check_output(
+        resolve_edit_path(args.out, for_writing=True), force=args.force, inputs=edit_inputs(args.edit)
+    )
     edits = load_edits(args.edit)
-    merged = compose(load_model(args), *edits)
+    merged = compose(load_model(args), *edits, allow_repeat=args.allow_repeat)
     if args.store_dtype:
         import torch
 
@@ -190,6 +208,13 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     print(json.dumps(manifest, indent=2))
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, `concept-edit ...: error: ...` with exit status 2, like every other refusal."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def _add_store_dtype(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--store-dtype",
@@ -204,9 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     from concept_edit import __version__
     from concept_edit.methods import MODES, available_methods, get_method
 
-    parser = argparse.ArgumentParser(
-        prog="concept-edit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = _Parser(prog="concept-edit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"concept-edit {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -227,9 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--preserve-file", type=Path, metavar="PATH", help="concepts to preserve, one per line")
         p.add_argument("--attribute", action="append", help="debias: an attribute to balance (repeat)")
         p.add_argument("--attributes-file", type=Path, metavar="PATH", help="debias: attributes, one per line")
-        p.add_argument("--ratio", action="append", type=float, help="debias: desired share of each attribute")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument(
+            "--ratio", action="append", type=number("--ratio", low=0, high=1), help="debias: desired share (repeat)"
+        )
+        p.add_argument("--seed", type=seed_type(), default=0)
         p.add_argument("--out", required=True, help="edit folder (gets edit.safetensors) or .safetensors path")
+        add_force(p)
         _add_store_dtype(p)
         config_fields = _dataclass_options(p.add_argument_group(f"{name} options"), method.config_cls)
         input_fields = _dataclass_options(p.add_argument_group(f"{name} inputs"), method.inputs_cls)
@@ -237,25 +263,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = verbs.add_parser("generate", help="generate a grid of images, optionally with edits applied")
     add_model_args(gen)
-    gen.add_argument("--edit", action="append", help="edit file or folder to apply (repeat to compose)")
+    add_edit_args(gen)
     gen.add_argument("--prompt", action="append", required=True, help="a prompt (repeat: one row each)")
-    gen.add_argument("-n", type=int, default=8, help="images per prompt (seeds seed..seed+n-1)")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--steps", type=int, default=None)
-    gen.add_argument("--guidance", type=float, default=None)
+    gen.add_argument("-n", type=number("-n", low=1, integer=True), default=8, help="images per prompt (seeds seed..)")
+    gen.add_argument("--seed", type=seed_type(), default=0)
+    add_generation_args(gen)
     gen.add_argument("--out", required=True, help="grid image file (.png/.jpg/.webp)")
+    add_force(gen)
     gen.set_defaults(func=cmd_generate)
 
     export = verbs.add_parser("export", help="write a full diffusers pipeline folder with edits applied")
     add_model_args(export)
-    export.add_argument("--edit", action="append", required=True)
+    add_edit_args(export, required=True)
     export.add_argument("--out", required=True, help="a new (or empty) folder")
+    add_force(export)
     export.set_defaults(func=cmd_export)
 
     comp = verbs.add_parser("compose", help="merge several edits into one edit file")
     add_model_args(comp)
-    comp.add_argument("--edit", action="append", required=True)
+    add_edit_args(comp, required=True)
     comp.add_argument("--out", required=True)
+    add_force(comp)
     _add_store_dtype(comp)
     comp.set_defaults(func=cmd_compose)
 
@@ -291,19 +319,51 @@ def _quiet_libraries() -> None:
         pass
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every `finally` removes its temporary files."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated
+
+
+def _describe(err: Exception) -> str:
+    if isinstance(err, OSError) and err.filename is not None:
+        return f"{err.strerror or type(err).__name__}: {err.filename}"
+    return str(err)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one verb. Exit 0, or 2 with one line for bad input, 130/143 when interrupted, 1 for a bug."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     _quiet_libraries()
-    from concept_edit.edit import EditError
-    from concept_edit.models import ModelLoadError
-
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
         args.func(args)
-    except (ValueError, EditError, ModelLoadError, FileNotFoundError, FileExistsError) as err:
-        print(f"concept-edit: error: {err}", file=sys.stderr)
+    except (KeyboardInterrupt, Terminated) as stop:
+        what = "terminated" if isinstance(stop, Terminated) else "interrupted"
+        print(f"\nconcept-edit: {what}: {args.verb} stopped before it finished; nothing was written", file=sys.stderr)
+        return 143 if isinstance(stop, Terminated) else 130
+    except (ValueError, OSError) as err:  # bad input (EditError and ModelLoadError are ValueErrors)
+        if args.verbose:
+            traceback.print_exc()
+        print(f"concept-edit: error: {_describe(err)}", file=sys.stderr)
         return 2
+    except Exception as err:  # a bug: one line, the traceback with -v
+        if args.verbose:
+            raise
+        print(
+            f"concept-edit: internal error ({type(err).__name__}: {err}); rerun with -v for the traceback and "
+            "please report it",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

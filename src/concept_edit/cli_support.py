@@ -7,6 +7,7 @@ other.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 
@@ -39,14 +40,80 @@ def load_edits(paths: list[str] | None):
     return [Edit.load(p) for p in paths or []]
 
 
-def check_out_file(out: str, suffix: str) -> Path:
-    """`--out` as a file with this suffix whose parent folders are (or can be) folders."""
+def add_edit_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("--edit", action="append", required=required, help="edit file or folder to apply (repeat)")
+    p.add_argument("--allow-repeat", action="store_true", help="allow the same edit twice (it is applied twice)")
+
+
+def add_generation_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=number("--steps", low=1, integer=True), help="inference steps (model default)")
+    p.add_argument("--guidance", type=number("--guidance", low=0), help="guidance scale (model default)")
+
+
+def number(name: str, **rule):
+    """An argparse `type` that parses a number and checks it (finite, in range) with `check_number`."""
+    from concept_edit.validation import check_number
+
+    def parse(text: str):
+        try:
+            value = int(text) if rule.get("integer") else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be {'an integer' if rule.get('integer') else 'a number'}, got {text!r}"
+            ) from None
+        try:
+            return check_number(name, value, **rule)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return parse
+
+
+def seed_type():
+    from concept_edit.validation import MAX_SEED
+
+    return number("--seed", low=0, high=MAX_SEED, integer=True)
+
+
+def add_force(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+
+
+def check_output(out: str | Path, *, force: bool, inputs=(), folder: bool = False, suffix: str | None = None) -> Path:
+    """Refuse, before any work, an output that exists (unless `force`), is one of the inputs, or cannot be written."""
     path = Path(out)
-    if path.is_dir():
-        raise ValueError(f"--out {path} is a folder; give a {suffix} file name")
-    if path.suffix.lower() != suffix:
+    if suffix is not None and path.suffix.lower() != suffix:
         raise ValueError(f"--out must be a {suffix} file, got {path}")
     for parent in path.parents:
         if parent.exists() and not parent.is_dir():
-            raise ValueError(f"cannot write {path}: {parent} is a file")
+            raise ValueError(f"cannot write {path}: {parent} is a file, not a folder")
+    if folder and path.exists() and not path.is_dir():
+        raise ValueError(f"--out {path} is a file; give a folder")
+    if not folder and path.is_dir():
+        raise ValueError(f"--out {path} is a folder; give a file name")
+    for item in inputs:
+        if Path(item).resolve() == path.resolve():
+            raise ValueError(f"--out {path} is also an input; write the result to a new path")
+    occupied = path.exists() and (not folder or any(path.iterdir()))
+    if occupied and not force:
+        raise ValueError(f"{path} already exists; pass --force to overwrite it")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    writable_dir = existing if existing.is_dir() and existing != path else existing.parent
+    if existing != path and not os.access(writable_dir, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {path}: the folder {writable_dir} is not writable")
+    if existing == path and not os.access(path.parent, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {path}: the folder {path.parent} is not writable")
     return path
+
+
+def edit_inputs(paths) -> list[Path]:
+    """The files behind --edit arguments (for the 'is not an input' check)."""
+    from concept_edit.edit import EditError, resolve_edit_path
+
+    files = []
+    for p in paths or []:
+        try:
+            files.append(resolve_edit_path(p))
+        except EditError:
+            continue  # reported when the edit is loaded
+    return files

@@ -16,6 +16,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from concept_edit.models.loading import model_info
+from concept_edit.validation import check_number, check_seed
 
 
 @torch.no_grad()
@@ -33,8 +34,10 @@ def generate(
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     info = model_info(pipe)
-    steps = steps or info.default_steps
-    guidance = info.default_guidance if guidance is None else guidance
+    steps = check_number("steps", info.default_steps if steps is None else steps, low=1, integer=True)
+    guidance = check_number("guidance", info.default_guidance if guidance is None else guidance, low=0)
+    for seed in seeds:
+        check_seed(seed)
     images: list[Image.Image] = []
     device = pipe.device
     gen_device = "cpu" if device.type == "mps" else device
@@ -49,9 +52,15 @@ def generate(
             guidance_scale=guidance,
             height=info.resolution,
             width=info.resolution,
-            output_type="pil",
+            output_type="np",
         )
-        images.extend(out.images)
+        if not np.isfinite(out.images).all():
+            bad = batch[int(np.argwhere(~np.isfinite(out.images))[0][0])]
+            raise ValueError(
+                f"the model drew non-finite pixels (NaN or inf) for {bad!r}: its weights, or an edit applied to "
+                "them, hold values that overflow"
+            )
+        images.extend(pipe.numpy_to_pil(out.images))
     return images
 
 

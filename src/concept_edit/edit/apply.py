@@ -50,8 +50,13 @@ def applied_edits(pipe) -> list[str]:
     return [a.name for a in state_of(pipe).stack]
 
 
-def _apply_one(pipe, edit: Edit) -> None:
+def _apply_one(pipe, edit: Edit, allow_repeat: bool) -> None:
     made_for = edit.manifest.get("base_model")
+    if not allow_repeat and any(a.identity == edit.identity for a in state_of(pipe).stack):
+        raise EditError(
+            f"edit {edit.name} is already applied; applying it again would double it "
+            "(pass --allow-repeat, or allow_repeat=True, if that is what you want)"
+        )
     for entry in edit.entries:
         _check_target(pipe, entry, f"edit {edit.name} was made for {made_for!r}")
     state = state_of(pipe)
@@ -67,7 +72,8 @@ def _apply_one(pipe, edit: Edit) -> None:
             f"edit {edit.name} was made for a different base model ({made_for!r}); its weights do not match "
             f"this model's ({model_info(pipe).spec!r}). Refusing to apply it."
         )
-    record = AppliedEdit(edit.name, [], current, {e.target for e in edit.entries if e.kind in WEIGHT_KINDS})
+    written = {e.target for e in edit.entries if e.kind in WEIGHT_KINDS}
+    record = AppliedEdit(edit.name, [], current, written, edit.identity)
     try:
         with torch.no_grad():
             for change in edit.changes():  # a stored edit's tensors are read here, one change at a time
@@ -93,12 +99,15 @@ def _undo(pipe, record: AppliedEdit) -> None:
         remember_digest(pipe, key, param, record.digests_before[key])
 
 
-def apply(pipe, *edits: Edit) -> None:
-    """Apply `edits` in order. All or nothing: on any refusal the pipeline is left as it was."""
+def apply(pipe, *edits: Edit, allow_repeat: bool = False) -> None:
+    """Apply `edits` in order. All or nothing: on any refusal the pipeline is left as it was.
+
+    The same edit twice (the same file, or the same object) is refused unless `allow_repeat`.
+    """
     done = 0
     try:
         for edit in edits:
-            _apply_one(pipe, edit)
+            _apply_one(pipe, edit, allow_repeat)
             done += 1
     except BaseException:
         revert(pipe, done)
@@ -117,9 +126,9 @@ def revert(pipe, count: int | None = None) -> None:
 
 
 @contextlib.contextmanager
-def applied(pipe, *edits: Edit) -> Iterator[None]:
+def applied(pipe, *edits: Edit, allow_repeat: bool = False) -> Iterator[None]:
     """`with applied(pipe, edit): ...`: the edits hold inside the block and are always reverted after it."""
-    apply(pipe, *edits)
+    apply(pipe, *edits, allow_repeat=allow_repeat)
     try:
         yield
     finally:
@@ -146,11 +155,13 @@ def _merge(first: Change, second: Change) -> Change | None:
     return None  # two projections: kept in order (they commute only when their subspaces are orthogonal)
 
 
-def compose(pipe, *edits: Edit) -> Edit:
+def compose(pipe, *edits: Edit, allow_repeat: bool = False) -> Edit:
     """Merge edits (each made for `pipe`'s base or for the result of the ones before it) into one edit."""
     if not edits:
         raise EditError("compose needs at least one edit")
-    with applied(pipe, *edits):  # validates each edit against the running state; restores pipe after
+    with applied(
+        pipe, *edits, allow_repeat=allow_repeat
+    ):  # validates each edit against the running state; restores pipe after
         pass
     merged: list[Change] = []
     latest: dict[str, int] = {}  # target -> index in `merged` of the last change on it

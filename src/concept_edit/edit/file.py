@@ -14,6 +14,7 @@ rounds differently and is a different base.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterable, Iterator
@@ -147,6 +148,17 @@ class Edit:
     def name(self) -> str:
         concepts = ", ".join(self.manifest.get("concepts", [])) or "?"
         return f"{self.manifest.get('method', '?')}({concepts})"
+
+    @property
+    def identity(self) -> str:
+        """What makes two edits the same edit: the checksums of a loaded file's tensors, else the object."""
+        if all(isinstance(e, StoredChange) for e in self.entries):
+            listing = [
+                (e.info["kind"], e.info["target"], sorted(t["sha256"] for t in e.info["tensors"].values()))
+                for e in self.entries
+            ]
+            return hashlib.sha256(json.dumps([self.manifest.get("base_hash"), listing]).encode()).hexdigest()
+        return f"object:{id(self)}"
 
     @property
     def kinds(self) -> list[str]:

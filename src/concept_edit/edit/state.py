@@ -29,6 +29,7 @@ class AppliedEdit:
     undo: list[Undo]  # in the order the changes were applied
     digests_before: dict[str, str]  # tensor key -> digest before this edit (its base tensors)
     targets: set[str] = field(default_factory=set)  # the parameters it writes
+    identity: str = ""  # Edit.identity: the same edit applied twice is refused unless asked for
 
 
 @dataclass

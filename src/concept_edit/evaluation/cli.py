@@ -7,45 +7,55 @@ from pathlib import Path
 
 
 def add_verbs(verbs) -> None:
-    from concept_edit.cli_support import add_model_args
+    from concept_edit.cli_support import (
+        add_edit_args,
+        add_force,
+        add_generation_args,
+        add_model_args,
+        number,
+        seed_type,
+    )
 
     ev = verbs.add_parser("evaluate", help="run an evaluation suite and write a results JSON")
     add_model_args(ev)
-    ev.add_argument("--edit", action="append", help="edit file or folder to apply (repeat to compose)")
+    add_edit_args(ev)
     ev.add_argument("--suite", required=True, help="a built-in suite (shapes-objects, ...) or a prompt-list file")
-    ev.add_argument("--n", type=int, default=None, help="images per concept (default: the suite's)")
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--n", type=number("--n", low=1, integer=True), help="images per concept (default: the suite's)")
+    ev.add_argument("--seed", type=seed_type(), default=0, help="added to the suite's seeds (0: the suite's own)")
     ev.add_argument("--target", default=None, help="report this concept's accuracy against the others' mean")
     ev.add_argument(
         "--no-baseline",
         action="store_true",
         help="with --edit: skip generating the unedited images (no image change / Frechet to unedited)",
     )
-    ev.add_argument("--steps", type=int, default=None)
-    ev.add_argument("--guidance", type=float, default=None)
+    add_generation_args(ev)
     ev.add_argument("--out", required=True, help="results .json file")
+    add_force(ev)
     ev.set_defaults(func=cmd_evaluate)
 
     rep = verbs.add_parser("report", help="write a self-contained HTML report from results files")
     rep.add_argument("results", nargs="+", help="results .json files")
     rep.add_argument("--out", required=True, help="report .html file")
+    add_force(rep)
     rep.set_defaults(func=cmd_report)
 
     demo = verbs.add_parser("demo", help="erase 'circle' from ShapesSD with UCE and report before/after")
     demo.add_argument("--out", required=True, help="output folder")
-    demo.add_argument("--n", type=int, default=16, help="images per concept")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--n", type=number("--n", low=1, integer=True), default=16, help="images per concept")
+    demo.add_argument("--seed", type=seed_type(), default=0)
+    add_force(demo)
     demo.set_defaults(func=cmd_demo)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from concept_edit.cli_support import check_out_file, load_edits, load_model
+    from concept_edit.cli_support import check_output, edit_inputs, load_edits, load_model
     from concept_edit.evaluation.evaluate import evaluate
     from concept_edit.evaluation.report import summary_table
     from concept_edit.evaluation.suites import get_suite
     from concept_edit.io import write_json
 
-    out = check_out_file(args.out, ".json")
+    suite_file = [args.suite] if Path(args.suite).exists() else []
+    out = check_output(args.out, force=args.force, suffix=".json", inputs=[*edit_inputs(args.edit), *suite_file])
     suite = get_suite(args.suite, args.n, args.seed)
     if args.target is not None and args.target not in suite.concepts:
         raise ValueError(f"target {args.target!r} is not a concept of {suite.name}: {', '.join(suite.concepts)}")
@@ -60,6 +70,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         seed=args.seed,
         steps=args.steps,
         guidance=args.guidance,
+        allow_repeat=args.allow_repeat,
     )
     write_json(out, results)
     print(summary_table([results]))
@@ -67,14 +78,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from concept_edit.cli_support import check_out_file
+    from concept_edit.cli_support import check_output
     from concept_edit.evaluation.report import write_report
 
-    check_out_file(args.out, ".html")
+    check_output(args.out, force=args.force, suffix=".html", inputs=args.results)
     print(f"wrote {write_report(args.results, args.out)}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    from concept_edit.cli_support import check_output
     from concept_edit.demo import run_demo
 
-    run_demo(Path(args.out), n=args.n, seed=args.seed)
+    run_demo(check_output(args.out, force=args.force, folder=True), n=args.n, seed=args.seed, replace=args.force)

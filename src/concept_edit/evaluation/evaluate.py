@@ -43,6 +43,7 @@ def evaluate(
     steps: int | None = None,
     guidance: float | None = None,
     progress: bool = True,
+    allow_repeat: bool = False,
 ) -> tuple[dict, np.ndarray]:
     """Generate every suite entry (with `edits` applied), judge it with the oracle, compute the metrics.
 
@@ -59,9 +60,12 @@ def evaluate(
         raise ValueError(
             f"target {target!r} is not a concept of {suite.name}; its concepts: {', '.join(suite.concepts)}"
         )
+    check_suite(pipe, suite)
+    steps = info.default_steps if steps is None else steps
+    guidance = info.default_guidance if guidance is None else guidance
     prompts = [e.prompt for e in suite.entries]
     seeds = [e.seed for e in suite.entries]
-    with applied(pipe, *edits):
+    with applied(pipe, *edits, allow_repeat=allow_repeat):
         images = to_array(generate(pipe, prompts, seeds, steps=steps, guidance=guidance, progress=progress))
     oracle = Oracle.load()
     reading = oracle.read(images)
@@ -73,6 +77,8 @@ def evaluate(
         "model": info.spec,
         "edits": [e.source or e.name for e in edits],
         "seed": seed,
+        "steps": steps,
+        "guidance": guidance,
         "per_concept": {k: {"accuracy": v["accuracy"], "n": v["n"]} for k, v in per_concept.items()},
         "mean_accuracy": float(np.mean([v["accuracy"] for v in per_concept.values()])),
     }
@@ -85,17 +91,36 @@ def evaluate(
     results["edit_names"] = [e.name for e in edits]
     # Frechet distances are biased by the sample size (128-d features): compare runs with the same n only.
     results["frechet_samples"] = len(images)
-    results["frechet_to_renders"] = metrics.frechet_distance(reading.features, oracle.read(_renders(suite)).features)
+    if len(images) >= 2:  # a Gaussian fit needs two images at least
+        renders = oracle.read(_renders(suite)).features
+        results["frechet_to_renders"] = metrics.frechet_distance(reading.features, renders)
     if baseline_images is None and edits and compute_baseline:
         baseline_images = to_array(generate(pipe, prompts, seeds, steps=steps, guidance=guidance, progress=progress))
     if baseline_images is not None:
         results["image_change"] = metrics.image_change(baseline_images, images, oracle)
-        results["frechet_to_unedited"] = metrics.frechet_distance(
-            reading.features, oracle.read(baseline_images).features
-        )
+        if len(images) >= 2:
+            baseline = oracle.read(baseline_images).features
+            results["frechet_to_unedited"] = metrics.frechet_distance(reading.features, baseline)
     results["per_prompt"] = _per_prompt(suite.entries, predicted)
     results["samples"] = _samples(suite.entries, images, predicted, samples_per_concept)
     return results, images
+
+
+def check_suite(pipe, suite: Suite) -> None:
+    """Before generating: every label is one the oracle can read, every prompt fits the text encoder."""
+    from concept_edit.models.prompts import prompt_lengths_ok
+
+    for entry in suite.entries:
+        known = ("logo", "no logo") if entry.head == "logo" else HEADS[entry.head]
+        if entry.label not in known:
+            raise ValueError(
+                f"suite {suite.name}: label {entry.label!r} (prompt {entry.prompt!r}) is not a {entry.head} the "
+                f"oracle knows; choose one of {', '.join(known)}"
+            )
+    try:
+        prompt_lengths_ok(pipe, list(dict.fromkeys(e.prompt for e in suite.entries)))
+    except ValueError as err:
+        raise ValueError(f"suite {suite.name}: {err}") from None
 
 
 def _prediction(reading, i: int, entry: Entry) -> str:

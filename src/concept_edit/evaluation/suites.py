@@ -21,6 +21,7 @@ from pathlib import Path
 
 from concept_edit.shapes.captions import LOGO_PROMPT, OBJECT_WORDS, canonical_prompt
 from concept_edit.shapes.world import COLORS, OBJECTS, STYLES
+from concept_edit.validation import MAX_SEED
 
 SUITE_VERSION = 1
 HEADS = ("object", "color", "style", "logo")
@@ -139,8 +140,14 @@ def load_suite_file(path: Path, seed_offset: int = 0) -> Suite:
     """Read `# head: <head>` then `prompt | label | seed` lines; ValueError naming the first bad line."""
     if not path.is_file():
         raise ValueError(f"no suite file at {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"{path} is not a UTF-8 text file (a suite is '# head: ...' then 'prompt | label | seed' lines)"
+        ) from None
     head, entries = None, []
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line:
             continue
@@ -156,7 +163,10 @@ def load_suite_file(path: Path, seed_offset: int = 0) -> Suite:
             raise ValueError(f"{path}:{number}: expected 'prompt | label | seed', got {raw!r}")
         if head is None:
             raise ValueError(f"{path}:{number}: the file must start with a '# head: object|color|style|logo' line")
-        entries.append(Entry(parts[0], parts[1], int(parts[2]) + seed_offset, head))
+        seed = int(parts[2]) + seed_offset
+        if not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"{path}:{number}: seed {seed} is outside 0..{MAX_SEED}")
+        entries.append(Entry(parts[0], parts[1], seed, head))
     if not entries:
         raise ValueError(f"{path} holds no prompts")
     return Suite(path.stem, SUITE_VERSION, f"prompt list {path}", tuple(entries))
