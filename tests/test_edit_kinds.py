@@ -222,7 +222,7 @@ def test_an_edit_of_an_edited_model_is_checked_against_the_pristine_or_current_s
     first = make_edit(sd, make_change(sd, "dense", 1))
     with applied(sd, first):
         second = make_edit(sd, make_change(sd, "dense", 2))
-    with pytest.raises(EditError, match="different base"):
+    with pytest.raises(EditError, match="on top of another edit that is not applied"):
         apply(sd, second)  # its base is the edited model
     with applied(sd, first, second):
         pass

@@ -247,9 +247,9 @@ def _check_manifest(source: Path, manifest: Any) -> None:
             raise EditError(f"{source}: the manifest field {key!r} is missing or not a {kind.__name__}")
     if not manifest["changes"]:
         raise EditError(f"{source}: the edit lists no change")
-    for key in ("concepts",):
-        if not isinstance(manifest.get(key, []), list):
-            raise EditError(f"{source}: the manifest field {key!r} must be a list")
+    for key, kind in (("concepts", list), ("stats", dict), ("config", dict), ("request", dict)):
+        if key in manifest and not isinstance(manifest[key], kind):
+            raise EditError(f"{source}: the manifest field {key!r} must be a {kind.__name__}")
 
 
 def _check_stored_info(info: Any, header: dict) -> None:

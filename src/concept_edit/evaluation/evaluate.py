@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -189,7 +190,32 @@ def _samples(entries: Sequence[Entry], images: np.ndarray, predicted: Sequence[s
 
 
 def check_results(results: dict, source: str = "results") -> None:
-    """ValueError unless `results` has the keys every results file has."""
+    """ValueError naming the file and the field unless `results` has the shape every results file has."""
     missing = [k for k in REQUIRED_KEYS if k not in results]
     if missing:
         raise ValueError(f"{source} is not a concept-edit results file (missing {', '.join(missing)})")
+    if not isinstance(results["per_concept"], dict) or not results["per_concept"]:
+        raise ValueError(f"{source}: 'per_concept' must map each concept to its accuracy")
+    for concept, row in results["per_concept"].items():
+        if not isinstance(row, dict) or not _is_share(row.get("accuracy")) or not isinstance(row.get("n"), int):
+            raise ValueError(f"{source}: per_concept[{concept!r}] needs an accuracy in [0, 1] and an integer n")
+    for key in ("mean_accuracy", "target_accuracy", "others_accuracy"):
+        if key in results and not _is_share(results[key]):
+            raise ValueError(f"{source}: {key!r} must be a number in [0, 1], got {results[key]!r}")
+    for key in ("frechet_to_renders", "frechet_to_unedited", "mean_deviation"):
+        if key in results and not _is_number(results[key]):
+            raise ValueError(f"{source}: {key!r} must be a finite number, got {results[key]!r}")
+    for key in ("edits", "edit_names"):
+        if key in results and not isinstance(results[key], list):
+            raise ValueError(f"{source}: {key!r} must be a list")
+    for key in ("samples", "per_prompt", "deviation", "distribution", "image_change"):
+        if key in results and not isinstance(results[key], dict):
+            raise ValueError(f"{source}: {key!r} must be a JSON object")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_share(value) -> bool:
+    return _is_number(value) and 0 <= value <= 1

@@ -24,6 +24,11 @@ from typing import Any
 MODES = ("erase", "moderate", "debias", "amplify")
 
 
+def _norm(text: str) -> str:
+    """How two concept texts are compared: case and surrounding or repeated spaces do not matter."""
+    return " ".join(text.lower().split())
+
+
 @dataclass(frozen=True)
 class EditRequest:
     """What to edit.
@@ -56,15 +61,15 @@ class EditRequest:
         for text in (*self.concepts, *self.preserve, *self.attributes):
             if not isinstance(text, str) or not text.strip():
                 raise ValueError("empty concept: every concept, preserved concept and attribute needs text")
-        if len(set(self.concepts)) != len(self.concepts):
+        if len({_norm(c) for c in self.concepts}) != len(self.concepts):
             raise ValueError(f"a concept is listed twice in {list(self.concepts)}")
         if self.guide is not None:
             if self.mode not in ("erase",):
                 raise ValueError(f"a guide concept applies to erase only, not to {self.mode}")
-            same = [c for c in self.concepts if c.strip().lower() == self.guide.strip().lower()]
+            same = [c for c in self.concepts if _norm(c) == _norm(self.guide)]
             if same:
                 raise ValueError(f"the guide {self.guide!r} is the concept being erased; pick a different guide")
-        overlap = {c.lower() for c in self.concepts} & {p.lower() for p in self.preserve}
+        overlap = {_norm(c) for c in self.concepts} & {_norm(p) for p in self.preserve}
         if overlap:
             raise ValueError(f"{sorted(overlap)} cannot be both edited and preserved")
         if self.mode == "debias":
@@ -73,7 +78,8 @@ class EditRequest:
             if self.ratios is not None:
                 if len(self.ratios) != len(self.attributes):
                     raise ValueError(f"{len(self.ratios)} ratios given for {len(self.attributes)} attributes")
-                if any(r < 0 for r in self.ratios) or not math.isclose(sum(self.ratios), 1.0, abs_tol=1e-6):
+                bad = any(not math.isfinite(r) or r < 0 for r in self.ratios)
+                if bad or not math.isclose(sum(self.ratios), 1.0, abs_tol=1e-6):
                     raise ValueError(f"debias ratios must be non-negative and sum to 1; got {list(self.ratios)}")
         elif self.attributes or self.ratios is not None:
             raise ValueError("attributes and ratios apply to debias only")

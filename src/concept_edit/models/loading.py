@@ -65,7 +65,7 @@ def load_pipeline(
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ModelLoadError("the model spec is empty: pass 'shapes', a local folder or a hub id")
-    device = torch.device(device) if device is not None else default_device()
+    device = _check_device(device) if device is not None else default_device()
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
     if spec == SHAPES:
         from concept_edit.shapes.pipeline import (
@@ -93,6 +93,29 @@ def load_pipeline(
     return pipe
 
 
+def _check_device(device: str | torch.device) -> torch.device:
+    """The device, if this machine has it; ModelLoadError saying which devices it has otherwise."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ModelLoadError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"device {str(device)!r} was asked for, but this machine has no CUDA device; use cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ModelLoadError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError("device 'mps' was asked for, but this machine has no Apple GPU; use cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ModelLoadError(f"device {str(device)!r} is not supported; use cpu, cuda, cuda:N or mps")
+    return device
+
+
+def _looks_like_path(spec: str) -> bool:
+    """A spec a user meant as a folder: absolute, ./ or ../ or ~, or with more than one slash (org/name is a hub id)."""
+    return spec.startswith(("/", ".", "~")) or spec.count("/") > 1 or os.sep != "/" and os.sep in spec
+
+
 def _is_shapes_export(spec: str) -> bool:
     """A folder written by `concept-edit export` from ShapesSD (it records its world in concept_edit.json)."""
     marker = Path(spec) / "concept_edit.json"
@@ -108,14 +131,16 @@ def _load_diffusers(spec: str, dtype: torch.dtype, allow_pickle: bool):
     kwargs = {"torch_dtype": dtype, "safety_checker": None}
     if not allow_pickle:
         kwargs["use_safetensors"] = True
-    local = Path(spec)
+    local = Path(spec).expanduser()
+    if not local.exists() and _looks_like_path(spec):
+        raise ModelLoadError(f"no such folder: {spec} (a model is 'shapes', a local diffusers folder or a hub id)")
     if local.exists():
         if not (local / "model_index.json").exists():
             raise ModelLoadError(f"{spec} is not a diffusers pipeline folder (it has no model_index.json)")
         try:
             return DiffusionPipeline.from_pretrained(str(local), **kwargs)
-        except (OSError, ValueError) as err:
-            raise _explain(spec, err, allow_pickle) from None
+        except (OSError, ValueError, RuntimeError) as err:
+            raise _explain(spec, err, allow_pickle, folder=local) from None
     try:
         return DiffusionPipeline.from_pretrained(spec, local_files_only=True, **kwargs)
     except (OSError, ValueError) as cached_err:
@@ -131,8 +156,20 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
-def _explain(spec: str, err: Exception, allow_pickle: bool, offline: bool = False) -> ModelLoadError:
+def _explain(
+    spec: str, err: Exception, allow_pickle: bool, offline: bool = False, folder: Path | None = None
+) -> ModelLoadError:
     text = str(err)
+    pickled = _pickled_only(folder) if folder is not None else []
+    if pickled and not allow_pickle:
+        return ModelLoadError(
+            f"{spec}: {', '.join(pickled)} has only pickled weights (.bin/.ckpt), which are refused because "
+            "unpickling can run arbitrary code; pass allow_pickle=True (CLI: --allow-pickle) only if you trust "
+            "the source"
+        )
+    if folder is not None:
+        first = text.splitlines()[0] if text else type(err).__name__
+        return ModelLoadError(f"cannot load {spec}: its weights are damaged or incomplete ({first[:300]})")
     if "safetensors" in text.lower() and not allow_pickle:
         return ModelLoadError(
             f"{spec} has no safetensors weights, only pickled checkpoints (.bin/.ckpt), which are refused "
@@ -146,6 +183,16 @@ def _explain(spec: str, err: Exception, allow_pickle: bool, offline: bool = Fals
             f"`huggingface-cli download {spec}`), or pass a local diffusers folder. ({type(err).__name__})"
         )
     return ModelLoadError(f"cannot load model {spec!r}: {text.splitlines()[0] if text else type(err).__name__}")
+
+
+def _pickled_only(folder: Path) -> list[str]:
+    """The component folders that hold pickled weights (.bin, .ckpt, .pt) and no safetensors file."""
+    out = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        files = [f.suffix for f in sub.iterdir() if f.is_file()]
+        if any(x in (".bin", ".ckpt", ".pt", ".pth") for x in files) and ".safetensors" not in files:
+            out.append(sub.name)
+    return out
 
 
 def _check_text_to_image(pipe, spec: str) -> None:

@@ -37,9 +37,16 @@ def encode_prompts(pipe, prompts: Sequence[str], batch_size: int = 64) -> torch.
 
 def concept_ids(pipe, concept: str) -> list[int]:
     """The token ids of `concept` on its own, without special tokens; ValueError if there are none."""
-    ids = pipe.tokenizer(concept, add_special_tokens=False).input_ids
+    tok = pipe.tokenizer
+    ids = tok(concept, add_special_tokens=False).input_ids
     if not concept.strip() or not ids:
         raise ValueError(f"concept {concept!r} tokenizes to nothing; give a word or phrase")
+    if tok.unk_token_id is not None and tok.unk_token_id in ids:
+        unknown = [w for w in concept.split() if tok.unk_token_id in tok(w, add_special_tokens=False).input_ids]
+        raise ValueError(
+            f"concept {concept!r} has text this model's tokenizer does not know ({' '.join(unknown) or concept!r} "
+            f"becomes {tok.unk_token}): the edit would change the unknown token, not the concept"
+        )
     return list(ids)
 
 
