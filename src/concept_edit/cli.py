@@ -336,7 +336,10 @@ def _describe(err: Exception) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run one verb. Exit 0, or 2 with one line for bad input, 130/143 when interrupted, 1 for a bug."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, --version, or a usage error already printed as one line
+        return int(stop.code or 0)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     _quiet_libraries()
     in_main_thread = threading.current_thread() is threading.main_thread()

@@ -69,20 +69,22 @@ def _apply_one(pipe, edit: Edit, allow_repeat: bool) -> None:
     original = {k: pristine_digest(pipe, k, p) for k, p in params.items()}
     if edit.manifest.get("base_hash") not in (combine(current), combine(original)):
         spec = model_info(pipe).spec
+        if any(p.dtype == torch.bfloat16 for p in params.values()):
+            raise EditError(
+                f"edit {edit.name} (made for {made_for!r}) does not match this model: it is loaded in bfloat16, "
+                "which rounds weights differently from the float16 precision edits are matched at; load it in "
+                "float32 or float16 (or make the edit on the bfloat16 model)"
+            )
         if made_for != spec:
             raise EditError(
                 f"edit {edit.name} was made for a different base model ({made_for!r}); its weights do not match "
                 f"this model's ({spec!r}). Refusing to apply it."
             )
-        dtypes = {str(p.dtype).removeprefix("torch.") for p in params.values()}
-        why = (
-            "this model is loaded in bfloat16, which rounds weights differently from the float16 precision edits "
-            "are matched at: load it in float32 or float16"
-            if dtypes == {"bfloat16"}
-            else "its weights were changed since (fine-tuned, or edited outside concept-edit), or the edit was "
-            "made on top of another edit that is not applied"
+        raise EditError(
+            f"edit {edit.name} was made for {made_for!r}, but this copy's weights differ: they were changed since "
+            "(fine-tuned, or edited outside concept-edit), or the edit was made on top of another edit that is "
+            "not applied"
         )
-        raise EditError(f"edit {edit.name} was made for {made_for!r}, but this copy's weights differ: {why}")
     written = {e.target for e in edit.entries if e.kind in WEIGHT_KINDS}
     record = AppliedEdit(edit.name, [], current, written, edit.identity)
     try:
