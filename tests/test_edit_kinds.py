@@ -310,3 +310,19 @@ def test_an_edit_with_activation_changes_cannot_be_exported(sd, tmp_path):
     with pytest.raises(ValueError, match="forward hooks"):
         export_pipeline(sd, [make_edit(sd, make_change(sd, "activation"))], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_same_edit_twice_is_refused_unless_asked_for(sd, tmp_path):
+    edit = make_edit(sd, make_change(sd, "dense"))
+    with pytest.raises(EditError, match="already applied"):
+        apply(sd, edit, edit)
+    assert applied_edits(sd) == []
+    path = edit.save(tmp_path / "e")
+    with pytest.raises(EditError, match="already applied"):
+        apply(sd, Edit.load(path), Edit.load(path))  # two loads of one file are the same edit
+    change = next(edit.changes())
+    param = get_parameter(sd, change.target)
+    original = param.detach().clone()
+    with applied(sd, edit, edit, allow_repeat=True):
+        torch.testing.assert_close(param.detach(), original + 2 * change.delta)
+    assert torch.equal(param.detach(), original)

@@ -346,3 +346,40 @@ def test_an_edit_made_for_another_model_is_refused_by_every_verb(other_sd_folder
     ):
         refused(args, capsys, work, "different base model")
     assert Edit.load(work / "cat").manifest["method"] == "uce"
+
+
+@pytest.mark.parametrize("verb", ["compose", "evaluate", "report", "demo", "export"])
+def test_no_verb_overwrites_an_existing_output_without_force(verb, sd_folder, work, capsys):
+    results = {"suite": "s", "model": "m", "edits": [], "seed": 0, "mean_accuracy": 0.5}
+    results["per_concept"] = {"circle": {"accuracy": 0.5, "n": 4}}
+    (work / "r.json").write_text(json.dumps(results))
+    out = {"compose": work / "c.safetensors", "evaluate": work / "e.json", "report": work / "r.html"}.get(verb)
+    out = out or work / "folder"
+    if verb in ("demo", "export"):
+        out.mkdir()
+        (out / "keep.txt").write_text("keep")
+    else:
+        out.write_bytes(b"keep")
+    args = {
+        "compose": ["compose", "--model", sd_folder, "--edit", work / "cat"],
+        "evaluate": ["evaluate", "--model", "shapes", "--suite", "shapes-objects", "--n", "1"],
+        "report": ["report", work / "r.json"],
+        "demo": ["demo", "--n", "1"],
+        "export": ["export", "--model", sd_folder, "--edit", work / "cat"],
+    }[verb]
+    refused([*args, "--out", out], capsys, work, "pass --force")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["evaluate", "--model", "shapes", "--suite", "shapes-objects", "--n", "0"], "--n must be >= 1"),
+        (["evaluate", "--model", "shapes", "--suite", "shapes-objects", "--seed", "-3"], "--seed must be >= 0"),
+        (["evaluate", "--model", "shapes", "--suite", "shapes-objects", "--steps", "0"], "--steps must be >= 1"),
+        (["evaluate", "--model", "shapes", "--suite", "shapes-objects", "--guidance", "-1"], "--guidance must be >= 0"),
+        (["demo", "--n", "-2"], "--n must be >= 1"),
+        (["demo", "--seed", "nan"], "--seed must be an integer"),
+    ],
+)
+def test_measuring_verbs_refuse_bad_numbers(work, capsys, args, message):
+    refused([*args, "--out", work / ("r.json" if args[0] == "evaluate" else "d")], capsys, work, message)
