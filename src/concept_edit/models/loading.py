@@ -178,9 +178,9 @@ def _explain(
         )
     if offline:
         return ModelLoadError(
-            f"cannot load model {spec!r}: it is not in the local Hugging Face cache and the hub could not be "
-            f"reached. Download it first on a machine with internet (`hf download {spec}` or "
-            f"`huggingface-cli download {spec}`), or pass a local diffusers folder. ({type(err).__name__})"
+            f"cannot load model {spec!r}: there is no local folder of that name, it is not in the local Hugging "
+            f"Face cache and the hub could not be reached. Download it first on a machine with internet "
+            f"(`hf download {spec}`), or pass a local diffusers folder. ({type(err).__name__})"
         )
     return ModelLoadError(f"cannot load model {spec!r}: {text.splitlines()[0] if text else type(err).__name__}")
 
