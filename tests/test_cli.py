@@ -289,3 +289,20 @@ def test_store_dtype_sets_the_precision_of_the_saved_changes(sd_folder, cat_edit
     full = Edit.load(cat_edit_dir)
     key = full.targets[0]
     torch.testing.assert_close(half.weight_delta(key), full.weight_delta(key), rtol=2e-3, atol=1e-4)
+
+
+def test_each_concept_can_have_its_own_guide(sd_folder, tmp_path, capsys):
+    concepts = tmp_path / "concepts.txt"
+    concepts.write_text("cat: art\ndog: tree\ncar\n", encoding="utf-8")
+    out = tmp_path / "e"
+    code, _, err = run(["edit", "uce", "--model", sd_folder, "--concepts-file", concepts, "--out", out], capsys)
+    assert code == 0, err
+    request = Edit.load(out).manifest["request"]
+    assert request["concepts"] == ["cat", "dog", "car"] and request["guides"] == ["art", "tree", ""]
+    args = ["edit", "uce", "--model", sd_folder, "--concept", "cat", "--concept", "dog", "--guide", "art"]
+    code, _, err = run([*args, "--guide", "tree", "--out", tmp_path / "f"], capsys)
+    assert code == 0 and Edit.load(tmp_path / "f").manifest["request"]["guides"] == ["art", "tree"]
+    code, _, err = run([*args, "--out", tmp_path / "g"], capsys)  # one --guide: every concept's
+    assert code == 0 and Edit.load(tmp_path / "g").manifest["request"]["guide"] == "art"
+    code, _, err = run([*args, "--guide", "tree", "--guide", "house", "--out", tmp_path / "h"], capsys)
+    assert code == 2 and "3 --guide given for 2 concepts" in err and not (tmp_path / "h").exists()

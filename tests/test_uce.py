@@ -267,3 +267,43 @@ def test_oracle_classifier_resolves_attribute_names():
     assert OracleAttributeClassifier.resolve(["circle", "ring"]) == ("object", ["circle", "ring"])
     with pytest.raises(ValueError, match="cannot judge"):
         OracleAttributeClassifier.resolve(["tall", "short"])
+
+
+def test_moderation_targets_what_sdxl_really_feeds_as_unconditional(sdxl):
+    """SDXL's pipeline feeds zeros as its unconditional input (force_zeros_for_empty_prompt), not the encoded ""."""
+    moderated = fit(sdxl, "uce", EditRequest(concepts=("cat",), mode="moderate"))
+    to_empty = fit(sdxl, "uce", EditRequest(concepts=("cat",)))
+    assert moderated.manifest["stats"]["unconditional"] == "zeros"
+    c = _last_rows(sdxl, ["cat"]).double()[0]
+    for key, w in target_weights(sdxl, edit_keys=True).items():
+        w_old = w.detach().double()
+        moved = ((w_old + moderated.weight_delta(key).double()) @ c).norm()
+        assert moved < 0.1 * (w_old @ c).norm(), key  # W_new c_cat ~ W_old 0 = 0
+        assert not torch.allclose(moderated.weight_delta(key), to_empty.weight_delta(key))
+
+
+def test_each_concept_is_erased_toward_its_own_guide(sd):
+    edit = fit(sd, "uce", EditRequest(concepts=("cat", "dog"), guides=("art", "tree")))
+    assert edit.manifest["stats"]["guide"] == ["art", "tree"]
+    rows = _last_rows(sd, ["cat", "dog", "art", "tree"]).double()
+    for key, w in target_weights(sd, edit_keys=True).items():
+        w_old = w.detach().double()
+        w_new = w_old + edit.weight_delta(key).double()
+        for concept, guide in ((0, 2), (1, 3)):
+            before = (w_old @ rows[concept] - w_old @ rows[guide]).norm()
+            after = (w_new @ rows[concept] - w_old @ rows[guide]).norm()
+            assert after < 0.2 * before, key
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"concepts": ("cat", "dog"), "guides": ("art",)}, "1 guides given for 2 concepts"),
+        ({"concepts": ("cat",), "guides": ("art",), "guide": "tree"}, "not both"),
+        ({"concepts": ("cat", "dog"), "guides": ("art", " Dog")}, "is the concept being erased"),
+        ({"concepts": ("cat",), "guides": ("art",), "mode": "moderate"}, "erase only"),
+    ],
+)
+def test_bad_guides_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        EditRequest(**kwargs)

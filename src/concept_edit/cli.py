@@ -85,18 +85,35 @@ def _values(args: argparse.Namespace, names: list[str]) -> dict:
     return {n: tuple(v) if isinstance(v, list) else v for n in names if (v := getattr(args, n, None)) is not None}
 
 
-def _request_lists(args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
-    """Concepts, preserved concepts and attributes from the repeated flags and their --*-file lists."""
+def _request_lists(args: argparse.Namespace) -> dict:
+    """Concepts (with their guides), preserved concepts and attributes from the flags and the --*-file lists.
+
+    A concepts-file line `concept: guide` erases that concept toward its own guide; `--guide` given once is
+    every concept's guide, given once per concept it pairs with the concepts in order.
+    """
     from concept_edit.methods import read_list_file
 
-    lists = {}
+    lists: dict = {}
     for name, flag in (("concepts", "concept"), ("preserve", "preserve"), ("attributes", "attribute")):
         values = list(getattr(args, flag) or ())
         path = getattr(args, f"{name}_file")
         if path is not None:
             values += read_list_file(path)
-        lists[name] = tuple(values)
-    return lists
+        lists[name] = values
+    flags = list(args.guide or [])
+    if len(flags) > 1 and len(flags) != len(lists["concepts"]):
+        raise ValueError(f"{len(flags)} --guide given for {len(lists['concepts'])} concepts: give one, or one each")
+    guides = flags if len(flags) > 1 else [flags[0] if flags else None] * len(lists["concepts"])
+    for k, line in enumerate(lists["concepts"]):
+        concept, colon, guide = line.partition(":")
+        if colon:
+            if len(flags) > 1:
+                raise ValueError(f"concept {line!r} names its guide in the file and --guide names one too")
+            lists["concepts"][k], guides[k] = concept.strip(), guide.strip()
+    single = set(guides) == {guides[0]} if guides else True
+    lists["guide"] = guides[0] if single and guides else None
+    lists["guides"] = () if single else tuple(g or "" for g in guides)
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in lists.items()}
 
 
 # -- verbs ---------------------------------------------------------------------------------------------------
@@ -119,7 +136,8 @@ def cmd_edit(args: argparse.Namespace) -> None:
     request = EditRequest(
         concepts=lists["concepts"],
         mode=args.mode,
-        guide=args.guide,
+        guide=lists["guide"],
+        guides=lists["guides"],
         preserve=lists["preserve"],
         attributes=lists["attributes"],
         ratios=tuple(args.ratio) if args.ratio else None,
@@ -243,9 +261,15 @@ def build_parser() -> argparse.ArgumentParser:
         p = per_method.add_parser(name, help=method.summary, description=method.summary)
         add_model_args(p)
         p.add_argument("--concept", action="append", help="a concept to edit (repeat for several)")
-        p.add_argument("--concepts-file", type=Path, metavar="PATH", help="concepts to edit, one per line")
+        p.add_argument(
+            "--concepts-file", type=Path, metavar="PATH", help="concepts to edit, one per line ('concept: guide')"
+        )
         p.add_argument("--mode", choices=[m for m in MODES if m in method.modes], default=method.modes[0])
-        p.add_argument("--guide", default=None, help="erase towards this concept (default: the method's)")
+        p.add_argument(
+            "--guide",
+            action="append",
+            help="erase towards this concept (default: the method's); once per concept to pair them in order",
+        )
         p.add_argument("--preserve", action="append", help="a concept to preserve (repeat)")
         p.add_argument("--preserve-file", type=Path, metavar="PATH", help="concepts to preserve, one per line")
         p.add_argument("--attribute", action="append", help="debias: an attribute to balance (repeat)")

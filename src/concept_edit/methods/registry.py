@@ -36,6 +36,8 @@ class EditRequest:
     concepts:   the concepts to act on (prompts or phrases), e.g. ("Van Gogh",);
     mode:       erase | moderate | debias | amplify (each method lists the modes it supports);
     guide:      erase towards this concept instead of the method's default (UCE: the empty prompt);
+    guides:     erase each concept towards its own guide (as long as `concepts`; instead of `guide`),
+                as the official UCE scripts take one guide per concept;
     preserve:   concepts whose behaviour must stay as it is;
     attributes: debias: the attributes to balance, e.g. ("male", "female");
     ratios:     debias: the desired share of each attribute (default: uniform); they must sum to 1.
@@ -44,6 +46,7 @@ class EditRequest:
     concepts: tuple[str, ...]
     mode: str = "erase"
     guide: str | None = None
+    guides: tuple[str, ...] = ()
     preserve: tuple[str, ...] = ()
     attributes: tuple[str, ...] = ()
     ratios: tuple[float, ...] | None = None
@@ -52,6 +55,7 @@ class EditRequest:
         object.__setattr__(self, "concepts", tuple(self.concepts))
         object.__setattr__(self, "preserve", tuple(self.preserve))
         object.__setattr__(self, "attributes", tuple(self.attributes))
+        object.__setattr__(self, "guides", tuple(self.guides))
         if self.ratios is not None:
             object.__setattr__(self, "ratios", tuple(float(r) for r in self.ratios))
         if self.mode not in MODES:
@@ -63,12 +67,19 @@ class EditRequest:
                 raise ValueError("empty concept: every concept, preserved concept and attribute needs text")
         if len({_norm(c) for c in self.concepts}) != len(self.concepts):
             raise ValueError(f"a concept is listed twice in {list(self.concepts)}")
-        if self.guide is not None:
+        if self.guides:
+            if self.guide is not None:
+                raise ValueError("give one guide for every concept (guides) or one guide for all (guide), not both")
+            if len(self.guides) != len(self.concepts):
+                raise ValueError(f"{len(self.guides)} guides given for {len(self.concepts)} concepts; give one each")
+            if not all(isinstance(g, str) for g in self.guides):
+                raise ValueError("every guide must be text ('' for the empty prompt)")
+        if self.guide is not None or self.guides:
             if self.mode not in ("erase",):
                 raise ValueError(f"a guide concept applies to erase only, not to {self.mode}")
-            same = [c for c in self.concepts if _norm(c) == _norm(self.guide)]
-            if same:
-                raise ValueError(f"the guide {self.guide!r} is the concept being erased; pick a different guide")
+            for concept, guide in zip(self.concepts, self.concept_guides, strict=True):
+                if _norm(concept) == _norm(guide):
+                    raise ValueError(f"the guide {guide!r} is the concept being erased; pick a different guide")
         overlap = {_norm(c) for c in self.concepts} & {_norm(p) for p in self.preserve}
         if overlap:
             raise ValueError(f"{sorted(overlap)} cannot be both edited and preserved")
@@ -83,6 +94,11 @@ class EditRequest:
                     raise ValueError(f"debias ratios must be non-negative and sum to 1; got {list(self.ratios)}")
         elif self.attributes or self.ratios is not None:
             raise ValueError("attributes and ratios apply to debias only")
+
+    @property
+    def concept_guides(self) -> tuple[str, ...]:
+        """Each concept's guide: its own from `guides`, else `guide`, else "" (the empty prompt)."""
+        return self.guides or tuple(self.guide or "" for _ in self.concepts)
 
     @property
     def desired_ratios(self) -> tuple[float, ...]:

@@ -56,7 +56,14 @@ from tqdm.auto import tqdm
 from concept_edit.edit import DenseDelta, Edit, LowRankDelta, applied
 from concept_edit.generation import generate
 from concept_edit.methods.registry import EditRequest, input_field, register
-from concept_edit.models.prompts import concept_ids, encode_prompts, last_token_index, prompt_lengths_ok
+from concept_edit.models.prompts import (
+    concept_ids,
+    encode_prompts,
+    forces_zero_unconditional,
+    last_token_index,
+    prompt_lengths_ok,
+    unconditional_embedding,
+)
 from concept_edit.models.targets import cross_attention_layers, get_parameter
 from concept_edit.validation import check_fields
 
@@ -247,16 +254,23 @@ def fit_uce(pipe, request: EditRequest, config: UCEConfig, inputs: UCEInputs, *,
 
 
 def _erase(pipe, request: EditRequest, config: UCEConfig, weights) -> tuple[dict, dict]:
-    guide = "" if request.mode == "moderate" else (request.guide or "")
+    """Erase (eq. 8: each concept toward its guide) or moderate (eq. 10: toward the unconditional input)."""
+    moderate = request.mode == "moderate"
+    guides = [""] * len(request.concepts) if moderate else list(request.concept_guides)
+    unique = list(dict.fromkeys(guides))
     started = time.perf_counter()
-    prompts = [*request.concepts, guide, *request.preserve]
+    prompts = [*request.concepts, *unique, *request.preserve]
     embeds, last = _encode(pipe, prompts)
     encode_s = time.perf_counter() - started
-    n = len(request.concepts)
-    pairs = [_aligned(embeds[i], last[i], embeds[n], last[n], config.tokens) for i in range(n)]
+    n, g = len(request.concepts), len(unique)
+    if moderate:  # what the pipeline really feeds as unconditional: SDXL's is zeros, not the encoded ""
+        embeds[n] = unconditional_embedding(pipe, embeds[n])
+    at = {guide: n + k for k, guide in enumerate(unique)}
+    pairs = [_aligned(embeds[i], last[i], embeds[at[guides[i]]], last[at[guides[i]]], config.tokens) for i in range(n)]
     edit = torch.cat([c for c, _ in pairs])
     targets = torch.cat([t for _, t in pairs])
-    preserve = _stack([_rows(embeds[j], last[j], config.tokens) for j in range(n + 1, len(prompts))], edit.shape[1])
+    preserve_rows = [_rows(embeds[j], last[j], config.tokens) for j in range(n + g, len(prompts))]
+    preserve = _stack(preserve_rows, edit.shape[1])
     started = time.perf_counter()
     u, v = _solve(config, edit, targets, preserve)
     deltas = layer_deltas(weights, u, v, config.dtype)
@@ -267,7 +281,9 @@ def _erase(pipe, request: EditRequest, config: UCEConfig, weights) -> tuple[dict
         encode_s,
         time.perf_counter() - started,
     )
-    stats = {"edited_tokens": len(edit), "preserved_tokens": len(preserve), "guide": guide}
+    stats = {"edited_tokens": len(edit), "preserved_tokens": len(preserve), "guide": guides[0] if g == 1 else guides}
+    if moderate:
+        stats["unconditional"] = "zeros" if forces_zero_unconditional(pipe) else "encoded empty prompt"
     return deltas, stats
 
 

@@ -35,6 +35,16 @@ def encode_prompts(pipe, prompts: Sequence[str], batch_size: int = 64) -> torch.
     return torch.cat(out) if out else torch.zeros(0)
 
 
+def forces_zero_unconditional(pipe) -> bool:
+    """SDXL pipelines (force_zeros_for_empty_prompt) feed zeros, not the encoded "", as the unconditional input."""
+    return bool(getattr(pipe.config, "force_zeros_for_empty_prompt", False))
+
+
+def unconditional_embedding(pipe, encoded_empty: torch.Tensor) -> torch.Tensor:
+    """The per-token embedding the pipeline uses for classifier-free guidance's unconditional branch."""
+    return torch.zeros_like(encoded_empty) if forces_zero_unconditional(pipe) else encoded_empty
+
+
 def concept_ids(pipe, concept: str) -> list[int]:
     """The token ids of `concept` on its own, without special tokens; ValueError if there are none."""
     tok = pipe.tokenizer
