@@ -307,3 +307,19 @@ def test_each_concept_is_erased_toward_its_own_guide(sd):
 def test_bad_guides_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         EditRequest(**kwargs)
+
+
+def test_debias_stopping_rule_counts_images_not_float_rounding():
+    from concept_edit.methods.uce import _within
+
+    desired = np.array([0.25, 0.25, 0.25, 0.25])
+    assert not _within(desired - np.array([0.2, 0.2, 0.3, 0.3]), 0.05, 20)  # 0.05 off: not below 0.05
+    assert _within(desired - np.array([0.25, 0.25, 0.2, 0.3]), 0.0501, 20)
+    assert _within(desired - desired, 0.05, 20)
+
+
+def test_debias_warns_when_the_tolerance_is_finer_than_the_images_can_measure(sd):
+    config = UCEConfig(debias_images=10, debias_steps=1, debias_max_iterations=1)
+    req = EditRequest(concepts=("doctor",), mode="debias", attributes=("male", "female", "red", "blue"))
+    with pytest.warns(RuntimeWarning, match="steps of 0.100"):  # 0.25 of 10 images is 2 or 3: 0.05 off at best
+        fit(sd, "uce", req, config, UCEInputs(classifier=ScriptedEstimator([1.0])))

@@ -39,6 +39,10 @@ Choices that follow the official code (rohitgandikota/unified-concept-editing, t
     iteration re-solves eq. 7 around the *current* weights (lines 14-21), so alpha is not accumulated, and a
     concept within tolerance leaves the edit list and is preserved at its current output. Ratios are
     measured on the same seeds every iteration (common random numbers), which steadies the loop.
+    Stopping rule: a concept is done when every |R_des - R_curr| < tolerance, decided on image counts (with n
+    images a share moves in steps of 1/n, so 0.25 - 0.2 is exactly 0.05, which is not below 0.05); a share
+    measured from n images carries binomial noise of about sqrt(p (1 - p) / n) (0.07 for p = 1/8, n = 24),
+    and a warning says when no count out of n can land within the tolerance.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -306,6 +311,7 @@ def _debias(
     attr = attr.view(len(concepts), len(attributes), -1)
     unit_attr = attr / attr.norm(dim=-1, keepdim=True)
     d = attr.shape[-1]
+    _check_resolution(desired, config.debias_tolerance, config.debias_images)
     total = torch.eye(d, dtype=config.dtype)  # W_t = W_0 @ total
     active = list(range(len(concepts)))
     history: list[dict] = []
@@ -321,7 +327,7 @@ def _debias(
         )
         latest.update(history[-1]["ratios"])
         errors = {i: desired - r for i, r in zip(active, ratios, strict=True)}
-        active = [i for i in active if np.abs(errors[i]).max() >= config.debias_tolerance]
+        active = [i for i in active if not _within(errors[i], config.debias_tolerance, config.debias_images)]
         bar.set_postfix(
             max_error=f"{max((np.abs(e).max() for e in errors.values()), default=0):.3f}", remaining=len(active)
         )
@@ -353,6 +359,24 @@ def _debias(
         "final_ratios": latest,
     }
     return deltas, stats
+
+
+def _within(error: np.ndarray, tolerance: float, n: int) -> bool:
+    """max |R_des - R_curr| < tolerance, decided on counts out of n (a share of 0.25 - 0.2 is 0.05, not less)."""
+    return bool(np.all(np.abs(np.round(error * n, 6)) < tolerance * n - 1e-9))
+
+
+def _check_resolution(desired: np.ndarray, tolerance: float, n: int) -> None:
+    """Warn when no count out of n can bring a share within tolerance of its target: the loop cannot stop."""
+    best = np.abs(desired * n - np.round(desired * n)) / n  # the closest a measured share can come
+    if (best >= tolerance - 1e-12).any():
+        warnings.warn(
+            f"with {n} images per measurement shares move in steps of {1 / n:.3f}: a target of "
+            f"{desired[best.argmax()]:.3f} cannot be measured within tolerance {tolerance}, so the loop will run to "
+            "its last iteration; use more images (debias_images) or a tolerance above half a step",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def _solve(config: UCEConfig, edit, targets, preserve) -> tuple[torch.Tensor, torch.Tensor]:
