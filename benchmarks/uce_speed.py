@@ -1,7 +1,7 @@
 """UCE solve speed on Stable-Diffusion-1.4-shaped cross-attention projections.
 
     python benchmarks/uce_speed.py            # table
-    python benchmarks/uce_speed.py --json     # {"rows": [{"concepts", "preserved", "solve_s", "encode_s"}, ...]}
+    python benchmarks/uce_speed.py --json     # last line: {"rows": [...], "speedup", ...}
     python benchmarks/uce_speed.py --baseline # also time an official-style loop (rank-1 updates, per-layer inverse)
 
 Projections: SD 1.4's 16 cross-attention layers, to_k and to_v each (out 320/640/1280, in 768), random
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import torch
@@ -38,36 +39,47 @@ def embeddings(n: int, gen: torch.Generator) -> torch.Tensor:
     return torch.randn(n, DIM, generator=gen)  # norm ~ sqrt(768) ~ 28, like CLIP's last hidden states
 
 
+def _median_time(run, repeats: int) -> float:
+    """Median wall time of `repeats` calls: ours and the baseline are timed the same way."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
 def time_solve(weights, n_edit: int, n_preserve: int, repeats: int, float64: bool = True) -> float:
     gen = torch.Generator().manual_seed(n_edit)
     c_e, guide, c_p = embeddings(n_edit, gen), embeddings(1, gen), embeddings(n_preserve, gen)
     dtype = torch.float64 if float64 else torch.float32
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
+
+    def run():
         u, v = uce_operator(c_e, guide.expand_as(c_e), c_p, erase_scale=1.0, preserve_scale=1.0, lam=0.5, dtype=dtype)
         layer_deltas(weights, u, v, dtype)
-        best = min(best, time.perf_counter() - started)
-    return best
+
+    return _median_time(run, repeats)
 
 
-def time_official_loop(weights, n_edit: int, n_preserve: int) -> float:
+def time_official_loop(weights, n_edit: int, n_preserve: int, repeats: int) -> float:
     """The official scripts' shape: per layer, add rank-1 outer products one concept at a time, then inverse."""
     gen = torch.Generator().manual_seed(n_edit)
     c_e, guide, c_p = embeddings(n_edit, gen), embeddings(1, gen), embeddings(n_preserve, gen)
-    started = time.perf_counter()
-    for w in weights.values():
-        mat1 = 0.5 * w.clone()
-        mat2 = 0.5 * torch.eye(DIM)
-        v_star = w @ guide[0]
-        for c in c_e:
-            mat1 += torch.outer(v_star, c)
-            mat2 += torch.outer(c, c)
-        for c in c_p:
-            mat1 += torch.outer(w @ c, c)
-            mat2 += torch.outer(c, c)
-        _ = mat1 @ torch.inverse(mat2)
-    return time.perf_counter() - started
+
+    def run():
+        for w in weights.values():
+            mat1 = 0.5 * w.clone()
+            mat2 = 0.5 * torch.eye(DIM)
+            v_star = w @ guide[0]
+            for c in c_e:
+                mat1 += torch.outer(v_star, c)
+                mat2 += torch.outer(c, c)
+            for c in c_p:
+                mat1 += torch.outer(w @ c, c)
+                mat2 += torch.outer(c, c)
+            _ = mat1 @ torch.inverse(mat2)
+
+    return _median_time(run, repeats)
 
 
 def encode_seconds_per_prompt(batch: int = 64) -> float:
@@ -94,8 +106,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concepts", type=int, nargs="+", default=[1, 10, 100, 1000])
     parser.add_argument("--preserved", type=int, default=1000)
-    parser.add_argument("--repeats", type=int, default=3, help="best of this many solves")
-    parser.add_argument("--baseline", action="store_true", help="also time the official-style loop (~30 s)")
+    parser.add_argument("--repeats", type=int, default=3, help="median of this many runs, ours and the baseline")
+    parser.add_argument("--baseline", action="store_true", help="also time the official-style loop (~30 s a run)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     weights = projections()
@@ -114,17 +126,14 @@ def main() -> None:
     baseline = None
     if args.baseline:
         n = max(args.concepts)
+        official = time_official_loop(weights, n, args.preserved, args.repeats)
+        ours = next(r["solve_s"] for r in rows if r["concepts"] == n)
         baseline = {
             "concepts": n,
             "preserved": args.preserved,
-            "official_loop_s": round(time_official_loop(weights, n, args.preserved), 2),
+            "official_loop_s": round(official, 2),
+            "speedup": round(official / ours, 1),
         }
-    if args.json:
-        out = {"rows": rows, "threads": torch.get_num_threads(), "encode_s_per_prompt": per_prompt}
-        if baseline:
-            out["baseline"] = baseline
-        print(json.dumps(out))
-        return
     print(f"UCE on SD-1.4-shaped projections (16 layers x K,V; torch threads: {torch.get_num_threads()})")
     print(f"{'concepts':>9} {'preserved':>10} {'solve_s (f64)':>14} {'solve_s (f32)':>14} {'encode_s*':>10}")
     for r in rows:
@@ -139,8 +148,15 @@ def main() -> None:
     if baseline:
         print(
             f"official-style loop (rank-1 updates, per-layer inverse), {baseline['concepts']} concepts + "
-            f"{baseline['preserved']} preserved: {baseline['official_loop_s']:.1f} s"
+            f"{baseline['preserved']} preserved: {baseline['official_loop_s']:.1f} s; ours is "
+            f"{baseline['speedup']:.0f}x faster (median of {args.repeats} runs each)"
         )
+    if args.json:
+        out = {"rows": rows, "threads": torch.get_num_threads(), "encode_s_per_prompt": per_prompt}
+        out["timing"] = f"median of {args.repeats} runs, ours and the baseline alike"
+        if baseline:
+            out.update(baseline=baseline, speedup=baseline["speedup"])
+        print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -323,3 +323,36 @@ def test_debias_warns_when_the_tolerance_is_finer_than_the_images_can_measure(sd
     req = EditRequest(concepts=("doctor",), mode="debias", attributes=("male", "female", "red", "blue"))
     with pytest.warns(RuntimeWarning, match="steps of 0.100"):  # 0.25 of 10 images is 2 or 3: 0.05 off at best
         fit(sd, "uce", req, config, UCEInputs(classifier=ScriptedEstimator([1.0])))
+
+
+def test_token_modes_align_the_rows_an_independent_tokenization_gives(sd):
+    """'last': the last word; 'all': every token of the concept after a leading article; 'trailing': the last
+    token and every one after it (end of text, padding)."""
+    concept = "a photo of a cat"
+    ids = sd.tokenizer(concept).input_ids  # [BOS, a, photo, of, a, cat, EOS]
+    assert len(ids) == 7
+    counts = {
+        mode: fit(sd, "uce", EditRequest(concepts=(concept,)), UCEConfig(tokens=mode)).manifest["stats"][
+            "edited_tokens"
+        ]
+        for mode in ("last", "all", "trailing")
+    }
+    assert counts == {"last": 1, "all": 4, "trailing": sd.tokenizer.model_max_length - 5}
+
+
+def test_all_tokens_leave_a_shared_leading_article_alone(shapes):
+    """Under ShapesSD's causal encoder "the" has the same row in "the acme logo" and "the circle": erasing the
+    logo with tokens='all' must move the logo's own rows, not that shared one."""
+    from concept_edit.methods.uce import concept_span
+
+    edit = fit(shapes, "uce", EditRequest(concepts=("the acme logo",)), UCEConfig(tokens="all"))
+    first, last = concept_span(shapes, "the acme logo")
+    embeds = encode_prompts(shapes, ["the acme logo", "the circle"]).double()
+    assert torch.equal(embeds[0, 1], embeds[1, 1])  # the shared "the" row
+    assert edit.manifest["stats"]["edited_tokens"] == last - first + 1 == last - 1
+    for key, w in target_weights(shapes, edit_keys=True).items():
+        w, delta = w.detach().double(), edit.weight_delta(key).double()
+        the = embeds[1, 1]
+        own = embeds[0, first : last + 1]
+        assert (delta @ the).norm() < 0.3 * (w @ the).norm(), key
+        assert ((delta @ own.T).norm(dim=0) > 0.5 * (w @ own.T).norm(dim=0)).all(), key

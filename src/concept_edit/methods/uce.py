@@ -63,6 +63,7 @@ from concept_edit.generation import generate
 from concept_edit.methods.registry import EditRequest, input_field, register
 from concept_edit.models.prompts import (
     concept_ids,
+    concept_token_positions,
     encode_prompts,
     forces_zero_unconditional,
     last_token_index,
@@ -205,30 +206,49 @@ def layer_deltas(
 
 
 # -- embeddings -------------------------------------------------------------------------------------------
-def _encode(pipe, prompts: Sequence[str]) -> tuple[torch.Tensor, list[int]]:
-    """Token embeddings of every prompt and the index of its last token (validated: no empty concept)."""
+def _encode(pipe, prompts: Sequence[str]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Token embeddings of every prompt and the (first, last) positions of its concept (`concept_span`)."""
     prompt_lengths_ok(pipe, prompts)
     for p in prompts:
         if p:
             concept_ids(pipe, p)
-    return encode_prompts(pipe, prompts), [int(i) for i in last_token_index(pipe, prompts)]
+    return encode_prompts(pipe, prompts), [concept_span(pipe, p) for p in prompts]
 
 
-def _rows(embeds: torch.Tensor, last: int, tokens: str) -> torch.Tensor:
+ARTICLES = ("a", "an", "the")
+
+
+def concept_span(pipe, prompt: str) -> tuple[int, int]:
+    """(first, last) token positions of the concept's own words in its prompt: a leading article is left out.
+
+    Under a causal text encoder the rows of "a" or "the" are the same in every prompt that starts with them,
+    so `tokens="all"` must not edit them (it would edit "the circle" along with "the acme logo").
+    """
+    last = int(last_token_index(pipe, [prompt])[0])
+    if last == 0:  # the empty prompt: its start token
+        return 0, 0
+    article, _, rest = prompt.strip().partition(" ")
+    core = rest if article.lower() in ARTICLES and rest.strip() else prompt
+    return concept_token_positions(pipe, prompt, core)[0], last
+
+
+def _rows(embeds: torch.Tensor, span: tuple[int, int], tokens: str) -> torch.Tensor:
     """The rows of one prompt that UCE edits or preserves."""
+    first, last = span
     if tokens == "trailing":
         return embeds[last:]
-    if tokens == "last" or last == 0:  # an empty prompt has no concept token: use its start token
+    if tokens == "last":
         return embeds[last : last + 1]
-    return embeds[1 : last + 1]
+    return embeds[first : last + 1]
 
 
-def _aligned(concept: torch.Tensor, last: int, guide: torch.Tensor, guide_last: int, tokens: str):
+def _aligned(concept: torch.Tensor, span: tuple[int, int], guide: torch.Tensor, guide_last: int, tokens: str):
     """Edit rows of a concept and the guide rows they map to (eq. 8: v* = W_old c_guide)."""
     if tokens == "trailing":
-        span = len(concept) - max(last, guide_last)
-        return concept[last : last + span], guide[guide_last : guide_last + span]
-    rows = _rows(concept, last, tokens)
+        last = span[1]
+        width = len(concept) - max(last, guide_last)
+        return concept[last : last + width], guide[guide_last : guide_last + width]
+    rows = _rows(concept, span, tokens)
     return rows, guide[guide_last].expand_as(rows)
 
 
@@ -265,16 +285,18 @@ def _erase(pipe, request: EditRequest, config: UCEConfig, weights) -> tuple[dict
     unique = list(dict.fromkeys(guides))
     started = time.perf_counter()
     prompts = [*request.concepts, *unique, *request.preserve]
-    embeds, last = _encode(pipe, prompts)
+    embeds, spans = _encode(pipe, prompts)
     encode_s = time.perf_counter() - started
     n, g = len(request.concepts), len(unique)
     if moderate:  # what the pipeline really feeds as unconditional: SDXL's is zeros, not the encoded ""
         embeds[n] = unconditional_embedding(pipe, embeds[n])
     at = {guide: n + k for k, guide in enumerate(unique)}
-    pairs = [_aligned(embeds[i], last[i], embeds[at[guides[i]]], last[at[guides[i]]], config.tokens) for i in range(n)]
+    pairs = [
+        _aligned(embeds[i], spans[i], embeds[at[guides[i]]], spans[at[guides[i]]][1], config.tokens) for i in range(n)
+    ]
     edit = torch.cat([c for c, _ in pairs])
     targets = torch.cat([t for _, t in pairs])
-    preserve_rows = [_rows(embeds[j], last[j], config.tokens) for j in range(n + g, len(prompts))]
+    preserve_rows = [_rows(embeds[j], spans[j], config.tokens) for j in range(n + g, len(prompts))]
     preserve = _stack(preserve_rows, edit.shape[1])
     started = time.perf_counter()
     u, v = _solve(config, edit, targets, preserve)
@@ -301,13 +323,13 @@ def _debias(
     if config.tokens == "trailing":
         raise ValueError("UCE debias edits concept tokens only: use tokens='last' or 'all'")
     prompts = [attribute_prompt(c, a, config.debias_attribute_with_concept) for c in concepts for a in attributes]
-    embeds, last = _encode(pipe, [*concepts, *request.preserve, *prompts])
-    rows = [_rows(embeds[i], last[i], config.tokens) for i in range(len(concepts) + len(request.preserve))]
+    embeds, spans = _encode(pipe, [*concepts, *request.preserve, *prompts])
+    rows = [_rows(embeds[i], spans[i], config.tokens) for i in range(len(concepts) + len(request.preserve))]
     concept_rows = rows[: len(concepts)]
     user_preserve = list(rows[len(concepts) :])
     first = len(concepts) + len(request.preserve)
     # attr[i, k]: the last-token embedding of attribute k's prompt for concept i (a_k in eq. 9)
-    attr = torch.stack([embeds[first + j, last[first + j]] for j in range(len(prompts))])
+    attr = torch.stack([embeds[first + j, spans[first + j][1]] for j in range(len(prompts))])
     attr = attr.view(len(concepts), len(attributes), -1)
     unit_attr = attr / attr.norm(dim=-1, keepdim=True)
     d = attr.shape[-1]
