@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
 import numpy as np
 
+from concept_edit.evaluation.metrics import wilson
 from concept_edit.generation import generate, to_array
 from concept_edit.models import load_pipeline
 from concept_edit.shapes.captions import HELD_OUT, LOGO_PROMPT, canonical_prompt
@@ -32,13 +32,6 @@ BARS = {
     "heart is red": 0.75,
     "logo detected": 0.80,
 }
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
 
 
 def seen_triples(count: int, seed: int) -> list[tuple[str, str, str]]:

@@ -7,9 +7,11 @@ from concept_edit.evaluation import metrics
 
 
 def test_accuracy_and_per_concept():
-    assert metrics.accuracy(["a", "b", "a"], ["a", "a", "a"]) == {"accuracy": 2 / 3, "n": 3, "correct": 2}
+    row = metrics.accuracy(["a", "b", "a"], ["a", "a", "a"])
+    assert {k: row[k] for k in ("accuracy", "n", "correct")} == {"accuracy": 2 / 3, "n": 3, "correct": 2}
     per = metrics.per_concept_accuracy(["cat", "dog", "dog", "dog"], ["cat", "cat", "dog", "dog"])
-    assert per == {"cat": {"accuracy": 0.5, "n": 2, "correct": 1}, "dog": {"accuracy": 1.0, "n": 2, "correct": 2}}
+    assert [(v["accuracy"], v["n"], v["correct"]) for v in per.values()] == [(0.5, 2, 1), (1.0, 2, 2)]
+    assert per["dog"]["ci95"] == [round(x, 4) for x in metrics.wilson(2, 2)]
     assert metrics.target_and_others({"a": {"accuracy": 0.1}, "b": {"accuracy": 0.8}, "c": {"accuracy": 0.6}}, "a") == (
         0.1,
         pytest.approx(0.7),
@@ -57,3 +59,10 @@ def test_image_change_is_zero_for_identical_images_and_names_its_metric():
     assert same["mean"] == pytest.approx(0.0, abs=1e-6)
     assert same["metric"] in ("lpips", "oracle-feature-cosine-distance")
     assert metrics.image_change(images, other)["mean"] > 0.05
+
+
+def test_wilson_interval_matches_published_values():
+    """Wilson 95% intervals (z = 1.96) as tabulated by Newcombe (1998): 0/10, 5/10, 81/263."""
+    assert metrics.wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert metrics.wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert metrics.wilson(81, 263) == pytest.approx((0.2553, 0.3662), abs=1e-4)

@@ -80,7 +80,7 @@ def evaluate(
         "seed": seed,
         "steps": steps,
         "guidance": guidance,
-        "per_concept": {k: {"accuracy": v["accuracy"], "n": v["n"]} for k, v in per_concept.items()},
+        "per_concept": {k: {key: v[key] for key in ("accuracy", "n", "ci95")} for k, v in per_concept.items()},
         "mean_accuracy": float(np.mean([v["accuracy"] for v in per_concept.values()])),
     }
     if target is not None:

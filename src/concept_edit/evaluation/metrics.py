@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Sequence
 
@@ -20,13 +21,26 @@ from scipy import linalg
 log = logging.getLogger(__name__)
 
 
-def accuracy(predicted: Sequence[str], expected: Sequence[str]) -> dict[str, float | int]:
-    """{"accuracy": share of matches, "n": count, "correct": matches}."""
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a share k / n (honest at 0/n and n/n, unlike the normal interval)."""
+    if n < 1:
+        raise ValueError("an interval needs at least one observation")
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def accuracy(predicted: Sequence[str], expected: Sequence[str]) -> dict:
+    """{"accuracy": share of matches, "n": count, "correct": matches, "ci95": [low, high] (Wilson)}."""
     if len(predicted) != len(expected):
         raise ValueError(f"{len(predicted)} predictions for {len(expected)} labels")
     correct = int(sum(p == e for p, e in zip(predicted, expected, strict=True)))
     n = len(expected)
-    return {"accuracy": correct / n if n else float("nan"), "n": n, "correct": correct}
+    if not n:
+        raise ValueError("no predictions to score")
+    low, high = wilson(correct, n)
+    return {"accuracy": correct / n, "n": n, "correct": correct, "ci95": [round(low, 4), round(high, 4)]}
 
 
 def per_concept_accuracy(predicted: Sequence[str], expected: Sequence[str]) -> dict[str, dict]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from concept_edit.evaluation.evaluate import check_results
+from concept_edit.evaluation.metrics import wilson
 from concept_edit.io import write_text
 
 CSS = """
@@ -127,7 +128,9 @@ def _concept_table(group: list[dict]) -> str:
         for r in group:
             v = r["per_concept"].get(concept)
             cells.append(
-                f"<td>{_fmt(v['accuracy'])} <span class='note'>(n={v['n']})</span></td>" if v else "<td>–</td>"
+                f"<td>{_fmt(v['accuracy'], 2)} <span class='note'>{_interval(v)} n={v['n']}</span></td>"
+                if v
+                else "<td>–</td>"
             )
         rows.append(f"<tr><td>{html.escape(concept)}</td>{''.join(cells)}</tr>")
     return f"<h3>Accuracy per concept</h3><table><tr><th>concept</th>{head}</tr>{''.join(rows)}</table>"
@@ -241,12 +244,10 @@ def summary_table(runs: list[dict]) -> str:
     labels = [run_label(r) for r in runs]
     concepts = list(dict.fromkeys(c for r in runs for c in r["per_concept"]))
     width = max(18, *(len(c) for c in concepts))
-    col = max(10, *(min(len(label), 28) for label in labels))
+    col = max(24, *(min(len(label), 28) for label in labels))
     lines = [f"{'concept':<{width}}  " + "  ".join(f"{label[:28]:>{col}}" for label in labels)]
     for c in concepts:
-        cells = [
-            f"{r['per_concept'][c]['accuracy']:>{col}.2f}" if c in r["per_concept"] else f"{'-':>{col}}" for r in runs
-        ]
+        cells = [f"{_with_interval(r['per_concept'][c]) if c in r['per_concept'] else '-':>{col}}" for r in runs]
         lines.append(f"{c:<{width}}  " + "  ".join(cells))
     rows = [
         ("mean accuracy", "mean_accuracy"),
@@ -267,3 +268,13 @@ def summary_table(runs: list[dict]) -> str:
         cells = [f"{r['image_change']['mean']:>{col}.3f}" if "image_change" in r else f"{'-':>{col}}" for r in runs]
         lines.append(f"{'image change':<{width}}  " + "  ".join(cells) + f"   ({metric})")
     return "\n".join(lines)
+
+
+def _interval(row: dict) -> str:
+    """ "[0.47, 0.87]" from a per-concept row's 95% interval (computed here for results files that lack one)."""
+    low, high = row.get("ci95") or wilson(round(row["accuracy"] * row["n"]), row["n"])
+    return f"[{low:.2f}, {high:.2f}]"
+
+
+def _with_interval(row: dict) -> str:
+    return f"{row['accuracy']:.2f} {_interval(row)} n={row['n']}"
