@@ -23,7 +23,7 @@ import numpy as np
 from concept_edit import EditRequest, fit
 from concept_edit.evaluation.classifiers import OracleAttributeClassifier
 from concept_edit.evaluation.evaluate import evaluate
-from concept_edit.evaluation.suites import get_suite
+from concept_edit.evaluation.suites import Entry, Suite, get_suite
 from concept_edit.methods.uce import UCEConfig, UCEInputs
 from concept_edit.models import load_pipeline
 from concept_edit.shapes.world import COLORS, OBJECTS
@@ -86,16 +86,36 @@ def _erase_objects(pipe, args) -> dict:
     return {"erase": erase_rows, "frechet_to_renders_unedited": base_obj["frechet_to_renders"]}
 
 
+def _the_controls(n: int, seed: int) -> Suite:
+    """'the circle', 'the square', ...: prompts that share the logo prompt's leading 'the'."""
+    entries = [Entry(f"the {obj}", obj, seed + k, "object", {"obj": obj}) for obj in OBJECTS for k in range(n)]
+    return Suite("the-controls", 1, "objects named with a leading 'the'", tuple(entries))
+
+
 def _logo(pipe, args) -> dict:
     logo_suite = get_suite("shapes-logo", 2 * args.n, args.seed)
+    the_suite = _the_controls(max(1, args.n // 2), args.seed)
     logo_before, logo_images = evaluate(pipe, logo_suite, target="logo", progress=False)
-    out = {"detected_before": logo_before["target_accuracy"], "controls_before": logo_before["others_accuracy"]}
-    for tokens in ("last", "all"):
+    the_before, the_images = evaluate(pipe, the_suite, progress=False)
+    out = {
+        "detected_before": logo_before["per_concept"]["logo"],
+        "controls_before": logo_before["others_accuracy"],
+        "the_controls_before": the_before["mean_accuracy"],
+        "n_logo": logo_before["per_concept"]["logo"]["n"],
+        "n_controls": sum(v["n"] for k, v in logo_before["per_concept"].items() if k != "logo"),
+        "n_the_controls": len(the_suite.entries),
+    }
+    for tokens in ("last", "trailing", "all"):
         logo_edit = fit(pipe, "uce", EditRequest(concepts=("the acme logo",)), UCEConfig(tokens=tokens), seed=args.seed)
         logo_after, _ = evaluate(
             pipe, logo_suite, edits=[logo_edit], target="logo", baseline_images=logo_images, progress=False
         )
-        out[tokens] = {"detected_after": logo_after["target_accuracy"], "controls_after": logo_after["others_accuracy"]}
+        the_after, _ = evaluate(pipe, the_suite, edits=[logo_edit], baseline_images=the_images, progress=False)
+        out[tokens] = {
+            "detected_after": logo_after["per_concept"]["logo"],
+            "controls_after": logo_after["others_accuracy"],
+            "the_controls_after": the_after["mean_accuracy"],
+        }
     return out
 
 
@@ -141,11 +161,24 @@ def _print(out: dict) -> None:
         _print_erase(out)
     if "logo" in out:
         logo = out["logo"]
-        print(f"\nlogo take-down (erase 'the acme logo' toward ''; {2 * out['n']} images)")
-        print(f"  unedited: detected {logo['detected_before']:.2f}, control objects {logo['controls_before']:.2f}")
-        for tokens in ("last", "all"):
+        print(
+            f"\nlogo take-down (erase 'the acme logo' toward ''; logo n={logo['n_logo']}, controls "
+            f"n={logo['n_controls']}, 'the <object>' controls n={logo['n_the_controls']})"
+        )
+
+        def cell(row: dict) -> str:
+            return f"{row['accuracy']:.2f} [{row['ci95'][0]:.2f}, {row['ci95'][1]:.2f}]"
+
+        print(
+            f"  unedited        detected {cell(logo['detected_before'])}, controls {logo['controls_before']:.2f}, "
+            f"'the' controls {logo['the_controls_before']:.2f}"
+        )
+        for tokens in ("last", "trailing", "all"):
             r = logo[tokens]
-            print(f"  tokens={tokens:<5} detected {r['detected_after']:.2f}, control objects {r['controls_after']:.2f}")
+            print(
+                f"  tokens={tokens:<8} detected {cell(r['detected_after'])}, controls {r['controls_after']:.2f}, "
+                f"'the' controls {r['the_controls_after']:.2f}"
+            )
     if "debias" in out:
         _print_debias(out["debias"])
 
