@@ -57,8 +57,8 @@ def main() -> None:
 def _erase_objects(pipe, args) -> dict:
     objects = get_suite("shapes-objects", args.n, args.seed)
     paraphrase = get_suite("shapes-paraphrase", args.n, args.seed)
-    base_obj, base_obj_images = evaluate(pipe, objects, seed=args.seed, progress=False)
-    base_para, base_para_images = evaluate(pipe, paraphrase, seed=args.seed, progress=False)
+    base_obj, base_obj_images = evaluate(pipe, objects, progress=False)
+    base_para, base_para_images = evaluate(pipe, paraphrase, progress=False)
     erase_rows = []
     for obj in OBJECTS:
         started = time.perf_counter()

@@ -37,8 +37,8 @@ def run_demo(out: Path, n: int = 16, seed: int = 0, concept: str = "circle", *, 
     paraphrase = get_suite("shapes-paraphrase", max(4, n // 2), seed)
     with atomic_folder(out, replace=replace) as work:
         print(f"1/4 evaluating ShapesSD on {objects.name} ({len(objects.entries)} images) ...")
-        before, before_images = evaluate(pipe, objects, target=concept, seed=seed)
-        before_para, before_para_images = evaluate(pipe, paraphrase, target=concept, seed=seed)
+        before, before_images = evaluate(pipe, objects, target=concept)
+        before_para, before_para_images = evaluate(pipe, paraphrase, target=concept)
         write_json(work / "before.json", before)
         write_json(work / "before_paraphrase.json", before_para)
 
@@ -49,10 +49,8 @@ def run_demo(out: Path, n: int = 16, seed: int = 0, concept: str = "circle", *, 
         edit.source = str(out / "edit.safetensors")  # where it will be once the folder is in place
 
         print("3/4 evaluating the edited model on the same prompts and seeds ...")
-        after, _ = evaluate(pipe, objects, edits=[edit], target=concept, baseline_images=before_images, seed=seed)
-        after_para, _ = evaluate(
-            pipe, paraphrase, edits=[edit], target=concept, baseline_images=before_para_images, seed=seed
-        )
+        after, _ = evaluate(pipe, objects, edits=[edit], target=concept, baseline_images=before_images)
+        after_para, _ = evaluate(pipe, paraphrase, edits=[edit], target=concept, baseline_images=before_para_images)
         write_json(work / "after.json", after)
         write_json(work / "after_paraphrase.json", after_para)
 

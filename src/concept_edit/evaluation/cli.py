@@ -67,7 +67,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         edits=edits,
         target=args.target,
         compute_baseline=not args.no_baseline,
-        seed=args.seed,
         steps=args.steps,
         guidance=args.guidance,
         allow_repeat=args.allow_repeat,

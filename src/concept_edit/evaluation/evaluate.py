@@ -39,7 +39,6 @@ def evaluate(
     target: str | None = None,
     baseline_images: np.ndarray | None = None,
     compute_baseline: bool = True,
-    seed: int = 0,
     samples_per_concept: int = 4,
     steps: int | None = None,
     guidance: float | None = None,
@@ -77,7 +76,8 @@ def evaluate(
         "suite": suite.name,
         "model": info.spec,
         "edits": [e.source or e.name for e in edits],
-        "seed": seed,
+        "seed": min(seeds),  # the suite's first seed: its seeds decide the images, not a separate one
+        "seeds": [min(seeds), max(seeds)],
         "steps": steps,
         "guidance": guidance,
         "per_concept": {k: {key: v[key] for key in ("accuracy", "n", "ci95")} for k, v in per_concept.items()},
