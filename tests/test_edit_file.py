@@ -47,7 +47,7 @@ def test_save_load_roundtrip_and_single_file_path(cat_edit, tmp_path):
         assert torch.equal(loaded.weight_delta(key), cat_edit.weight_delta(key))
 
 
-def test_revert_is_exact_and_compose_applies_in_order(sd, cat_edit):
+def test_revert_is_exact_and_edits_stack_in_order(sd, cat_edit):
     original = state(sd)
     dog_edit = fit(sd, "uce", EditRequest(concepts=("dog",)))
     apply(sd, cat_edit, dog_edit)

@@ -12,10 +12,12 @@ from concept_edit import (
     apply,
     available_methods,
     fit,
+    get_method,
     make_config,
     revert,
 )
 from concept_edit.generation import generate, to_array
+from concept_edit.methods import MODES
 
 # What each method is asked to do in the matrix. A new method must add its entry here.
 EXAMPLES = {
@@ -71,7 +73,7 @@ def test_same_seed_same_edit(method, model):
     name, pipe = model
     a = fit(pipe, method, EXAMPLES[method][name], seed=7)
     b = fit(pipe, method, EXAMPLES[method][name], seed=7)
-    assert a.manifest == b.manifest
+    assert a.manifest == b.manifest and a.manifest["seed"] == 7  # the manifest records the seed
     for x, y in zip(a.changes(), b.changes(), strict=True):
         assert x.info() == y.info()
         for part, tensor in x.parts().items():
@@ -79,10 +81,17 @@ def test_same_seed_same_edit(method, model):
 
 
 @pytest.mark.parametrize("method", available_methods())
-def test_bad_requests_raise_one_clear_value_error(method, sd):
+def test_bad_requests_raise_one_clear_value_error(method, sd, tmp_path):
     with pytest.raises(ValueError, match="empty concept"):
-        EditRequest(concepts=("  ",))
+        fit(sd, method, EditRequest(concepts=("  ",)))
     with pytest.raises(ValueError, match="unknown option"):
         make_config(method, no_such_option=1)
     with pytest.raises(ValueError, match="unknown method"):
         fit(sd, method + "-nope", EXAMPLES[method]["sd"])
+    unsupported = [m for m in MODES if m not in get_method(method).modes and m != "debias"]
+    for mode in unsupported:
+        with pytest.raises(ValueError, match="does not support mode"):
+            fit(sd, method, EditRequest(concepts=("cat",), mode=mode))
+    with pytest.raises(ValueError, match="takes a"):
+        fit(sd, method, EXAMPLES[method]["sd"], config=object())
+    assert list(tmp_path.iterdir()) == []  # nothing written
