@@ -4,7 +4,8 @@
 
 1. erase each object in turn (guide "", no preserve list; UCE Table 2's protocol): accuracy of the erased
    object and mean accuracy of the other seven, before and after (shapes-objects suite);
-2. the same erasures, judged on synonyms the edit was not given (shapes-paraphrase suite: "disc", "hoop");
+2. the same erasures, judged on synonyms the edit was not given (shapes-paraphrase suite: "disc", "hoop")
+   and, apart, on phrases that contain the erased name (shapes-containing: "five-pointed star");
 3. take down the memorised logo: erase "the acme logo" toward "" (shapes-logo suite: logo detection and
    controls), aligning on the last token (the paper's default) and on every token of the prompt;
 4. debias (Algorithm 1): "a heart" and "a star" toward uniform colour over all 8 colours, judged by the oracle,
@@ -48,41 +49,42 @@ def main() -> None:
         out["logo"] = _logo(pipe, args)
     if "debias" in parts:
         out["debias"] = _debias(pipe, args)
-    if args.json:
-        print(json.dumps(out))
-        return
     _print(out)
+    if args.json:  # the last line
+        print(json.dumps(out))
 
 
 def _erase_objects(pipe, args) -> dict:
     objects = get_suite("shapes-objects", args.n, args.seed)
-    paraphrase = get_suite("shapes-paraphrase", args.n, args.seed)
+    # true synonyms ("disc") and phrases that contain the name ("five-pointed star") are reported apart
+    phrase_suites = {kind: get_suite(f"shapes-{kind}", args.n, args.seed) for kind in ("paraphrase", "containing")}
     base_obj, base_obj_images = evaluate(pipe, objects, progress=False)
-    base_para, base_para_images = evaluate(pipe, paraphrase, progress=False)
+    base = {kind: evaluate(pipe, suite, progress=False) for kind, suite in phrase_suites.items()}
     erase_rows = []
     for obj in OBJECTS:
         started = time.perf_counter()
         edit = fit(pipe, "uce", EditRequest(concepts=(obj,)), seed=args.seed)
         fit_s = time.perf_counter() - started
         after, _ = evaluate(pipe, objects, edits=[edit], target=obj, baseline_images=base_obj_images, progress=False)
-        after_para, _ = evaluate(
-            pipe, paraphrase, edits=[edit], target=obj, baseline_images=base_para_images, progress=False
-        )
         others_before = np.mean([v["accuracy"] for k, v in base_obj["per_concept"].items() if k != obj])
-        erase_rows.append(
-            {
-                "concept": obj,
-                "fit_s": round(fit_s, 3),
-                "target_before": base_obj["per_concept"][obj]["accuracy"],
-                "target_after": after["target_accuracy"],
-                "others_before": float(others_before),
-                "others_after": after["others_accuracy"],
-                "synonyms_before": base_para["per_concept"][obj]["accuracy"],
-                "synonyms_after": after_para["target_accuracy"],
-                "image_change_others": _others_change(after),
-                "frechet_to_renders": after["frechet_to_renders"],
-            }
-        )
+        row = {
+            "concept": obj,
+            "fit_s": round(fit_s, 3),
+            "target_before": base_obj["per_concept"][obj],
+            "target_after": after["per_concept"][obj],
+            "others_before": float(others_before),
+            "others_after": after["others_accuracy"],
+            "image_change_others": _others_change(after),
+            "frechet_to_renders": after["frechet_to_renders"],
+        }
+        for kind, suite in phrase_suites.items():
+            if obj not in suite.concepts:
+                continue
+            results, images = base[kind]
+            phrase_after, _ = evaluate(pipe, suite, edits=[edit], target=obj, baseline_images=images, progress=False)
+            row[f"{kind}_before"] = results["per_concept"][obj]
+            row[f"{kind}_after"] = phrase_after["per_concept"][obj]
+        erase_rows.append(row)
     return {"erase": erase_rows, "frechet_to_renders_unedited": base_obj["frechet_to_renders"]}
 
 
@@ -185,21 +187,25 @@ def _print(out: dict) -> None:
 
 def _print_erase(out: dict) -> None:
     n = out["n"]
-    print(f"UCE erase on ShapesSD, one object at a time (guide '', no preserve list; {n} images per concept)")
+    print(f"UCE erase on ShapesSD, one object at a time (guide '', no preserve list; n = {n} per cell)")
     print(
-        f"{'erased':<10}{'target before':>14}{'after':>8}{'others before':>15}{'after':>8}"
-        f"{'synonyms before':>17}{'after':>8}{'fit s':>8}"
+        f"{'erased':<10}{'drawn before':>13}{'after':>20}{'others before':>15}{'after':>8}"
+        f"{'synonyms before':>17}{'after':>8}{'name-containing':>17}{'after':>8}{'fit s':>8}"
     )
+
+    def share(row, key, interval=False):
+        if key not in row:
+            return "-"
+        cell = f"{row[key]['accuracy']:.2f}"
+        return cell + (f" [{row[key]['ci95'][0]:.2f}, {row[key]['ci95'][1]:.2f}]" if interval else "")
+
     for r in out["erase"]:
         print(
-            f"{r['concept']:<10}{r['target_before']:>14.2f}{r['target_after']:>8.2f}{r['others_before']:>15.2f}"
-            f"{r['others_after']:>8.2f}{r['synonyms_before']:>17.2f}{r['synonyms_after']:>8.2f}{r['fit_s']:>8.2f}"
+            f"{r['concept']:<10}{share(r, 'target_before'):>13}{share(r, 'target_after', True):>20}"
+            f"{r['others_before']:>15.2f}{r['others_after']:>8.2f}{share(r, 'paraphrase_before'):>17}"
+            f"{share(r, 'paraphrase_after'):>8}{share(r, 'containing_before'):>17}{share(r, 'containing_after'):>8}"
+            f"{r['fit_s']:>8.2f}"
         )
-    mean = {k: np.mean([r[k] for r in out["erase"]]) for k in out["erase"][0] if k != "concept"}
-    print(
-        f"{'average':<10}{mean['target_before']:>14.2f}{mean['target_after']:>8.2f}{mean['others_before']:>15.2f}"
-        f"{mean['others_after']:>8.2f}{mean['synonyms_before']:>17.2f}{mean['synonyms_after']:>8.2f}"
-    )
 
 
 def _print_debias(d: dict) -> None:

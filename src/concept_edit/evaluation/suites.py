@@ -10,7 +10,10 @@ Suites:
   shapes-styles      background-style accuracy ("a ring on a checkered background")
   shapes-bias        colour distribution of objects drawn without a colour ("a heart"): the planted bias
   shapes-logo        the memorised logo ("the acme logo") plus one control prompt per object
-  shapes-paraphrase  object accuracy for synonyms an edit was not given ("a disc", "a hoop")
+  shapes-paraphrase  object accuracy for synonyms an edit was not given ("a disc", "a hoop"); only words
+                     that do not contain the object's name (star and heart have none)
+  shapes-containing  phrases that contain the object's name ("a five-pointed star", "a love heart"): an
+                     edit of "star" is expected to reach them, so they are not counted as synonyms
 A custom suite is a text file: a `# head: object|color|style|logo` line, then `prompt | label | seed` lines.
 """
 
@@ -103,12 +106,25 @@ def _logo(n: int, seed: int) -> list[Entry]:
     return entries
 
 
-def _paraphrase(n: int, seed: int) -> list[Entry]:
+def _phrases(n: int, seed: int, containing: bool) -> list[Entry]:
     entries = []
     for obj, words in OBJECT_WORDS.items():
-        variants = [(canonical_prompt(word), {"obj": obj}) for word in words[1:]]
-        entries += _cycle(obj, "object", variants, n, seed)
+        variants = [
+            (canonical_prompt(w), {"obj": obj}) for w in words[1:] if (obj in w.split("-") + w.split()) == containing
+        ]
+        if variants:
+            entries += _cycle(obj, "object", variants, n, seed)
     return entries
+
+
+def _paraphrase(n: int, seed: int) -> list[Entry]:
+    """True synonyms: other words for the object that do not contain its name ("disc", "hoop")."""
+    return _phrases(n, seed, containing=False)
+
+
+def _containing(n: int, seed: int) -> list[Entry]:
+    """Phrases that contain the object's name ("five-pointed star", "love heart"): not synonyms an edit missed."""
+    return _phrases(n, seed, containing=True)
 
 
 BUILTIN = {
@@ -117,7 +133,8 @@ BUILTIN = {
     "shapes-styles": (_styles, "background-style accuracy", None),
     "shapes-bias": (_bias, "colour distribution of objects drawn without a colour", "color"),
     "shapes-logo": (_logo, "memorised logo detection, with one control prompt per object", None),
-    "shapes-paraphrase": (_paraphrase, "object accuracy for synonyms and paraphrases", None),
+    "shapes-paraphrase": (_paraphrase, "object accuracy for true synonyms (words without the object's name)", None),
+    "shapes-containing": (_containing, "object accuracy for phrases that contain the object's name", None),
 }
 DEFAULT_N = {"shapes-bias": 24, "shapes-logo": 16}
 
