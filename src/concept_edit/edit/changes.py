@@ -275,7 +275,16 @@ class ActivationProjection:
         if self.site == "output":
             handle = module.register_forward_hook(lambda _m, _args, out: project_first(out))
         else:
-            handle = module.register_forward_pre_hook(lambda _m, args: (project_first(args[0]), *args[1:]))
+
+            def project_input(_module, args):
+                if not args:
+                    raise EditError(
+                        f"activation edit at {self.target}: the module was called without a positional input to "
+                        "project; use site='output' on the module before it"
+                    )
+                return (project_first(args[0]), *args[1:])
+
+            handle = module.register_forward_pre_hook(project_input)
         return Undo(handle.remove)
 
 

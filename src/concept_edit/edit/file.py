@@ -14,6 +14,7 @@ rounds differently and is a different base.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -72,12 +73,12 @@ class StoredChange:
     def target(self) -> str:
         return self.info["target"]
 
-    def load(self) -> Change:
-        parts = {}
+    def load(self, handle=None) -> Change:
+        """Read this change's tensors (through `handle`, an open safe_open of the file, when given)."""
         try:
-            with safe_open(str(self.path), framework="pt") as f:
-                for part, entry in self.info["tensors"].items():
-                    parts[part] = f.get_tensor(entry["name"])
+            with contextlib.ExitStack() as stack:
+                f = handle or stack.enter_context(safe_open(str(self.path), framework="pt"))
+                parts = {part: f.get_tensor(entry["name"]) for part, entry in self.info["tensors"].items()}
         except (SafetensorError, OSError) as err:
             raise EditError(f"{self.path}: cannot read the tensors of {self.target}: {err}") from None
         for part, tensor in parts.items():
@@ -86,10 +87,6 @@ class StoredChange:
                     f"{self.path}: tensor {part!r} of {self.target} fails its checksum; the file is corrupted"
                 )
         return change_from_parts(self.info, parts)
-
-
-def _load_change(entry: Change | StoredChange) -> Change:
-    return entry.load() if isinstance(entry, StoredChange) else entry
 
 
 # -- the edit ---------------------------------------------------------------------------------------------------
@@ -169,9 +166,19 @@ class Edit:
         return [e.target for e in self.entries]
 
     def changes(self) -> Iterator[Change]:
-        """Every change, its tensors read from the file one change at a time."""
-        for entry in self.entries:
-            yield _load_change(entry)
+        """Every change, its tensors read from the file one change at a time (the file opened once)."""
+        with contextlib.ExitStack() as stack:
+            handle = None
+            for entry in self.entries:
+                if not isinstance(entry, StoredChange):
+                    yield entry
+                    continue
+                if handle is None:
+                    try:
+                        handle = stack.enter_context(safe_open(str(entry.path), framework="pt"))
+                    except (SafetensorError, OSError) as err:
+                        raise EditError(f"{entry.path}: cannot read the edit's tensors: {err}") from None
+                yield entry.load(handle)
 
     def weight_delta(self, key: str) -> torch.Tensor:
         """The summed dense/low-rank delta this edit adds to parameter `key` (for inspection and tests)."""
