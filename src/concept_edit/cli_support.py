@@ -97,12 +97,9 @@ def check_output(out: str | Path, *, force: bool, inputs=(), folder: bool = Fals
     occupied = path.exists() and (not folder or any(path.iterdir()))
     if occupied and not force:
         raise ValueError(f"{path} already exists; pass --force to overwrite it")
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    writable_dir = existing if existing.is_dir() and existing != path else existing.parent
-    if existing != path and not os.access(writable_dir, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot write {path}: the folder {writable_dir} is not writable")
-    if existing == path and not os.access(path.parent, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot write {path}: the folder {path.parent} is not writable")
+    nearest = next(p for p in path.parents if p.exists())  # where the output (or its first new folder) goes
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {path}: the folder {nearest} is not writable")
     return path
 
 
