@@ -356,3 +356,52 @@ def test_all_tokens_leave_a_shared_leading_article_alone(shapes):
         own = embeds[0, first : last + 1]
         assert (delta @ the).norm() < 0.3 * (w @ the).norm(), key
         assert ((delta @ own.T).norm(dim=0) > 0.5 * (w @ own.T).norm(dim=0)).all(), key
+
+
+def test_debias_freezes_a_converged_concept_and_keeps_iterating_the_other(sd):
+    # iteration 0 measures doctor and nurse (all male); doctor is balanced after one step, nurse after two
+    script = iter([("doctor", 1.0), ("nurse", 1.0), ("doctor", 0.5), ("nurse", 1.0), ("nurse", 0.5)])
+    seen = []
+
+    def judge(images, attributes):
+        concept, share = next(script)
+        seen.append(concept)
+        first = round(share * len(images))
+        return [0] * first + [1] * (len(images) - first)
+
+    config = UCEConfig(debias_images=2, debias_steps=1, debias_max_iterations=5, debias_step=0.5)
+    req = EditRequest(concepts=("doctor", "nurse"), mode="debias", attributes=("male", "female"))
+    stats = fit(sd, "uce", req, config, UCEInputs(classifier=judge)).manifest["stats"]
+    assert seen == ["doctor", "nurse", "doctor", "nurse", "nurse"]  # doctor is not measured once balanced
+    assert [sorted(h["ratios"]) for h in stats["history"]] == [["doctor", "nurse"], ["doctor", "nurse"], ["nurse"]]
+    assert stats["iterations"] == 2 and stats["unconverged"] == []
+    assert stats["final_ratios"] == {"doctor": [0.5, 0.5], "nurse": [0.5, 0.5]}
+
+
+def test_debias_runs_end_to_end_from_the_cli_on_shapes(tmp_path, capsys):
+    from concept_edit.cli import main
+
+    out = tmp_path / "heart"
+    args = ["edit", "uce", "--model", "shapes", "--mode", "debias", "--concept", "a heart", "--attribute", "red"]
+    args += ["--attribute", "blue", "--classifier", "oracle", "--debias-images", "2", "--debias-steps", "1"]
+    args += ["--debias-max-iterations", "1", "--debias-step", "1.5", "--out", str(out)]
+    assert main(args) == 0, capsys.readouterr().err
+    stdout = capsys.readouterr().out
+    assert "debias: 1 iterations" in stdout
+    from concept_edit import Edit
+
+    manifest = Edit.load(out).manifest
+    assert manifest["request"]["attributes"] == ["red", "blue"] and len(manifest["stats"]["history"]) == 2
+
+
+@pytest.mark.slow
+def test_erasing_circle_lowers_its_accuracy_on_shapes(shapes):
+    from concept_edit.evaluation.evaluate import evaluate
+    from concept_edit.evaluation.suites import get_suite
+
+    suite = get_suite("shapes-objects", n=8, seed=500)
+    edit = fit(shapes, "uce", EditRequest(concepts=("circle",), preserve=("square", "triangle", "ring")))
+    before, images = evaluate(shapes, suite, target="circle", progress=False)
+    after, _ = evaluate(shapes, suite, edits=[edit], target="circle", baseline_images=images, progress=False)
+    assert before["target_accuracy"] >= 0.75 and after["target_accuracy"] <= 0.5
+    assert after["others_accuracy"] >= before["others_accuracy"] - 0.15
