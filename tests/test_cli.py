@@ -306,3 +306,10 @@ def test_each_concept_can_have_its_own_guide(sd_folder, tmp_path, capsys):
     assert code == 0 and Edit.load(tmp_path / "g").manifest["request"]["guide"] == "art"
     code, _, err = run([*args, "--guide", "tree", "--guide", "house", "--out", tmp_path / "h"], capsys)
     assert code == 2 and "3 --guide given for 2 concepts" in err and not (tmp_path / "h").exists()
+
+
+def test_a_colon_in_a_concept_flag_is_part_of_the_concept(sd_folder, tmp_path, capsys):
+    code, _, err = run(["edit", "uce", "--model", sd_folder, "--concept", "cat: dog", "--out", tmp_path / "e"], capsys)
+    assert code == 0, err
+    request = Edit.load(tmp_path / "e").manifest["request"]
+    assert request["concepts"] == ["cat: dog"] and request["guide"] is None

@@ -326,3 +326,43 @@ def test_the_same_edit_twice_is_refused_unless_asked_for(sd, tmp_path):
     with applied(sd, edit, edit, allow_repeat=True):
         torch.testing.assert_close(param.detach(), original + 2 * change.delta)
     assert torch.equal(param.detach(), original)
+
+
+def test_sparse_revert_finds_the_parameter_after_the_model_moved(sd):
+    change = make_change(sd, "sparse")
+    original = get_parameter(sd, change.target).detach().clone()
+    apply(sd, make_edit(sd, change))
+    sd.unet.to(torch.float64)  # new storage for every parameter
+    revert(sd)
+    assert torch.equal(get_parameter(sd, change.target).detach(), original.double())
+
+
+def test_distinct_in_memory_edits_are_never_taken_for_the_same_one(sd):
+    for seed in range(30):  # temporaries: Python reuses the ids of freed objects
+        with applied(sd, make_edit(sd, make_change(sd, "dense", seed)).astype(torch.float16)):
+            pass
+
+
+def test_revert_inside_a_trainable_block_is_refused(sd):
+    from concept_edit import trainable
+
+    change = make_change(sd, "dense")
+    apply(sd, make_edit(sd, change))
+    with trainable(sd, [change.target]), pytest.raises(EditError, match="being fine-tuned"):
+        revert(sd)
+    revert(sd)
+    assert applied_edits(sd) == []
+
+
+def test_a_manifest_whose_dtype_differs_from_its_tensor_is_refused(sd, tmp_path):
+    path = make_edit(sd, make_change(sd, "dense")).save(tmp_path / "e.safetensors")
+    bad = rewrite(path, tmp_path / "b.safetensors", lambda m: m["changes"][0].update(dtype="bfloat16"))
+    with pytest.raises(EditError, match="the manifest says bfloat16"):
+        Edit.load(bad)
+
+
+def test_a_hook_on_a_module_that_returns_an_object_is_one_clear_error(sd):
+    edit = make_edit(sd, ActivationProjection.of("unet", torch.randn(1, 4)))
+    with pytest.raises(EditError, match="not a tensor"), applied(sd, edit):
+        unet_output(sd)
+    assert hooks(sd) == 0

@@ -136,3 +136,24 @@ def test_fit_refuses_a_method_that_leaves_weights_changed(sd, method_slot):
     method_slot(fit_and_leave)
     with pytest.raises(RuntimeError, match="left 1 weight"):
         fit(sd, "careless", EditRequest(concepts=("cat",)))
+
+
+def test_fit_refuses_a_method_that_leaves_an_edit_applied(sd, method_slot):
+    def fit_and_apply(pipe, request, config, inputs, *, seed, progress):
+        param = get_parameter(pipe, KEY)
+        edit = Edit.create(
+            pipe, [DenseDelta(KEY, torch.ones(param.shape))], method="careless", config={}, request={}, seed=0
+        )
+        apply(pipe, edit)
+        return edit
+
+    method_slot(fit_and_apply)
+    with pytest.raises(RuntimeError, match="left 1 edit"):
+        fit(sd, "careless", EditRequest(concepts=("cat",)))
+
+
+def test_low_rank_tuning_leaves_no_peft_attributes(sd):
+    key = "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_v.weight"
+    with trainable(sd, [key], kind="low_rank") as tuned:
+        train(sd, tuned.parameters, steps=1)
+    assert not hasattr(sd.unet, "peft_config")

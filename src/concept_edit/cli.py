@@ -94,8 +94,11 @@ def _request_lists(args: argparse.Namespace) -> dict:
     from concept_edit.methods import read_list_file
 
     lists: dict = {}
+    from_file = 0  # concepts at index >= this came from --concepts-file, where 'concept: guide' is read
     for name, flag in (("concepts", "concept"), ("preserve", "preserve"), ("attributes", "attribute")):
         values = list(getattr(args, flag) or ())
+        if name == "concepts":
+            from_file = len(values)
         path = getattr(args, f"{name}_file")
         if path is not None:
             values += read_list_file(path)
@@ -105,6 +108,8 @@ def _request_lists(args: argparse.Namespace) -> dict:
         raise ValueError(f"{len(flags)} --guide given for {len(lists['concepts'])} concepts: give one, or one each")
     guides = flags if len(flags) > 1 else [flags[0] if flags else None] * len(lists["concepts"])
     for k, line in enumerate(lists["concepts"]):
+        if k < from_file:
+            continue  # a --concept flag is taken as written, colons included
         concept, colon, guide = line.partition(":")
         if colon:
             if len(flags) > 1:

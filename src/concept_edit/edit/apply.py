@@ -92,7 +92,7 @@ def _apply_one(pipe, edit: Edit, allow_repeat: bool) -> None:
             for change in edit.changes():  # a stored edit's tensors are read here, one change at a time
                 if change.kind in WEIGHT_KINDS:
                     param = params[change.target]
-                    record.undo.append(change.apply_(param))
+                    change.apply_(param, record.undo)
                     mark_written(pipe, change.target, param)
                 else:
                     record.undo.append(change.install(get_module(pipe, change.target)))
@@ -131,11 +131,17 @@ def apply(pipe, *edits: Edit, allow_repeat: bool = False) -> None:
 
 def revert(pipe, count: int | None = None) -> None:
     """Undo the last `count` applied edits (all by default): exact original tensors, hooks removed."""
-    stack = state_of(pipe).stack
+    state = state_of(pipe)
+    stack = state.stack
     count = len(stack) if count is None else count
+    tuned = sorted(
+        {k for record in stack[len(stack) - min(count, len(stack)) :] for k in record.targets} & state.tuning
+    )
+    if tuned:
+        raise EditError(f"cannot revert while {tuned[0]} is being fine-tuned inside a trainable() block")
     for _ in range(min(count, len(stack))):
-        record = stack.pop()
-        _undo(pipe, record)
+        _undo(pipe, stack[-1])  # popped only once undone: an interrupted revert can be run again
+        stack.pop()
 
 
 @contextlib.contextmanager
@@ -190,5 +196,11 @@ def compose(pipe, *edits: Edit, allow_repeat: bool = False) -> Edit:
     components = [{k: e.manifest.get(k) for k in ("method", "concepts", "config", "request", "seed")} for e in edits]
     concepts = [c for e in edits for c in e.manifest.get("concepts", [])]
     return Edit.create(
-        pipe, merged, method="compose", config={"components": components}, request={"concepts": concepts}, seed=None
+        pipe,
+        merged,
+        method="compose",
+        config={"components": components},
+        request={"concepts": concepts},
+        seed=None,
+        keep_dtype=True,  # each part keeps the precision it was stored in
     )

@@ -85,8 +85,8 @@ class DenseDelta:
     def stored_as(self, dtype: torch.dtype) -> DenseDelta:
         return DenseDelta(self.target, self.delta.detach().to(dtype).contiguous())
 
-    def apply_(self, param: torch.Tensor) -> Undo:
-        return _add_in_place(param, self.materialize())
+    def apply_(self, param: torch.Tensor, undo: list[Undo]) -> None:
+        _add_in_place(param, self.materialize(), undo)
 
 
 @dataclass(frozen=True, eq=False)
@@ -127,8 +127,8 @@ class LowRankDelta:
     def stored_as(self, dtype: torch.dtype) -> LowRankDelta:
         return LowRankDelta(self.target, self.up.to(dtype).contiguous(), self.down.to(dtype).contiguous(), self.shape)
 
-    def apply_(self, param: torch.Tensor) -> Undo:
-        return _add_in_place(param, self.materialize())
+    def apply_(self, param: torch.Tensor, undo: list[Undo]) -> None:
+        _add_in_place(param, self.materialize(), undo)
 
     @staticmethod
     def compact(target: str, up: torch.Tensor, down: torch.Tensor, shape: tuple[int, ...]) -> DenseDelta | LowRankDelta:
@@ -181,22 +181,31 @@ class SparseSet:
     def stored_as(self, dtype: torch.dtype) -> SparseSet:
         return SparseSet(self.target, self.indices, self.values.to(dtype).contiguous(), self.shape)
 
-    def apply_(self, param: torch.Tensor) -> Undo:
-        flat = param.view(-1)  # in place through the parameter (not .data), so its version counter moves
+    def apply_(self, param: torch.Tensor, undo: list[Undo]) -> None:
+        if not param.is_contiguous():
+            raise EditError(
+                f"sparse change for {self.target}: the parameter is not contiguous (channels_last?); "
+                "apply the edit before changing the model's memory format"
+            )
         index = self.indices.to(param.device, torch.long)
-        old = flat[index].clone()
-        flat[index] = self.values.to(param.device, param.dtype)
-        return Undo(lambda: flat.index_copy_(0, index, old))
+        old = param.view(-1)[index].to("cpu", copy=True)
+
+        def restore() -> None:  # resolves the parameter's storage now: the model may have moved since
+            param.view(-1).index_copy_(0, index.to(param.device), old.to(param.device, param.dtype))
+
+        undo.append(Undo(restore))  # recorded before the write, so an interrupt can always be taken back
+        param.view(-1)[index] = self.values.to(param.device, param.dtype)  # through the parameter: version moves
 
 
-def _add_in_place(param: torch.Tensor, delta: torch.Tensor) -> Undo:
+def _add_in_place(param: torch.Tensor, delta: torch.Tensor, undo: list[Undo]) -> None:
     """param += delta in place, rounding once to the parameter's dtype; the undo copies the original back.
 
-    The copy is kept on the CPU, so applying a whole-model edit on a GPU costs no extra GPU memory.
+    The copy is kept on the CPU, so applying a whole-model edit on a GPU costs no extra GPU memory, and the undo
+    is recorded before the write, so an interrupt in between can always be taken back.
     """
     snapshot = param.detach().to("cpu", copy=True)
+    undo.append(Undo(lambda: param.copy_(snapshot)))
     param.add_(delta.to(param.device))  # under no_grad; not .data, whose writes the version counter misses
-    return Undo(lambda: param.copy_(snapshot))
 
 
 # -- activation changes ----------------------------------------------------------------------------------------
@@ -268,9 +277,14 @@ class ActivationProjection:
         cache: dict = {}
 
         def project_first(value):
-            if isinstance(value, tuple):
+            if isinstance(value, tuple) and value and isinstance(value[0], torch.Tensor):
                 return (self.project(value[0], cache), *value[1:])
-            return self.project(value, cache)
+            if isinstance(value, torch.Tensor):
+                return self.project(value, cache)
+            raise EditError(
+                f"activation edit at {self.target}: the module's {self.site} is a {type(value).__name__}, not a "
+                "tensor; hook a module that returns one (e.g. an attention module, not the whole UNet)"
+            )
 
         if self.site == "output":
             handle = module.register_forward_hook(lambda _m, _args, out: project_first(out))

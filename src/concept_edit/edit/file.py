@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +98,7 @@ class Edit:
     entries: list[Change | StoredChange]
     manifest: dict[str, Any] = field(default_factory=dict)
     source: str | None = field(default=None, compare=False)  # the file it was loaded from or saved to
+    token: str = field(default_factory=lambda: uuid.uuid4().hex, compare=False, repr=False)  # in-memory identity
 
     @classmethod
     def create(
@@ -110,6 +112,7 @@ class Edit:
         seed: int | None,
         stats: dict | None = None,
         dtype: torch.dtype | None = None,
+        keep_dtype: bool = False,
     ) -> Edit:
         """An edit whose base is the pipeline's current state, which must not be mid-training.
 
@@ -121,7 +124,8 @@ class Edit:
             raise EditError("an edit must change at least one tensor or activation")
         for change in changes:
             _check_target(pipe, change, f"cannot create the {method} edit")
-        changes = [_stored_as(pipe, c, dtype) for c in changes]
+        if not keep_dtype:
+            changes = [_stored_as(pipe, c, dtype) for c in changes]
         for change in changes:
             change_from_parts(change.info(), change.parts())  # the same checks a file gets
         keys = base_keys(pipe, changes)
@@ -155,7 +159,7 @@ class Edit:
                 for e in self.entries
             ]
             return hashlib.sha256(json.dumps([self.manifest.get("base_hash"), listing]).encode()).hexdigest()
-        return f"object:{id(self)}"
+        return f"object:{self.token}"
 
     @property
     def kinds(self) -> list[str]:
@@ -271,7 +275,12 @@ def _check_stored_info(info: Any, header: dict) -> None:
             raise EditError(f"change for {info['target']}: tensor {entry['name']!r} is not in the file")
         stored_shape, stored_dtype = header[entry["name"]]
         wanted = INDEX_DTYPES if part == "indices" else FLOAT_DTYPES
-        if stored_shape != shape or SAFETENSORS_DTYPES.get(stored_dtype) not in wanted:
+        stored = SAFETENSORS_DTYPES.get(stored_dtype)
+        if part != "indices" and stored != info["dtype"]:
+            raise EditError(
+                f"change for {info['target']}: the manifest says {info['dtype']}, tensor {part!r} is {stored}"
+            )
+        if stored_shape != shape or stored not in wanted:
             raise EditError(
                 f"change for {info['target']}: tensor {part!r} is {stored_dtype} {stored_shape}, "
                 f"expected shape {shape} and dtype {'/'.join(wanted)}"

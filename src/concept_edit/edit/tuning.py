@@ -117,7 +117,8 @@ def _dense(pipe, keys: list[str]) -> Iterator[Tuning]:
             for key, param in params.items():
                 original = originals.pop(key)
                 if ok:
-                    delta = param.detach().to("cpu", torch.float32) - original.float()
+                    wide = torch.float64 if original.dtype == torch.float64 else torch.float32
+                    delta = param.detach().to("cpu", wide) - original.to(wide)
                     if torch.any(delta):
                         changes.append(DenseDelta(key, delta))
                 param.copy_(original)
@@ -144,6 +145,7 @@ def _low_rank(pipe, keys: list[str], rank: int, alpha: float) -> Iterator[Tuning
     by_component: dict[str, list[str]] = {}
     for component, path, _ in owners:
         by_component.setdefault(component, []).append(path)
+    had_config = {c: hasattr(getattr(pipe, c), "peft_config") for c in by_component}
     for component, paths in by_component.items():
         pattern = "^(" + "|".join(re.escape(p) for p in paths) + ")$"
         config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=pattern)
@@ -177,6 +179,9 @@ def _low_rank(pipe, keys: list[str], rank: int, alpha: float) -> Iterator[Tuning
                         shape = tuple(layer.get_base_layer().weight.shape)
                         changes.append(LowRankDelta.compact(key, up, down, shape))
         _remove_adapters(pipe, keys, owners)
+        for component, had in had_config.items():
+            if not had and hasattr(getattr(pipe, component), "peft_config"):
+                delattr(getattr(pipe, component), "peft_config")  # what inject_adapter_in_model left behind
         tuning.changes = changes if ok else None
 
 

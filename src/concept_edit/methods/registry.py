@@ -198,12 +198,17 @@ def fit(pipe, method: str, request: EditRequest, config=None, inputs=None, *, se
     if not isinstance(inputs, spec.inputs_cls):
         raise ValueError(f"{method} takes inputs {spec.inputs_cls.__name__}, not a {type(inputs).__name__}")
     state = state_of(pipe)
-    before = versions(pipe)
+    before, depth = versions(pipe), len(state.stack)
     state.fit_versions.append(before)
     try:
         edit = spec.fit(pipe, request, config, inputs, seed=seed, progress=progress)
     finally:
         state.fit_versions.pop()
+    if len(state.stack) != depth:
+        raise RuntimeError(
+            f"method {method} left {len(state.stack) - depth} edit(s) applied to the pipeline; a method must revert "
+            "what it applies (use concept_edit.applied). Reload the pipeline."
+        )
     changed = changed_since(pipe, before)
     if changed:
         raise RuntimeError(
