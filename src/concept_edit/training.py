@@ -45,8 +45,13 @@ def run_steps(
     save_fn: Callable[[int], None],
     every: int,
     desc: str,
+    progress: bool = True,
+    checkpointing: bool = True,
 ) -> None:
-    """Run steps [start, total); checkpoint every `every` steps, at the end, and on Ctrl-C."""
+    """Run steps [start, total); checkpoint every `every` steps, at the end, and on Ctrl-C.
+
+    Without `checkpointing` (nowhere to save), Ctrl-C is left alone and interrupts at once.
+    """
     stop = {"requested": False}
     previous = signal.getsignal(signal.SIGINT)
 
@@ -56,11 +61,11 @@ def run_steps(
         stop["requested"] = True
         log.warning("interrupt received: finishing this step and writing a checkpoint (Ctrl-C again to abort)")
 
-    can_trap = _in_main_thread()
+    can_trap = checkpointing and _in_main_thread()
     if can_trap:
         signal.signal(signal.SIGINT, request_stop)
     try:
-        bar = tqdm(range(start, total), initial=start, total=total, desc=desc, dynamic_ncols=True)
+        bar = tqdm(range(start, total), initial=start, total=total, desc=desc, dynamic_ncols=True, disable=not progress)
         for step in bar:
             metrics = step_fn(step)
             bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items()}, refresh=False)

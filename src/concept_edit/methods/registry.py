@@ -35,7 +35,8 @@ class EditRequest:
 
     concepts:   the concepts to act on (prompts or phrases), e.g. ("Van Gogh",);
     mode:       erase | moderate | debias | amplify (each method lists the modes it supports);
-    guide:      erase towards this concept instead of the method's default (UCE: the empty prompt);
+    guide:      erase towards this concept instead of the method's default (UCE: the empty prompt; ESD: the
+                anchor whose prediction replaces the unconditional one);
     guides:     erase each concept towards its own guide (as long as `concepts`; instead of `guide`),
                 as the official UCE scripts take one guide per concept;
     preserve:   concepts whose behaviour must stay as it is;

@@ -1,0 +1,375 @@
+"""Erasing Concepts from Diffusion Models (ESD; Gandikota et al., ICCV 2023, paper 003): fine-tune the
+denoiser so that the concept's conditional prediction follows negative guidance from the model's own
+knowledge, with no data.
+
+The page asks for P_theta(x) ∝ P*(x) / P*(c|x)^eta; by Bayes and Tweedie this becomes the regression
+target (restated in paper 000, eq. 10-11, and paper 002, eq. 4)
+
+    eps_theta(x_t, c, t)  <-  eps*(x_t, t) - eta (eps*(x_t, c, t) - eps*(x_t, t))
+
+where eps* is the frozen original model. x_t is the model's own sample for c: guided DDIM from noise for
+k of K steps, k uniform (the official scripts: `sampling_steps` 50, guidance 3). With an anchor (the
+request's guide) the unconditional branch is replaced by the anchor's prediction, eps*(x_t, a) - eta
+(eps*(x_t, c) - eps*(x_t, a)), which steers c toward a. `eta = 0` with no anchor is the eigen paper's
+cross-attention fine-tuning, eq. 11: eps_theta(x_t, c, t) <- eps*(x_t, t).
+
+Variants (which Linear/Conv2d weights and biases train, as the official `esd_sd.py` selects them; norm
+layers never train): `x` cross-attention (ESD-x), `u` everything else (ESD-u), `all`, `kv` cross-attention
+to_k/to_v only (the official `esd-x-strict`). With `lora_rank` > 0 the chosen modules' weights get peft
+LoRA adapters instead and the edit holds their low-rank factors.
+
+Where x_t comes from (`sampler`):
+* `frozen` (default; the official diffusers script `esd_sd.py`): x_t is sampled with the original model.
+  Guided DDIM at step k has already computed eps*(x_t, c) and eps*(x_t, "") to take that step, at exactly
+  the x_t and t ESD trains on, so the target costs nothing more (an anchor adds one prediction per step);
+* `trained` (the original CompVis `train-esd.py`): x_t is sampled with the model being trained, so the
+  trajectories follow the erasure as it proceeds; the frozen predictions are then extra calls.
+
+How samples are drawn (`pool_trajectories`):
+* P > 0 (default): every `refresh_every` iterations, P trajectories are sampled in one batch and *every*
+  step of each becomes a training sample (x_t, t, c, target); each iteration trains on `batch_size`
+  samples drawn uniformly from this pool. The official loop draws k uniformly from 0..K-1 and samples one
+  trajectory to it, so each pool sample has exactly its distribution (same noise law, same k law); what
+  changes is that samples of one pool share trajectories (they are correlated) and, with the `trained`
+  sampler, come from weights up to `refresh_every` iterations old. With refresh_every * batch_size ~=
+  P * K each sample is used about once, as in the official loop;
+* 0: the official loop itself: each iteration samples `batch_size` fresh trajectories one by one, each
+  to its own random step, and calls the frozen model twice more at x_t (kept as the baseline that
+  `benchmarks/esd_speed.py` times).
+
+One copy of the model is kept: the frozen model is the same UNet called with the trained parameters'
+original values (`functional_call`); with LoRA, with the adapters' B factors set to zero.
+Several concepts train in one run: each trajectory is drawn for one of them, in turn.
+The official scripts use batch 1, Adam and lr 1e-5 (CompVis, 1000 iterations) or 5e-5 (diffusers,
+200 iterations); eta 1 (CompVis) or 2 (diffusers). The defaults here are set for ShapesSD on a CPU
+(`benchmarks/esd_quality.py`); for Stable Diffusion start from the official values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from concept_edit.edit import trainable
+from concept_edit.methods.registry import EditRequest, input_field, register
+from concept_edit.models.conditioning import Conditions, encode_conditions, predict_noise
+from concept_edit.models.loading import model_info
+from concept_edit.models.prompts import concept_ids
+from concept_edit.models.targets import cross_attention_layers, denoiser
+from concept_edit.training import load_checkpoint, run_steps, save_checkpoint, step_generator, step_rng
+from concept_edit.validation import check_fields
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("x", "u", "all", "kv")
+SAMPLERS = ("frozen", "trained")
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class ESDConfig:
+    variant: str = field(default="x", metadata={"help": "parameters to train: x (cross-attn), u, all, kv"})
+    eta: float = field(default=1.0, metadata={"help": "negative guidance scale eta (0: eigen paper eq. 11)"})
+    iterations: int = field(default=300, metadata={"help": "optimizer steps"})
+    lr: float = field(default=1e-4, metadata={"help": "Adam learning rate (official: 1e-5 SD CompVis, 5e-5)"})
+    batch_size: int = field(default=4, metadata={"help": "samples (x_t, t) per optimizer step (official: 1)"})
+    sampling_steps: int | None = field(default=None, metadata={"help": "DDIM steps K of a trajectory (model's)"})
+    sampling_guidance: float = field(default=3.0, metadata={"help": "guidance scale when sampling x_t"})
+    sampler: str = field(default="frozen", metadata={"help": "model that samples x_t: frozen | trained"})
+    pool_trajectories: int = field(
+        default=8, metadata={"help": "trajectories per pool refresh (0: the official loop, one fresh each step)"}
+    )
+    refresh_every: int = field(default=50, metadata={"help": "iterations between pool refreshes"})
+    lora_rank: int = field(default=0, metadata={"help": "train LoRA adapters of this rank (0: full fine-tuning)"})
+    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default: the rank)"})
+    precision: str = field(default="fp32", metadata={"help": "fp32 | bf16 (autocast; fp32 master weights)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations (saves memory)"})
+
+    def __post_init__(self) -> None:
+        check_fields(
+            self,
+            {
+                "eta": {"low": 0},
+                "iterations": {"low": 1, "integer": True},
+                "lr": {"low": 0, "low_open": True},
+                "batch_size": {"low": 1, "integer": True},
+                "sampling_steps": {"low": 1, "integer": True, "optional": True},
+                "sampling_guidance": {"low": 0},
+                "pool_trajectories": {"low": 0, "integer": True},
+                "refresh_every": {"low": 1, "integer": True},
+                "lora_rank": {"low": 0, "integer": True},
+                "lora_alpha": {"low": 0, "low_open": True, "optional": True},
+            },
+        )
+        for name, allowed in (("variant", VARIANTS), ("sampler", SAMPLERS), ("precision", PRECISIONS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class ESDInputs:
+    checkpoint: Path | None = input_field("file that Ctrl-C and every --checkpoint-every iterations write")
+    resume: bool = input_field("continue the run saved in --checkpoint", default=False)
+    checkpoint_every: int = input_field("iterations between checkpoints", default=100)
+
+
+def variant_parameters(pipe, variant: str, *, weights_only: bool = False) -> list[str]:
+    """Pipeline-relative names of the Linear/Conv2d parameters a variant trains (official module selection)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    prefix, unet = denoiser(pipe)
+    cross = [layer.path for layer in cross_attention_layers(pipe)]
+    kv = {p for layer in cross_attention_layers(pipe) for p in (layer.to_k, layer.to_v)}
+    names = []
+    for name, module in unet.named_modules():
+        if not isinstance(module, nn.Linear | nn.Conv2d):
+            continue
+        path = f"{prefix}.{name}"
+        in_cross = any(path == c or path.startswith(c + ".") for c in cross)
+        keep = {"x": in_cross, "u": not in_cross, "all": True, "kv": path in kv}[variant]
+        if keep:
+            names += [f"{path}.{p}" for p, _ in module.named_parameters(recurse=False)]
+    if weights_only:
+        names = [n for n in names if n.endswith(".weight")]
+    if not names:
+        raise ValueError(f"variant {variant!r} matches no parameter of this model's denoiser")
+    return names
+
+
+def esd_target(eps_concept: torch.Tensor, eps_base: torch.Tensor, eta: float) -> torch.Tensor:
+    """The ESD regression target eps*(x_t, base) - eta (eps*(x_t, c) - eps*(x_t, base))."""
+    return eps_base - eta * (eps_concept - eps_base)
+
+
+@dataclass
+class _Pool:
+    """Training samples: latents x_t, timesteps t, concept index, target."""
+
+    latents: torch.Tensor
+    timesteps: torch.Tensor
+    concepts: torch.Tensor
+    targets: torch.Tensor
+
+    def state_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class _Trainer:
+    """Everything one ESD run needs besides the weights: conditioning, the DDIM schedule, the frozen view."""
+
+    def __init__(self, pipe, request: EditRequest, config: ESDConfig, unet, frozen: dict[str, torch.Tensor]):
+        from diffusers import DDIMScheduler
+
+        self.pipe, self.config, self.unet, self.frozen = pipe, config, unet, frozen
+        self.device = pipe.device
+        self.concepts = list(request.concepts)
+        anchors = list(request.concept_guides)
+        self.anchor_empty = torch.tensor([a == "" for a in anchors])
+        # rows: the concepts, then "", then each concept's anchor ("" when none)
+        self.cond = encode_conditions(pipe, [*self.concepts, "", *anchors])
+        self.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        steps = config.sampling_steps or model_info(pipe).default_steps
+        self.scheduler.set_timesteps(steps, device=self.device)
+        self.timesteps = self.scheduler.timesteps
+        size = model_info(pipe).resolution // getattr(pipe, "vae_scale_factor", 8)
+        self.latent_shape = (unet.config.in_channels, size, size)
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+        self.frozen_calls = 0  # UNet rows evaluated with the frozen weights, for the stats
+
+    def _rows(self, concepts: torch.Tensor, which: str) -> Conditions:
+        n = len(self.concepts)
+        index = {"concept": concepts, "uncond": torch.full_like(concepts, n), "anchor": concepts + n + 1}[which]
+        return self.cond.take(index)
+
+    def eps(self, x, t, cond: Conditions, *, frozen: bool) -> torch.Tensor:
+        with self.autocast:
+            out = predict_noise(self.unet, x, t, cond, replace=self.frozen if frozen else None)
+        if frozen:
+            self.frozen_calls += x.shape[0]
+        return out.float()
+
+    @torch.no_grad()
+    def guided_step(self, x, t, concepts: torch.Tensor, *, frozen: bool):
+        """One guided DDIM step for rows of concepts; also the sampler's own (eps_c, eps_uncond)."""
+        cond = Conditions.cat([self._rows(concepts, "uncond"), self._rows(concepts, "concept")])
+        eps_u, eps_c = self.eps(torch.cat([x, x]), t, cond, frozen=frozen).chunk(2)
+        guided = eps_u + self.config.sampling_guidance * (eps_c - eps_u)
+        return self.scheduler.step(guided, t, x).prev_sample, eps_c, eps_u
+
+    @torch.no_grad()
+    def frozen_targets(self, x, t, concepts, eps_c=None, eps_u=None) -> torch.Tensor:
+        """The ESD target at (x, t); reuses the frozen eps_c / eps_u when the sampler already computed them."""
+        if eps_c is None:
+            eps_c = self.eps(x, t, self._rows(concepts, "concept"), frozen=True)
+        plain = self.anchor_empty.to(concepts.device)[concepts]  # rows whose base is the unconditional branch
+        if eps_u is None and plain.any():
+            eps_u = torch.zeros_like(eps_c)
+            eps_u[plain] = self.eps(x[plain], t, self._rows(concepts[plain], "uncond"), frozen=True)
+        base = eps_u if plain.all() else torch.empty_like(eps_c)
+        if not plain.all():
+            anchored = ~plain
+            base[anchored] = self.eps(x[anchored], t, self._rows(concepts[anchored], "anchor"), frozen=True)
+            if plain.any():
+                base[plain] = eps_u[plain]
+        return esd_target(eps_c, base, self.config.eta)
+
+    def noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        x = torch.randn((n, *self.latent_shape), generator=generator)
+        return (x * self.scheduler.init_noise_sigma).to(self.device, self.unet.dtype)
+
+    @torch.no_grad()
+    def sample_pool(self, seed: int, refresh: int) -> _Pool:
+        """P trajectories (concepts in turn) and every step of each as a sample."""
+        p, k = self.config.pool_trajectories, len(self.timesteps)
+        concepts = (torch.arange(p) + refresh * p) % len(self.concepts)
+        concepts = concepts.to(self.device)
+        x = self.noise(p, step_generator(seed, refresh, 1))
+        frozen = self.config.sampler == "frozen"
+        parts = []
+        for t in self.timesteps:
+            x_next, eps_c, eps_u = self.guided_step(x, t, concepts, frozen=frozen)
+            if frozen:
+                target = self.frozen_targets(x, t, concepts, eps_c, eps_u)
+            else:
+                target = self.frozen_targets(x, t, concepts)
+            parts.append((x, t.expand(p), concepts, target))
+            x = x_next
+        cat = [torch.cat(column) for column in zip(*parts, strict=True)]
+        log.debug("pool %d: %d samples from %d trajectories of %d steps", refresh, p * k, p, k)
+        return _Pool(*cat)
+
+    @torch.no_grad()
+    def official_samples(self, seed: int, step: int) -> _Pool:
+        """The official loop: each sample a fresh trajectory stopped at a random step, then frozen calls."""
+        rng = step_rng(seed, step, 2)
+        gen = step_generator(seed, step, 3)
+        frozen = self.config.sampler == "frozen"
+        parts = []
+        for _ in range(self.config.batch_size):
+            concept = torch.tensor([int(rng.integers(len(self.concepts)))], device=self.device)
+            k = int(rng.integers(len(self.timesteps)))
+            x = self.noise(1, gen)
+            for t in self.timesteps[:k]:
+                x = self.guided_step(x, t, concept, frozen=frozen)[0]
+            t = self.timesteps[k]
+            eps_c = self.eps(x, t, self._rows(concept, "concept"), frozen=True)  # separate calls, as there
+            parts.append((x, t.reshape(1), concept, self.frozen_targets(x, t, concept, eps_c)))
+        return _Pool(*[torch.cat(column) for column in zip(*parts, strict=True)])
+
+    def loss(self, batch: _Pool) -> torch.Tensor:
+        pred = self.eps(batch.latents, batch.timesteps, self._rows(batch.concepts, "concept"), frozen=False)
+        return torch.nn.functional.mse_loss(pred, batch.targets)
+
+
+def _frozen_view(unet, tuning, lora: bool) -> dict[str, torch.Tensor]:
+    """UNet parameter name -> the tensor that gives the original model's output in place of that parameter."""
+    names = {id(p): n for n, p in unet.named_parameters()}
+    frozen = {}
+    for p in tuning.parameters:
+        name = names[id(p)]
+        if lora:
+            if "lora_B" in name:
+                frozen[name] = torch.zeros_like(p)
+        else:
+            frozen[name] = p.detach().clone()
+    return frozen
+
+
+def _check(pipe, request: EditRequest, config: ESDConfig) -> None:
+    if request.preserve:
+        raise ValueError("ESD has no preservation term: the preserve list would be ignored; leave it out")
+    for concept in request.concepts:
+        concept_ids(pipe, concept)
+    for anchor in request.concept_guides:  # the request already refused an anchor equal to its concept
+        if anchor:
+            concept_ids(pipe, anchor)
+    if config.lora_rank == 0 and pipe.unet.dtype != torch.float32:
+        raise ValueError(
+            f"full ESD fine-tuning keeps float32 master weights, but the model is loaded in {pipe.unet.dtype}; "
+            "load it in float32 (--dtype float32; use --precision bf16 for mixed precision) or train LoRA "
+            "(--lora-rank)"
+        )
+
+
+@register("esd", ESDConfig, modes=("erase",), summary="fine-tune with negative guidance (ESD-x, ESD-u)",
+          inputs_cls=ESDInputs)  # fmt: skip
+def fit_esd(pipe, request: EditRequest, config: ESDConfig, inputs: ESDInputs, *, seed: int = 0, progress: bool = True):
+    """Train ESD on `pipe` for `request.concepts` and return the change as an `Edit` (pipeline restored)."""
+    _check(pipe, request, config)
+    lora = config.lora_rank > 0
+    keys = variant_parameters(pipe, config.variant, weights_only=lora)
+    if inputs.resume and (inputs.checkpoint is None or not Path(inputs.checkpoint).exists()):
+        raise ValueError(f"--resume: there is no checkpoint at {inputs.checkpoint}")
+    _, unet = denoiser(pipe)
+    run_config = {"config": dataclasses.asdict(config), "request": request.to_dict(), "seed": seed}
+    started = time.perf_counter()
+    with trainable(pipe, keys, kind="low_rank" if lora else "dense", rank=max(config.lora_rank, 1),
+                   alpha=config.lora_alpha) as tuned:  # fmt: skip
+        trainer = _Trainer(pipe, request, config, unet, _frozen_view(unet, tuned, lora))
+        optimizer = torch.optim.Adam(tuned.parameters, lr=config.lr)
+        state = {"pool": None, "losses": []}
+        start = 0
+        if inputs.resume:
+            saved = load_checkpoint(inputs.checkpoint, run_config)
+            with torch.no_grad():
+                for p, value in zip(tuned.parameters, saved["trained"], strict=True):
+                    p.copy_(value)
+            optimizer.load_state_dict(saved["optimizer"])
+            state["pool"] = _Pool(**saved["pool"]) if saved["pool"] else None
+            state["losses"] = list(saved["losses"])
+            start = saved["step"]
+            log.info("resumed ESD from %s at iteration %d", inputs.checkpoint, start)
+
+        def step_fn(step: int) -> dict[str, float]:
+            if config.pool_trajectories == 0:
+                batch = trainer.official_samples(seed, step)
+            else:
+                if state["pool"] is None or step % config.refresh_every == 0:
+                    state["pool"] = trainer.sample_pool(seed, step // config.refresh_every)
+                pool = state["pool"]
+                rng = step_rng(seed, step, 0)
+                size = len(pool.latents)
+                pick = torch.as_tensor(rng.choice(size, min(config.batch_size, size), replace=False))
+                batch = _Pool(*(getattr(pool, f.name)[pick.to(pool.latents.device)] for f in dataclasses.fields(pool)))
+            optimizer.zero_grad(set_to_none=True)
+            loss = trainer.loss(batch)
+            loss.backward()
+            optimizer.step()
+            state["losses"].append(loss.item())
+            return {"loss": state["losses"][-1]}
+
+        def save_fn(step: int) -> None:
+            if inputs.checkpoint is None:
+                return
+            pool = state["pool"].state_dict() if state["pool"] is not None else None
+            trained = [p.detach() for p in tuned.parameters]
+            save_checkpoint(inputs.checkpoint, step, run_config, trained=trained, optimizer=optimizer.state_dict(),
+                            pool=pool, losses=state["losses"])  # fmt: skip
+
+        checkpointing = unet.is_gradient_checkpointing
+        if config.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        try:
+            run_steps(total=config.iterations, start=start, step_fn=step_fn, save_fn=save_fn,
+                      every=inputs.checkpoint_every, desc="esd", progress=progress,
+                      checkpointing=inputs.checkpoint is not None)  # fmt: skip
+        finally:
+            if config.gradient_checkpointing and not checkpointing:
+                unet.disable_gradient_checkpointing()
+    losses = state["losses"]
+    tail = losses[-max(1, len(losses) // 10) :]
+    stats = {
+        "iterations": config.iterations,
+        "final_loss": sum(tail) / len(tail),
+        "seconds": round(time.perf_counter() - started, 2),
+        "frozen_unet_rows": trainer.frozen_calls,
+        "trained_parameters": len(keys),
+    }
+    return tuned.edit(method="esd", config=dataclasses.asdict(config), request=request.to_dict(), seed=seed,
+                      stats=stats)  # fmt: skip
