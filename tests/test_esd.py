@@ -139,7 +139,19 @@ def test_resume_after_ctrl_c_equals_an_uninterrupted_run(sd, tmp_path, monkeypat
         assert a.target == b.target
         torch.testing.assert_close(a.delta, b.delta, atol=0, rtol=0)
     with pytest.raises(ValueError, match="different configuration"):
-        fit(sd, "esd", request, config(iterations=6), make_inputs("esd", checkpoint=ckpt, resume=True), seed=3)
+        fit(sd, "esd", request, config(iterations=5, lr=0.5), make_inputs("esd", checkpoint=ckpt, resume=True), seed=3)
+
+
+def test_a_finished_run_resumed_with_more_iterations_equals_the_longer_run(sd, tmp_path):
+    request, ckpt = EditRequest(concepts=("cat",)), tmp_path / "run.ckpt"
+    longer = fit(sd, "esd", request, config(iterations=4, refresh_every=3), seed=1, progress=False)
+    fit(sd, "esd", request, config(iterations=2, refresh_every=3), make_inputs("esd", checkpoint=ckpt), seed=1)
+    inputs = make_inputs("esd", checkpoint=ckpt, resume=True)
+    extended = fit(sd, "esd", request, config(iterations=4, refresh_every=3), inputs, seed=1, progress=False)
+    for a, b in zip(longer.changes(), extended.changes(), strict=True):
+        torch.testing.assert_close(a.delta, b.delta, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="past --iterations"):
+        fit(sd, "esd", request, config(iterations=3, refresh_every=3), inputs, seed=1)
 
 
 def test_sdxl_trains(sdxl):

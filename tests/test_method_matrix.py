@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+import concept_edit
 from concept_edit import (
     Edit,
     EditError,
@@ -11,7 +12,6 @@ from concept_edit import (
     applied,
     apply,
     available_methods,
-    fit,
     get_method,
     make_config,
     revert,
@@ -22,7 +22,17 @@ from concept_edit.methods import MODES
 # What each method is asked to do in the matrix. A new method must add its entry here.
 EXAMPLES = {
     "uce": {"sd": EditRequest(concepts=("cat",), guide="art"), "shapes": EditRequest(concepts=("circle",))},
+    "esd": {"sd": EditRequest(concepts=("cat",)), "shapes": EditRequest(concepts=("circle",))},
 }
+# Options that keep a trained method's matrix run short (a few steps, with a step size that shows in the output).
+OPTIONS = {"esd": {"iterations": 3, "pool_trajectories": 2, "sampling_steps": 3, "lr": 3e-3}}
+
+
+def fit(pipe, method, request, seed=0):
+    config = make_config(method, **OPTIONS.get(method, {}))
+    return concept_edit.fit(pipe, method, request, config, seed=seed, progress=False)
+
+
 PROMPTS = {"sd": "a photo of a cat", "shapes": "a red circle on a striped background"}
 
 
@@ -83,15 +93,15 @@ def test_same_seed_same_edit(method, model):
 @pytest.mark.parametrize("method", available_methods())
 def test_bad_requests_raise_one_clear_value_error(method, sd, tmp_path):
     with pytest.raises(ValueError, match="empty concept"):
-        fit(sd, method, EditRequest(concepts=("  ",)))
+        concept_edit.fit(sd, method, EditRequest(concepts=("  ",)))
     with pytest.raises(ValueError, match="unknown option"):
         make_config(method, no_such_option=1)
     with pytest.raises(ValueError, match="unknown method"):
-        fit(sd, method + "-nope", EXAMPLES[method]["sd"])
+        concept_edit.fit(sd, method + "-nope", EXAMPLES[method]["sd"])
     unsupported = [m for m in MODES if m not in get_method(method).modes and m != "debias"]
     for mode in unsupported:
         with pytest.raises(ValueError, match="does not support mode"):
-            fit(sd, method, EditRequest(concepts=("cat",), mode=mode))
+            concept_edit.fit(sd, method, EditRequest(concepts=("cat",), mode=mode))
     with pytest.raises(ValueError, match="takes a"):
-        fit(sd, method, EXAMPLES[method]["sd"], config=object())
+        concept_edit.fit(sd, method, EXAMPLES[method]["sd"], config=object())
     assert list(tmp_path.iterdir()) == []  # nothing written

@@ -33,6 +33,7 @@ from concept_edit.cli_support import (
     number,
     seed_type,
 )
+from concept_edit.stopping import Interrupted
 
 log = logging.getLogger("concept_edit")
 
@@ -147,8 +148,9 @@ def cmd_edit(args: argparse.Namespace) -> None:
         attributes=lists["attributes"],
         ratios=tuple(args.ratio) if args.ratio else None,
     )
-    pipe = load_model(args)
     values = _values(args, args.input_fields)
+    checkpoint = _checkpoint_path(args, method, target, values)
+    pipe = load_model(args)
     for f in dataclasses.fields(method.inputs_cls):  # text specs (a judge...) become objects for this pipeline
         parse = f.metadata.get("parse")
         if parse is not None and f.name in values:
@@ -159,12 +161,29 @@ def cmd_edit(args: argparse.Namespace) -> None:
 
         edit = edit.astype(getattr(torch, args.store_dtype))
     edit.save(target)
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)  # the run is finished: its edit replaces its checkpoint
     kinds = ", ".join(sorted(set(edit.kinds)))
     concepts = list(request.concepts)
     print(f"wrote {target} ({len(edit.entries)} changes: {kinds}; method {args.method}, concepts {concepts})")
     stats = edit.manifest.get("stats", {})
+    if "final_loss" in stats:
+        loss = f"{stats['final_loss']:.4g}"
+        print(f"{args.method}: {stats['iterations']} iterations, final loss {loss}")
     if "final_ratios" in stats:
         print(f"debias: {stats['iterations']} iterations, final ratios {stats['final_ratios']}")
+
+
+def _checkpoint_path(args: argparse.Namespace, method, target: Path, values: dict) -> Path | None:
+    """A training method's checkpoint: --checkpoint, else beside the edit it will become; refuse to clobber one."""
+    if "checkpoint" not in {f.name for f in dataclasses.fields(method.inputs_cls)}:
+        return None
+    path = Path(values.setdefault("checkpoint", target.parent / f"{target.stem}.checkpoint.safetensors"))
+    if path.exists() and not values.get("resume") and not args.force:
+        raise ValueError(
+            f"an interrupted run left a checkpoint at {path}: pass --resume to continue it, or --force to start over"
+        )
+    return path
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -375,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
         args.func(args)
+    except Interrupted as stop:  # a training method wrote its checkpoint first
+        print(f"\nconcept-edit: {stop}", file=sys.stderr)
+        return 130
     except (KeyboardInterrupt, Terminated) as stop:
         what = "terminated" if isinstance(stop, Terminated) else "interrupted"
         print(f"\nconcept-edit: {what}: {args.verb} stopped before it finished; nothing was written", file=sys.stderr)

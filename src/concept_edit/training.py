@@ -19,6 +19,9 @@ import torch
 from tqdm.auto import tqdm
 
 from concept_edit.io import load_tree, save_tree
+from concept_edit.stopping import Interrupted
+
+__all__ = ["Interrupted", "load_checkpoint", "resume", "run_steps", "save_checkpoint", "step_generator", "step_rng"]
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +34,6 @@ def step_rng(seed: int, step: int, stream: int = 0) -> np.random.Generator:
 def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
     """A torch CPU generator seeded from (seed, step, stream)."""
     return torch.Generator().manual_seed(int(step_rng(seed, step, stream).integers(2**62)))
-
-
-class Interrupted(SystemExit):
-    """Raised after a deferred Ctrl-C once the checkpoint is safely written."""
 
 
 def run_steps(
