@@ -313,3 +313,63 @@ def test_a_colon_in_a_concept_flag_is_part_of_the_concept(sd_folder, tmp_path, c
     assert code == 0, err
     request = Edit.load(tmp_path / "e").manifest["request"]
     assert request["concepts"] == ["cat: dog"] and request["guide"] is None
+
+
+ESD_FAST = ["--iterations", "3", "--pool-trajectories", "2", "--sampling-steps", "3", "--lr", "0.003"]
+
+
+def test_esd_edit_checkpoint_and_resume_from_the_cli(sd_folder, tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+
+    from concept_edit.methods import esd
+
+    out = tmp_path / "no-cat-esd"
+    base = ["edit", "esd", "--model", sd_folder, "--concept", "cat", "--variant", "kv", *ESD_FAST, "--out", out]
+    code, stdout, _ = run(base, capsys)
+    assert code == 0 and "esd: 3 iterations, final loss" in stdout
+    assert sorted(p.name for p in out.iterdir()) == ["edit.safetensors"]  # the finished run's checkpoint is gone
+    edit = Edit.load(out)
+    assert edit.manifest["method"] == "esd" and all("attn2.to_" in c.target for c in edit.changes())
+
+    # Ctrl-C: exit 130, a checkpoint and no edit; the same command refuses to clobber it; --resume finishes the
+    # run and gives the edit an uninterrupted run gives
+    other = tmp_path / "resumed"
+    real_loss, calls = esd._Trainer.loss, []
+
+    def loss_then_ctrl_c(self, batch):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_loss(self, batch)
+
+    monkeypatch.setattr(esd._Trainer, "loss", loss_then_ctrl_c)
+    code, _, err = run([*base[:-1], other], capsys)
+    assert code == 130 and "--resume" in err
+    assert sorted(p.name for p in other.iterdir()) == ["edit.checkpoint.safetensors"]
+    monkeypatch.setattr(esd._Trainer, "loss", real_loss)
+    code, _, err = run([*base[:-1], other], capsys)
+    assert code == 2 and "--resume" in err
+    code, _, _ = run([*base[:-1], other, "--resume"], capsys)
+    assert code == 0 and sorted(p.name for p in other.iterdir()) == ["edit.safetensors"]
+    for a, b in zip(edit.changes(), Edit.load(other).changes(), strict=True):
+        assert torch.equal(a.delta, b.delta)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--eta", "-1"], "eta"),
+        (["--iterations", "0"], "iterations"),
+        (["--variant", "q"], "variant"),
+        (["--guide", "cat"], "is the concept being erased"),
+        (["--resume"], "no checkpoint"),
+    ],
+)
+def test_bad_esd_input_is_one_line_and_writes_nothing(sd_folder, tmp_path, capsys, extra, message):
+    out = tmp_path / "e"
+    code, _, err = run(
+        ["edit", "esd", "--model", sd_folder, "--concept", "cat", *ESD_FAST, *extra, "--out", out], capsys
+    )
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
