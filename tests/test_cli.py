@@ -189,9 +189,9 @@ def test_pickled_weights_are_refused_unless_allowed(_tiny_sd_session, tmp_path):
     assert torch.equal(pipe.unet.conv_in.weight, _tiny_sd_session.unet.conv_in.weight)
 
 
-def test_methods_lists_uce(capsys):
+def test_methods_lists_every_method(capsys):
     code, stdout, _ = run(["methods"], capsys)
-    assert code == 0 and stdout.startswith("uce")
+    assert code == 0 and [line.split()[0] for line in stdout.splitlines()] == ["esd", "uce"]
 
 
 def test_concepts_and_preserve_lists_come_from_files(sd_folder, tmp_path, capsys):

@@ -6,11 +6,11 @@ import signal
 import pytest
 import torch
 
-from concept_edit import EditRequest, applied, fit, make_config, make_inputs
+from concept_edit import EditRequest, fit, make_config, make_inputs
 from concept_edit.edit import trainable
 from concept_edit.methods import esd
 from concept_edit.models.conditioning import encode_conditions, predict_noise
-from concept_edit.training import Interrupted
+from concept_edit.training import Interrupted, step_generator
 
 FAST = {"iterations": 2, "pool_trajectories": 2, "sampling_steps": 3, "refresh_every": 1, "lr": 1e-2}
 
@@ -32,21 +32,66 @@ def trainer_for(pipe, request, cfg, keys, **kw):
     return tuned_cm, tuned, esd._Trainer(pipe, request, cfg, pipe.unet, esd._frozen_view(pipe.unet, tuned, lora))
 
 
+def reference_trajectory(pipe, prompt: str, noise: torch.Tensor, steps: int, guidance: float) -> list:
+    """The latent before each guided DDIM step, from the pipeline's own encode_prompt and a plain UNet call."""
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(steps)
+    n = len(noise)
+    cond, uncond = pipe.encode_prompt([prompt] * n, "cpu", 1, True, [""] * n)
+    x, latents = noise, []
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            latents.append(x)
+            both = pipe.unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
+            eps_u, eps_c = both.chunk(2)
+            x = scheduler.step(eps_u + guidance * (eps_c - eps_u), t, x).prev_sample
+    return latents
+
+
+def perturb(parameters, scale=0.05):
+    with torch.no_grad():
+        for p in parameters:
+            p.add_(scale * torch.randn_like(p))
+
+
+@pytest.mark.parametrize("sampler", ["frozen", "trained"])
 @pytest.mark.parametrize("anchor", [None, "dog"])
 @pytest.mark.parametrize("eta", [1.0, 0.0, 2.5])
-def test_pool_targets_are_the_esd_formula_evaluated_directly(sd, anchor, eta):
+def test_pool_targets_are_the_esd_formula_of_the_original_model(sd, sampler, anchor, eta):
     request = EditRequest(concepts=("cat",), guide=anchor)
-    cfg = config(eta=eta, pool_trajectories=3, sampling_steps=4)
-    cm, _, trainer = trainer_for(sd, request, cfg, esd.variant_parameters(sd, "x"))
+    cfg = config(eta=eta, pool_trajectories=3, sampling_steps=4, sampler=sampler)
+    cm, tuned, trainer = trainer_for(sd, request, cfg, esd.variant_parameters(sd, "x"))
+    torch.manual_seed(0)
+    perturb(tuned.parameters)  # training has moved the weights: the targets must still be the original model's
     pool = trainer.sample_pool(seed=0, refresh=0)
-    cm.__exit__(None, None, None)
-    assert len(pool.latents) == 3 * 4 and sorted(set(pool.timesteps.tolist())) == sorted(trainer.timesteps.tolist())
+    cm.__exit__(None, None, None)  # the original weights are back for the direct evaluation below
+
+    noise = torch.randn((3, 4, 8, 8), generator=step_generator(0, 0, 1))
+    reference = reference_trajectory(sd, "cat", noise, steps=4, guidance=cfg.sampling_guidance)
+    blocks = pool.latents.reshape(4, 3, 4, 8, 8)  # step-major: the 3 trajectories' latents before step k
+    assert torch.equal(pool.timesteps.reshape(4, 3)[:, 0], trainer.timesteps)
+    for k in range(1, 4):
+        if sampler == "frozen":  # x_t is the original model's own sample before step k
+            torch.testing.assert_close(blocks[k], reference[k], atol=1e-5, rtol=1e-4)
+        else:  # the model being trained drew it
+            assert (blocks[k] - reference[k]).abs().max() > 1e-4
     base = direct(sd, pool.latents, pool.timesteps, anchor or "")
     concept = direct(sd, pool.latents, pool.timesteps, "cat")
-    expected = base - eta * (concept - base)
-    torch.testing.assert_close(pool.targets, expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(pool.targets, base - eta * (concept - base), atol=1e-5, rtol=1e-4)
     if eta == 0 and anchor is None:  # the eigen paper's eq. 11: the concept is taught the unconditional output
         torch.testing.assert_close(pool.targets, direct(sd, pool.latents, pool.timesteps, ""), atol=1e-5, rtol=1e-4)
+
+
+def test_official_loop_samples_have_the_same_targets(sd):
+    cfg = config(pool_trajectories=0, batch_size=3, sampling_steps=5, eta=1.5)
+    cm, tuned, trainer = trainer_for(sd, EditRequest(concepts=("cat",)), cfg, esd.variant_parameters(sd, "kv"))
+    perturb(tuned.parameters)
+    batch = trainer.official_samples(seed=0, step=0)
+    cm.__exit__(None, None, None)
+    base, concept = direct(sd, batch.latents, batch.timesteps, ""), direct(sd, batch.latents, batch.timesteps, "cat")
+    torch.testing.assert_close(batch.targets, base - 1.5 * (concept - base), atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("kind", ["dense", "low_rank"])
@@ -70,24 +115,39 @@ def test_frozen_view_gives_the_original_model_after_the_weights_moved(sd, kind):
     torch.testing.assert_close(frozen, original, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize(
-    ("variant", "inside"),
-    [
-        ("x", lambda k: ".attn2." in k),
-        ("kv", lambda k: k.endswith(("attn2.to_k.weight", "attn2.to_v.weight"))),
-        ("u", lambda k: ".attn2." not in k),
-        ("all", lambda k: True),
-    ],
-)
-def test_two_iterations_change_only_the_chosen_parameter_group(sd, variant, inside):
+def official_rule(pipe, variant: str, sdxl: bool = False) -> set[str]:
+    """The official scripts' selection, by module class and name (esd_sd.py; esd_sdxl.py for SDXL's u/all)."""
+    names = set()
+    for name, module in pipe.unet.named_modules():
+        if type(module).__name__ not in ("Linear", "Conv2d"):
+            continue
+        broad = not sdxl or ("emb" not in name and "block" in name)
+        keep = {
+            "x": "attn2" in name,
+            "u": "attn2" not in name and broad,
+            "all": broad,
+            "kv": "attn2.to_k" in name or "attn2.to_v" in name,
+        }[variant]
+        if keep:
+            names.update(f"unet.{name}.{p}" for p, _ in module.named_parameters(recurse=False))
+    return names
+
+
+@pytest.mark.parametrize("variant", esd.VARIANTS)
+def test_variants_select_the_official_modules(sd, sdxl, variant):
+    assert set(esd.variant_parameters(sd, variant)) == official_rule(sd, variant)
+    assert set(esd.variant_parameters(sdxl, variant)) == official_rule(sdxl, variant, sdxl=True)
+    if variant == "u":  # SDXL leaves out the embeddings and conv_in/out; SD trains them
+        assert "unet.time_embedding.linear_1.weight" in esd.variant_parameters(sd, "u")
+        assert "unet.time_embedding.linear_1.weight" not in esd.variant_parameters(sdxl, "u")
+
+
+@pytest.mark.parametrize("variant", esd.VARIANTS)
+def test_two_iterations_change_only_the_chosen_parameter_group(sd, variant):
     edit = fit(sd, "esd", EditRequest(concepts=("cat",)), config(variant=variant), seed=0, progress=False)
-    keys = [c.target for c in edit.changes()]
-    chosen = esd.variant_parameters(sd, variant)
-    assert keys and set(keys) <= set(chosen)
-    assert all(inside(k) for k in keys)
+    keys = {c.target for c in edit.changes()}
+    assert keys and keys <= official_rule(sd, variant)
     assert not any("norm" in k for k in keys)  # norm layers never train (official module selection)
-    if variant == "u":
-        assert any("conv_in" in k or "resnets" in k for k in keys)
 
 
 def test_lora_stores_low_rank_factors_of_the_chosen_weights(sd):
@@ -135,6 +195,7 @@ def test_resume_after_ctrl_c_equals_an_uninterrupted_run(sd, tmp_path, monkeypat
     assert ckpt.exists()
     monkeypatch.setattr(esd._Trainer, "loss", real_loss)
     resumed = fit(sd, "esd", request, cfg, make_inputs("esd", checkpoint=ckpt, resume=True), seed=3, progress=False)
+    assert resumed.manifest["stats"] == whole.manifest["stats"]
     for a, b in zip(whole.changes(), resumed.changes(), strict=True):
         assert a.target == b.target
         torch.testing.assert_close(a.delta, b.delta, atol=0, rtol=0)
@@ -154,11 +215,81 @@ def test_a_finished_run_resumed_with_more_iterations_equals_the_longer_run(sd, t
         fit(sd, "esd", request, config(iterations=3, refresh_every=3), inputs, seed=1)
 
 
+def test_sdxl_conditioning_is_what_its_pipeline_feeds_the_unet(sdxl):
+    embeds, negative, pooled, negative_pooled = sdxl.encode_prompt(
+        prompt=["cat"], device="cpu", do_classifier_free_guidance=True
+    )
+    assert not negative.any() and not negative_pooled.any()  # force_zeros_for_empty_prompt
+    size = (sdxl.default_sample_size * sdxl.vae_scale_factor,) * 2  # what the pipeline generates by default
+    time_ids = sdxl._get_add_time_ids(
+        size, (0, 0), size, embeds.dtype, text_encoder_projection_dim=sdxl.text_encoder_2.config.projection_dim
+    )
+    ours = encode_conditions(sdxl, ["cat", ""])
+    torch.testing.assert_close(ours.embeds, torch.cat([embeds, negative]))
+    torch.testing.assert_close(ours.added["text_embeds"], torch.cat([pooled, negative_pooled]))
+    torch.testing.assert_close(ours.added["time_ids"], time_ids.repeat(2, 1))
+
+
 def test_sdxl_trains(sdxl):
     edit = fit(sdxl, "esd", EditRequest(concepts=("cat",)), config(variant="kv"), seed=0, progress=False)
-    assert edit.changes()
-    with applied(sdxl, edit):
-        pass
+    assert edit.changes() and all(torch.isfinite(c.delta).all() for c in edit.changes())
+
+
+def unet_state(pipe):
+    return {k: v.clone() for k, v in pipe.unet.state_dict().items()}, {
+        n: p.requires_grad for n, p in pipe.unet.named_parameters()
+    }
+
+
+def assert_restored(pipe, before):
+    from peft.tuners.lora import LoraLayer
+
+    weights, flags = unet_state(pipe)
+    assert weights.keys() == before[0].keys() and all(torch.equal(weights[k], before[0][k]) for k in weights)
+    assert flags == before[1]
+    assert not pipe.unet.is_gradient_checkpointing
+    assert not any(isinstance(m, LoraLayer) for m in pipe.unet.modules()) and not hasattr(pipe.unet, "peft_config")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"precision": "bf16", "gradient_checkpointing": True},
+        {"lora_rank": 2, "precision": "bf16"},
+        {"lora_rank": 2, "sampler": "trained"},
+    ],
+)
+def test_mixed_precision_checkpointing_and_lora_train_and_restore_the_pipeline(sd, options):
+    before = unet_state(sd)
+    edit = fit(sd, "esd", EditRequest(concepts=("cat",)), config(**options), seed=0, progress=False)
+    assert_restored(sd, before)
+    for change in edit.changes():
+        parts = change.parts().values()
+        assert all(torch.isfinite(t).all() for t in parts) and any(t.any() for t in parts)
+
+
+def test_lora_on_a_half_precision_model_trains_float32_adapters(sd):
+    sd.to(torch.bfloat16)
+    before = unet_state(sd)
+    edit = fit(sd, "esd", EditRequest(concepts=("cat",)), config(lora_rank=2, lr=1e-3), seed=0, progress=False)
+    assert_restored(sd, before)
+    ups = [c.up for c in edit.changes()]
+    assert ups and all(torch.isfinite(u).all() for u in ups) and any(u.any() for u in ups)
+
+
+def test_an_interrupted_run_restores_the_pipeline(sd, tmp_path, monkeypatch):
+    before = unet_state(sd)
+    real_loss = esd._Trainer.loss
+
+    def loss_then_ctrl_c(self, batch):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_loss(self, batch)
+
+    monkeypatch.setattr(esd._Trainer, "loss", loss_then_ctrl_c)
+    cfg = config(gradient_checkpointing=True)
+    with pytest.raises(Interrupted):
+        fit(sd, "esd", EditRequest(concepts=("cat",)), cfg, make_inputs("esd", checkpoint=tmp_path / "c"), seed=0)
+    assert_restored(sd, before)
 
 
 @pytest.mark.parametrize(

@@ -11,9 +11,9 @@ the change of the chosen kind:
 
 * `dense`: the trained parameters themselves are optimised; the edit holds trained - original (stored in
   the parameter's dtype unless `Tuning.edit(dtype=...)` says otherwise);
-* `low_rank`: peft LoRA adapters (rank `rank`, scale `alpha / rank`) are injected into the Linear / Conv2d
-  modules that own the given weights and only they are optimised; the edit holds their factors
-  (`up = B * scale`, `down = A`); the adapters are removed on leaving.
+* `low_rank`: peft LoRA adapters (rank `rank`, scale `alpha / rank`, float32 whatever the model's dtype) are
+  injected into the Linear / Conv2d modules that own the given weights and only they are optimised; the
+  edit holds their factors (`up = B * scale`, `down = A`); the adapters are removed on leaving.
 
 While the block is open no edit can be created from, or applied to, the tuned weights.
 """
@@ -158,6 +158,10 @@ def _low_rank(pipe, keys: list[str], rank: int, alpha: float) -> Iterator[Tuning
         raise RuntimeError("peft did not wrap every requested module with a LoRA adapter")
     lora_params = []
     for layer in layers.values():
+        # float32 adapters on a half-precision model: Adam's moments underflow in fp16 (NaN) and small updates
+        # round away in bf16; peft casts the layer's input to the adapter's dtype
+        layer.lora_A[ADAPTER].float()
+        layer.lora_B[ADAPTER].float()
         for p in (*layer.lora_A[ADAPTER].parameters(), *layer.lora_B[ADAPTER].parameters()):
             p.requires_grad_(True)
             lora_params.append(p)

@@ -37,8 +37,19 @@ How samples are drawn (`pool_trajectories`):
   to its own random step, and calls the frozen model twice more at x_t (kept as the baseline that
   `benchmarks/esd_speed.py` times).
 
-One copy of the model is kept: the frozen model is the same UNet called with the trained parameters'
-original values (`functional_call`); with LoRA, with the adapters' B factors set to zero.
+One copy of the model is kept, plus a copy of the trained tensors only: the frozen model is the same UNet
+called with their original values (`functional_call`; with LoRA, with the B factors set to zero). For
+ESD-x that copy is the cross-attention (a few % of the UNet); for ESD-u it is most of the UNet (stored in
+bf16 under `precision="bf16"`), which is still one copy fewer than the official scripts' two UNets.
+
+Choices, and where they follow which official script (rohitgandikota/erasing):
+* x_t is the latent after k guided DDIM steps and is scored at the timestep of step k, as `esd_sd.py` does
+  (the CompVis script scores a random DDPM t in [20k, 20k + 20) against a latent at another noise level;
+  that mismatch is not reproduced, also not by the `trained` sampler);
+* the anchor follows the formula above with x_t sampled for the concept; it is not the official
+  `--erase_from` (which samples for, and trains on, the "from" prompt);
+* the unconditional input is the pipeline's own: zeros on SDXL (force_zeros_for_empty_prompt) both when
+  sampling and in the target, where `esd_sdxl.py` encodes "" for the target's null branch.
 Several concepts train in one run: each trajectory is drawn for one of them, in turn.
 The official scripts use batch 1, Adam and lr 1e-5 (CompVis, 1000 iterations) or 5e-5 (diffusers,
 200 iterations); eta 1 (CompVis) or 2 (diffusers). The defaults here are set for ShapesSD on a CPU
@@ -70,6 +81,8 @@ log = logging.getLogger(__name__)
 VARIANTS = ("x", "u", "all", "kv")
 SAMPLERS = ("frozen", "trained")
 PRECISIONS = ("fp32", "bf16")
+DEFAULT_LR = {"x": 1e-3, "kv": 1e-3, "u": 3e-5, "all": 3e-5}  # chosen on ShapesSD, tuning seeds 5000+
+OFFICIAL_STEPS = 50  # DDIM steps of a trajectory in both official scripts
 
 
 @dataclass(frozen=True)
@@ -77,9 +90,13 @@ class ESDConfig:
     variant: str = field(default="x", metadata={"help": "parameters to train: x (cross-attn), u, all, kv"})
     eta: float = field(default=1.0, metadata={"help": "negative guidance scale eta (0: eigen paper eq. 11)"})
     iterations: int = field(default=300, metadata={"help": "optimizer steps"})
-    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate (official, for SD: 1e-5 or 5e-5)"})
+    lr: float | None = field(
+        default=None, metadata={"help": "Adam learning rate (default: 1e-3 for x/kv, 3e-5 for u/all; official SD 1e-5)"}
+    )
     batch_size: int = field(default=4, metadata={"help": "samples (x_t, t) per optimizer step (official: 1)"})
-    sampling_steps: int | None = field(default=None, metadata={"help": "DDIM steps K of a trajectory (model's)"})
+    sampling_steps: int | None = field(
+        default=None, metadata={"help": "DDIM steps K of a trajectory (50 as official; ShapesSD: its own 25)"}
+    )
     sampling_guidance: float = field(default=3.0, metadata={"help": "guidance scale when sampling x_t"})
     sampler: str = field(default="frozen", metadata={"help": "model that samples x_t: frozen | trained"})
     pool_trajectories: int = field(
@@ -97,7 +114,7 @@ class ESDConfig:
             {
                 "eta": {"low": 0},
                 "iterations": {"low": 1, "integer": True},
-                "lr": {"low": 0, "low_open": True},
+                "lr": {"low": 0, "low_open": True, "optional": True},
                 "batch_size": {"low": 1, "integer": True},
                 "sampling_steps": {"low": 1, "integer": True, "optional": True},
                 "sampling_guidance": {"low": 0},
@@ -111,6 +128,14 @@ class ESDConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 
+    @property
+    def learning_rate(self) -> float:
+        """`lr`, or the variant's default: training most of the UNet (u, all) needs a far smaller step than the
+        cross-attention (x, kv), as the official SDXL script also sets lr 1e-5 for every variant but x."""
+        if self.lr is not None:
+            return self.lr
+        return DEFAULT_LR[self.variant]
+
 
 @dataclass(frozen=True)
 class ESDInputs:
@@ -120,19 +145,25 @@ class ESDInputs:
 
 
 def variant_parameters(pipe, variant: str, *, weights_only: bool = False) -> list[str]:
-    """Pipeline-relative names of the Linear/Conv2d parameters a variant trains (official module selection)."""
+    """Pipeline-relative names of the Linear/Conv2d parameters a variant trains (official module selection).
+
+    As `esd_sdxl.py` does, on SDXL `u` and `all` keep only modules inside the UNet's blocks and leave out the
+    embeddings (time, added text/time): the official SD script trains them too, and so does this on SD.
+    """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
     prefix, unet = denoiser(pipe)
     cross = [layer.path for layer in cross_attention_layers(pipe)]
     kv = {p for layer in cross_attention_layers(pipe) for p in (layer.to_k, layer.to_v)}
+    sdxl = getattr(unet.config, "addition_embed_type", None) == "text_time"
     names = []
     for name, module in unet.named_modules():
         if not isinstance(module, nn.Linear | nn.Conv2d):
             continue
         path = f"{prefix}.{name}"
         in_cross = any(path == c or path.startswith(c + ".") for c in cross)
-        keep = {"x": in_cross, "u": not in_cross, "all": True, "kv": path in kv}[variant]
+        broad = not sdxl or ("block" in name and "emb" not in name)
+        keep = {"x": in_cross, "u": not in_cross and broad, "all": broad, "kv": path in kv}[variant]
         if keep:
             names += [f"{path}.{p}" for p, _ in module.named_parameters(recurse=False)]
     if weights_only:
@@ -174,7 +205,8 @@ class _Trainer:
         # rows: the concepts, then "", then each concept's anchor ("" when none)
         self.cond = encode_conditions(pipe, [*self.concepts, "", *anchors])
         self.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-        steps = config.sampling_steps or model_info(pipe).default_steps
+        info = model_info(pipe)
+        steps = config.sampling_steps or (info.default_steps if info.world else OFFICIAL_STEPS)
         self.scheduler.set_timesteps(steps, device=self.device)
         self.timesteps = self.scheduler.timesteps
         size = model_info(pipe).resolution // getattr(pipe, "vae_scale_factor", 8)
@@ -188,8 +220,9 @@ class _Trainer:
         return self.cond.take(index)
 
     def eps(self, x, t, cond: Conditions, *, frozen: bool) -> torch.Tensor:
+        """The UNet's prediction in float32 (latents are kept in float32 and cast to the UNet's dtype here)."""
         with self.autocast:
-            out = predict_noise(self.unet, x, t, cond, replace=self.frozen if frozen else None)
+            out = predict_noise(self.unet, x.to(self.unet.dtype), t, cond, replace=self.frozen if frozen else None)
         if frozen:
             self.frozen_calls += x.shape[0]
         return out.float()
@@ -221,7 +254,7 @@ class _Trainer:
 
     def noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
         x = torch.randn((n, *self.latent_shape), generator=generator)
-        return (x * self.scheduler.init_noise_sigma).to(self.device, self.unet.dtype)
+        return (x * self.scheduler.init_noise_sigma).to(self.device)
 
     @torch.no_grad()
     def sample_pool(self, seed: int, refresh: int) -> _Pool:
@@ -267,8 +300,12 @@ class _Trainer:
         return torch.nn.functional.mse_loss(pred, batch.targets)
 
 
-def _frozen_view(unet, tuning, lora: bool) -> dict[str, torch.Tensor]:
-    """UNet parameter name -> the tensor that gives the original model's output in place of that parameter."""
+def _frozen_view(unet, tuning, lora: bool, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """UNet parameter name -> the tensor that gives the original model's output in place of that parameter.
+
+    Dense training keeps a copy of the trained tensors only (for ESD-u that is most of the UNet; under bf16
+    autocast the copy is stored in bf16, which autocast would cast it to anyway); LoRA keeps zeros for B.
+    """
     names = {id(p): n for n, p in unet.named_parameters()}
     frozen = {}
     for p in tuning.parameters:
@@ -277,7 +314,7 @@ def _frozen_view(unet, tuning, lora: bool) -> dict[str, torch.Tensor]:
             if "lora_B" in name:
                 frozen[name] = torch.zeros_like(p)
         else:
-            frozen[name] = p.detach().clone()
+            frozen[name] = p.detach().to(dtype or p.dtype, copy=True)
     return frozen
 
 
@@ -314,8 +351,9 @@ def fit_esd(pipe, request: EditRequest, config: ESDConfig, inputs: ESDInputs, *,
     run_config = {"config": options, "request": request.to_dict(), "seed": seed}
     with trainable(pipe, keys, kind="low_rank" if lora else "dense", rank=max(config.lora_rank, 1),
                    alpha=config.lora_alpha) as tuned:  # fmt: skip
-        trainer = _Trainer(pipe, request, config, unet, _frozen_view(unet, tuned, lora))
-        optimizer = torch.optim.Adam(tuned.parameters, lr=config.lr)
+        copy_dtype = torch.bfloat16 if config.precision == "bf16" else None
+        trainer = _Trainer(pipe, request, config, unet, _frozen_view(unet, tuned, lora, copy_dtype))
+        optimizer = torch.optim.Adam(tuned.parameters, lr=config.learning_rate)
         state = {"pool": None, "losses": []}
         start = 0
         if inputs.resume:
@@ -324,7 +362,9 @@ def fit_esd(pipe, request: EditRequest, config: ESDConfig, inputs: ESDInputs, *,
                 for p, value in zip(tuned.parameters, saved["trained"], strict=True):
                     p.copy_(value)
             optimizer.load_state_dict(saved["optimizer"])
-            state["pool"] = _Pool(**saved["pool"]) if saved["pool"] else None
+            if saved["pool"]:  # checkpoints load on the CPU
+                state["pool"] = _Pool(**{k: v.to(trainer.device) for k, v in saved["pool"].items()})
+            trainer.frozen_calls = saved["frozen_calls"]
             state["losses"] = list(saved["losses"])
             start = saved["step"]
             if start > config.iterations:
@@ -355,7 +395,7 @@ def fit_esd(pipe, request: EditRequest, config: ESDConfig, inputs: ESDInputs, *,
             pool = state["pool"].state_dict() if state["pool"] is not None else None
             trained = [p.detach() for p in tuned.parameters]
             save_checkpoint(inputs.checkpoint, step, run_config, trained=trained, optimizer=optimizer.state_dict(),
-                            pool=pool, losses=state["losses"])  # fmt: skip
+                            pool=pool, losses=state["losses"], frozen_calls=trainer.frozen_calls)  # fmt: skip
 
         checkpointing = unet.is_gradient_checkpointing
         if config.gradient_checkpointing:
@@ -372,6 +412,7 @@ def fit_esd(pipe, request: EditRequest, config: ESDConfig, inputs: ESDInputs, *,
     tail = losses[-max(1, len(losses) // 10) :]
     stats = {
         "iterations": config.iterations,
+        "lr": config.learning_rate,
         "final_loss": sum(tail) / len(tail),
         "frozen_unet_rows": trainer.frozen_calls,
         "trained_parameters": len(keys),
