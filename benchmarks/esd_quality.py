@@ -1,6 +1,6 @@
 """ESD on ShapesSD, with UCE beside it: does the concept go, do the others stay? Judged by the oracle.
 
-    python benchmarks/esd_quality.py [--n 16] [--seed 0] [--rows esd-x,esd-u,uce-object,uce-style] [--json]
+    python benchmarks/esd_quality.py [--n 16] [--seed 0] [--rows esd-x,esd-u,esd-x-style,uce-object,uce-style] [--json]
 
 Rows (each method at its defaults; the ESD defaults were chosen on evaluation seeds 5000+, never these):
 * ESD-x erasing "circle": circle accuracy and the other seven objects' mean on shapes-objects; what leaks
@@ -9,6 +9,7 @@ Rows (each method at its defaults; the ESD defaults were chosen on evaluation se
 * ESD-u erasing the "striped" style: striped accuracy and the other five styles' mean on shapes-styles;
   what leaks through the style's other phrase ("on stripes", which the edit never saw), and the object
   accuracy on shapes-objects as collateral;
+* ESD-x erasing "striped" too (the paper erases styles with ESD-x and keeps ESD-u for global concepts);
 * UCE erasing the same two concepts, on the same suites and seeds.
 Accuracies carry their n and Wilson 95% interval. Suite seeds start at --seed; training uses --train-seed.
 """
@@ -29,6 +30,7 @@ from concept_edit.models import load_pipeline
 ROWS = {
     "esd-x": ("esd", {"variant": "x"}, "circle", "objects"),
     "esd-u": ("esd", {"variant": "u"}, "striped", "styles"),
+    "esd-x-style": ("esd", {"variant": "x"}, "striped", "styles"),
     "uce-object": ("uce", {}, "circle", "objects"),
     "uce-style": ("uce", {}, "striped", "styles"),
 }

@@ -1,6 +1,6 @@
 """ESD speed on ShapesSD: the official loop and ours, in one run, timed to the same erasure quality.
 
-    python benchmarks/esd_speed.py [--concept circle] [--rung 200] [--max-samples 1600] [--n 16] [--json]
+    python benchmarks/esd_speed.py [--concept circle] [--rung 40] [--max-samples 1600] [--n 16] [--json]
 
 Loops (same objective, same lr, same seed; only how x_t and the targets are produced differs):
 * official-trained: the CompVis train-esd.py loop: per iteration one fresh trajectory, sampled with the model
@@ -8,13 +8,16 @@ Loops (same objective, same lr, same seed; only how x_t and the targets are prod
 * official-frozen: the diffusers esd_sd.py loop: the same, sampled with the frozen model;
 * ours: pools of 8 trajectories sampled with the frozen model, whose guided steps already hold the targets,
   batch 4 (the defaults);
-* ours-trained: the same pools, sampled with the model being trained (targets are extra frozen calls).
+* ours-trained: the same pools, sampled with the model being trained (targets are extra frozen calls);
+* ours-batch1: the default pools with the official batch of 1 (a pool of 8 x 25 samples every 200 steps).
 Each loop trains in rungs of --rung samples (a run resumed with more iterations equals the longer run, so a
 rung costs only its own iterations) and after each rung the concept's prompts of the shapes-objects suite
 are generated and read by the oracle (--n images, seeds from 30000: never used for tuning). A loop reaches
 the quality when the concept is read in <= 10% of them; its time is the training time to that rung. Each
-loop runs in its own process, which reports its peak resident memory. Speedup = official-trained's time
-to quality / ours' (a loop that never gets there within --max-samples gives a lower bound, marked ">=").
+loop runs in its own process, which reports its peak resident memory; at the rung where it stops, every
+object of the suite is generated too (--n each), so preservation is compared at equal erasure. Speedup =
+official-trained's time to quality / ours' (a loop that never gets there within --max-samples gives a lower
+bound, marked ">=").
 """
 
 from __future__ import annotations
@@ -28,13 +31,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 LOOPS = {
     "official-trained": {"pool_trajectories": 0, "batch_size": 1, "sampler": "trained"},
     "official-frozen": {"pool_trajectories": 0, "batch_size": 1, "sampler": "frozen"},
     "ours": {},
     "ours-trained": {"sampler": "trained"},
+    "ours-batch1": {"batch_size": 1, "refresh_every": 200},
 }
 EVAL_SEED = 30000
+MEDIAN_KEYS = ("time_to_quality_s", "samples_per_s", "iterations_per_s", "others_accuracy", "peak_rss_mb")
 QUALITY = 0.10
 
 
@@ -48,8 +55,8 @@ def run_loop(name: str, args) -> dict:
     from concept_edit.models import load_pipeline
 
     pipe = load_pipeline("shapes", device="cpu")
-    suite = get_suite("shapes-objects", args.n, EVAL_SEED)
-    suite = replace(suite, entries=tuple(e for e in suite.entries if e.label == args.concept))
+    objects = get_suite("shapes-objects", args.n, EVAL_SEED)
+    suite = replace(objects, entries=tuple(e for e in objects.entries if e.label == args.concept))
     request = EditRequest(concepts=(args.concept,))
     options = LOOPS[name]
     batch = options.get("batch_size", make_config("esd").batch_size)
@@ -71,8 +78,12 @@ def run_loop(name: str, args) -> dict:
             print(f"  {name}: {samples} samples, {train_s:.1f} s, {args.concept} read in {accuracy:.2f}", flush=True)
             if accuracy <= QUALITY:
                 break
+        # preservation at that point: every object of the suite (the concept's own row repeats the last rung)
+        after, _ = evaluate(pipe, objects, edits=[edit], target=args.concept, progress=False)
     reached = rungs[-1]["accuracy"] <= QUALITY
     return {
+        "others_accuracy": after["others_accuracy"],
+        "others_n": sum(v["n"] for k, v in after["per_concept"].items() if k != args.concept),
         "loop": name,
         "options": options,
         "rungs": rungs,
@@ -87,10 +98,11 @@ def run_loop(name: str, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concept", default="circle")
-    parser.add_argument("--rung", type=int, default=200, help="training samples between evaluations")
+    parser.add_argument("--rung", type=int, default=40, help="training samples between evaluations")
     parser.add_argument("--max-samples", type=int, default=1600)
     parser.add_argument("--n", type=int, default=16, help="images of the concept per evaluation")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0,1,2", help="training seeds (the table shows medians)")
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--loops", default=",".join(LOOPS))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true")
@@ -100,39 +112,60 @@ def main() -> None:
         return
     results = {}
     for name in args.loops.split(","):
-        command = [sys.executable, __file__, "--child", name, "--concept", args.concept, "--rung", str(args.rung),
-                   "--max-samples", str(args.max_samples), "--n", str(args.n), "--seed", str(args.seed)]  # fmt: skip
-        print(f"{name} ...", flush=True)
-        out = subprocess.run(command, check=True, capture_output=True, text=True)
-        print("\n".join(line for line in out.stdout.splitlines()[:-1]), flush=True)
-        results[name] = json.loads(out.stdout.splitlines()[-1])
+        runs = []
+        for seed in args.seeds.split(","):
+            command = [sys.executable, __file__, "--child", name, "--concept", args.concept, "--rung", str(args.rung),
+                       "--max-samples", str(args.max_samples), "--n", str(args.n), "--seed", seed]  # fmt: skip
+            print(f"{name}, training seed {seed} ...", flush=True)
+            out = subprocess.run(command, check=True, capture_output=True, text=True)
+            print("\n".join(line for line in out.stdout.splitlines()[:-1]), flush=True)
+            runs.append({"seed": int(seed), **json.loads(out.stdout.splitlines()[-1])})
+        results[name] = _median_run(runs)
     summary = _summary(results, args)
     _print(results, summary)
     if args.json:
         print(json.dumps(summary))
 
 
+def _median_run(runs: list[dict]) -> dict:
+    """One loop over several training seeds: medians of the figures, every run kept."""
+    med = {key: float(np.median([r[key] for r in runs])) for key in MEDIAN_KEYS}
+    samples = float(np.median([r["rungs"][-1]["samples"] for r in runs]))
+    return {**med, "samples_to_quality": samples, "reached": all(r["reached"] for r in runs),
+            "others_n": runs[0]["others_n"], "options": runs[0]["options"], "runs": runs}  # fmt: skip
+
+
 def _summary(results: dict, args) -> dict:
-    out = {"concept": args.concept, "n": args.n, "eval_seed": EVAL_SEED, "quality": QUALITY, "loops": results}
+    out = {"concept": args.concept, "n": args.n, "eval_seed": EVAL_SEED, "quality": QUALITY,
+           "training_seeds": [int(s) for s in args.seeds.split(",")], "loops": results}  # fmt: skip
     base, ours = results.get("official-trained"), results.get("ours")
     if base and ours and ours["reached"]:
         out["speedup"] = base["time_to_quality_s"] / ours["time_to_quality_s"]
         out["speedup_is_lower_bound"] = not base["reached"]
-        out["iterations_per_s_ratio"] = ours["samples_per_s"] / base["samples_per_s"]
+        out["samples_per_s_ratio"] = ours["samples_per_s"] / base["samples_per_s"]
+        for name in ("official-frozen", "ours-batch1"):
+            if name in results:
+                key = "vs_official_frozen" if name == "official-frozen" else "batch1_vs_official_trained"
+                num, den = (results[name], ours) if name == "official-frozen" else (base, results[name])
+                out[f"speedup_{key}"] = num["time_to_quality_s"] / den["time_to_quality_s"]
     return out
 
 
 def _print(results: dict, summary: dict) -> None:
-    print(f"\n| loop | samples to <= {QUALITY:.0%} | time to quality (s) | samples/s | peak RSS (MB) |")
-    print("|---|---|---|---|---|")
+    print(f"\n| loop (median of {len(summary['training_seeds'])} training seeds) | samples to <= {QUALITY:.0%} | "
+          "time to quality (s) | samples/s | others then | peak RSS (MB) |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
     for name, r in results.items():
-        mark = "" if r["reached"] else " (not reached)"
-        last = r["rungs"][-1]
-        print(f"| {name} | {last['samples']}{mark} | {r['time_to_quality_s']:.1f} | {r['samples_per_s']:.2f} | "
-              f"{r['peak_rss_mb']:.0f} |")  # fmt: skip
+        mark = "" if r["reached"] else " (not every seed)"
+        others = f"{r['others_accuracy']:.2f} (n={r['others_n']})"
+        print(f"| {name} | {r['samples_to_quality']:.0f}{mark} | {r['time_to_quality_s']:.1f} | "
+              f"{r['samples_per_s']:.2f} | {others} | {r['peak_rss_mb']:.0f} |")  # fmt: skip
     if "speedup" in summary:
         bound = ">= " if summary["speedup_is_lower_bound"] else ""
         print(f"\nspeedup to equal erasure (official-trained / ours): {bound}{summary['speedup']:.1f}x")
+        for key in ("speedup_vs_official_frozen", "speedup_batch1_vs_official_trained"):
+            if key in summary:
+                print(f"{key}: {summary[key]:.1f}x")
 
 
 if __name__ == "__main__":
