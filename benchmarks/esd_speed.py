@@ -9,7 +9,9 @@ Loops (same objective, same lr, same seed; only how x_t and the targets are prod
 * ours: pools of 8 trajectories sampled with the frozen model, whose guided steps already hold the targets,
   batch 4 (the defaults);
 * ours-trained: the same pools, sampled with the model being trained (targets are extra frozen calls);
-* ours-batch1: the default pools with the official batch of 1 (a pool of 8 x 25 samples every 200 steps).
+* ours-batch1: the default pools with the official batch of 1 (a pool of 8 x 25 samples every 200 steps);
+* ours-onpolicy: one trajectory drawn by the model being trained every 25 steps, batch 1: as on-policy as
+  the CompVis loop up to 25 steps, at one trajectory per 25 samples (its frozen targets in one batch).
 Each loop trains in rungs of --rung samples (a run resumed with more iterations equals the longer run, so a
 rung costs only its own iterations) and after each rung the concept's prompts of the shapes-objects suite
 are generated and read by the oracle (--n images, seeds from 30000: never used for tuning). A loop reaches
@@ -39,6 +41,7 @@ LOOPS = {
     "ours": {},
     "ours-trained": {"sampler": "trained"},
     "ours-batch1": {"batch_size": 1, "refresh_every": 200},
+    "ours-onpolicy": {"sampler": "trained", "pool_trajectories": 1, "refresh_every": 25, "batch_size": 1},
 }
 EVAL_SEED = 30000
 MEDIAN_KEYS = ("time_to_quality_s", "samples_per_s", "iterations_per_s", "others_accuracy", "peak_rss_mb")

@@ -238,16 +238,18 @@ class _Trainer:
     @torch.no_grad()
     def frozen_targets(self, x, t, concepts, eps_c=None, eps_u=None) -> torch.Tensor:
         """The ESD target at (x, t); reuses the frozen eps_c / eps_u when the sampler already computed them."""
+        t = t.expand(len(x)) if t.ndim == 0 else t
         if eps_c is None:
             eps_c = self.eps(x, t, self._rows(concepts, "concept"), frozen=True)
         plain = self.anchor_empty.to(concepts.device)[concepts]  # rows whose base is the unconditional branch
         if eps_u is None and plain.any():
             eps_u = torch.zeros_like(eps_c)
-            eps_u[plain] = self.eps(x[plain], t, self._rows(concepts[plain], "uncond"), frozen=True)
+            eps_u[plain] = self.eps(x[plain], t[plain], self._rows(concepts[plain], "uncond"), frozen=True)
         base = eps_u if plain.all() else torch.empty_like(eps_c)
         if not plain.all():
             anchored = ~plain
-            base[anchored] = self.eps(x[anchored], t, self._rows(concepts[anchored], "anchor"), frozen=True)
+            rows = self._rows(concepts[anchored], "anchor")
+            base[anchored] = self.eps(x[anchored], t[anchored], rows, frozen=True)
             if plain.any():
                 base[plain] = eps_u[plain]
         return esd_target(eps_c, base, self.config.eta)
@@ -267,15 +269,20 @@ class _Trainer:
         parts = []
         for t in self.timesteps:
             x_next, eps_c, eps_u = self.guided_step(x, t, concepts, frozen=frozen)
-            if frozen:
-                target = self.frozen_targets(x, t, concepts, eps_c, eps_u)
-            else:
-                target = self.frozen_targets(x, t, concepts)
+            target = self.frozen_targets(x, t, concepts, eps_c, eps_u) if frozen else None
             parts.append((x, t.expand(p), concepts, target))
             x = x_next
-        cat = [torch.cat(column) for column in zip(*parts, strict=True)]
+        latents, timesteps, rows = (torch.cat([part[i] for part in parts]) for i in range(3))
+        if frozen:
+            targets = torch.cat([part[3] for part in parts])
+        else:  # the trained model drew the trajectories: the frozen targets in batches over all of its steps
+            chunk = max(2 * p, 64)
+            targets = torch.cat([
+                self.frozen_targets(latents[i : i + chunk], timesteps[i : i + chunk], rows[i : i + chunk])
+                for i in range(0, len(latents), chunk)
+            ])  # fmt: skip
         log.debug("pool %d: %d samples from %d trajectories of %d steps", refresh, p * k, p, k)
-        return _Pool(*cat)
+        return _Pool(latents, timesteps, rows, targets)
 
     @torch.no_grad()
     def official_samples(self, seed: int, step: int) -> _Pool:
