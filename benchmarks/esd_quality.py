@@ -87,7 +87,8 @@ def _summary(results: dict, target: str | None) -> dict:
         out["target"] = out["per_concept"][target]
     others = [v for k, v in per.items() if k != target]
     hits, n = sum(round(v["accuracy"] * v["n"]) for v in others), sum(v["n"] for v in others)
-    out["others"] = {"accuracy": hits / n, "n": n, "ci95": list(wilson(hits, n))}
+    if n:  # a suite of the target alone (the "on stripes" phrasing) has no others
+        out["others"] = {"accuracy": hits / n, "n": n, "ci95": list(wilson(hits, n))}
     return out
 
 
@@ -102,8 +103,8 @@ def _print(out: dict) -> None:
         for name in [k for k in r if isinstance(r[k], dict) and "before" in r[k]]:
             b, a = r[name]["before"], r[name]["after"]
             target = (_cell(b["target"]), _cell(a["target"])) if "target" in b else ("", "")
-            print(f"| {row} | {r['concept']} | {name} | {target[0]} | {target[1]} | {_cell(b['others'])} | "
-                  f"{_cell(a['others'])} |")  # fmt: skip
+            others = (_cell(b["others"]), _cell(a["others"])) if "others" in b else ("", "")
+            print(f"| {row} | {r['concept']} | {name} | {target[0]} | {target[1]} | {others[0]} | {others[1]} |")
     for row, r in out["rows"].items():
         if "paraphrase" in r:
             leaks = {k: v["accuracy"] for k, v in r["paraphrase"]["after"]["per_concept"].items()}
