@@ -207,6 +207,26 @@ def cmd_generate(args: argparse.Namespace) -> None:
     print(f"wrote {out} ({len(args.prompt)} prompt(s) x {args.n} seeds from {args.seed})")
 
 
+def cmd_attention(args: argparse.Namespace) -> None:
+    from concept_edit.attention_maps import attention_maps, save_attention_grid
+    from concept_edit.edit import applied
+    from concept_edit.io import atomic_path
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"--out must be a .png file, got {out}")
+    check_output(out, force=args.force, inputs=edit_inputs(args.edit))
+    edits = load_edits(args.edit)
+    pipe = load_model(args)
+    with applied(pipe, *edits, allow_repeat=args.allow_repeat):
+        maps, image = attention_maps(
+            pipe, args.prompt, args.token, seed=args.seed, steps=args.steps, guidance=args.guidance
+        )
+    with atomic_path(out) as tmp:
+        save_attention_grid(maps, image, tmp, title=f"{args.token!r} in {args.prompt!r} (seed {args.seed})")
+    print(f"wrote {out}: {len(maps)} cross-attention layers (rows, by index) x denoising steps")
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from concept_edit.export import export_pipeline
 
@@ -319,6 +339,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", required=True, help="grid image file (.png/.jpg/.webp)")
     add_force(gen)
     gen.set_defaults(func=cmd_generate)
+
+    att = verbs.add_parser("attention", help="cross-attention maps of one token, per layer and step, as a PNG grid")
+    add_model_args(att)
+    add_edit_args(att)
+    att.add_argument("--prompt", required=True)
+    att.add_argument("--token", required=True, help="the word (as it appears in the prompt) whose maps to show")
+    att.add_argument("--seed", type=seed_type(), default=0)
+    add_generation_args(att)
+    att.add_argument("--out", required=True, help="grid image file (.png)")
+    add_force(att)
+    att.set_defaults(func=cmd_attention)
 
     export = verbs.add_parser("export", help="write a full diffusers pipeline folder with edits applied")
     add_model_args(export)

@@ -6,7 +6,8 @@
 | `low_rank`    | W += (up @ down).reshape(W.shape)                         | UCE's closed form, LoRA factors |
 | `sparse`      | W.flat[indices] = values                                  | pruning masks (CAD ablation)    |
 | `activation`  | x -> x - V^T V x on a module's output (or input), V's rows | eigen-direction erasure         |
-|               | orthonormal, through a removable forward hook             | (paper 000, eq. 6)              |
+|               | orthonormal, through a removable forward hook; or the     | (paper 000, eq. 6); LEACE       |
+|               | oblique affine x -> x - B^T V (x - b) (LEACE's eraser)    |                                 |
 
 Weight changes target a pipeline-relative parameter path (`unet.conv_in.weight`); an activation change a
 module path (`unet.mid_block.attentions.0.transformer_blocks.0.attn2`). A change lists its tensors by
@@ -216,6 +217,10 @@ class ActivationProjection:
     The feature vector is the last `feature_dims` axes flattened (1 for linear and attention outputs, where
     every token is projected; 3 for a conv layer's C x H x W map, as the paper does for CNNs). A module
     whose output is a tuple has its first element projected.
+
+    With `back` (k x d) and `bias` (d) it is the oblique affine map x -> x - ((x - bias) V^T) B, the form of
+    a LEACE eraser (Belrose et al. 2023: `proj_right` = V, `proj_left` = B^T); `directions` then need not be
+    orthonormal. Without them, B = V and bias = 0: eq. 6's orthogonal projection.
     """
 
     kind: ClassVar[str] = "activation"
@@ -223,6 +228,8 @@ class ActivationProjection:
     directions: torch.Tensor
     site: str = "output"
     feature_dims: int = 1
+    back: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
 
     @staticmethod
     def of(target: str, directions: torch.Tensor, site: str = "output", feature_dims: int = 1) -> ActivationProjection:
@@ -237,8 +244,14 @@ class ActivationProjection:
     def rank(self) -> int:
         return int(self.directions.shape[0])
 
+    @property
+    def matrix_back(self) -> torch.Tensor:
+        """B: the rows the read-out components are subtracted along (V itself for an orthogonal projection)."""
+        return self.directions if self.back is None else self.back
+
     def parts(self) -> dict[str, torch.Tensor]:
-        return {"directions": self.directions}
+        extra = {"back": self.back, "bias": self.bias}
+        return {"directions": self.directions, **{k: v for k, v in extra.items() if v is not None}}
 
     def info(self) -> dict[str, Any]:
         return {
@@ -249,14 +262,30 @@ class ActivationProjection:
             "rank": self.rank,
             "dim": int(self.directions.shape[1]),
             "dtype": dtype_name(self.directions.dtype),
+            "oblique": self.back is not None,
+            "affine": self.bias is not None,
         }
 
     @staticmethod
     def expected_parts(info: dict) -> dict[str, tuple[int, ...]]:
-        return {"directions": (_positive_int(info, "rank"), _positive_int(info, "dim"))}
+        rank, dim = _positive_int(info, "rank"), _positive_int(info, "dim")
+        for flag in ("oblique", "affine"):
+            if not isinstance(info.get(flag, False), bool):
+                raise EditError(f"change for {info.get('target')!r}: field {flag!r} must be true or false")
+        parts = {"directions": (rank, dim)}
+        if info.get("oblique", False):
+            parts["back"] = (rank, dim)
+        if info.get("affine", False):
+            parts["bias"] = (dim,)
+        return parts
 
     def stored_as(self, dtype: torch.dtype) -> ActivationProjection:
-        return ActivationProjection(self.target, self.directions.to(dtype).contiguous(), self.site, self.feature_dims)
+        def cast(t):
+            return None if t is None else t.to(dtype).contiguous()
+
+        return ActivationProjection(
+            self.target, cast(self.directions), self.site, self.feature_dims, cast(self.back), cast(self.bias)
+        )
 
     def project(self, x: torch.Tensor, cache: dict) -> torch.Tensor:
         dim = self.directions.shape[1]
@@ -268,10 +297,12 @@ class ActivationProjection:
             )
         key = (x.device, x.dtype)
         if key not in cache:
-            cache[key] = self.directions.to(x.device, x.dtype)
-        v = cache[key]
+            bias = None if self.bias is None else self.bias.to(x.device, x.dtype)
+            cache[key] = (self.directions.to(x.device, x.dtype), self.matrix_back.to(x.device, x.dtype), bias)
+        v, b, bias = cache[key]
         flat = x.reshape(*x.shape[: x.dim() - self.feature_dims], dim)
-        return (flat - (flat @ v.T) @ v).reshape(x.shape)
+        read = flat if bias is None else flat - bias
+        return (flat - (read @ v.T) @ b).reshape(x.shape)
 
     def install(self, module: nn.Module) -> Undo:
         cache: dict = {}
@@ -380,6 +411,10 @@ def change_from_parts(info: dict, parts: dict[str, torch.Tensor]) -> Change:
             raise EditError(f"sparse change for {target}: indices must be sorted and unique")
         return SparseSet(target, indices, parts["values"], tuple(info["shape"]))
     directions = parts["directions"]
+    if info.get("oblique", False) or info.get("affine", False):
+        return ActivationProjection(
+            target, directions, info["site"], info["feature_dims"], parts.get("back"), parts.get("bias")
+        )
     gram = directions.double() @ directions.double().T
     tolerance = 1e-4 if directions.dtype in (torch.float32, torch.float64) else 2e-2
     if (gram - torch.eye(len(gram), dtype=gram.dtype)).abs().max() > tolerance:

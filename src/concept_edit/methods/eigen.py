@@ -1,0 +1,172 @@
+"""Eigen-direction erasure in a diffusion model's cross-attention (paper 000, section 2.3 and eq. 4-6).
+
+The model generates `samples` images for each concept; on the way, the conditional branch's output of each
+chosen cross-attention layer is recorded (every image token at every denoising step is one feature vector,
+eq. 4's eta^j) into a running Gram matrix. The concept's top-k left singular directions (eq. 5) are then
+removed from that layer's output for every prompt (eq. 6), as an activation edit. Several concepts: the
+span of all their directions is removed (one orthogonal projection per layer).
+
+The hook sits on the output projection `attn2.to_out.0` (a linear layer whose output is the attention
+module's output in SD's UNets), so that `fold=True` can turn the projection into exact weight deltas
+(W' = (I - U U^T) W, b' likewise) that export into a plain diffusers folder.
+
+`eraser="leace"` replaces eq. 4-6 with LEACE (Belrose et al. 2023): the affine map after which no linear
+probe tells the concept's features from the others'; "the others" are the `preserve` prompts, or the empty
+prompt when none is given. Not in the paper; offered for comparison (`benchmarks/eigen_experiments.py`).
+The paper does not centre the activations; `centre=True` is offered and says so in the manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from concept_edit.edit import Edit
+from concept_edit.edit.file import get_module
+from concept_edit.eigen.erasers import fold as fold_projection
+from concept_edit.eigen.erasers import leace_eraser, svd_eraser
+from concept_edit.eigen.statistics import ActivationStatistics, recording
+from concept_edit.methods.registry import EditRequest, register
+from concept_edit.models.conditioning import encode_conditions, predict_noise
+from concept_edit.models.loading import model_info
+from concept_edit.models.prompts import concept_ids
+from concept_edit.models.targets import cross_attention_layers
+from concept_edit.training import step_generator
+from concept_edit.validation import check_fields
+
+ERASERS = ("svd", "leace")
+
+
+@dataclass(frozen=True)
+class EigenConfig:
+    layers: tuple[str, ...] = field(
+        default=(), metadata={"help": "cross-attention layers: index (0: the first) or module path; default all"}
+    )
+    k: int = field(default=1, metadata={"help": "directions removed per concept and layer (paper: 1, 3, 5)"})
+    eraser: str = field(default="svd", metadata={"help": "svd (the paper's eq. 4-6) | leace"})
+    centre: bool = field(default=False, metadata={"help": "centre the activations first (the paper does not)"})
+    samples: int = field(default=8, metadata={"help": "images generated per concept for the statistics"})
+    steps: int | None = field(default=None, metadata={"help": "denoising steps per image (default: the model's)"})
+    guidance: float | None = field(default=None, metadata={"help": "guidance scale (default: the model's)"})
+    fold: bool = field(default=False, metadata={"help": "store exact weight deltas of to_out.0 instead of hooks"})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(str(x) for x in self.layers))
+        check_fields(
+            self,
+            {
+                "k": {"low": 1, "integer": True},
+                "samples": {"low": 1, "integer": True},
+                "steps": {"low": 1, "integer": True, "optional": True},
+                "guidance": {"low": 0, "optional": True},
+            },
+        )
+        if self.eraser not in ERASERS:
+            raise ValueError(f"eraser must be one of {', '.join(ERASERS)}, got {self.eraser!r}")
+        if len(set(self.layers)) != len(self.layers):
+            raise ValueError(f"a layer is listed twice in {list(self.layers)}")
+
+
+def chosen_layers(pipe, layers: tuple[str, ...]) -> list[str]:
+    """Module paths of the hooked linear layers (`...attn2.to_out.0`) for indices or paths; all by default."""
+    paths = [layer.path for layer in cross_attention_layers(pipe)]
+    last = len(paths) - 1
+    if not layers:
+        chosen = paths
+    else:
+        chosen = []
+        for layer in layers:
+            if layer.isdigit():
+                if int(layer) >= len(paths):
+                    raise ValueError(f"layer {layer}: the model has {len(paths)} cross-attention layers (0-{last})")
+                chosen.append(paths[int(layer)])
+            elif layer.removesuffix(".to_out.0") in paths:
+                chosen.append(layer.removesuffix(".to_out.0"))
+            else:
+                raise ValueError(
+                    f"no cross-attention layer {layer!r}; give an index 0-{last} or one of: {', '.join(paths)}"
+                )
+    return [f"{path}.to_out.0" for path in chosen]
+
+
+@torch.no_grad()
+def record_prompts(pipe, stats: ActivationStatistics, prompts, config: EigenConfig, seed: int, progress: bool):
+    """Generate `samples` images per prompt (guided DDIM-style, the pipeline's scheduler) and record each class.
+
+    Only the conditional branch is recorded: the unconditional call of each guided step runs with the hooks off.
+    """
+    info = model_info(pipe)
+    steps = config.steps or info.default_steps
+    guidance = info.default_guidance if config.guidance is None else config.guidance
+    unet = pipe.unet
+    cond = encode_conditions(pipe, [*prompts, ""])
+    scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    size = info.resolution // getattr(pipe, "vae_scale_factor", 8)
+    n = config.samples
+    with recording(stats, lambda path: get_module(pipe, path)) as rec:
+        for label, _prompt in enumerate(tqdm(prompts, desc="eigen: statistics", disable=not progress, leave=False)):
+            scheduler.set_timesteps(steps, device=pipe.device)
+            noise = torch.randn((n, unet.config.in_channels, size, size), generator=step_generator(seed, label, 7))
+            x = (noise * scheduler.init_noise_sigma).to(pipe.device, unet.dtype)
+            rows, empty = cond.take([label] * n), cond.take([len(prompts)] * n)
+            for t in scheduler.timesteps:
+                model_in = scheduler.scale_model_input(x, t)
+                rec.enabled = False
+                eps_u = predict_noise(unet, model_in, t, empty)
+                rec.enabled, rec.labels = True, label
+                eps_c = predict_noise(unet, model_in, t, rows)
+                x = scheduler.step(eps_u + guidance * (eps_c - eps_u), t, x).prev_sample
+
+
+def _check(pipe, request: EditRequest, config: EigenConfig) -> None:
+    for concept in request.concepts:
+        if not concept_ids(pipe, concept):
+            raise ValueError(f"concept {concept!r} has no tokens for this model's tokenizer")
+    if request.guide is not None or request.guides:
+        raise ValueError("eigen removes directions; it takes no guide concept")
+    if config.eraser == "svd" and request.preserve:
+        raise ValueError("the svd eraser takes no preserved concepts (eq. 6 projects every prompt alike); use leace")
+
+
+@register("eigen", EigenConfig, modes=("erase",), summary="remove a concept's top singular directions (eigen)")
+def fit_eigen(pipe, request: EditRequest, config: EigenConfig, inputs=None, *, seed: int = 0, progress: bool = True):
+    _check(pipe, request, config)
+    layers = chosen_layers(pipe, config.layers)
+    concepts = list(request.concepts)
+    others = list(request.preserve) or [""]
+    prompts = concepts + (others if config.eraser == "leace" else [])
+    stats = ActivationStatistics(layers, list(range(len(prompts))))
+    record_prompts(pipe, stats, prompts, config, seed, progress)
+    changes, explained = [], {}
+    for layer in layers:
+        if config.eraser == "svd":
+            parts = [svd_eraser(stats, layer, i, config.k, centre=config.centre) for i in range(len(concepts))]
+            change = parts[0] if len(parts) == 1 else type(parts[0]).of(layer, torch.cat([p.directions for p in parts]))
+            explained[layer] = _explained(stats, layer, change.directions, len(concepts))
+        else:
+            change = leace_eraser(stats, layer, list(range(len(concepts))))
+        changes.extend(fold_projection(change, get_module(pipe, layer)) if config.fold else [change])
+    vectors = {layer: stats.samples(layer, 0) for layer in layers[:1]}
+    stats_out = {"layers": layers, "feature_vectors_per_concept": next(iter(vectors.values()))}
+    if explained:
+        stats_out["explained_share"] = explained
+    return Edit.create(
+        pipe,
+        changes,
+        method="eigen",
+        config=dataclasses.asdict(config),
+        request=request.to_dict(),
+        seed=seed,
+        stats=stats_out,
+    )
+
+
+def _explained(stats: ActivationStatistics, layer: str, directions: torch.Tensor, concepts: int) -> float:
+    """Share of the concepts' activation energy (sum of squares) that lies in the removed span."""
+    layer_stats = stats.layer(layer)
+    gram = layer_stats.gram[:concepts].sum(0)
+    v = directions.double()
+    return round(float(torch.trace(v @ gram @ v.T) / torch.trace(gram)), 4)
