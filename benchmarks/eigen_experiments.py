@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from concept_edit.eigen import ActivationStatistics, erased, leace_eraser, recording, svd_eraser
-from concept_edit.evaluation.metrics import wilson
+from concept_edit.evaluation.metrics import format_share, wilson
 
 RESULTS = Path(__file__).parent / "results"
 SHAPES_EVAL_SEED = 40000
@@ -158,6 +158,13 @@ def digits(seed: int) -> dict:
 
 # -- ShapesSD ----------------------------------------------------------------------------------------------------
 LAYER_SETS = {"4": ("4",), "0,4,5": ("0", "4", "5"), "all": ()}
+# (eraser, layer set, k, centre): the paper's top-k at the layers whose maps outline the object, then wider
+SHAPES_ROWS = [
+    *[("svd", layers, k, False) for layers in LAYER_SETS for k in (1, 3)],
+    ("svd", "all", 5, False),
+    ("svd", "all", 3, True),
+    *[("leace", layers, 1, False) for layers in LAYER_SETS],
+]
 
 
 def shapes(n: int, seed: int, eval_seed: int) -> list[dict]:
@@ -170,16 +177,14 @@ def shapes(n: int, seed: int, eval_seed: int) -> list[dict]:
     suite = get_suite("shapes-objects", n, eval_seed)
     base, base_images = evaluate(pipe, suite, progress=False)
     rows = [_shapes_row("unedited", "", base, "circle")]
-    for eraser in ("svd", "leace"):
-        for name, layers in LAYER_SETS.items():
-            for k in (1, 3) if eraser == "svd" else (1,):
-                config = make_config("eigen", layers=layers, k=k, eraser=eraser)
-                edit = fit(pipe, "eigen", EditRequest(concepts=("circle",)), config, seed=seed, progress=False)
-                result, _ = evaluate(pipe, suite, edits=[edit], target="circle", baseline_images=base_images,
-                                     progress=False)  # fmt: skip
-                label = f"{eraser} k={k}" if eraser == "svd" else eraser
-                rows.append(_shapes_row(label, name, result, "circle"))
-                print(_shapes_line(rows[-1]), flush=True)
+    print(_shapes_line(rows[-1]), flush=True)
+    for eraser, layers, k, centre in SHAPES_ROWS:
+        config = make_config("eigen", layers=LAYER_SETS[layers], k=k, eraser=eraser, centre=centre)
+        edit = fit(pipe, "eigen", EditRequest(concepts=("circle",)), config, seed=seed, progress=False)
+        result, _ = evaluate(pipe, suite, edits=[edit], target="circle", baseline_images=base_images, progress=False)
+        label = eraser if eraser == "leace" else f"svd k={k}" + (" centred" if centre else "")
+        rows.append(_shapes_row(label, layers, result, "circle"))
+        print(_shapes_line(rows[-1]), flush=True)
     return rows
 
 
@@ -193,18 +198,15 @@ def _shapes_row(eraser: str, layers: str, result: dict, target: str) -> dict:
         "circle": {"accuracy": per[target]["accuracy"], "n": per[target]["n"], "ci95": per[target]["ci95"]},
         "others": {"accuracy": hits / count, "n": count, "ci95": list(wilson(hits, count))},
     }
-    change = result.get("image_change") or result.get("metrics", {}).get("image_change")
-    if change is not None:
-        row["image_change"] = change
+    if "image_change" in result:  # mean over every prompt of the suite, against the unedited images
+        row["image_change"] = result["image_change"]
     return row
 
 
-def _cell(c: dict) -> str:
-    return f"{c['accuracy']:.2f} [{c['ci95'][0]:.2f}, {c['ci95'][1]:.2f}] (n={c['n']})"
-
-
 def _shapes_line(row: dict) -> str:
-    return f"| {row['eraser']} | {row['layers']} | {_cell(row['circle'])} | {_cell(row['others'])} |"
+    change = f"{row['image_change']['mean']:.3f}" if "image_change" in row else ""
+    cells = (row["eraser"], row["layers"], format_share(row["circle"]), format_share(row["others"]), change)
+    return "| " + " | ".join(cells) + " |"
 
 
 def maps() -> list[str]:
@@ -283,7 +285,7 @@ def main() -> None:
     if "maps" in parts:
         out["attention_maps"] = maps()
     if "shapes" in parts:
-        print("\n| eraser | layers | circle | other objects |\n|---|---|---|---|")
+        print("\n| eraser | layers | circle | other objects | image change |\n|---|---|---|---|---|")
         out["shapes"] = shapes(args.n, args.seed, args.eval_seed)
     if args.json:
         print(json.dumps(out))

@@ -23,7 +23,7 @@ import time
 
 from concept_edit import EditRequest, fit, make_config
 from concept_edit.evaluation.evaluate import evaluate
-from concept_edit.evaluation.metrics import wilson
+from concept_edit.evaluation.metrics import format_share, wilson
 from concept_edit.evaluation.suites import get_suite
 from concept_edit.models import load_pipeline
 
@@ -92,18 +92,14 @@ def _summary(results: dict, target: str | None) -> dict:
     return out
 
 
-def _cell(cell: dict) -> str:
-    return f"{cell['accuracy']:.2f} [{cell['ci95'][0]:.2f}, {cell['ci95'][1]:.2f}] (n={cell['n']})"
-
-
 def _print(out: dict) -> None:
     print("\n| row | concept | suite | concept before | concept after | others before | others after |")
     print("|---|---|---|---|---|---|---|")
     for row, r in out["rows"].items():
         for name in [k for k in r if isinstance(r[k], dict) and "before" in r[k]]:
             b, a = r[name]["before"], r[name]["after"]
-            target = (_cell(b["target"]), _cell(a["target"])) if "target" in b else ("", "")
-            others = (_cell(b["others"]), _cell(a["others"])) if "others" in b else ("", "")
+            target = (format_share(b["target"]), format_share(a["target"])) if "target" in b else ("", "")
+            others = (format_share(b["others"]), format_share(a["others"])) if "others" in b else ("", "")
             print(f"| {row} | {r['concept']} | {name} | {target[0]} | {target[1]} | {others[0]} | {others[1]} |")
     for row, r in out["rows"].items():
         if "paraphrase" in r:

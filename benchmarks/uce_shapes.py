@@ -24,6 +24,7 @@ import numpy as np
 from concept_edit import EditRequest, fit
 from concept_edit.evaluation.classifiers import OracleAttributeClassifier
 from concept_edit.evaluation.evaluate import evaluate
+from concept_edit.evaluation.metrics import format_share
 from concept_edit.evaluation.suites import Entry, Suite, get_suite
 from concept_edit.methods.uce import UCEConfig, UCEInputs
 from concept_edit.models import load_pipeline
@@ -169,7 +170,7 @@ def _print(out: dict) -> None:
         )
 
         def cell(row: dict) -> str:
-            return f"{row['accuracy']:.2f} [{row['ci95'][0]:.2f}, {row['ci95'][1]:.2f}]"
+            return format_share(row, n=False)
 
         print(
             f"  unedited        detected {cell(logo['detected_before'])}, controls {logo['controls_before']:.2f}, "
@@ -196,8 +197,7 @@ def _print_erase(out: dict) -> None:
     def share(row, key, interval=False):
         if key not in row:
             return "-"
-        cell = f"{row[key]['accuracy']:.2f}"
-        return cell + (f" [{row[key]['ci95'][0]:.2f}, {row[key]['ci95'][1]:.2f}]" if interval else "")
+        return format_share(row[key], interval=interval, n=False)
 
     for r in out["erase"]:
         print(

@@ -31,6 +31,14 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def format_share(cell: dict, *, interval: bool = True, n: bool = True) -> str:
+    """A results cell {"accuracy", "ci95", "n"} as "0.25 [0.10, 0.49] (n=16)", for benchmark tables."""
+    text = f"{cell['accuracy']:.2f}"
+    if interval:
+        text += f" [{cell['ci95'][0]:.2f}, {cell['ci95'][1]:.2f}]"
+    return text + (f" (n={cell['n']})" if n and "n" in cell else "")
+
+
 def accuracy(predicted: Sequence[str], expected: Sequence[str]) -> dict:
     """{"accuracy": share of matches, "n": count, "correct": matches, "ci95": [low, high] (Wilson)}."""
     if len(predicted) != len(expected):
