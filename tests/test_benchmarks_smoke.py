@@ -15,6 +15,7 @@ CASES = {
         ["--parts", "erase,logo,debias", "--n", "1", "--debias-images", "2", "--debias-iterations", "1"],
         "erase",
     ),
+    "eigen_experiments.py": (["--parts", "iris"], "iris"),
 }
 
 
