@@ -1,19 +1,20 @@
 """The eigen-direction paper's experiments, offline: iris MLP, digits CNN, ShapesSD cross-attention, attention maps.
 
-    python benchmarks/eigen_experiments.py [--parts iris,digits,shapes,maps] [--seed 0] [--n 8] [--json]
+    python benchmarks/eigen_experiments.py [--parts iris,digits,shapes,maps] [--seeds 0,1,2] [--n 16] [--json]
 
 a) iris (Figure 1): an MLP 4-100-100-3 trained on half of iris (stratified), statistics of the last hidden layer
    on the training half; each class's top-1 direction erased in turn; change[i][j] = accuracy of class j on the
-   test half after erasing class i's direction minus before (percentage points; negative = worse). LEACE of
-   class i (against the rest) beside it.
+   test half after erasing class i's direction minus before (percentage points; negative = worse; the
+   paper's tables print the drop as a positive number). LEACE of class i (against the rest) beside it.
+   Mean over --seeds (each its own split, training and statistics); every seed's matrix is in the JSON.
 b) digits (Tables 1-2, A.1-A.4): a small CNN on scikit-learn's 8x8 digits (half train, half test); erasure at
    the second conv layer's output (C x H x W flattened, as the paper treats conv maps) and at the first fully
    connected layer's output, top-1, 3 and 5; LEACE at the FC layer.
 c) ShapesSD (Figure 2): "circle" erased at the cross-attention outputs of chosen layers; circle accuracy, the
    other objects' accuracy (shapes-objects, --n images each, seeds from 40000: not used elsewhere) and the
    image change against the unedited model. Layer sets: those the maps (d) show reading the object word
-   (0, 4, 5 draw the circle's outline), layer 4 alone, and all seven; the default was chosen with
-   --eval-seed 5000.
+   (0, 4, 5 draw the circle's outline), layer 4 alone, and all seven. The method's defaults (all layers,
+   k = 3) were chosen from a run with --eval-seed 5000 --n 8.
 d) attention maps (Figures B.1-B.2) of "circle" and "square" as PNG grids (`concept-edit attention`).
 Writes benchmarks/results/eigen_*.png; with --json prints one JSON object last:
 {"iris": {"classes": [...], "change": [[...]], ...}, "digits_conv": {...}, "digits_fc": {...}, "shapes": [...]}
@@ -76,11 +77,11 @@ def _matrix(model, stats, layer, x, y, classes, make):
 
 
 def _report(name, change, before, y, classes):
-    counts = [int((y == c).sum()) for c in classes]
+    counts = [int((y == c).sum()) for c in classes] if y is not None else None
     diag = np.diag(change)
-    off = change[~np.eye(len(classes), dtype=bool)]
+    off = change[~np.eye(len(change), dtype=bool)]
     return {
-        "classes": [str(c) for c in classes],
+        "classes": [str(c) for c in classes] if classes is not None else None,
         "change": np.round(change, 1).tolist(),
         "before": np.round(before, 4).tolist(),
         "test_n_per_class": counts,
@@ -225,6 +226,20 @@ def maps() -> list[str]:
 
 
 # -- output --------------------------------------------------------------------------------------------------------
+CHANGE_IS = "accuracy after erasure minus before, in percentage points (negative: the class lost accuracy)"
+
+
+def _mean_over_seeds(reports: list[dict]) -> dict:
+    """The seeds' mean matrix (what is printed and drawn), each seed's matrix kept; test n summed over seeds."""
+    changes = np.array([r["change"] for r in reports])
+    out = _report(reports[0]["name"], changes.mean(0), np.mean([r["before"] for r in reports], 0), None, None)
+    out["classes"] = reports[0]["classes"]
+    out["test_n_per_class"] = [int(sum(col)) for col in zip(*(r["test_n_per_class"] for r in reports), strict=True)]
+    out["change_sd_over_seeds"] = np.round(changes.std(0, ddof=1), 1).tolist() if len(reports) > 1 else None
+    out["change_per_seed"] = [r["change"] for r in reports]
+    return out
+
+
 def _heatmap(report: dict, path: Path) -> None:
     import matplotlib
 
@@ -238,7 +253,7 @@ def _heatmap(report: dict, path: Path) -> None:
     image = ax.imshow(change, cmap="RdBu", vmin=-limit, vmax=limit)
     ax.set_xticks(range(len(change)), report["classes"], rotation=45, fontsize=7)
     ax.set_yticks(range(len(change)), report["classes"], fontsize=7)
-    ax.set_xlabel("accuracy change of class (points)")
+    ax.set_xlabel("accuracy change of this class (points; negative = lost)")
     ax.set_ylabel("directions erased of class")
     for i in range(len(change)):
         for j in range(len(change)):
@@ -251,7 +266,8 @@ def _heatmap(report: dict, path: Path) -> None:
 
 
 def _print_matrix(report: dict) -> None:
-    print(f"\n{report['name']} (test n per class {report['test_n_per_class']}; before {report['before']})")
+    print(f"\n{report['name']}: {CHANGE_IS}; mean of {len(report['change_per_seed'])} seeds")
+    print(f"test n per class (all seeds) {report['test_n_per_class']}; accuracy before {report['before']}")
     print("| erased \\ class | " + " | ".join(report["classes"]) + " |")
     print("|---" * (len(report["classes"]) + 1) + "|")
     for name, row in zip(report["classes"], report["change"], strict=True):
@@ -263,22 +279,27 @@ def _print_matrix(report: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default="iris,digits,shapes,maps")
-    parser.add_argument("--seed", type=int, default=0, help="data split, training and statistics seed")
-    parser.add_argument("--n", type=int, default=8, help="ShapesSD images per object")
+    parser.add_argument("--seeds", default="0,1,2", help="iris/digits: data split and training seeds (mean shown)")
+    parser.add_argument("--seed", type=int, default=0, help="ShapesSD statistics seed")
+    parser.add_argument("--n", type=int, default=16, help="ShapesSD images per object")
     parser.add_argument("--eval-seed", type=int, default=SHAPES_EVAL_SEED, help="first ShapesSD suite seed")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     parts = args.parts.split(",")
     RESULTS.mkdir(exist_ok=True)
-    out: dict = {"seed": args.seed}
+    seeds = [int(x) for x in args.seeds.split(",")]
+    out: dict = {"seeds": seeds, "shapes_seed": args.seed, "change_is": CHANGE_IS}
     matrices = {}
     if "iris" in parts:
-        out["iris"] = iris(args.seed)
+        runs = [iris(seed) for seed in seeds]
+        out["iris"] = _mean_over_seeds(runs)
+        out["iris"]["leace"] = _mean_over_seeds([r["leace"] for r in runs])
         matrices["iris"] = out["iris"]
         matrices["iris_leace"] = out["iris"]["leace"]
     if "digits" in parts:
-        out.update(digits(args.seed))
-        matrices.update({k: v for k, v in out.items() if k.startswith("digits")})
+        runs = [digits(seed) for seed in seeds]
+        for name in runs[0]:
+            out[name] = matrices[name] = _mean_over_seeds([r[name] for r in runs])
     for name, report in matrices.items():
         _print_matrix(report)
         _heatmap(report, RESULTS / f"eigen_{name}.png")

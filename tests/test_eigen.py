@@ -62,6 +62,31 @@ def test_conv_maps_are_one_feature_vector_each():
     assert abs(float(top_directions(stats, "0", 0, 1)[0] @ u)) == pytest.approx(1.0, abs=1e-6)
 
 
+def test_centred_erasure_projects_around_the_class_mean():
+    model, (x, y) = _model(), _data()
+    stats = _stats(model, x, y)
+    change = svd_eraser(stats, "2", 1, k=2, centre=True)
+    with torch.no_grad():
+        plain = model(x)
+        with erased(model, [change]):
+            edited = model(x)
+    mean = plain[y == 1].mean(0)
+    v = change.directions
+    assert torch.allclose(change.bias, mean, atol=1e-5)
+    assert torch.allclose(edited, plain - ((plain - mean) @ v.T) @ v, atol=1e-5)
+    assert ((edited[y == 1] - mean) @ v.T).abs().max() < 1e-4
+
+
+def test_several_classes_remove_the_span_of_all_their_directions():
+    model, (x, y) = _model(), _data()
+    stats = _stats(model, x, y)
+    both = svd_eraser(stats, "2", [0, 2], k=2)
+    each = torch.cat([top_directions(stats, "2", c, 2) for c in (0, 2)]).float()
+    assert both.rank == 4
+    assert torch.allclose(both.directions @ both.directions.T, torch.eye(4), atol=1e-5)
+    assert torch.allclose(each @ both.directions.T @ both.directions, each, atol=1e-5)  # every direction inside
+
+
 def test_hook_removes_exactly_the_stored_directions():
     model, (x, y) = _model(), _data()
     change = svd_eraser(_stats(model, x, y), "2", 2, k=2)
@@ -128,6 +153,19 @@ def test_bad_input_is_refused_and_installs_nothing():
         svd_eraser(few, "2", 1)
     with pytest.raises(ValueError, match="other classes"):
         leace_eraser(few, "2", 0)
+    with pytest.raises(ValueError, match="class indices 0..1"), recording(few, model) as rec:
+        rec.labels = torch.tensor([0, 2])
+        model(x[:2])
+    with pytest.raises(ValueError, match="class indices"), recording(few, model) as rec:
+        rec.labels = -1
+        model(x[:2])
+    assert few.samples("2", 0) == 2  # the refused batches added nothing
+    conv = nn.Conv2d(1, 2, 3)
+    with pytest.raises(EditError, match="only the output of an nn.Linear"):
+        fold(ActivationProjection.of("c", torch.ones(1, 2)), conv)
+    affine = ActivationProjection("l", torch.ones(1, 3) / 3**0.5, back=torch.ones(1, 3), bias=torch.ones(3))
+    with pytest.raises(EditError, match="no bias to absorb"):
+        fold(affine, nn.Linear(2, 3, bias=False))
     good = svd_eraser(stats, "2", 0)
     bad = ActivationProjection.of("0.nope", torch.ones(1, 12))
     with pytest.raises(ValueError, match="no module"), erased(model, [good, bad]):
@@ -170,7 +208,9 @@ def test_eigen_on_a_pipeline_fold_equals_hooks_and_touches_only_the_chosen_layer
         a = to_array(generate(sd, ["a photo of a cat"], [1], steps=2))
     with applied(sd, folded):
         b = to_array(generate(sd, ["a photo of a cat"], [1], steps=2))
+    base = to_array(generate(sd, ["a photo of a cat"], [1], steps=2))
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # float rounding of the folded weights only
+    assert np.abs(a.astype(int) - base.astype(int)).max() > 5  # and the edit does change the image
 
 
 def test_eigen_bad_requests(sd):
@@ -182,6 +222,10 @@ def test_eigen_bad_requests(sd):
         make_config("eigen", eraser="pca")
     with pytest.raises(ValueError, match="use leace"):
         fit(sd, "eigen", EditRequest(concepts=("cat",), preserve=("dog",)), make_config("eigen"), progress=False)
+    with pytest.raises(ValueError, match="more than the"):
+        fit(sd, "eigen", EditRequest(concepts=("cat",)), make_config("eigen", k=10**4), progress=False)
+    with pytest.raises(ValueError, match="LEACE always works around the mean"):
+        make_config("eigen", eraser="leace", centre=True)
     with pytest.raises(ValueError, match="no cross-attention layer 'unet.nope'"):
         fit(sd, "eigen", EditRequest(concepts=("cat",)), make_config("eigen", layers=("unet.nope",)), progress=False)
 
@@ -206,10 +250,16 @@ def test_attention_maps_are_distributions_over_the_image(sd):
     from concept_edit.attention_maps import attention_maps
     from concept_edit.models.targets import cross_attention_layers
 
-    maps, image = attention_maps(sd, "a photo of a cat", "cat", steps=3)
+    maps, image = attention_maps(sd, "a photo of a cat", "cat", steps=3, guidance=7.5)
     assert len(maps) == len(cross_attention_layers(sd))
     for layer in maps:
         assert layer.shape[0] == 3 and layer.shape[1] == layer.shape[2]
         assert (layer >= 0).all() and (layer <= 1 + 1e-6).all()
     assert image.ndim == 3
-    assert all(type(get_module(sd, x.path).processor).__name__ != "AttnProcessor" for x in cross_attention_layers(sd))
+    # the first step sees the same latents with or without guidance: the maps read must be the prompt's half
+    unguided, _ = attention_maps(sd, "a photo of a cat", "cat", steps=3, guidance=1.0)
+    for guided_layer, plain_layer in zip(maps, unguided, strict=True):
+        assert np.allclose(guided_layer[0], plain_layer[0], atol=1e-5)
+    for layer in cross_attention_layers(sd):
+        module = get_module(sd, layer.path)
+        assert type(module.processor).__name__ != "AttnProcessor" and "get_attention_scores" not in module.__dict__

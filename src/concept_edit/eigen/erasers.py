@@ -62,11 +62,26 @@ def top_directions(stats: ActivationStatistics, layer: str, label, k: int = 1, *
 
 
 def svd_eraser(
-    stats: ActivationStatistics, layer: str, label, k: int = 1, *, centre: bool = False, target: str | None = None
+    stats: ActivationStatistics, layer: str, labels, k: int = 1, *, centre: bool = False, target: str | None = None
 ) -> ActivationProjection:
-    """Eq. 6: remove the class's top-k directions from every activation at `layer` (stored in float32)."""
-    directions = top_directions(stats, layer, label, k, centre=centre).float()
-    return ActivationProjection.of(target or layer, directions, stats.site, stats.feature_dims)
+    """Eq. 6: remove the top-k directions of each class in `labels` (one label or several) from every activation.
+
+    Several classes: the span of all their directions (orthonormalised; directions that add nothing are
+    dropped). Centred, the projection is taken around the classes' mean mu: x -> x - U U^T (x - mu), so the
+    mean itself is kept (the affine form of the activation change); uncentred it is eq. 6, x -> x - U U^T x.
+    """
+    labels = list(labels) if isinstance(labels, list | tuple) else [labels]
+    stacked = torch.cat([top_directions(stats, layer, label, k, centre=centre) for label in labels])
+    u, s, _ = torch.linalg.svd(stacked.T, full_matrices=False)
+    directions = u[:, s > 1e-6 * s[0]].T.float().contiguous()
+    if not centre:
+        return ActivationProjection(target or layer, directions, stats.site, stats.feature_dims)
+    layer_stats = stats.layer(layer)
+    rows = [stats.index(label) for label in labels]
+    mean = layer_stats.total[rows].sum(0) / layer_stats.count[rows].sum()
+    return ActivationProjection(
+        target or layer, directions, stats.site, stats.feature_dims, back=directions, bias=mean.float().contiguous()
+    )
 
 
 def leace_eraser(stats: ActivationStatistics, layer: str, labels, *, target: str | None = None) -> ActivationProjection:

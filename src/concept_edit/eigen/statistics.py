@@ -77,7 +77,7 @@ class ActivationStatistics:
         return self.classes.index(label)
 
     def add(self, layer: str, x: torch.Tensor, labels: torch.Tensor | int) -> None:
-        """Add a batch of activations `x` (batch first) whose samples have class indices `labels`."""
+        """Add a batch of activations `x` (batch first) whose samples have class indices `labels` (or one index)."""
         if x.dim() <= self.feature_dims:
             raise ValueError(f"{layer}: activation of shape {tuple(x.shape)} has no batch axis before its features")
         dim = math.prod(x.shape[x.dim() - self.feature_dims :])
@@ -87,12 +87,13 @@ class ActivationStatistics:
         if stats.dim != dim:
             raise ValueError(f"{layer}: features of size {dim}, earlier batches had {stats.dim}")
         x = x.reshape(x.shape[0], -1, dim)
-        if isinstance(labels, int):
-            stats.update(x.reshape(-1, dim), labels)
-            return
         labels = torch.as_tensor(labels).reshape(-1)
+        if len(labels) == 1 and len(x) != 1:
+            labels = labels.expand(len(x))
         if len(labels) != len(x):
             raise ValueError(f"{layer}: {len(labels)} labels for a batch of {len(x)}")
+        if labels.is_floating_point() or bool(((labels < 0) | (labels >= len(self.classes))).any()):
+            raise ValueError(f"labels are class indices 0..{len(self.classes) - 1}; got {labels.unique().tolist()}")
         for label in labels.unique().tolist():
             stats.update(x[labels == label].reshape(-1, dim), int(label))
 
@@ -150,8 +151,16 @@ def recording(stats: ActivationStatistics, resolve: Callable[[str], nn.Module] |
             if stats.site == "output":
                 handles.append(module.register_forward_hook(lambda _m, _a, out, record=record: record(out)))
             else:
-                handles.append(module.register_forward_pre_hook(lambda _m, args, record=record: record(args[0])))
+                handles.append(module.register_forward_pre_hook(lambda _m, args, record=record: record(_first(args))))
         yield state
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _first(args: tuple):
+    if not args:
+        raise ValueError(
+            "the module was called without a positional input to record; use site='output' on the one before"
+        )
+    return args[0]

@@ -4,7 +4,7 @@ The model generates `samples` images for each concept; on the way, the condition
 chosen cross-attention layer is recorded (every image token at every denoising step is one feature vector,
 eq. 4's eta^j) into a running Gram matrix. The concept's top-k left singular directions (eq. 5) are then
 removed from that layer's output for every prompt (eq. 6), as an activation edit. Several concepts: the
-span of all their directions is removed (one orthogonal projection per layer).
+span of all their directions is removed (one projection per layer).
 
 The hook sits on the output projection `attn2.to_out.0` (a linear layer whose output is the attention
 module's output in SD's UNets), so that `fold=True` can turn the projection into exact weight deltas
@@ -50,9 +50,11 @@ class EigenConfig:
     layers: tuple[str, ...] = field(
         default=(), metadata={"help": "cross-attention layers: index (0: the first) or module path; default all"}
     )
-    k: int = field(default=3, metadata={"help": "directions removed per concept and layer (paper: 1, 3, 5)"})
+    k: int = field(default=3, metadata={"help": "svd: directions removed per concept and layer (paper: 1, 3, 5)"})
     eraser: str = field(default="svd", metadata={"help": "svd (the paper's eq. 4-6) | leace"})
-    centre: bool = field(default=False, metadata={"help": "centre the activations first (the paper does not)"})
+    centre: bool = field(
+        default=False, metadata={"help": "svd: project around the concept's mean (the paper does not)"}
+    )
     samples: int = field(default=8, metadata={"help": "images generated per concept for the statistics"})
     steps: int | None = field(default=None, metadata={"help": "denoising steps per image (default: the model's)"})
     guidance: float | None = field(default=None, metadata={"help": "guidance scale (default: the model's)"})
@@ -71,6 +73,8 @@ class EigenConfig:
         )
         if self.eraser not in ERASERS:
             raise ValueError(f"eraser must be one of {', '.join(ERASERS)}, got {self.eraser!r}")
+        if self.eraser == "leace" and self.centre:
+            raise ValueError("centre applies to the svd eraser; LEACE always works around the mean")
         if len(set(self.layers)) != len(self.layers):
             raise ValueError(f"a layer is listed twice in {list(self.layers)}")
 
@@ -99,16 +103,18 @@ def chosen_layers(pipe, layers: tuple[str, ...]) -> list[str]:
 
 @torch.no_grad()
 def record_prompts(pipe, stats: ActivationStatistics, prompts, config: EigenConfig, seed: int, progress: bool):
-    """Generate `samples` images per prompt (guided DDIM-style, the pipeline's scheduler) and record each class.
+    """Generate `samples` images per prompt (guided DDIM, deterministic given the seed) and record each class.
 
     Only the conditional branch is recorded: the unconditional call of each guided step runs with the hooks off.
     """
+    from diffusers import DDIMScheduler
+
     info = model_info(pipe)
     steps = config.steps or info.default_steps
     guidance = info.default_guidance if config.guidance is None else config.guidance
     unet = pipe.unet
     cond = encode_conditions(pipe, [*prompts, ""])
-    scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     size = info.resolution // getattr(pipe, "vae_scale_factor", 8)
     n = config.samples
     with recording(stats, lambda path: get_module(pipe, path)) as rec:
@@ -140,6 +146,10 @@ def _check(pipe, request: EditRequest, config: EigenConfig) -> None:
 def fit_eigen(pipe, request: EditRequest, config: EigenConfig, inputs=None, *, seed: int = 0, progress: bool = True):
     _check(pipe, request, config)
     layers = chosen_layers(pipe, config.layers)
+    for layer in layers:  # before any image is generated
+        dim = get_module(pipe, layer).out_features
+        if config.eraser == "svd" and config.k * len(request.concepts) > dim:
+            raise ValueError(f"k = {config.k} per concept is more than the {dim} features at {layer} can hold")
     concepts = list(request.concepts)
     others = list(request.preserve) or [""]
     prompts = concepts + (others if config.eraser == "leace" else [])
@@ -148,9 +158,8 @@ def fit_eigen(pipe, request: EditRequest, config: EigenConfig, inputs=None, *, s
     changes, explained = [], {}
     for layer in layers:
         if config.eraser == "svd":
-            parts = [svd_eraser(stats, layer, i, config.k, centre=config.centre) for i in range(len(concepts))]
-            change = parts[0] if len(parts) == 1 else type(parts[0]).of(layer, torch.cat([p.directions for p in parts]))
-            explained[layer] = _explained(stats, layer, change.directions, len(concepts))
+            change = svd_eraser(stats, layer, list(range(len(concepts))), config.k, centre=config.centre)
+            explained[layer] = _explained(stats, layer, change, len(concepts))
         else:
             change = leace_eraser(stats, layer, list(range(len(concepts))))
         changes.extend(fold_projection(change, get_module(pipe, layer)) if config.fold else [change])
@@ -169,9 +178,16 @@ def fit_eigen(pipe, request: EditRequest, config: EigenConfig, inputs=None, *, s
     )
 
 
-def _explained(stats: ActivationStatistics, layer: str, directions: torch.Tensor, concepts: int) -> float:
-    """Share of the concepts' activation energy (sum of squares) that lies in the removed span."""
+def _explained(stats: ActivationStatistics, layer: str, change, concepts: int) -> float:
+    """Share of the concepts' activation energy (sum of squares, around `bias` when centred) in the removed span."""
     layer_stats = stats.layer(layer)
     gram = layer_stats.gram[:concepts].sum(0)
-    v = directions.double()
+    if change.bias is not None:
+        mean = change.bias.double()
+        gram = (
+            gram
+            - 2 * torch.outer(layer_stats.total[:concepts].sum(0), mean)
+            + layer_stats.count[:concepts].sum() * torch.outer(mean, mean)
+        )
+    v = change.directions.double()
     return round(float(torch.trace(v @ gram @ v.T) / torch.trace(gram)), 4)
