@@ -244,6 +244,14 @@ def test_attention_maps_and_the_cli(sd_folder, tmp_path, capsys):
                  "--steps", "2", "--fold", "--out", str(edit)])  # fmt: skip
     assert code == 0
     assert {e.kind for e in Edit.load(edit / "edit.safetensors").entries} == {"dense"}
+    folder = tmp_path / "exported"  # a folded edit bakes into a plain diffusers folder
+    assert main(["export", "--model", str(sd_folder), "--edit", str(edit), "--out", str(folder)]) == 0
+    hooked = tmp_path / "hooked"
+    assert main(["edit", "eigen", "--model", str(sd_folder), "--concept", "cat", "--layers", "0", "--samples", "2",
+                 "--steps", "2", "--out", str(hooked)]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["export", "--model", str(sd_folder), "--edit", str(hooked), "--out", str(tmp_path / "x")]) == 2
+    assert "--fold" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 def test_attention_maps_are_distributions_over_the_image(sd):

@@ -25,7 +25,8 @@ def export_pipeline(pipe, edits: list[Edit], out: str | Path, spec: str | None =
     if hooked:
         raise ValueError(
             f"{hooked[0]} changes activations through forward hooks, which a diffusers folder cannot hold; "
-            "apply it with concept-edit (--edit, or concept_edit.apply) instead of exporting it"
+            "apply it with concept-edit (--edit, or concept_edit.apply) instead of exporting it, or remake it with "
+            "--fold where the method offers it (eigen)"
         )
     if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} already exists and is not an empty folder; choose a new --out or pass --force")
