@@ -155,18 +155,17 @@ def fit_eigen(pipe, request: EditRequest, config: EigenConfig, inputs=None, *, s
     prompts = concepts + (others if config.eraser == "leace" else [])
     stats = ActivationStatistics(layers, list(range(len(prompts))))
     record_prompts(pipe, stats, prompts, config, seed, progress)
-    changes, explained = [], {}
+    changes, explained, ranks = [], {}, {}
     for layer in layers:
         if config.eraser == "svd":
             change = svd_eraser(stats, layer, list(range(len(concepts))), config.k, centre=config.centre)
             explained[layer] = _explained(stats, layer, change, len(concepts))
         else:
             change = leace_eraser(stats, layer, list(range(len(concepts))))
+            ranks[layer] = change.rank
         changes.extend(fold_projection(change, get_module(pipe, layer)) if config.fold else [change])
-    vectors = {layer: stats.samples(layer, 0) for layer in layers[:1]}
-    stats_out = {"layers": layers, "feature_vectors_per_concept": next(iter(vectors.values()))}
-    if explained:
-        stats_out["explained_share"] = explained
+    stats_out = {"layers": layers, "feature_vectors_per_concept": stats.samples(layers[0], 0)}
+    stats_out.update({"explained_share": explained} if explained else {"leace_rank": ranks})
     return Edit.create(
         pipe,
         changes,
