@@ -271,3 +271,16 @@ def test_attention_maps_are_distributions_over_the_image(sd):
     for layer in cross_attention_layers(sd):
         module = get_module(sd, layer.path)
         assert type(module.processor).__name__ != "AttnProcessor" and "get_attention_scores" not in module.__dict__
+
+
+def test_eigen_and_attention_maps_on_sdxl(sdxl):
+    from concept_edit.attention_maps import attention_maps
+
+    edit = fit(sdxl, "eigen", EditRequest(concepts=("cat",)), make_config("eigen", k=1, samples=1, steps=2),
+               progress=False)  # fmt: skip
+    base = to_array(generate(sdxl, ["a photo of a cat"], [0], steps=2))
+    with applied(sdxl, edit):
+        after = to_array(generate(sdxl, ["a photo of a cat"], [0], steps=2))
+    assert not np.array_equal(base, after)
+    maps, _ = attention_maps(sdxl, "a photo of a cat", "cat", steps=2)
+    assert all(np.isfinite(layer).all() and layer.shape[0] == 2 for layer in maps)
