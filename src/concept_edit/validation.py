@@ -42,6 +42,13 @@ def check_seed(seed: Any, name: str = "seed") -> int:
     return check_number(name, seed, low=0, high=MAX_SEED, integer=True)
 
 
+def check_choice(name: str, value: Any, allowed) -> Any:
+    """ValueError naming the allowed values unless `value` is one of them."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
 def check_fields(obj: Any, rules: dict[str, dict]) -> None:
     """Apply `check_number` to dataclass fields: {field name: check_number keyword arguments}."""
     for field_name, rule in rules.items():

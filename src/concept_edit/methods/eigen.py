@@ -40,7 +40,7 @@ from concept_edit.models.loading import model_info
 from concept_edit.models.prompts import concept_ids
 from concept_edit.models.targets import cross_attention_layers
 from concept_edit.training import step_generator
-from concept_edit.validation import check_fields
+from concept_edit.validation import check_choice, check_fields
 
 ERASERS = ("svd", "leace")
 
@@ -71,8 +71,7 @@ class EigenConfig:
                 "guidance": {"low": 0, "optional": True},
             },
         )
-        if self.eraser not in ERASERS:
-            raise ValueError(f"eraser must be one of {', '.join(ERASERS)}, got {self.eraser!r}")
+        check_choice("eraser", self.eraser, ERASERS)
         if self.eraser == "leace" and self.centre:
             raise ValueError("centre applies to the svd eraser; LEACE always works around the mean")
         if len(set(self.layers)) != len(self.layers):

@@ -78,7 +78,7 @@ from concept_edit.models.loading import model_info
 from concept_edit.models.prompts import concept_ids
 from concept_edit.models.targets import cross_attention_layers, denoiser
 from concept_edit.training import load_checkpoint, run_steps, save_checkpoint, step_generator, step_rng
-from concept_edit.validation import check_fields
+from concept_edit.validation import check_choice, check_fields
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +129,7 @@ class ESDConfig:
             },
         )
         for name, allowed in (("variant", VARIANTS), ("sampler", SAMPLERS), ("precision", PRECISIONS)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+            check_choice(name, getattr(self, name), allowed)
 
     @property
     def learning_rate(self) -> float:
@@ -154,8 +153,7 @@ def variant_parameters(pipe, variant: str, *, weights_only: bool = False) -> lis
     As `esd_sdxl.py` does, on SDXL `u` and `all` keep only modules inside the UNet's blocks and leave out the
     embeddings (time, added text/time): the official SD script trains them too, and so does this on SD.
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    check_choice("variant", variant, VARIANTS)
     prefix, unet = denoiser(pipe)
     cross = [layer.path for layer in cross_attention_layers(pipe)]
     kv = {p for layer in cross_attention_layers(pipe) for p in (layer.to_k, layer.to_v)}

@@ -71,7 +71,7 @@ from concept_edit.models.prompts import (
     unconditional_embedding,
 )
 from concept_edit.models.targets import cross_attention_layers, get_parameter
-from concept_edit.validation import check_fields
+from concept_edit.validation import check_choice, check_fields
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +116,7 @@ class UCEConfig:
                 "debias_guidance": {"low": 0, "optional": True},
             },
         )
-        if self.tokens not in TOKEN_MODES:
-            raise ValueError(f"tokens must be one of {', '.join(TOKEN_MODES)}, got {self.tokens!r}")
+        check_choice("tokens", self.tokens, TOKEN_MODES)
 
     @property
     def dtype(self) -> torch.dtype:
