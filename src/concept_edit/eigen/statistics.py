@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from concept_edit.validation import check_choice
+
 SITES = ("output", "input")
 
 
@@ -48,7 +50,8 @@ class ActivationStatistics:
 
     `layers` are module paths (relative to the root given to `recording`); `feature_dims` is how many trailing
     axes make one feature vector (1 for linear and attention outputs: every token is a vector; 3 for a conv
-    map C x H x W, as the paper treats CNN activations).
+    map C x H x W, as the paper treats CNN activations). Recording takes class *indices* (positions in
+    `classes`, as a classifier's targets are); the erasers take the class values themselves.
     """
 
     def __init__(
@@ -63,8 +66,7 @@ class ActivationStatistics:
             raise ValueError("no layer given: name at least one module path to record")
         if len(set(classes)) != len(classes) or not classes:
             raise ValueError(f"classes must be distinct and at least one, got {list(classes)}")
-        if site not in SITES:
-            raise ValueError(f"site must be one of {SITES}, got {site!r}")
+        check_choice("site", site, SITES)
         if not isinstance(feature_dims, int) or feature_dims < 1:
             raise ValueError(f"feature_dims must be a positive integer, got {feature_dims!r}")
         self.layers, self.classes = list(layers), list(classes)
