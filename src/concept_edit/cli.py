@@ -61,7 +61,9 @@ def _dataclass_options(parser, cls: type) -> list[str]:
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else "none"
-        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        help_text = f.metadata.get("help", "")
+        if "default" not in help_text:  # a help that explains its own default keeps it
+            help_text += f" (default: {default})"
         kind, repeatable = _field_kind(hints[f.name])
         if f.metadata.get("parse") is not None:
             kind = str

@@ -48,7 +48,7 @@ ERASERS = ("svd", "leace")
 @dataclass(frozen=True)
 class EigenConfig:
     layers: tuple[str, ...] = field(
-        default=(), metadata={"help": "cross-attention layers: index (0: the first) or module path; default all"}
+        default=(), metadata={"help": "cross-attention layers: index (0: the first) or module path (default: all)"}
     )
     k: int = field(default=3, metadata={"help": "svd: directions removed per concept and layer (paper: 1, 3, 5)"})
     eraser: str = field(default="svd", metadata={"help": "svd (the paper's eq. 4-6) | leace"})
