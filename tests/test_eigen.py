@@ -213,6 +213,20 @@ def test_eigen_on_a_pipeline_fold_equals_hooks_and_touches_only_the_chosen_layer
     assert np.abs(a.astype(int) - base.astype(int)).max() > 5  # and the edit does change the image
 
 
+def test_leace_without_its_package_is_refused_before_any_work(sd, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "concept_erasure" else real(name, *a)
+    )
+    calls = []
+    monkeypatch.setattr("concept_edit.methods.eigen.record_prompts", lambda *a, **k: calls.append(a))
+    with pytest.raises(ValueError, match=r"concept-edit\[eigen\]"):
+        fit(sd, "eigen", EditRequest(concepts=("cat",)), make_config("eigen", eraser="leace"), progress=False)
+    assert not calls
+
+
 def test_eigen_bad_requests(sd):
     with pytest.raises(ValueError, match="cross-attention layers"):
         fit(sd, "eigen", EditRequest(concepts=("cat",)), make_config("eigen", layers=("99",)), progress=False)

@@ -24,6 +24,7 @@ maps outline the object, left "circle" fully drawn; top-3 at every layer removed
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass, field
 
 import torch
@@ -137,6 +138,8 @@ def _check(pipe, request: EditRequest, config: EigenConfig) -> None:
             raise ValueError(f"concept {concept!r} has no tokens for this model's tokenizer")
     if request.guide is not None or request.guides:
         raise ValueError("eigen removes directions; it takes no guide concept")
+    if config.eraser == "leace" and importlib.util.find_spec("concept_erasure") is None:
+        raise ValueError("the leace eraser needs the concept-erasure package: pip install 'concept-edit[eigen]'")
     if config.eraser == "svd" and request.preserve:
         raise ValueError("the svd eraser takes no preserved concepts (eq. 6 projects every prompt alike); use leace")
 
