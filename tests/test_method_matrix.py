@@ -24,11 +24,13 @@ EXAMPLES = {
     "uce": {"sd": EditRequest(concepts=("cat",), guide="art"), "shapes": EditRequest(concepts=("circle",))},
     "esd": {"sd": EditRequest(concepts=("cat",)), "shapes": EditRequest(concepts=("circle",))},
     "eigen": {"sd": EditRequest(concepts=("cat",)), "shapes": EditRequest(concepts=("circle",))},
+    "cad": {"sd": EditRequest(concepts=("cat",)), "shapes": EditRequest(concepts=("circle",))},
 }
 # Options that keep a trained method's matrix run short (a few steps, with a step size that shows in the output).
 OPTIONS = {
     "esd": {"iterations": 3, "pool_trajectories": 2, "sampling_steps": 3, "lr": 3e-3},
     "eigen": {"samples": 2, "steps": 3},
+    "cad": {"samples": 1, "steps": 3},
 }
 
 

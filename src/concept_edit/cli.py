@@ -134,10 +134,11 @@ def cmd_methods(args: argparse.Namespace) -> None:
 
 
 def cmd_edit(args: argparse.Namespace) -> None:
-    from concept_edit.edit import resolve_edit_path
+    from concept_edit.edit import applied, resolve_edit_path
     from concept_edit.methods import EditRequest, fit, get_method, make_config, make_inputs
 
-    target = check_output(resolve_edit_path(args.out, for_writing=True), force=args.force)
+    out = resolve_edit_path(args.out, for_writing=True)
+    target = check_output(out, force=args.force, inputs=edit_inputs(args.edit))
     method = get_method(args.method)
     config = make_config(args.method, **_values(args, args.config_fields))
     lists = _request_lists(args)
@@ -152,12 +153,14 @@ def cmd_edit(args: argparse.Namespace) -> None:
     )
     values = _values(args, args.input_fields)
     checkpoint = _checkpoint_path(args, method, target, values)
+    below = load_edits(args.edit)
     pipe = load_model(args)
     for f in dataclasses.fields(method.inputs_cls):  # text specs (a judge...) become objects for this pipeline
         parse = f.metadata.get("parse")
         if parse is not None and f.name in values:
             values[f.name] = parse(values[f.name], pipe)
-    edit = fit(pipe, args.method, request, config, make_inputs(args.method, **values), seed=args.seed)
+    with applied(pipe, *below):
+        edit = fit(pipe, args.method, request, config, make_inputs(args.method, **values), seed=args.seed)
     if args.store_dtype:
         import torch
 
@@ -306,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
         method = get_method(name)
         p = per_method.add_parser(name, help=method.summary, description=method.summary)
         add_model_args(p)
+        p.add_argument(
+            "--edit", action="append", help="fit on top of this edit (repeat); apply it before the new one later"
+        )
         p.add_argument("--concept", action="append", help="a concept to edit (repeat for several)")
         p.add_argument(
             "--concepts-file", type=Path, metavar="PATH", help="concepts to edit, one per line ('concept: guide')"
@@ -378,8 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_evaluation_verbs(verbs) -> None:
+    from concept_edit.cad import cli as cad_cli
     from concept_edit.evaluation import cli as evaluation_cli
 
+    cad_cli.add_verbs(verbs)
     evaluation_cli.add_verbs(verbs)
 
 
