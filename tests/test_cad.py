@@ -260,3 +260,44 @@ def test_bad_inputs_write_nothing(sd, tmp_path):
     with pytest.raises(ValueError, match="match no layer"):
         group_weights(type("Pipe", (), {"unet": torch.nn.Sequential(torch.nn.Linear(2, 2))})(), ("ff",))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad"]
+
+
+def test_cli_attribute_then_edit_from_the_scores_and_check(sd_folder, tmp_path, capsys):
+    from concept_edit.cli import main
+
+    fast = ["--samples", "1", "--steps", "3"]
+    scores = tmp_path / "scores.safetensors"
+    assert main(["attribute", "--model", str(sd_folder), "--concept", "cat", *fast, "--out", str(scores)]) == 0
+    out = capsys.readouterr().out
+    assert "positive mass" in out and "| ff | down_blocks |" in out
+    edit_dir = tmp_path / "no-cat"
+    code = main(["edit", "cad", "--model", str(sd_folder), "--concept", "cat", "--scores", str(scores),
+                 "--ablate-ratio", "0.05", "--out", str(edit_dir)])  # fmt: skip
+    assert code == 0 and (edit_dir / "edit.safetensors").exists()
+    png = tmp_path / "check.png"
+    code = main(["cad-check", "--model", str(sd_folder), "--concept", "cat", *fast, "--subsets", "5",
+                 "--fraction", "0.01", "--out", str(png)])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0 and "Pearson r" in out and png.exists() and png.with_suffix(".json").exists()
+    # amplify on top of the erasing edit: --edit applies it first
+    amp = ["--mode", "amplify", "--images", "shapes:circle:2", *fast, "--out", str(tmp_path / "amp")]
+    code = main(["edit", "cad", "--model", str(sd_folder), "--edit", str(edit_dir), "--concept", "cat", *amp])
+    assert code == 0 and (tmp_path / "amp" / "edit.safetensors").exists()
+
+
+def test_cli_bad_cad_input_writes_nothing(sd_folder, tmp_path, capsys):
+    from concept_edit.cli import main
+
+    base = ["--model", str(sd_folder), "--concept", "cat"]
+    cases = [
+        (["edit", "cad", *base, "--ablate-ratio", "1.5", "--out", str(tmp_path / "a")], "ablate_ratio must be <= 1"),
+        (["edit", "cad", *base, "--mode", "amplify", "--out", str(tmp_path / "b")], "amplify needs images"),
+        (["edit", "cad", *base, "--modules", "mlp", "--out", str(tmp_path / "c")], "modules must be one of"),
+        (["attribute", *base, "--mode", "amplify", "--images", str(tmp_path), "--out", str(tmp_path / "s.safetensors")],
+         "no image file"),
+        (["cad-check", *base, "--fraction", "2", "--out", str(tmp_path / "c.png")], "--fraction must be <= 1"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        assert main(argv) == 2
+        assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

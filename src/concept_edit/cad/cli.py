@@ -19,7 +19,7 @@ def add_verbs(verbs) -> None:
         p.add_argument("--mode", choices=("erase", "amplify"), default="erase", help="objective: eq. 4 or eq. 5")
         p.add_argument("--guide", default=None, help="erase: the base prompt c_base (default: '')")
         p.add_argument("--images", help="amplify: a folder of images of the concept, or shapes:OBJECT[:N]")
-        p.add_argument("--module", action="append", help="ff, attn1, attn2 or residual (repeat; default ff)")
+        p.add_argument("--modules", action="append", help="ff, attn1, attn2 or residual (repeat; default ff)")
         p.add_argument("--samples", type=number("--samples", low=1, integer=True), help="erase: trajectories")
         p.add_argument("--steps", type=number("--steps", low=1, integer=True), help="DDIM steps of a trajectory")
         p.add_argument("--timesteps", type=number("--timesteps", low=1, integer=True), help="steps attributed at")
@@ -48,7 +48,7 @@ def _prepare(args: argparse.Namespace, suffix: str, extra_outputs=()):
     for extra in extra_outputs:
         check_output(out.with_suffix(extra), force=args.force, inputs=edit_inputs(args.edit))
     request = EditRequest(concepts=(args.concept,), mode=args.mode, guide=args.guide)
-    options = {"modules": tuple(args.module)} if args.module else {}
+    options = {"modules": tuple(args.modules)} if args.modules else {}
     for key in ("samples", "steps", "timesteps", "batch_size"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
