@@ -301,3 +301,63 @@ def test_cli_bad_cad_input_writes_nothing(sd_folder, tmp_path, capsys):
         assert main(argv) == 2
         assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_amplify_scores_are_weight_times_an_independent_gradient_of_minus_the_loss(sd):
+    """Eq. 5 from scratch: VAE latents (sampled, scaled), noised at every DDIM timestep, J = -mean loss."""
+    from diffusers import DDIMScheduler
+
+    from concept_edit.cad.images import ConceptImages
+
+    pixels = torch.rand((2, 3, 32, 32), generator=torch.Generator().manual_seed(0)) * 2 - 1
+    request = EditRequest(concepts=("cat",), mode="amplify")
+    result = attribute(sd, request, config(), make_inputs("cad", images=ConceptImages(pixels, "test")), seed=5,
+                       progress=False)  # fmt: skip
+    scheduler = DDIMScheduler.from_config(sd.scheduler.config)
+    scheduler.set_timesteps(4)
+    cond = sd.encode_prompt(["cat"], "cpu", 1, False)[0]
+    names = list(result.weights)
+    params = dict(sd.unet.named_parameters())
+    chosen = [params[n.removeprefix("unet.")] for n in names]
+    total = [torch.zeros_like(p, dtype=torch.float64) for p in chosen]
+    for k in range(2):
+        with torch.no_grad():
+            dist = sd.vae.encode(pixels[k : k + 1]).latent_dist
+            z = dist.sample(generator=step_generator(5, k, 12)) * sd.vae.config.scaling_factor
+        noise = torch.randn((4, *z.shape[1:]), generator=step_generator(5, k, 13))
+        for j, t in enumerate(scheduler.timesteps):
+            x = scheduler.add_noise(z, noise[j : j + 1], t.reshape(1))
+            pred = sd.unet(x, t, encoder_hidden_states=cond).sample
+            j_value = -((pred - noise[j : j + 1]) ** 2).mean() / 8  # J = -E loss over 2 images x 4 steps
+            for acc, g in zip(total, torch.autograd.grad(j_value, chosen), strict=True):
+                acc += g.double()
+    expected = {n: result.weights[n].detach().double() * g for n, g in zip(names, total, strict=True)}
+    scale = max(e.abs().max() for e in expected.values())
+    for name in names:
+        torch.testing.assert_close(result.scores[name].double(), expected[name], atol=1e-5 * scale, rtol=1e-4)
+
+
+def test_v_prediction_output_is_read_as_epsilon(sd):
+    from diffusers import DDPMScheduler
+
+    from concept_edit.cad.attribution import epsilon
+
+    sd.scheduler = DDPMScheduler.from_config(sd.scheduler.config, prediction_type="v_prediction")
+    clean, noise = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    t = torch.tensor([10, 500, 990])
+    noisy = sd.scheduler.add_noise(clean, noise, t)
+    velocity = sd.scheduler.get_velocity(clean, noise, t)
+    torch.testing.assert_close(epsilon(sd, velocity, noisy, t), noise, atol=1e-4, rtol=1e-4)
+    sd.scheduler = DDPMScheduler.from_config(sd.scheduler.config, prediction_type="sample")
+    with pytest.raises(ValueError, match="epsilon or v-prediction"):
+        epsilon(sd, velocity, noisy, t)
+
+
+def test_attribution_restores_requires_grad_flags_and_existing_gradients(sd):
+    frozen = next(iter(sd.unet.parameters()))
+    frozen.requires_grad_(False)
+    kept = list(sd.unet.parameters())[-1]
+    kept.grad = torch.ones_like(kept)
+    attribute(sd, EditRequest(concepts=("cat",)), config(), CADInputs(), seed=0, progress=False)
+    assert frozen.requires_grad is False and frozen.grad is None
+    assert torch.equal(kept.grad, torch.ones_like(kept))

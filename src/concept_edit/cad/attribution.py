@@ -6,7 +6,9 @@ setting w_i to zero lowers J. Two objectives:
 * erase (eq. 4): J = E || sg(eps(x_t, c_base)) - eps(x_t, c) ||^2 on latents x_t the model generates for c
   (guided DDIM, guidance 3 as the official `compute_positive_neurons.py`); the squared norm is summed over
   the latent's elements, as there, and averaged over samples (the official code sums over its 50 steps,
-  a constant factor);
+  a constant factor). Each x_t is scored at the timestep t of the step it is the input of, from pure
+  noise (t = T) on; the official `custom_sample` scores the latent *after* step k at step k's timestep
+  (off by one step, so it never scores x_T and scores the finished x_0); not reproduced;
 * amplify (eq. 5): J = -E || eps - eps(x_t, c) ||^2, the training loss (mean over elements, as the official
   `compute_negative_neurons.py`) on images of the concept noised to every DDIM timestep.
 
@@ -70,6 +72,19 @@ def group_weights(pipe, groups: tuple[str, ...]) -> dict[str, nn.Parameter]:
     if not chosen:
         raise ValueError(f"the module groups {list(groups)} match no layer of this model's denoiser")
     return chosen
+
+
+def epsilon(pipe, output: torch.Tensor, latents: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """The UNet output as a noise prediction: eq. 4 and 5 are written in eps; a v-prediction model (SD 2.x at
+    768 px) is converted with eps = sqrt(a_t) v + sqrt(1 - a_t) x_t, so J measures the same thing there."""
+    kind = pipe.scheduler.config.get("prediction_type", "epsilon")
+    if kind == "epsilon":
+        return output
+    if kind != "v_prediction":
+        raise ValueError(f"CAD needs an epsilon or v-prediction model; this one predicts {kind!r}")
+    alphas = pipe.scheduler.alphas_cumprod.to(output.device)[timesteps.to(output.device).long()]
+    alphas = alphas.to(output.dtype).reshape(-1, *([1] * (output.ndim - 1)))
+    return alphas.sqrt() * output + (1 - alphas).sqrt() * latents.to(output.dtype)
 
 
 @dataclass
@@ -137,14 +152,15 @@ def erase_samples(
         for k, t in enumerate(scheduler.timesteps):
             rows = [torch.full_like(c, uncond_row), c, b[own_base]]
             inputs = torch.cat([x, x, x[own_base]])
-            eps = predict_noise(unet, scheduler.scale_model_input(inputs, t).to(unet.dtype), t,
+            out = predict_noise(unet, scheduler.scale_model_input(inputs, t).to(unet.dtype), t,
                                 cond.take(torch.cat(rows))).float()  # fmt: skip
-            eps_u, eps_c = eps[: len(x)], eps[len(x) : 2 * len(x)]
-            if k in steps:
-                target = eps_u.clone()
-                target[own_base] = eps[2 * len(x) :]
+            out_u, out_c = out[: len(x)], out[len(x) : 2 * len(x)]
+            if k in steps:  # x_t is scored at t, the step it is the input of (eq. 4)
+                base_eps = epsilon(pipe, out, inputs, t.expand(len(inputs)))
+                target = base_eps[: len(x)].clone()
+                target[own_base] = base_eps[2 * len(x) :]
                 parts.append((x.clone(), t.expand(len(x)).clone(), c.clone(), target))
-            x = scheduler.step(eps_u + guidance * (eps_c - eps_u), t, x).prev_sample
+            x = scheduler.step(out_u + guidance * (out_c - out_u), t, x).prev_sample
     return Samples(*(torch.cat([p[i] for p in parts]) for i in range(4)))
 
 
@@ -170,8 +186,9 @@ def amplify_samples(pipe, images: torch.Tensor, concept_row: int, *, scheduler, 
 def sample_losses(pipe, samples: Samples, cond: Conditions, objective: str) -> torch.Tensor:
     """Each sample's contribution to J (before averaging): erase +||.||^2 summed, amplify -||.||^2 averaged."""
     unet = pipe.unet
-    eps = predict_noise(unet, samples.latents.to(unet.dtype), samples.timesteps.to(pipe.device),
-                        cond.take(samples.rows)).float()  # fmt: skip
+    timesteps = samples.timesteps.to(pipe.device)  # DDIM's scale_model_input is the identity: latents go in as they are
+    out = predict_noise(unet, samples.latents.to(unet.dtype), timesteps, cond.take(samples.rows)).float()
+    eps = epsilon(pipe, out, samples.latents, timesteps)
     squared = (eps - samples.targets.to(eps.device)) ** 2
     if objective == "erase":
         return squared.flatten(1).sum(1)
@@ -191,16 +208,16 @@ def objective_value(pipe, samples: Samples, cond: Conditions, objective: str, ba
 def gradients_for(pipe, weights: dict[str, nn.Parameter]):
     """Only the chosen weights require grad inside the block; every flag and `.grad` is restored after it."""
     _, unet = denoiser(pipe)
-    flags = {p: p.requires_grad for p in unet.parameters()}
+    saved = {p: (p.requires_grad, p.grad) for p in unet.parameters()}
     chosen = {id(p) for p in weights.values()}
     try:
         for p in unet.parameters():
             p.requires_grad_(id(p) in chosen)
         yield
     finally:
-        for p, flag in flags.items():
+        for p, (flag, grad) in saved.items():
             p.requires_grad_(flag)
-            p.grad = None
+            p.grad = grad
 
 
 def add_batch_gradient(
@@ -219,10 +236,10 @@ def add_batch_gradient(
     Call inside `gradients_for(pipe, weights)`: autograd then computes no other weight's gradient.
     """
     part = samples.part(batch * batch_size, (batch + 1) * batch_size)
-    loss = sample_losses(pipe, part, cond, objective).sum() / len(samples)
+    loss = sample_losses(pipe, part, cond, objective).sum()  # unscaled: 1/N on an fp16 graph would underflow
     found = torch.autograd.grad(loss, list(weights.values()))
     for name, g in zip(weights, found, strict=True):
-        grads[name] += g.float()
+        grads[name] += g.float() / len(samples)
 
 
 def batch_count(samples: Samples, batch_size: int) -> int:
