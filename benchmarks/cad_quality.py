@@ -41,8 +41,9 @@ def _share(results: dict, concepts) -> dict:
     return {"accuracy": hits / n, "n": n, "ci95": list(wilson(hits, n))}
 
 
-def _measure(pipe, suite, edit, target: str) -> dict:
-    results, _ = evaluate(pipe, suite, edits=[edit] if edit else [], target=target, progress=False)
+def _measure(pipe, suite, edit, target: str, baseline) -> dict:
+    results, _ = evaluate(pipe, suite, edits=[edit] if edit else [], target=target, baseline_images=baseline,
+                          compute_baseline=False, progress=False)  # fmt: skip
     others = [c for c in results["per_concept"] if c != target]
     return {"target": _share(results, [target]), "others": _share(results, others),
             "per_concept": {k: v["accuracy"] for k, v in results["per_concept"].items()}}  # fmt: skip
@@ -76,13 +77,14 @@ def main() -> None:
     erase_scores = attribute(pipe, EditRequest(concepts=("circle",)), make_config("cad", modules=GROUPS),
                              CADInputs(), seed=args.train_seed, progress=False)  # fmt: skip
     out["erase_attribution_s"] = round(time.perf_counter() - started, 1)
-    out["erase_before"] = _measure(pipe, objects, None, "circle")
+    _, baseline = evaluate(pipe, objects, progress=False)  # the unedited images, generated once
+    out["erase_before"] = _measure(pipe, objects, None, "circle", baseline)
     for group in GROUPS:
         for ratio in ratios:
             edit, share = _edit(pipe, erase_scores, (group,), ratio, "erase", "circle")
-            row = {"zeroed_share": round(share, 5), **_measure(pipe, objects, edit, "circle")}
+            row = {"zeroed_share": round(share, 5), **_measure(pipe, objects, edit, "circle", baseline)}
             if group == "ff" and ratio == 0.001:
-                synonyms, _ = evaluate(pipe, paraphrase, edits=[edit], progress=False)
+                synonyms, _ = evaluate(pipe, paraphrase, edits=[edit], compute_baseline=False, progress=False)
                 row["synonyms"] = {k: v["accuracy"] for k, v in synonyms["per_concept"].items()}
             out["erase"][f"{group}@{ratio}"] = row
             print(f"erase {group}@{ratio}: circle {format_share(row['target'])}, others {format_share(row['others'])}",
@@ -93,10 +95,10 @@ def main() -> None:
     amplify_scores = attribute(pipe, request, make_config("cad"), CADInputs(images="shapes:diamond"),
                                seed=args.train_seed, progress=False)  # fmt: skip
     out["amplify_attribution_s"] = round(time.perf_counter() - started, 1)
-    out["amplify_before"] = _measure(pipe, objects, None, "diamond")
+    out["amplify_before"] = _measure(pipe, objects, None, "diamond", baseline)
     for ratio in ratios:
         edit, share = _edit(pipe, amplify_scores, ("ff",), ratio, "amplify", "diamond")
-        row = {"zeroed_share": round(share, 5), **_measure(pipe, objects, edit, "diamond")}
+        row = {"zeroed_share": round(share, 5), **_measure(pipe, objects, edit, "diamond", baseline)}
         out["amplify"][f"ff@{ratio}"] = row
         print(f"amplify ff@{ratio}: diamond {format_share(row['target'])}, others {format_share(row['others'])}",
               flush=True)  # fmt: skip

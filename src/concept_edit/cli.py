@@ -243,6 +243,21 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote diffusers pipeline to {out}")
 
 
+def cmd_export_lora(args: argparse.Namespace) -> None:
+    from concept_edit.lora_export import export_lora
+
+    out = check_output(args.out, force=args.force, suffix=".safetensors", inputs=edit_inputs(args.edit))
+    edits = load_edits(args.edit)
+    report = export_lora(load_model(args), edits, out, rank=args.rank, max_error=args.max_error,
+                         skip_biases=args.skip_biases, fmt=args.format)  # fmt: skip
+    ranks = sorted({m["rank"] for m in report.modules.values()})
+    worst = max(m["relative_error"] for m in report.modules.values())
+    print(f"wrote {out}: {len(report.modules)} LoRA pairs ({args.format} keys), rank {'-'.join(map(str, ranks))}, "
+          f"relative error {report.relative_error:.3g} overall, {worst:.3g} at worst")  # fmt: skip
+    for target, share in report.dropped_biases.items():
+        print(f"dropped the bias change of {target}: {share:.3g} of that bias's norm")
+
+
 def cmd_compose(args: argparse.Namespace) -> None:
     from concept_edit.edit import compose, resolve_edit_path
 
@@ -365,6 +380,21 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="a new (or empty) folder")
     add_force(export)
     export.set_defaults(func=cmd_export)
+
+    lora = verbs.add_parser("export-lora", help="write edits as a LoRA file for diffusers, ComfyUI, AUTOMATIC1111")
+    add_model_args(lora)
+    add_edit_args(lora, required=True)
+    lora.add_argument("--rank", type=number("--rank", low=1, integer=True),
+                      help="rank of every LoRA pair (default: low-rank changes keep theirs; dense ones get the "
+                           "smallest rank within --max-error)")  # fmt: skip
+    lora.add_argument("--format", choices=("diffusers", "kohya"), default="diffusers",
+                      help="diffusers (pipe.load_lora_weights) or kohya keys (ComfyUI, AUTOMATIC1111)")  # fmt: skip
+    lora.add_argument("--max-error", type=number("--max-error", low=0, high=0.999), default=0.01,
+                      help="largest relative error a compressed tensor may have")  # fmt: skip
+    lora.add_argument("--skip-biases", action="store_true", help="drop bias changes (a LoRA cannot hold them)")
+    lora.add_argument("--out", required=True, help="the LoRA .safetensors file")
+    add_force(lora)
+    lora.set_defaults(func=cmd_export_lora)
 
     comp = verbs.add_parser("compose", help="merge several edits into one edit file")
     add_model_args(comp)
