@@ -115,27 +115,22 @@ def main() -> None:
 
 
 def _print(out: dict, ratios) -> None:
-    before = out["erase_before"]
-    print(f"\nCAD-Erase 'circle' (unedited: circle {format_share(before['target'])}, "
-          f"others {format_share(before['others'])})")  # fmt: skip
-    print("| module | ratio | zeroed | circle | other objects |")
-    print("|---|---|---|---|---|")
-    for key, row in out["erase"].items():
-        group, ratio = key.split("@")
-        print(f"| {group} | {ratio} | {row['zeroed_share']:.2%} | {format_share(row['target'])} | "
-              f"{format_share(row['others'])} |")  # fmt: skip
-    before = out["amplify_before"]
-    print(f"\nCAD-Amplify 'diamond' (unedited: diamond {format_share(before['target'])}, "
-          f"others {format_share(before['others'])})")  # fmt: skip
-    print("| module | ratio | zeroed | diamond | other objects |")
-    print("|---|---|---|---|---|")
-    for key, row in out["amplify"].items():
-        group, ratio = key.split("@")
-        print(f"| {group} | {ratio} | {row['zeroed_share']:.2%} | {format_share(row['target'])} | "
-              f"{format_share(row['others'])} |")  # fmt: skip
+    _table("CAD-Erase", "circle", out["erase_before"], out["erase"])
+    _table("CAD-Amplify", "diamond", out["amplify_before"], out["amplify"])
     r_erase, r_amplify = out["erase_pearson_r"], out["amplify_pearson_r"]
     print(f"\nPearson r (random 0.1% subsets of ff): erase {r_erase}, amplify {r_amplify}")
     print(f"attribution time (s): erase {out['erase_attribution_s']}, amplify {out['amplify_attribution_s']}")
+
+
+def _table(title: str, concept: str, before: dict, rows: dict) -> None:
+    print(f"\n{title} '{concept}' (unedited: {concept} {format_share(before['target'])}, "
+          f"others {format_share(before['others'])})")  # fmt: skip
+    print(f"| module | ratio | zeroed | {concept} | other objects |")
+    print("|---|---|---|---|---|")
+    for key, row in rows.items():
+        group, ratio = key.split("@")
+        print(f"| {group} | {ratio} | {row['zeroed_share']:.2%} | {format_share(row['target'])} | "
+              f"{format_share(row['others'])} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ CASES = {
     "eigen_experiments.py": (["--parts", "iris"], "iris"),
     "cad_speed.py": (["--steps", "3", "--repeats", "1"], "speedup"),
     "cad_quality.py": (["--n", "1", "--ratios", "0.1", "--subsets", "3"], "erase_pearson_r"),
+    "cad_amplify.py": (["--n", "2", "--ratios", "0.1"], "after"),
 }
 
 
