@@ -39,7 +39,7 @@ def add_verbs(verbs) -> None:
 
 
 def _prepare(args: argparse.Namespace, suffix: str, extra_outputs=()):
-    """Check the output and every option before loading the model; then load it with its edits applied."""
+    """Check the output and every option before loading the model; the caller applies the edits."""
     from concept_edit.cli_support import check_output, edit_inputs, load_edits, load_model
     from concept_edit.methods import EditRequest, make_config
     from concept_edit.methods.cad import CADInputs
