@@ -381,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_force(export)
     export.set_defaults(func=cmd_export)
 
-    lora = verbs.add_parser("export-lora", help="write edits as a LoRA file for diffusers, ComfyUI, AUTOMATIC1111")
+    lora_help = "write edits as a LoRA file for diffusers, ComfyUI, AUTOMATIC1111"
+    lora = verbs.add_parser("export-lora", help=lora_help, description=lora_help)
     add_model_args(lora)
     add_edit_args(lora, required=True)
     lora.add_argument("--rank", type=number("--rank", low=1, integer=True),
@@ -390,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     lora.add_argument("--format", choices=("diffusers", "kohya"), default="diffusers",
                       help="diffusers (pipe.load_lora_weights) or kohya keys (ComfyUI, AUTOMATIC1111)")  # fmt: skip
     lora.add_argument("--max-error", type=number("--max-error", low=0, high=0.999), default=0.01,
-                      help="largest relative error a compressed tensor may have")  # fmt: skip
+                      help="largest relative error a compressed tensor may have (default: 0.01)")  # fmt: skip
     lora.add_argument("--skip-biases", action="store_true", help="drop bias changes (a LoRA cannot hold them)")
     lora.add_argument("--out", required=True, help="the LoRA .safetensors file")
     add_force(lora)

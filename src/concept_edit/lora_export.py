@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from concept_edit.edit import Edit, compose
-from concept_edit.edit.changes import ActivationProjection, DenseDelta, LowRankDelta, SparseSet
+from concept_edit.edit.changes import ActivationProjection, LowRankDelta, SparseSet
 from concept_edit.edit.file import get_module
 from concept_edit.io import atomic_path
 from concept_edit.models.targets import get_parameter
@@ -64,22 +64,24 @@ def truncated(delta: torch.Tensor, rank: int | None, max_error: float) -> tuple[
     return (u[:, :rank] * s[:rank]).float(), vh[:rank].float(), float(errors[rank])
 
 
-def _weight_changes(pipe, edit: Edit, skip_biases: bool, report: LoraExport) -> list[DenseDelta | LowRankDelta]:
-    """The edit's changes as weight changes of Linear/Conv2d weights (projections folded, biases checked)."""
+def _weight_changes(pipe, edit: Edit, name: str, skip_biases: bool, report: LoraExport) -> list:
+    """The edit's changes as weight changes of Linear/Conv2d weights (projections folded, biases checked).
+
+    `name` is what the user gave (an edit, or several composed), for the messages."""
     from concept_edit.eigen.erasers import fold
 
     out = []
     for change in edit.changes():
         if isinstance(change, SparseSet):
             raise ValueError(
-                f"{edit.name} sets individual entries of {change.target} (a sparse change, as CAD makes): that is "
+                f"{name} sets individual entries of {change.target} (a sparse change, as CAD makes): that is "
                 "not a low-rank update, so it has no LoRA form; export the whole model with `concept-edit export`"
             )
         if isinstance(change, ActivationProjection):
             try:
                 folded = fold(change, get_module(pipe, change.target))
             except ValueError as err:
-                raise ValueError(f"{edit.name}: {err}; such an edit has no LoRA form") from None
+                raise ValueError(f"{name}: {err}; such an edit has no LoRA form") from None
             out.extend(folded)
             continue
         out.append(change)
@@ -90,7 +92,7 @@ def _weight_changes(pipe, edit: Edit, skip_biases: bool, report: LoraExport) -> 
             base = float(get_parameter(pipe, change.target).detach().double().norm())
             if not skip_biases:
                 raise ValueError(
-                    f"{edit.name} changes the bias {change.target}, which a LoRA cannot hold; pass --skip-biases "
+                    f"{name} changes the bias {change.target}, which a LoRA cannot hold; pass --skip-biases "
                     "to export the weight changes without it (the size of what is dropped is reported)"
                 )
             report.dropped_biases[change.target] = size / base if base else math.inf
@@ -101,7 +103,7 @@ def _weight_changes(pipe, edit: Edit, skip_biases: bool, report: LoraExport) -> 
             raise ValueError(f"{change.target}: only the UNet's weights are exported as a LoRA")
         weights.append(change)
     if not weights:
-        raise ValueError(f"{edit.name} has no weight change a LoRA can hold")
+        raise ValueError(f"{name} has no weight change a LoRA can hold")
     return weights
 
 
@@ -121,7 +123,8 @@ def lora_tensors(pipe, edits: list[Edit], *, rank: int | None = None, max_error:
     edit = compose(pipe, *edits)  # also checks that each edit belongs to this model (or the ones before it)
     report = LoraExport(path=Path())
     tensors, residual, energy = {}, 0.0, 0.0
-    for change in _weight_changes(pipe, edit, skip_biases, report):
+    name = " + ".join(e.name for e in edits)
+    for change in _weight_changes(pipe, edit, name, skip_biases, report):
         shape = change.shape
         if rank is not None and rank > min(shape[0], math.prod(shape[1:])):
             raise ValueError(f"rank {rank} is larger than {change.target} {tuple(shape)} allows")

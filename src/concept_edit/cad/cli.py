@@ -20,19 +20,22 @@ def add_verbs(verbs) -> None:
         p.add_argument("--guide", default=None, help="erase: the base prompt c_base (default: '')")
         p.add_argument("--images", help="amplify: a folder of images of the concept, or shapes:OBJECT[:N]")
         p.add_argument("--modules", action="append", help="ff, attn1, attn2 or residual (repeat; default ff)")
-        p.add_argument("--samples", type=number("--samples", low=1, integer=True), help="erase: trajectories")
-        p.add_argument("--steps", type=number("--steps", low=1, integer=True), help="DDIM steps of a trajectory")
-        p.add_argument("--timesteps", type=number("--timesteps", low=1, integer=True), help="steps attributed at")
-        p.add_argument("--batch-size", type=number("--batch-size", low=1, integer=True), help="samples per backward")
+        for flag, helptext in (
+            ("--samples", "erase: trajectories (default: 4)"),
+            ("--steps", "DDIM steps (default: 50; ShapesSD 25)"),
+            ("--timesteps", "steps attributed at (default: all)"),
+            ("--batch-size", "samples per backward (default: 8)"),
+        ):
+            p.add_argument(flag, type=number(flag, low=1, integer=True), help=helptext)
         p.add_argument("--seed", type=seed_type(), default=0)
         if name == "attribute":
             p.add_argument("--out", required=True, help="scores .safetensors file")
             p.set_defaults(func=cmd_attribute)
         else:
             p.add_argument("--subsets", type=number("--subsets", low=3, integer=True), default=200,
-                           help="random subsets ablated (paper: 1000)")  # fmt: skip
+                           help="random subsets ablated (default: 200; paper: 1000)")  # fmt: skip
             p.add_argument("--fraction", type=number("--fraction", low=0, high=1, low_open=True), default=0.001,
-                           help="share of the attributed entries in each subset")  # fmt: skip
+                           help="share of the attributed entries in each subset (default: 0.001)")  # fmt: skip
             p.add_argument("--out", required=True, help="scatter plot .png (a .json with the points goes beside it)")
             p.set_defaults(func=cmd_check)
         add_force(p)
@@ -74,7 +77,7 @@ def cmd_attribute(args: argparse.Namespace) -> None:
     with applied(pipe, *edits):
         result = attribute(pipe, request, config, inputs, seed=args.seed)
         save_scores(out, result, request, config, args.seed, pipe)
-    print(f"wrote {out} ({len(result.scores)} weights, {len(result.samples)} samples)")
+    print(f"wrote {out}: scores of {len(result.scores)} weights from {len(result.samples)} samples (x_t, t)")
     print(summary_table(result.scores))
 
 

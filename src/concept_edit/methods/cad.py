@@ -64,7 +64,7 @@ class CADConfig:
     modules: tuple[str, ...] = field(
         default=("ff",), metadata={"help": f"module groups to attribute and prune: {', '.join(GROUPS)} (default: ff)"}
     )
-    scope: str = field(default="row", metadata={"help": "top entries per row (official) or per tensor"})
+    scope: str = field(default="row", metadata={"help": "row: top entries per row (official) | tensor"})
     samples: int = field(default=4, metadata={"help": "erase: trajectories generated per concept"})
     steps: int | None = field(
         default=None, metadata={"help": "DDIM steps of a trajectory (50 as official; ShapesSD: its own 25)"}
