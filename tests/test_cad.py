@@ -361,3 +361,15 @@ def test_attribution_restores_requires_grad_flags_and_existing_gradients(sd):
     attribute(sd, EditRequest(concepts=("cat",)), config(), CADInputs(), seed=0, progress=False)
     assert frozen.requires_grad is False and frozen.grad is None
     assert torch.equal(kept.grad, torch.ones_like(kept))
+
+
+def test_sdxl_attributes_and_prunes(sdxl):
+    """SDXL's conditioning (pooled text, time ids) reaches every UNet call; the edit applies and reverts."""
+    before = {n: p.detach().clone() for n, p in sdxl.unet.named_parameters()}
+    edit = fit(sdxl, "cad", EditRequest(concepts=("cat",)), config(ablate_ratio=0.05, modules=("ff", "attn2")),
+               seed=0, progress=False)  # fmt: skip
+    assert edit.manifest["stats"]["zeroed"] > 0
+    apply(sdxl, edit)
+    revert(sdxl)
+    for name, p in sdxl.unet.named_parameters():
+        assert torch.equal(p.detach(), before[name])

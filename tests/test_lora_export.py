@@ -119,3 +119,23 @@ def test_cli_export_lora_and_bad_input(sd, sd_folder, tmp_path, capsys):
     assert "larger than" in capsys.readouterr().err
     assert main([*args[:-1], str(tmp_path / "zero.safetensors"), "--rank", "0"]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["no-cat", "no-cat.safetensors"]
+
+
+def test_sdxl_diffusers_lora_and_kohya_refusal(sdxl, tmp_path):
+    edit = fit(sdxl, "uce", EditRequest(concepts=("cat",)), seed=0, progress=False)
+    path = tmp_path / "xl.safetensors"
+    export_lora(sdxl, [edit], path)
+    fresh = loaded(sdxl, path)
+    from concept_edit.models.conditioning import encode_conditions, predict_noise
+
+    x, t = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(0)), torch.tensor(400)
+    cond = encode_conditions(sdxl, ["a cat"])
+    with torch.no_grad():
+        with applied(sdxl, edit):
+            expected = predict_noise(sdxl.unet, x, t, cond)
+        plain = predict_noise(sdxl.unet, x, t, cond)
+        got = predict_noise(fresh.unet, x, t, cond)
+    assert (expected - plain).abs().max() > 1e-3
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="sgm"):
+        export_lora(sdxl, [edit], tmp_path / "k.safetensors", fmt="kohya")
