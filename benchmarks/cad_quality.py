@@ -9,6 +9,7 @@
   also the synonyms ("disc", ...) of shapes-paraphrase;
 * amplify: scores of eq. 5 on 5 true renders of a diamond (`shapes:diamond`), ff, at each ratio: diamond
   accuracy (ShapesSD's weakest object) and the others';
+* erase the style "striped" (ff and attn2, each ratio) on shapes-styles: striped and the other five styles;
 * the approximation check (section 6.1): Pearson r of predicted vs actual change of J over random subsets
   of 0.1% of the ff weights, for both objectives.
 Suite seeds start at --seed (0: the reporting seeds; the ratios shown were not tuned on them). Attribution
@@ -71,7 +72,8 @@ def main() -> None:
     pipe = load_pipeline("shapes", device="cpu")
     objects = get_suite("shapes-objects", args.n, args.seed)
     paraphrase = get_suite("shapes-paraphrase", args.n, args.seed)
-    out = {"n": args.n, "seed": args.seed, "train_seed": args.train_seed, "erase": {}, "amplify": {}}
+    styles = get_suite("shapes-styles", args.n, args.seed)
+    out = {"n": args.n, "seed": args.seed, "train_seed": args.train_seed, "erase": {}, "amplify": {}, "style": {}}
 
     started = time.perf_counter()
     erase_scores = attribute(pipe, EditRequest(concepts=("circle",)), make_config("cad", modules=GROUPS),
@@ -89,6 +91,18 @@ def main() -> None:
             out["erase"][f"{group}@{ratio}"] = row
             print(f"erase {group}@{ratio}: circle {format_share(row['target'])}, others {format_share(row['others'])}",
                   flush=True)  # fmt: skip
+
+    style_scores = attribute(pipe, EditRequest(concepts=("striped",)), make_config("cad", modules=("ff", "attn2")),
+                             CADInputs(), seed=args.train_seed, progress=False)  # fmt: skip
+    _, style_baseline = evaluate(pipe, styles, progress=False)
+    out["style_before"] = _measure(pipe, styles, None, "striped", style_baseline)
+    for group in ("ff", "attn2"):
+        for ratio in ratios:
+            edit, share = _edit(pipe, style_scores, (group,), ratio, "erase", "striped")
+            row = {"zeroed_share": round(share, 5), **_measure(pipe, styles, edit, "striped", style_baseline)}
+            out["style"][f"{group}@{ratio}"] = row
+            print(f"erase {group}@{ratio}: striped {format_share(row['target'])}, other styles "
+                  f"{format_share(row['others'])}", flush=True)  # fmt: skip
 
     started = time.perf_counter()
     request = EditRequest(concepts=("diamond",), mode="amplify")
@@ -116,6 +130,7 @@ def main() -> None:
 
 def _print(out: dict, ratios) -> None:
     _table("CAD-Erase", "circle", out["erase_before"], out["erase"])
+    _table("CAD-Erase", "striped", out["style_before"], out["style"])
     _table("CAD-Amplify", "diamond", out["amplify_before"], out["amplify"])
     r_erase, r_amplify = out["erase_pearson_r"], out["amplify_pearson_r"]
     print(f"\nPearson r (random 0.1% subsets of ff): erase {r_erase}, amplify {r_amplify}")
@@ -125,7 +140,7 @@ def _print(out: dict, ratios) -> None:
 def _table(title: str, concept: str, before: dict, rows: dict) -> None:
     print(f"\n{title} '{concept}' (unedited: {concept} {format_share(before['target'])}, "
           f"others {format_share(before['others'])})")  # fmt: skip
-    print(f"| module | ratio | zeroed | {concept} | other objects |")
+    print(f"| module | ratio | zeroed | {concept} | the others |")
     print("|---|---|---|---|---|")
     for key, row in rows.items():
         group, ratio = key.split("@")
