@@ -373,3 +373,18 @@ def test_sdxl_attributes_and_prunes(sdxl):
     revert(sdxl)
     for name, p in sdxl.unet.named_parameters():
         assert torch.equal(p.detach(), before[name])
+
+
+def test_a_half_precision_vae_that_asks_for_it_encodes_in_float32(sd):
+    """SDXL's fp16 VAE overflows: with force_upcast the amplify latents are the float32 encoder's."""
+    from concept_edit.cad.attribution import _encode
+
+    pixels = torch.rand((1, 3, 32, 32), generator=torch.Generator().manual_seed(0)) * 2 - 1
+    expected = sd.vae.encode(pixels).latent_dist.mean
+    sd.vae.half()
+    assert sd.vae.config.force_upcast
+    got = _encode(sd.vae, pixels).mean
+    assert got.dtype == torch.float32 and next(sd.vae.parameters()).dtype == torch.float16
+    torch.testing.assert_close(got, expected, atol=2e-3, rtol=1e-2)  # the weights were rounded to fp16 once
+    sd.vae.register_to_config(force_upcast=False)
+    assert _encode(sd.vae, pixels).mean.dtype == torch.float16

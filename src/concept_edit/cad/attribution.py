@@ -168,10 +168,9 @@ def erase_samples(
 def amplify_samples(pipe, images: torch.Tensor, concept_row: int, *, scheduler, steps: list[int], seed: int) -> Samples:
     """Images (N, 3, H, W in [-1, 1]) encoded by the VAE and noised to each chosen DDIM timestep."""
     vae = pipe.vae
-    pixels = images.to(pipe.device, vae.dtype)
     latents = []
-    for k in range(len(pixels)):
-        dist = vae.encode(pixels[k : k + 1]).latent_dist
+    for k in range(len(images)):
+        dist = _encode(vae, images[k : k + 1].to(pipe.device))
         latents.append(dist.sample(generator=step_generator(seed, k, 12)))  # as the official real-image path
     latents = torch.cat(latents).float() * vae.config.scaling_factor
     timesteps = scheduler.timesteps[steps]
@@ -181,6 +180,24 @@ def amplify_samples(pipe, images: torch.Tensor, concept_row: int, *, scheduler, 
         noisy = scheduler.add_noise(z.expand(len(timesteps), *z.shape), noise, timesteps)
         parts.append((noisy, timesteps.clone(), torch.full((len(timesteps),), concept_row), noise))
     return Samples(*(torch.cat([p[i] for p in parts]) for i in range(4)))
+
+
+def _encode(vae, pixels: torch.Tensor):
+    """The VAE's latent distribution; in float32 when the VAE asks for it (`force_upcast`, SDXL's fp16 VAE
+    overflows), through a float32 view of the encoder's weights: the pipeline's own stay as they are."""
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    if vae.dtype == torch.float32 or not vae.config.get("force_upcast", False):
+        return vae.encode(pixels.to(vae.dtype)).latent_dist
+
+    def run(module, x):
+        tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+        return torch.func.functional_call(module, {k: v.float() for k, v in tensors.items()}, (x,))
+
+    moments = run(vae.encoder, pixels.float())
+    if getattr(vae, "quant_conv", None) is not None:
+        moments = run(vae.quant_conv, moments)
+    return DiagonalGaussianDistribution(moments)
 
 
 def sample_losses(pipe, samples: Samples, cond: Conditions, objective: str) -> torch.Tensor:
