@@ -95,6 +95,9 @@ def test_per_row_selection_takes_the_top_positive_entries_and_at_least_one():
     assert ablation_indices(score, 0.01, "erase").tolist() == [0, 9]  # floor(0.04) = 0 -> at least one per row
     assert ablation_indices(score, 0.25, "erase", scope="tensor").tolist() == [0, 9, 10]  # top 3 of 12
     assert per_row_count(0.29, 100) == 29 and per_row_count(0.001, 320) == 1 and per_row_count(0.001, 5120) == 5
+    assert per_row_count(0.001, 320, minimum=0) == 0  # the official count skips narrow rows
+    assert ablation_indices(score, 0.01, "erase", minimum=0).tolist() == []
+    assert ablation_indices(score, 0.25, "erase", minimum=0).tolist() == [0, 9]  # int(0.25 * 4) = 1 per row
 
 
 def test_conv_rows_are_output_filters():

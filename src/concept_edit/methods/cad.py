@@ -65,6 +65,9 @@ class CADConfig:
         default=("ff",), metadata={"help": f"module groups to attribute and prune: {', '.join(GROUPS)} (default: ff)"}
     )
     scope: str = field(default="row", metadata={"help": "row: top entries per row (official) | tensor"})
+    row_minimum: int = field(
+        default=1, metadata={"help": "entries zeroed per row at least (default 1; 0: the official int(r * n))"}
+    )
     samples: int = field(default=4, metadata={"help": "erase: trajectories generated per concept"})
     steps: int | None = field(
         default=None, metadata={"help": "DDIM steps of a trajectory (50 as official; ShapesSD: its own 25)"}
@@ -86,6 +89,7 @@ class CADConfig:
                 "timesteps": {"low": 1, "integer": True, "optional": True},
                 "guidance": {"low": 0},
                 "batch_size": {"low": 1, "integer": True},
+                "row_minimum": {"low": 0, "high": 1, "integer": True},
             },
         )
         if self.ablate_ratio >= 1:
@@ -102,7 +106,7 @@ class CADConfig:
         """The options the scores depend on (not the ratio, scope or batch size), JSON-ready."""
         options = dataclasses.asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()
-                if k not in ("ablate_ratio", "scope", "batch_size")}  # fmt: skip
+                if k not in ("ablate_ratio", "scope", "row_minimum", "batch_size")}  # fmt: skip
 
 
 def _parse_images(text: str, pipe):
@@ -286,10 +290,14 @@ def fit_cad(pipe, request: EditRequest, config: CADConfig, inputs: CADInputs, *,
         result = attribute(pipe, request, config, inputs, seed=seed, progress=progress)
         scores, weights = result.scores, result.weights
         attribution_config, samples = config.attribution_options(), len(result.samples)
-    changes, counts = ablation_changes(weights, scores, config.ablate_ratio, request.mode, config.scope)
+    changes, counts = ablation_changes(weights, scores, config.ablate_ratio, request.mode, config.scope,
+                                       config.row_minimum)  # fmt: skip
     if not changes:
         sign = "positive" if request.mode == "erase" else "negative"
-        raise ValueError(f"no weight has a {sign} score to ablate: the concept's objective does not depend on them")
+        raise ValueError(
+            f"nothing to ablate: no weight has a {sign} score among the top entries (with --row-minimum 0 a ratio "
+            "below 1 / row length selects none)"
+        )
     total = sum(w.numel() for w in weights.values())
     stats = {
         "zeroed": sum(counts.values()),
