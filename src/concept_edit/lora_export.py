@@ -128,11 +128,12 @@ def lora_tensors(pipe, edits: list[Edit], *, rank: int | None = None, max_error:
         shape = change.shape
         if rank is not None and rank > min(shape[0], math.prod(shape[1:])):
             raise ValueError(f"rank {rank} is larger than {change.target} {tuple(shape)} allows")
+        delta = change.materialize()  # once: its norm weighs the overall error, the SVD may need it
         if isinstance(change, LowRankDelta) and (rank is None or change.rank <= rank):
             up, down, error = change.up.float(), change.down.float(), 0.0
         else:
-            up, down, error = truncated(change.materialize().reshape(shape[0], -1), rank, max_error)
-        norm2 = float(change.materialize().double().square().sum())
+            up, down, error = truncated(delta.reshape(shape[0], -1), rank, max_error)
+        norm2 = float(delta.double().square().sum())
         residual, energy = residual + error**2 * norm2, energy + norm2
         r = up.shape[1]
         module = change.target.removesuffix(".weight")

@@ -143,7 +143,7 @@ def erase_samples(
     noise = torch.cat([
         torch.randn((1, unet.config.in_channels, size, size), generator=step_generator(seed, k, 11)) for k in range(n)
     ])  # fmt: skip  # one generator per trajectory: a trajectory does not depend on how many are drawn
-    parts = []
+    parts, kept = [], set(steps)
     for start in tqdm(range(0, n, batch_size), desc="cad: sampling", disable=not progress, leave=False):
         stop = min(start + batch_size, n)
         x = (noise[start:stop] * scheduler.init_noise_sigma).to(pipe.device, torch.float32)
@@ -155,7 +155,7 @@ def erase_samples(
             out = predict_noise(unet, scheduler.scale_model_input(inputs, t).to(unet.dtype), t,
                                 cond.take(torch.cat(rows))).float()  # fmt: skip
             out_u, out_c = out[: len(x)], out[len(x) : 2 * len(x)]
-            if k in steps:  # x_t is scored at t, the step it is the input of (eq. 4)
+            if k in kept:  # x_t is scored at t, the step it is the input of (eq. 4)
                 base_eps = epsilon(pipe, out, inputs, t.expand(len(inputs)))
                 target = base_eps[: len(x)].clone()
                 target[own_base] = base_eps[2 * len(x) :]
