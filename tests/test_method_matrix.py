@@ -25,12 +25,23 @@ EXAMPLES = {
     "esd": {"sd": EditRequest(concepts=("cat",)), "shapes": EditRequest(concepts=("circle",))},
     "eigen": {"sd": EditRequest(concepts=("cat",)), "shapes": EditRequest(concepts=("circle",))},
     "cad": {"sd": EditRequest(concepts=("cat",)), "shapes": EditRequest(concepts=("circle",))},
+    "amnesia": {"sd": EditRequest(concepts=("cat",), preserve=("a dog",)), "shapes": EditRequest(concepts=("circle",))},
 }
 # Options that keep a trained method's matrix run short (a few steps, with a step size that shows in the output).
 OPTIONS = {
     "esd": {"iterations": 3, "pool_trajectories": 2, "sampling_steps": 3, "lr": 3e-3},
     "eigen": {"samples": 2, "steps": 3},
     "cad": {"samples": 1, "steps": 3},
+    "amnesia": {
+        "steps": 2,
+        "lr": 3e-3,
+        "batch_size": 2,
+        "fisher_samples": 1,
+        "fisher_timesteps": 3,
+        "replay_samples": 2,
+        "surrogate_samples": 2,
+        "sampling_steps": 2,
+    },
 }
 
 

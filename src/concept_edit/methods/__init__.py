@@ -1,6 +1,6 @@
 """Concept-editing methods. Importing this package registers every method."""
 
-from concept_edit.methods import cad, eigen, esd, uce  # noqa: F401 - registers "cad", "eigen", "esd", "uce"
+from concept_edit.methods import amnesia, cad, eigen, esd, uce  # noqa: F401 - registers each method
 from concept_edit.methods.registry import (
     MODES,
     EditRequest,

@@ -1,0 +1,141 @@
+"""The diagonal Fisher information of Selective Amnesia (paper 004, section 2 "Elastic Weight Consolidation").
+
+For a variational model the paper measures each weight's sensitivity on the ELBO,
+
+    F_i = E_{p(x|theta*, c) p(c)} [ (d ELBO(x | theta, c) / d theta_i)^2 ],
+
+estimated on samples x of the original model: one gradient per sample, squared, then averaged. The gradient
+is per sample, so samples cannot share a backward pass. For a diffusion model the ELBO is (up to weights and
+constants) the sum over all T timesteps of the denoising loss, as the official `ddpm_fim.py` computes it:
+sum_t L_simple(x, c, t) with fresh noise per t, then squared.
+
+How it is computed here (`diffusion_squared_gradient`), against the official loop (`official_squared_gradient`,
+kept for `benchmarks/amnesia_speed.py`: batch-1 forwards, one per timestep, a backward every T / n_chunks):
+* the timesteps of one sample are batched: `chunk` of them per forward and backward;
+* optionally only S of the T timesteps are used (`timesteps=S`): one drawn uniformly in each of S equal
+  strata, the loss scaled by T/S. The estimated gradient g_hat is then unbiased for g = sum_t grad L_t, with
+  variance sum over strata of (T/S)^2 Var(grad L_t within the stratum), so F_hat = E[g_hat^2] = g^2 + that
+  variance: an upward bias that vanishes at S = T (the default) and shrinks as S grows. Stratifying removes
+  the between-strata part of it.
+Both use the same noise for the same (sample, timestep) from the same generator, so at S = T the two give
+the same F up to float summation order (tested).
+
+`estimate_fisher` runs the steps with progress, a checkpoint on Ctrl-C and resume (`training.run_steps`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from concept_edit.training import load_checkpoint, run_steps, save_checkpoint
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def fisher_timesteps(total: int, used: int | None, generator: torch.Generator) -> tuple[torch.Tensor, float]:
+    """The timesteps one sample's ELBO gradient is estimated on, and the scale that makes it unbiased.
+
+    All T (scale 1) when `used` is None or >= T; else one uniform draw in each of `used` equal strata of
+    [0, T), scale T / used.
+    """
+    if used is None or used >= total:
+        return torch.arange(total), 1.0
+    edges = torch.linspace(0, total, used + 1)
+    low, width = edges[:-1], edges[1:] - edges[:-1]
+    picks = (low + torch.rand(used, generator=generator) * width).floor().long().clamp_(0, total - 1)
+    return picks, total / used
+
+
+def _squares(params: Sequence[torch.nn.Parameter]) -> list[torch.Tensor]:
+    grads = [p.grad.float() if p.grad is not None else torch.zeros_like(p, dtype=torch.float32) for p in params]
+    return torch._foreach_mul(grads, grads)
+
+
+def diffusion_squared_gradient(
+    params: Sequence[torch.nn.Parameter],
+    loss_fn: LossFn,
+    x0: torch.Tensor,
+    row: torch.Tensor,
+    timesteps: torch.Tensor,
+    noise: torch.Tensor,
+    *,
+    scale: float = 1.0,
+    chunk: int = 250,
+) -> list[torch.Tensor]:
+    """(scale * sum_t d L(x0, row, t) / d theta)^2 for one sample, its timesteps batched `chunk` at a time.
+
+    x0 (1, ...), row (1,), timesteps (K,), noise (K, ...); `loss_fn` returns one loss per row.
+    """
+    for p in params:
+        p.grad = None
+    for start in range(0, len(timesteps), chunk):
+        t = timesteps[start : start + chunk]
+        n = len(t)
+        loss = loss_fn(x0.expand(n, *x0.shape[1:]), row.expand(n), t, noise[start : start + chunk]).sum()
+        (loss * scale).backward()
+    return _squares(params)
+
+
+def official_squared_gradient(
+    params: Sequence[torch.nn.Parameter],
+    loss_fn: LossFn,
+    x0: torch.Tensor,
+    row: torch.Tensor,
+    timesteps: torch.Tensor,
+    noise: torch.Tensor,
+    *,
+    n_chunks: int = 20,
+) -> list[torch.Tensor]:
+    """The official estimator's loop for one sample: a batch-1 forward per timestep, the losses of each of
+    `n_chunks` chunks summed and backpropagated together (`ddpm_fim.py`)."""
+    for p in params:
+        p.grad = None
+    for part in torch.chunk(torch.arange(len(timesteps)), n_chunks):
+        loss = 0.0
+        for k in part.tolist():
+            loss = loss + loss_fn(x0, row, timesteps[k : k + 1], noise[k : k + 1]).sum()
+        loss.backward()
+    return _squares(params)
+
+
+def estimate_fisher(
+    params: Sequence[torch.nn.Parameter],
+    *,
+    steps: int,
+    squared_gradients: Callable[[int], list[torch.Tensor]],
+    count: int,
+    checkpoint: str | Path | None = None,
+    run_config: dict | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    desc: str = "amnesia: fisher",
+) -> list[torch.Tensor]:
+    """F = (1 / count) * sum over steps of `squared_gradients(step)` (each the sum of its samples' g^2).
+
+    With `checkpoint`, partial sums are saved every few steps and on Ctrl-C, and `resume` continues them.
+    """
+    total = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    start = 0
+    config = {"fisher": run_config or {}}
+    if resume and checkpoint is not None and Path(checkpoint).exists():
+        saved = load_checkpoint(checkpoint, config)
+        total = [t.to(p.device) for t, p in zip(saved["sums"], params, strict=True)]
+        start = saved["step"]
+
+    def step_fn(step: int) -> dict[str, float]:
+        torch._foreach_add_(total, squared_gradients(step))
+        return {}
+
+    def save_fn(step: int) -> None:
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, step, config, sums=[t.detach() for t in total])
+
+    every = max(1, steps // 20)
+    run_steps(total=steps, start=start, step_fn=step_fn, save_fn=save_fn, every=every, desc=desc,
+              progress=progress, checkpointing=checkpoint is not None)  # fmt: skip
+    for p in params:
+        p.grad = None
+    return torch._foreach_div(total, float(count))

@@ -1,0 +1,174 @@
+"""Selective Amnesia: the Fisher equals a direct per-sample computation, the EWC gradient is the penalty's,
+the Fisher cache is reused and refused for other weights, resume is exact, bad input is refused."""
+
+import os
+import signal
+
+import pytest
+import torch
+
+from concept_edit import EditRequest, fit, make_config, make_inputs
+from concept_edit.amnesia.ewc import EWCPenalty
+from concept_edit.amnesia.fisher import diffusion_squared_gradient, fisher_timesteps, official_squared_gradient
+from concept_edit.amnesia.models import Data, TextToImage, backend_for
+from concept_edit.edit import trainable
+from concept_edit.methods import amnesia
+from concept_edit.models.conditioning import encode_conditions
+from concept_edit.training import Interrupted, step_generator
+
+FAST = {"steps": 3, "lr": 1e-3, "batch_size": 2, "fisher_samples": 2, "fisher_timesteps": 4, "replay_samples": 3,
+        "surrogate_samples": 2, "sampling_steps": 2}  # fmt: skip
+REQUEST = EditRequest(concepts=("cat",), preserve=("a dog", "a house"))
+
+
+def config(**options):
+    return make_config("amnesia", **{**FAST, **options})
+
+
+def backend_and_data(pipe, n=2):
+    cond = encode_conditions(pipe, ["", "a cat", "a dog"])
+    backend = backend_for(pipe, cond, steps=2)
+    rows = torch.tensor([1, 2, 1][:n])
+    return backend, Data(backend.generate(rows, 0, 31), rows)
+
+
+def direct_fisher(params, backend, data, used, seed):
+    """Independent of the batched code: one batch-1 forward and autograd.grad per (sample, timestep)."""
+    total = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+    for n in range(len(data)):
+        gen = step_generator(seed, n, 41)
+        t, scale = fisher_timesteps(backend.num_timesteps, used, gen)
+        noise = backend.noise_for(data.x[n : n + 1], len(t), gen)
+        g = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+        for k in range(len(t)):
+            loss = backend.loss(data.x[n : n + 1], data.rows[n : n + 1], t[k : k + 1], noise[k : k + 1]).sum()
+            for acc, part in zip(g, torch.autograd.grad(loss, params), strict=True):
+                acc += part.double()
+        for acc, part in zip(total, g, strict=True):
+            acc += (scale * part) ** 2
+    return [t / len(data) for t in total]
+
+
+def test_fisher_equals_a_direct_per_sample_computation(sd):
+    backend, data = backend_and_data(sd)
+    keys = backend.parameter_names("x")
+    values = {"fisher_timesteps": 6, "fisher_chunk": 4}  # two chunks per sample: accumulation across chunks
+    with trainable(sd, keys) as tuned:
+        ours = amnesia.fisher_of(backend, tuned.parameters, data, values, seed=5, progress=False)
+        expected = direct_fisher(tuned.parameters, backend, data, 6, seed=5)
+    assert sum(float(f.sum()) for f in ours) > 0
+    scale = max(float(b.abs().max()) for b in expected)
+    for a, b in zip(ours, expected, strict=True):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-6 * scale)
+
+
+def test_the_official_loop_gives_the_same_squared_gradient(sd):
+    backend, data = backend_and_data(sd, n=1)
+    with trainable(sd, backend.parameter_names("all")) as tuned:
+        gen = torch.Generator().manual_seed(0)
+        t = torch.randperm(backend.num_timesteps, generator=gen)[:12]
+        noise = backend.noise_for(data.x, len(t), gen)
+        ours = diffusion_squared_gradient(tuned.parameters, backend.loss, data.x, data.rows, t, noise, chunk=5)
+        official = official_squared_gradient(tuned.parameters, backend.loss, data.x, data.rows, t, noise, n_chunks=3)
+    scale = max(float(b.abs().max()) for b in official)  # some biases feed a norm: their gradient is ~0 (1e-16)
+    for a, b in zip(ours, official, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6 * scale)
+
+
+def test_stratified_timesteps_take_one_per_stratum_and_scale_to_the_sum():
+    t, scale = fisher_timesteps(1000, 10, torch.Generator().manual_seed(1))
+    assert scale == 100 and len(t) == 10
+    assert torch.equal(t // 100, torch.arange(10))  # one in each stratum [100k, 100k + 100)
+    t, scale = fisher_timesteps(1000, None, torch.Generator())
+    assert scale == 1 and torch.equal(t, torch.arange(1000))
+
+
+def test_ewc_gradient_equals_autograd_of_the_penalty():
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(3, 4)), torch.nn.Parameter(torch.randn(5))]
+    fisher = [torch.rand(3, 4), torch.rand(5)]
+    penalty = EWCPenalty(params, fisher, lam=7.0)
+    with torch.no_grad():
+        for p in params:
+            p.add_(torch.randn_like(p))
+    value = sum(7.0 * (f * (p - a) ** 2).sum() for p, f, a in zip(params, fisher, penalty.anchors, strict=True))
+    expected = torch.autograd.grad(value, params)
+    assert penalty.value() == pytest.approx(value.item(), rel=1e-6)
+    params[0].grad = torch.ones(3, 4)  # added to, not replaced
+    penalty.add_gradient_()
+    torch.testing.assert_close(params[0].grad, expected[0] + 1)
+    torch.testing.assert_close(params[1].grad, expected[1])
+    with pytest.raises(ValueError, match="lambda"):
+        EWCPenalty(params, fisher, lam=-1)
+
+
+def test_only_the_chosen_group_changes(sd):
+    edit = fit(sd, "amnesia", REQUEST, config(parameters="x"), seed=0, progress=False)
+    assert edit.targets and all(".attn2." in t for t in edit.targets)
+    edit = fit(sd, "amnesia", REQUEST, config(parameters="u"), seed=0, progress=False)
+    assert not any(".attn2." in t for t in edit.targets)
+
+
+def test_the_fisher_cache_is_reused_and_refused_for_other_weights(sd, other_sd, tmp_path, monkeypatch):
+    first = fit(sd, "amnesia", REQUEST, config(), make_inputs("amnesia", fisher=tmp_path), seed=0, progress=False)
+    (cached,) = tmp_path.glob("fisher-*.safetensors")
+
+    def no_estimate(*args, **kwargs):
+        raise AssertionError("the cached Fisher should have been used")
+
+    monkeypatch.setattr(amnesia, "fisher_of", no_estimate)
+    again = fit(sd, "amnesia", REQUEST, config(), make_inputs("amnesia", fisher=cached), seed=0, progress=False)
+    for a, b in zip(first.changes(), again.changes(), strict=True):
+        torch.testing.assert_close(a.delta, b.delta, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="another model"):
+        fit(other_sd, "amnesia", REQUEST, config(), make_inputs("amnesia", fisher=cached), seed=0, progress=False)
+    with pytest.raises(ValueError, match="other settings"):
+        fit(sd, "amnesia", REQUEST, config(fisher_samples=1), make_inputs("amnesia", fisher=cached), progress=False)
+
+
+@pytest.mark.parametrize("phase", ["fisher", "training"])
+def test_resume_after_ctrl_c_equals_an_uninterrupted_run(sd, tmp_path, monkeypatch, phase):
+    cfg = config(steps=4, fisher_timesteps=3)  # a Fisher forward has 3 rows, a training step 4
+    whole = fit(sd, "amnesia", REQUEST, cfg, seed=3, progress=False)
+    ckpt = tmp_path / "run.ckpt"
+    calls = {"n": 0}
+    real_loss = TextToImage.loss
+
+    def loss_then_ctrl_c(self, x, rows, t, noise):
+        training = len(x) == 2 * FAST["batch_size"]
+        if training == (phase == "training"):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+        return real_loss(self, x, rows, t, noise)
+
+    monkeypatch.setattr(TextToImage, "loss", loss_then_ctrl_c)
+    with pytest.raises(Interrupted):
+        fit(sd, "amnesia", REQUEST, cfg, make_inputs("amnesia", checkpoint=ckpt), seed=3, progress=False)
+    monkeypatch.setattr(TextToImage, "loss", real_loss)
+    inputs = make_inputs("amnesia", checkpoint=ckpt, resume=True)
+    resumed = fit(sd, "amnesia", REQUEST, cfg, inputs, seed=3, progress=False)
+    assert resumed.manifest["stats"] == whole.manifest["stats"]
+    for a, b in zip(whole.changes(), resumed.changes(), strict=True):
+        torch.testing.assert_close(a.delta, b.delta, atol=0, rtol=0)
+    assert not ckpt.with_name("run.fisher.safetensors").exists()  # the Fisher's partial sums are cleaned up
+
+
+def test_bad_input_is_refused_with_one_clear_error(sd, tmp_path):
+    with pytest.raises(ValueError, match="lam must be >= 0"):
+        make_config("amnesia", lam=-1.0)
+    with pytest.raises(ValueError, match="surrogate"):
+        make_config("amnesia", surrogate=" ")
+    with pytest.raises(ValueError, match="is the concept being forgotten"):
+        fit(sd, "amnesia", REQUEST, config(surrogate="Cat"), progress=False)
+    with pytest.raises(ValueError, match="replay prompts"):
+        fit(sd, "amnesia", EditRequest(concepts=("cat",)), config(), progress=False)
+    with pytest.raises(ValueError, match="--surrogate, not --guide"):
+        fit(sd, "amnesia", EditRequest(concepts=("cat",), guide="dog", preserve=("a dog",)), config(), progress=False)
+    not_fisher = tmp_path / "x.safetensors"
+    not_fisher.write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="--fisher"):
+        fit(sd, "amnesia", REQUEST, config(), make_inputs("amnesia", fisher=not_fisher), progress=False)
+    with pytest.raises(ValueError, match="no checkpoint"):
+        fit(sd, "amnesia", REQUEST, config(), make_inputs("amnesia", checkpoint=tmp_path / "c", resume=True))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.safetensors"]  # nothing written
