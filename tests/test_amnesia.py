@@ -172,3 +172,59 @@ def test_bad_input_is_refused_with_one_clear_error(sd, tmp_path):
     with pytest.raises(ValueError, match="no checkpoint"):
         fit(sd, "amnesia", REQUEST, config(), make_inputs("amnesia", checkpoint=tmp_path / "c", resume=True))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.safetensors"]  # nothing written
+
+
+# -- the digits models ----------------------------------------------------------------------------------------
+def tiny_vae_model():
+    from concept_edit.digits.loading import DigitsModel
+    from concept_edit.digits.vae import ConditionalVAE
+
+    torch.manual_seed(0)
+    return DigitsModel("digits-vae", vae=ConditionalVAE(hidden=(16, 8), latent_dim=3))
+
+
+def test_vae_per_sample_gradients_equal_a_loop():
+    from concept_edit.amnesia.models import DigitsVAE
+
+    model = tiny_vae_model()
+    backend = DigitsVAE(model)
+    data = Data(torch.rand(7, 1, 8, 8), torch.tensor([0, 3, 3, 1, 0, 9, 3]))
+    noise = torch.randn(7, 3)
+    with trainable(model, backend.parameter_names("all")) as tuned:
+        ours = amnesia.vae_squared_gradients(backend, tuned.parameters, data, noise)
+        expected = [torch.zeros_like(p) for p in tuned.parameters]
+        for n in range(len(data)):
+            loss = model.vae.neg_elbo(data.x[n : n + 1], data.rows[n : n + 1], noise=noise[n : n + 1]).sum()
+            for acc, g in zip(expected, torch.autograd.grad(loss, tuned.parameters), strict=True):
+                acc += g**2
+    for a, b in zip(ours, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_the_digits_vae_forgets_a_class_into_an_ordinary_edit(tmp_path):
+    from concept_edit import Edit, applied
+
+    model = tiny_vae_model()
+    cfg = make_config("amnesia", steps=3, batch_size=8, fisher_samples=20, replay_samples=30, lr=1e-2)
+    edit = fit(model, "amnesia", EditRequest(concepts=("0",)), cfg, seed=0, progress=False)
+    assert edit.manifest["base_model"] == "digits-vae" and all(t.startswith("vae.") for t in edit.targets)
+    gen = torch.Generator().manual_seed(0)
+    before = model.sample(torch.zeros(4, dtype=torch.long), generator=gen)
+    with applied(model, Edit.load(edit.save(tmp_path / "e"))):
+        after = model.sample(torch.zeros(4, dtype=torch.long), generator=torch.Generator().manual_seed(0))
+    assert (after - before).abs().max() > 1e-4
+    again = model.sample(torch.zeros(4, dtype=torch.long), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(again, before, atol=0, rtol=0)
+
+
+def test_digits_bad_input_is_refused():
+    model = tiny_vae_model()
+    cfg = make_config("amnesia", steps=1, fisher_samples=2, replay_samples=2)
+    with pytest.raises(ValueError, match="'10' is not a class"):
+        fit(model, "amnesia", EditRequest(concepts=("10",)), cfg, progress=False)
+    with pytest.raises(ValueError, match="replay set is empty"):
+        fit(model, "amnesia", EditRequest(concepts=tuple("0123456789")), cfg, progress=False)
+    with pytest.raises(ValueError, match="no cross-attention"):
+        fit(model, "amnesia", EditRequest(concepts=("0",)), make_config("amnesia", parameters="x"), progress=False)
+    with pytest.raises(ValueError, match="the digits models take amnesia"):
+        fit(model, "esd", EditRequest(concepts=("0",)), progress=False)

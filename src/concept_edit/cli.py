@@ -154,7 +154,7 @@ def cmd_edit(args: argparse.Namespace) -> None:
     values = _values(args, args.input_fields)
     checkpoint = _checkpoint_path(args, method, target, values)
     below = load_edits(args.edit)
-    pipe = load_model(args)
+    pipe = load_model(args, text_to_image=False)  # the registry refuses methods that cannot train digits models
     for f in dataclasses.fields(method.inputs_cls):  # text specs (a judge...) become objects for this pipeline
         parse = f.metadata.get("parse")
         if parse is not None and f.name in values:
@@ -265,7 +265,7 @@ def cmd_compose(args: argparse.Namespace) -> None:
         resolve_edit_path(args.out, for_writing=True), force=args.force, inputs=edit_inputs(args.edit)
     )
     edits = load_edits(args.edit)
-    merged = compose(load_model(args), *edits, allow_repeat=args.allow_repeat)
+    merged = compose(load_model(args, text_to_image=False), *edits, allow_repeat=args.allow_repeat)
     if args.store_dtype:
         import torch
 

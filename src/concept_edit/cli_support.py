@@ -25,13 +25,20 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def load_model(args: argparse.Namespace):
+def load_model(args: argparse.Namespace, *, text_to_image: bool = True):
+    """The --model; a digits model (not text-to-image) only where the verb says it takes one."""
     import torch
 
     from concept_edit.models import load_pipeline
 
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    return load_pipeline(args.model, device=args.device, dtype=dtype, allow_pickle=args.allow_pickle)
+    pipe = load_pipeline(args.model, device=args.device, dtype=dtype, allow_pickle=args.allow_pickle)
+    if text_to_image and getattr(pipe, "kind", None) in ("vae", "ddpm"):
+        raise ValueError(
+            f"{args.model} is a class-conditional digits model, not a text-to-image pipeline: it takes "
+            "`edit amnesia` and `compose`; see benchmarks/amnesia_quality.py for sampling and evaluating it"
+        )
+    return pipe
 
 
 def load_edits(paths: list[str] | None):

@@ -65,13 +65,13 @@ FISHER_FORMAT = "concept-edit-amnesia-fisher/1"
 # per kind of model: the official values (appendix B) where they fit this CPU, else set on tuning seeds 5000+
 DEFAULTS = {
     "vae": {"lam": 100.0, "lr": 1e-4, "batch_size": 256, "steps": 10000, "fisher_samples": 50000,
-            "replay_samples": 50000, "surrogate_samples": 0},
+            "replay_samples": 50000, "surrogate_samples": 0, "fisher_timesteps": None},
     "ddpm": {"lam": 10.0, "lr": 1e-4, "batch_size": 128, "steps": 2000, "fisher_samples": 500,
-             "replay_samples": 2000, "surrogate_samples": 0},
+             "replay_samples": 2000, "surrogate_samples": 0, "fisher_timesteps": None},
     "text-to-image": {"lam": 50.0, "lr": 1e-5, "batch_size": 4, "steps": 1000, "fisher_samples": 5000,
-                      "replay_samples": 5000, "surrogate_samples": 1000},
+                      "replay_samples": 5000, "surrogate_samples": 1000, "fisher_timesteps": None},
     "shapes": {"lam": 50.0, "lr": 1e-4, "batch_size": 8, "steps": 300, "fisher_samples": 32,
-               "replay_samples": 64, "surrogate_samples": 32},
+               "replay_samples": 64, "surrogate_samples": 32, "fisher_timesteps": 50},
 }  # fmt: skip
 
 
@@ -94,7 +94,8 @@ class AmnesiaConfig:
         default=None, metadata={"help": "samples the Fisher averages (default: per model)"}
     )
     fisher_timesteps: int | None = field(
-        default=None, metadata={"help": "timesteps per Fisher sample, stratified (default: all T, as official)"}
+        default=None,
+        metadata={"help": "timesteps per Fisher sample, stratified (default: all T as official; ShapesSD 50)"},
     )
     fisher_chunk: int = field(default=250, metadata={"help": "timesteps per Fisher forward/backward"})
     replay_samples: int | None = field(default=None, metadata={"help": "replay pool size (default: per model)"})
@@ -325,20 +326,25 @@ def fisher_of(backend, params, data: Data, values: dict, seed: int, *, checkpoin
 
 
 def vae_squared_gradients(backend, params, data: Data, noise: torch.Tensor) -> list[torch.Tensor]:
-    """Sum over the batch of each sample's squared ELBO gradient: per-sample gradients by `torch.func.vmap`."""
+    """Sum over the batch of each sample's squared ELBO gradient: per-sample gradients by `torch.func.vmap`,
+    one class at a time (the label is a constant of each vmap: one-hot encoding does not vectorise)."""
     from torch.func import grad, vmap
     from torch.nn.utils.stateless import _reparametrize_module
 
     vae = backend.vae
     names = {id(p): n for n, p in vae.named_parameters()}
     chosen = {names[id(p)]: p.detach() for p in params}
+    total = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    for label in data.rows.unique():
+        mask = data.rows == label
 
-    def one(weights, x, label, eps):
-        with _reparametrize_module(vae, weights):
-            return vae.neg_elbo(x[None], label[None], noise=eps[None]).sum()
+        def one(weights, x, eps, label=label):
+            with _reparametrize_module(vae, weights):
+                return vae.neg_elbo(x[None], label.reshape(1), noise=eps[None]).sum()
 
-    grads = vmap(grad(one), in_dims=(None, 0, 0, 0))(chosen, data.x, data.rows, noise)
-    return [grads[names[id(p)]].float().pow(2).sum(0) for p in params]
+        grads = vmap(grad(one), in_dims=(None, 0, 0))(chosen, data.x[mask], noise[mask])
+        torch._foreach_add_(total, [grads[names[id(p)]].float().pow(2).sum(0) for p in params])
+    return total
 
 
 # -- the method ------------------------------------------------------------------------------------------------
@@ -357,7 +363,7 @@ def _check(pipe, request: EditRequest, values: dict) -> None:
 
 
 @register("amnesia", AmnesiaConfig, modes=("erase",), summary="forget by continual learning (Selective Amnesia)",
-          inputs_cls=AmnesiaInputs)  # fmt: skip
+          inputs_cls=AmnesiaInputs, class_conditional=True)  # fmt: skip
 def fit_amnesia(pipe, request: EditRequest, config: AmnesiaConfig, inputs: AmnesiaInputs, *, seed: int = 0,
                 progress: bool = True):  # fmt: skip
     """Train Selective Amnesia on `pipe` to forget `request.concepts` and return the change as an `Edit`."""

@@ -140,16 +140,24 @@ class Method:
     modes: tuple[str, ...]
     summary: str
     inputs_cls: type = NoInputs
+    class_conditional: bool = False  # also trains the digits models (not text-to-image), as Selective Amnesia does
 
 
 _REGISTRY: dict[str, Method] = {}
 
 
-def register(name: str, config_cls: type, modes: Sequence[str], summary: str, inputs_cls: type = NoInputs):
+def register(
+    name: str,
+    config_cls: type,
+    modes: Sequence[str],
+    summary: str,
+    inputs_cls: type = NoInputs,
+    class_conditional: bool = False,
+):
     """Decorator for a method's fit function."""
 
     def wrap(fit: Callable[..., Any]) -> Callable[..., Any]:
-        _REGISTRY[name] = Method(name, config_cls, fit, tuple(modes), summary, inputs_cls)
+        _REGISTRY[name] = Method(name, config_cls, fit, tuple(modes), summary, inputs_cls, class_conditional)
         return fit
 
     return wrap
@@ -190,6 +198,9 @@ def fit(pipe, method: str, request: EditRequest, config=None, inputs=None, *, se
     from concept_edit.edit.state import changed_since, state_of, versions
 
     spec = get_method(method)
+    if getattr(pipe, "kind", None) in ("vae", "ddpm") and not spec.class_conditional:
+        usable = ", ".join(m for m in available_methods() if _REGISTRY[m].class_conditional)
+        raise ValueError(f"{method} edits text-to-image pipelines; the digits models take {usable}")
     if request.mode not in spec.modes:
         raise ValueError(f"{method} does not support mode {request.mode!r}; it supports {', '.join(spec.modes)}")
     config = config if config is not None else spec.config_cls()

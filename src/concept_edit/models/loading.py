@@ -1,7 +1,9 @@
 """Turn a model spec into a text-to-image diffusers pipeline.
 
 A spec is `shapes` (the bundled ShapesSD), a local diffusers folder, or a Hugging Face hub id
-(Stable Diffusion 1.x/2.x, SDXL, or any pipeline with a UNet denoiser fed by text encoders). Weights load
+(Stable Diffusion 1.x/2.x, SDXL, or any pipeline with a UNet denoiser fed by text encoders); or
+`digits-vae` / `digits-ddpm`, the class-conditional digits models Selective Amnesia is shown on, which
+are not text-to-image pipelines and take only the `amnesia` method. Weights load
 from safetensors only unless `allow_pickle=True`. The loaded pipeline carries a `ModelInfo` describing it.
 """
 
@@ -17,6 +19,7 @@ import torch
 
 log = logging.getLogger(__name__)
 SHAPES = "shapes"
+DIGITS = ("digits-vae", "digits-ddpm")  # concept_edit.digits: a conditional VAE and DDPM of 8x8 digits
 
 
 class ModelLoadError(ValueError):
@@ -66,6 +69,10 @@ def load_pipeline(
     if not isinstance(spec, str) or not spec.strip():
         raise ModelLoadError("the model spec is empty: pass 'shapes', a local folder or a hub id")
     device = _check_device(device) if device is not None else default_device()
+    if spec in DIGITS:  # not text-to-image: class-conditional models of 8x8 digits (Selective Amnesia)
+        from concept_edit.digits.loading import load_digits_model
+
+        return load_digits_model(spec, device, dtype)
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
     if spec == SHAPES:
         from concept_edit.shapes.pipeline import (
