@@ -228,3 +228,32 @@ def test_digits_bad_input_is_refused():
         fit(model, "amnesia", EditRequest(concepts=("0",)), make_config("amnesia", parameters="x"), progress=False)
     with pytest.raises(ValueError, match="the digits models take amnesia"):
         fit(model, "esd", EditRequest(concepts=("0",)), progress=False)
+
+
+def test_the_digits_ddpm_forgets_a_class_with_the_diffusion_fisher():
+    from concept_edit.digits import ddpm
+    from concept_edit.digits.loading import DigitsModel
+
+    torch.manual_seed(0)
+    unet = ddpm.new_unet(block_out_channels=(8, 16), norm_num_groups=4, attention_head_dim=8)
+    model = DigitsModel("digits-ddpm", unet=unet, scheduler=ddpm.new_scheduler())
+    cfg = make_config("amnesia", steps=2, batch_size=4, fisher_samples=2, fisher_timesteps=5, replay_samples=4,
+                      lr=1e-2)  # fmt: skip
+    edit = fit(model, "amnesia", EditRequest(concepts=("3",), preserve=("1", "2")), cfg, seed=0, progress=False)
+    assert all(t.startswith("unet.") for t in edit.targets)
+    assert edit.manifest["stats"]["fisher_mean"] > 0 and edit.manifest["config"]["resolved"]["lam"] == 10.0
+
+
+def test_cli_trains_a_digits_edit_and_refuses_verbs_that_need_text(tmp_path, capsys):
+    from concept_edit.cli import main
+
+    code = main(["edit", "amnesia", "--model", "digits-vae", "--device", "cpu", "--concept", "0", "--steps", "2",
+                 "--fisher-samples", "20", "--replay-samples", "20", "--out", str(tmp_path / "e")])  # fmt: skip
+    out = capsys.readouterr()
+    assert code == 0 and "wrote" in out.out and (tmp_path / "e").exists()
+    code = main(
+        ["generate", "--model", "digits-vae", "--device", "cpu", "--prompt", "0", "--out", str(tmp_path / "a.png")]
+    )
+    err = capsys.readouterr().err
+    assert code != 0 and "not a text-to-image pipeline" in err and "Traceback" not in err
+    assert not (tmp_path / "a.png").exists()

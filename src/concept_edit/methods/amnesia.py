@@ -70,7 +70,7 @@ DEFAULTS = {
              "replay_samples": 2000, "surrogate_samples": 0, "fisher_timesteps": None},
     "text-to-image": {"lam": 50.0, "lr": 1e-5, "batch_size": 4, "steps": 1000, "fisher_samples": 5000,
                       "replay_samples": 5000, "surrogate_samples": 1000, "fisher_timesteps": None},
-    "shapes": {"lam": 50.0, "lr": 1e-4, "batch_size": 8, "steps": 300, "fisher_samples": 32,
+    "shapes": {"lam": 50.0, "lr": 3e-3, "batch_size": 8, "steps": 300, "fisher_samples": 32,
                "replay_samples": 64, "surrogate_samples": 32, "fisher_timesteps": 50},
 }  # fmt: skip
 
