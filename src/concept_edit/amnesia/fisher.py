@@ -67,14 +67,16 @@ def diffusion_squared_gradient(
 ) -> list[torch.Tensor]:
     """(scale * sum_t d L(x0, row, t) / d theta)^2 for one sample, its timesteps batched `chunk` at a time.
 
-    x0 (1, ...), row (1,), timesteps (K,), noise (K, ...); `loss_fn` returns one loss per row.
+    x0 (1, ...), row (1,) or one condition row per timestep (K,), timesteps (K,), noise (K, ...); `loss_fn`
+    returns one loss per row.
     """
     for p in params:
         p.grad = None
+    rows = row.expand(len(timesteps)) if len(row) == 1 else row
     for start in range(0, len(timesteps), chunk):
         t = timesteps[start : start + chunk]
         n = len(t)
-        loss = loss_fn(x0.expand(n, *x0.shape[1:]), row.expand(n), t, noise[start : start + chunk]).sum()
+        loss = loss_fn(x0.expand(n, *x0.shape[1:]), rows[start : start + chunk], t, noise[start : start + chunk]).sum()
         (loss * scale).backward()
     return _squares(params)
 

@@ -167,16 +167,24 @@ class DigitsVAE:
 
 
 class DigitsDDPM(DigitsVAE):
+    """L_simple summed over pixels and averaged over the batch, as the official CIFAR code
+    (`noise_estimation_loss_conditional`), so that its lambda (10) means the same here; the Fisher's
+    timesteps see the null class 10% of the time, as its class dropout does when the official code
+    estimates the Fisher (`null_row`, `null_share`)."""
+
     kind = "ddpm"
     diffusion = True
     reduction = "mean"
+    null_share = 0.1
 
-    def __init__(self, model):
-        from concept_edit.digits.ddpm import neg_elbo_terms
+    def __init__(self, model, steps: int | None = None, guidance: float | None = None):
+        from concept_edit.digits.ddpm import NULL_CLASS, neg_elbo_terms
 
         self.model, self.unet, self.device = model, model.unet, model.device
         self._loss = neg_elbo_terms
+        self.null_row = NULL_CLASS
         self.num_timesteps = int(model.scheduler.config.num_train_timesteps)
+        self.sampling = {"steps": steps, "guidance": guidance}
 
     def parameter_names(self, group: str) -> list[str]:
         if group != "all":
@@ -184,7 +192,8 @@ class DigitsDDPM(DigitsVAE):
         return [f"unet.{n}" for n, _ in self.unet.named_parameters()]
 
     def loss(self, x, rows, timesteps, noise) -> torch.Tensor:
-        return self._loss(self.unet, self.model.scheduler, x, rows, timesteps.to(self.device), noise)
+        pixels = x[0].numel()  # the helper's loss is a mean over pixels; the official one sums them
+        return self._loss(self.unet, self.model.scheduler, x, rows, timesteps.to(self.device), noise) * pixels
 
     def draw(self, x, generator):
         t = torch.randint(0, self.num_timesteps, (len(x),), generator=generator)
@@ -199,7 +208,7 @@ class DigitsDDPM(DigitsVAE):
         starts = range(0, len(rows), batch_size)
         for start in tqdm(starts, desc="amnesia: sampling", disable=not progress, leave=False):
             gen = step_generator(seed, start, stream)
-            out.append(self.model.sample(rows[start : start + batch_size], generator=gen))
+            out.append(self.model.sample(rows[start : start + batch_size], generator=gen, **self.sampling))
         return torch.cat(out).to(self.device)
 
 
@@ -208,7 +217,7 @@ def backend_for(pipe, cond: Conditions | None = None, **sampling) -> TextToImage
     if kind == "vae":
         return DigitsVAE(pipe)
     if kind == "ddpm":
-        return DigitsDDPM(pipe)
+        return DigitsDDPM(pipe, **sampling)
     if not isinstance(getattr(pipe, "unet", None), nn.Module):
         raise ValueError(f"Selective Amnesia cannot train a {type(pipe).__name__}: it has no UNet or digits model")
     return TextToImage(pipe, cond, **sampling)

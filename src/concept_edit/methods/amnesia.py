@@ -24,7 +24,7 @@ every model (the official SD trainer uses AdamW with weight decay 0.01, negligib
 
 Faster than the official code, same objective:
 * the Fisher batches the timesteps of each sample (see `amnesia.fisher`; `fisher_timesteps` subsamples them)
-  and is cached as safetensors keyed by the trained weights' hash and its settings (`--fisher`);
+  and is cached as safetensors keyed by the hash of the model's weights and its settings (`--fisher`);
 * the EWC state (F and theta*) lives on the training device and its gradient is added in closed form with
   fused foreach operations (`amnesia.ewc`);
 * forget and replay rows go through the model in one batch;
@@ -50,12 +50,11 @@ from concept_edit.amnesia.ewc import EWCPenalty
 from concept_edit.amnesia.fisher import diffusion_squared_gradient, estimate_fisher, fisher_timesteps
 from concept_edit.amnesia.models import GROUPS, Data, backend_for
 from concept_edit.edit import trainable
-from concept_edit.edit.state import combine, current_digest
+from concept_edit.edit.state import combine, current_digest, named_tensors
 from concept_edit.io import atomic_path
 from concept_edit.methods.registry import EditRequest, _norm, input_field, register
 from concept_edit.models.conditioning import encode_conditions
 from concept_edit.models.loading import model_info
-from concept_edit.models.targets import get_parameter
 from concept_edit.training import load_checkpoint, run_steps, save_checkpoint, step_generator
 from concept_edit.validation import check_choice, check_fields
 
@@ -65,13 +64,14 @@ FISHER_FORMAT = "concept-edit-amnesia-fisher/1"
 # per kind of model: the official values (appendix B) where they fit this CPU, else set on tuning seeds 5000+
 DEFAULTS = {
     "vae": {"lam": 100.0, "lr": 1e-4, "batch_size": 256, "steps": 10000, "fisher_samples": 50000,
-            "replay_samples": 50000, "surrogate_samples": 0, "fisher_timesteps": None},
+            "replay_samples": 50000, "surrogate_samples": 1000, "fisher_timesteps": None, "fisher_chunk": 250},
     "ddpm": {"lam": 10.0, "lr": 1e-4, "batch_size": 128, "steps": 2000, "fisher_samples": 500,
-             "replay_samples": 2000, "surrogate_samples": 0, "fisher_timesteps": None},
+             "replay_samples": 2000, "surrogate_samples": 1000, "fisher_timesteps": None, "fisher_chunk": 250},
     "text-to-image": {"lam": 50.0, "lr": 1e-5, "batch_size": 4, "steps": 1000, "fisher_samples": 5000,
-                      "replay_samples": 5000, "surrogate_samples": 1000, "fisher_timesteps": None},
+                      "replay_samples": 5000, "surrogate_samples": 1000, "fisher_timesteps": None,
+                      "fisher_chunk": 25},
     "shapes": {"lam": 50.0, "lr": 3e-3, "batch_size": 8, "steps": 300, "fisher_samples": 32,
-               "replay_samples": 64, "surrogate_samples": 32, "fisher_timesteps": 50},
+               "replay_samples": 64, "surrogate_samples": 32, "fisher_timesteps": 50, "fisher_chunk": 250},
 }  # fmt: skip
 
 
@@ -97,7 +97,9 @@ class AmnesiaConfig:
         default=None,
         metadata={"help": "timesteps per Fisher sample, stratified (default: all T as official; ShapesSD 50)"},
     )
-    fisher_chunk: int = field(default=250, metadata={"help": "timesteps per Fisher forward/backward"})
+    fisher_chunk: int | None = field(
+        default=None, metadata={"help": "timesteps per Fisher forward/backward (default: SD 25, else 250)"}
+    )
     replay_samples: int | None = field(default=None, metadata={"help": "replay pool size (default: per model)"})
     surrogate_samples: int | None = field(
         default=None, metadata={"help": "surrogate images drawn once (default: per model; digits: fresh each step)"}
@@ -118,7 +120,7 @@ class AmnesiaConfig:
                 "batch_size": {"low": 1, "integer": True, "optional": True},
                 "fisher_samples": {"low": 1, "integer": True, "optional": True},
                 "fisher_timesteps": {"low": 1, "integer": True, "optional": True},
-                "fisher_chunk": {"low": 1, "integer": True},
+                "fisher_chunk": {"low": 1, "integer": True, "optional": True},
                 "replay_samples": {"low": 1, "integer": True, "optional": True},
                 "surrogate_samples": {"low": 1, "integer": True, "optional": True},
                 "sampling_steps": {"low": 1, "integer": True, "optional": True},
@@ -185,11 +187,18 @@ class _Plan:
     replay: Data
     fisher: Data
     surrogate: Data | None
+    replay_texts: list[str]  # what the replay and the Fisher samples were drawn for (prompts or classes)
+
+
+def _bare(text: str) -> str:
+    """A phrase without its leading article: "a cat" and "Cat" name the same concept."""
+    words = _norm(text).split()
+    return " ".join(words[1:] if len(words) > 1 and words[0] in ("a", "an", "the") else words)
 
 
 def _plan(pipe, backend_factory, request: EditRequest, values: dict, seed: int, progress: bool):
     surrogate = values["surrogate"]
-    if _norm(surrogate) in {_norm(c) for c in request.concepts}:
+    if _bare(surrogate) in {_bare(c) for c in request.concepts}:
         raise ValueError(f"the surrogate {surrogate!r} is the concept being forgotten; pick a different surrogate")
     uniform = surrogate.strip().lower() == "uniform"
     kind = getattr(pipe, "kind", None)
@@ -207,7 +216,8 @@ def _plan(pipe, backend_factory, request: EditRequest, values: dict, seed: int, 
         fisher_rows = torch.arange(values["fisher_samples"]) % n_classes  # p(c) uniform over all classes
         replay_rows = torch.tensor(replay_classes)[torch.arange(values["replay_samples"]) % len(replay_classes)]
         rows = {"forget": torch.tensor(forget), "fisher": fisher_rows, "replay": replay_rows}
-        surrogate_rows = None if uniform else torch.full((values["surrogate_samples"] or 0,), target)
+        surrogate_rows = None if uniform else torch.full((values["surrogate_samples"],), target)
+        replay_texts = [pipe.classes[k] for k in replay_classes]
     else:
         if request.preserve:
             prompts = list(request.preserve)
@@ -229,6 +239,7 @@ def _plan(pipe, backend_factory, request: EditRequest, values: dict, seed: int, 
             "fisher": replay_rows[: values["fisher_samples"]],
         }
         surrogate_rows = None if uniform else torch.full((values["surrogate_samples"],), len(texts) - 1)
+        replay_texts = prompts
     replay = Data(backend.generate(rows["replay"], seed, 31, progress=progress), rows["replay"].to(backend.device))
     if kind in ("vae", "ddpm"):
         fisher = Data(backend.generate(rows["fisher"], seed, 32, progress=progress), rows["fisher"].to(backend.device))
@@ -242,14 +253,17 @@ def _plan(pipe, backend_factory, request: EditRequest, values: dict, seed: int, 
         n = values["surrogate_samples"]
         surrogate_data = Data(backend.uniform(n, step_generator(seed, 0, 34)), torch.zeros(n, dtype=torch.long))
     return backend, _Plan(getattr(backend, "cond", None), rows["forget"].to(backend.device), replay, fisher,
-                          surrogate_data)  # fmt: skip
+                          surrogate_data, replay_texts)  # fmt: skip
 
 
 # -- Fisher: estimate, cache, reuse ---------------------------------------------------------------------------
-def _fisher_settings(values: dict, request: EditRequest, seed: int) -> dict:
-    keys = ("parameters", "fisher_samples", "fisher_timesteps", "sampling_steps", "sampling_guidance")
-    return {"options": {k: values[k] for k in keys}, "replay": list(request.preserve),
-            "concepts": list(request.concepts), "seed": seed}  # fmt: skip
+def _fisher_settings(values: dict, plan: _Plan, seed: int) -> dict:
+    """Everything F depends on besides the weights: which samples (drawn for which prompts or classes, how)
+    and how each sample's gradient is estimated. Not the forgotten concepts: one Fisher serves many edits."""
+    keys = ("parameters", "fisher_samples", "fisher_timesteps", "replay_samples", "sampling_steps",
+            "sampling_guidance")  # fmt: skip
+    texts = hashlib.sha256(json.dumps(plan.replay_texts).encode()).hexdigest()
+    return {"options": {k: values[k] for k in keys}, "replay_texts_sha256": texts, "seed": seed}
 
 
 def _fisher_file(location: Path | None, base_hash: str, settings: dict) -> Path | None:
@@ -262,6 +276,29 @@ def _fisher_file(location: Path | None, base_hash: str, settings: dict) -> Path 
     return location
 
 
+def _fisher_header(path: Path) -> dict:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as handle:
+            meta = json.loads((handle.metadata() or {}).get("amnesia", "null"))
+    except (SafetensorError, OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"--fisher: cannot read {path}: {err}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FISHER_FORMAT:
+        raise ValueError(f"--fisher: {path} is not a Selective Amnesia Fisher file")
+    return meta
+
+
+def check_fisher_owner(path: Path, base_hash: str) -> None:
+    """Refuse, before anything is sampled, a Fisher file estimated on another model's weights."""
+    meta = _fisher_header(path)
+    if meta["base_hash"] != base_hash:
+        raise ValueError(
+            f"--fisher: {path} is the Fisher of another model ({meta.get('base_model')}, or other weights); "
+            "give another file or folder to estimate this model's"
+        )
+
+
 def load_fisher(path: Path, names: list[str], base_hash: str, settings: dict) -> list[torch.Tensor]:
     """A cached Fisher, refused unless it was estimated on these weights with these settings."""
     from safetensors import SafetensorError, safe_open
@@ -272,10 +309,7 @@ def load_fisher(path: Path, names: list[str], base_hash: str, settings: dict) ->
             if not isinstance(meta, dict) or meta.get("format") != FISHER_FORMAT:
                 raise ValueError(f"--fisher: {path} is not a Selective Amnesia Fisher file")
             if meta["base_hash"] != base_hash:
-                raise ValueError(
-                    f"--fisher: {path} is the Fisher of another model ({meta.get('base_model')}, other weights "
-                    "or other trained parameters); give another file or folder to estimate this model's"
-                )
+                raise ValueError(f"--fisher: {path} is the Fisher of another model ({meta.get('base_model')})")
             if meta["settings"] != json.loads(json.dumps(settings)):
                 raise ValueError(f"--fisher: {path} was estimated with other settings {meta['settings']}")
             missing = [n for n in names if n not in handle.keys()]  # noqa: SIM118 - safe_open API
@@ -308,8 +342,11 @@ def fisher_of(backend, params, data: Data, values: dict, seed: int, *, checkpoin
             t, scale = fisher_timesteps(backend.num_timesteps, values["fisher_timesteps"], gen)
             x0 = data.x[step : step + 1]
             noise = backend.noise_for(x0, len(t), gen)
-            return diffusion_squared_gradient(params, backend.loss, x0, data.rows[step : step + 1], t, noise,
-                                              scale=scale, chunk=values["fisher_chunk"])  # fmt: skip
+            rows = data.rows[step : step + 1].expand(len(t)).clone()
+            if getattr(backend, "null_row", None) is not None:  # the official class dropout (digits DDPM)
+                rows[(torch.rand(len(t), generator=gen) < backend.null_share).to(rows.device)] = backend.null_row
+            return diffusion_squared_gradient(params, backend.loss, x0, rows, t, noise, scale=scale,
+                                              chunk=values["fisher_chunk"])  # fmt: skip
 
         steps = n
     else:  # the VAE: one ELBO per sample; per-sample gradients of a batch in one vectorised pass
@@ -355,6 +392,8 @@ def _check(pipe, request: EditRequest, values: dict) -> None:
     if kind in ("vae", "ddpm"):
         if values["parameters"] != "all":
             raise ValueError("the digits models have no cross-attention: use --parameters all")
+        if pipe.dtype != torch.float32:
+            raise ValueError(f"Selective Amnesia trains the digits models in float32, not {pipe.dtype}")
     elif pipe.unet.dtype != torch.float32:
         raise ValueError(
             f"Selective Amnesia fine-tunes float32 master weights, but the model is loaded in {pipe.unet.dtype}; "
@@ -374,13 +413,16 @@ def fit_amnesia(pipe, request: EditRequest, config: AmnesiaConfig, inputs: Amnes
     if inputs.resume and (checkpoint is None or not (checkpoint.exists() or fisher_partial.exists())):
         raise ValueError(f"--resume: there is no checkpoint at {inputs.checkpoint}")
     started = time.perf_counter()
+    # the Fisher depends on every weight (text encoder and frozen UNet parts included), not only the trained ones
+    base_hash = combine({k: current_digest(pipe, k, t) for k, t in named_tensors(pipe).items()})
+    if inputs.fisher is not None and Path(inputs.fisher).is_file():
+        check_fisher_owner(Path(inputs.fisher), base_hash)
     sampling = {"steps": values["sampling_steps"], "guidance": values["sampling_guidance"]}
     backend, plan = _plan(pipe, lambda cond: backend_for(pipe, cond, **sampling), request, values, seed, progress)
     keys = backend.parameter_names(values["parameters"])
-    base_hash = combine({k: current_digest(pipe, k, get_parameter(pipe, k)) for k in keys})
-    settings = _fisher_settings(values, request, seed)
+    settings = _fisher_settings(values, plan, seed)
     cache = _fisher_file(inputs.fisher, base_hash, settings)
-    run_config = {"config": values, "request": request.to_dict(), "seed": seed}
+    run_config = {"config": values, "request": request.to_dict(), "seed": seed, "base_hash": base_hash}
     with trainable(pipe, keys) as tuned:
         params = tuned.parameters
         if cache is not None and cache.exists():
@@ -389,7 +431,8 @@ def fit_amnesia(pipe, request: EditRequest, config: AmnesiaConfig, inputs: Amnes
             log.info("amnesia: Fisher from %s", cache)
         else:
             fisher = fisher_of(backend, params, plan.fisher, values, seed, checkpoint=fisher_partial,
-                               run_config=settings, resume=inputs.resume, progress=progress)  # fmt: skip
+                               run_config={**settings, "base_hash": base_hash}, resume=inputs.resume,
+                               progress=progress)  # fmt: skip
             if cache is not None:
                 save_fisher(cache, keys, fisher, base_hash, settings, model_info(pipe).spec)
         penalty = EWCPenalty(params, fisher, values["lam"])
