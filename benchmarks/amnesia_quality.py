@@ -12,8 +12,9 @@ official code: VAE 100, DDPM 10; `-nogr` is the paper's "No GR" ablation, gamma 
 * remembered classes: the share of n/9 samples per class read as their class, and the Frechet distance
   between the classifier's features of those samples and of the real held-out digits of the same classes
   (the paper reports FID of the remembered classes), before and after.
-Evaluation samples are drawn with generator seeds 10000+; training uses --train-seed (defaults chosen with
-training seeds 5000+ only).
+Evaluation samples are drawn with generator seeds from --eval-seed (10000); training uses --train-seed (0).
+The digits defaults are the official ones; the ShapesSD defaults were chosen with training seed 5000 and
+probe seeds 5000+, never these. Means carry percentile-bootstrap 95% intervals, shares Wilson intervals.
 
 ShapesSD row: forget "circle" with the surrogate "a square" (the issue's example), the shapes-world oracle
 judging: on shapes-objects, the share of circle prompts read as square and as circle, the other seven
@@ -24,17 +25,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from concept_edit import EditRequest, applied, fit, make_config
+from concept_edit import EditRequest, applied, fit, make_config, make_inputs
 from concept_edit.evaluation.metrics import format_share, frechet_distance, wilson
 from concept_edit.models import load_pipeline
 
 EVAL_SEED = 10_000
+FISHER_CACHE = Path(tempfile.gettempdir()) / "concept-edit-amnesia-fisher"  # the -nogr rows reuse their model's
 ROWS = {
     "digits-vae": ("digits-vae", {}),
     "digits-vae-nogr": ("digits-vae", {"gamma": 0.0}),
@@ -45,10 +48,12 @@ ROWS = {
 
 
 def _mean_ci(values: torch.Tensor) -> dict:
+    """The mean with a percentile-bootstrap 95% interval (the values are bounded and skewed: no normal one)."""
     values = values.double()
-    half = 1.96 * float(values.std()) / math.sqrt(len(values))
-    return {"mean": float(values.mean()), "ci95": [float(values.mean()) - half, float(values.mean()) + half],
-            "n": len(values)}  # fmt: skip
+    gen = torch.Generator().manual_seed(0)
+    picks = torch.randint(len(values), (2000, len(values)), generator=gen)
+    means = values[picks].mean(1).sort().values
+    return {"mean": float(values.mean()), "ci95": [float(means[49]), float(means[1949])], "n": len(values)}
 
 
 def _share(hits: int, n: int) -> dict:
@@ -56,11 +61,11 @@ def _share(hits: int, n: int) -> dict:
 
 
 @torch.no_grad()
-def digits_metrics(model, classifier, real_x, real_y, forgotten: int, n: int) -> dict:
+def digits_metrics(model, classifier, real_x, real_y, forgotten: int, n: int, eval_seed: int) -> dict:
     def draw(labels, stream):
         out = []
         for start in range(0, len(labels), 250):
-            gen = torch.Generator().manual_seed(EVAL_SEED + 1000 * stream + start)
+            gen = torch.Generator().manual_seed(eval_seed + 1_000_000 * stream + start)
             out.append(model.sample(labels[start : start + 250], generator=gen))
         return torch.cat(out)
 
@@ -84,20 +89,20 @@ def digits_metrics(model, classifier, real_x, real_y, forgotten: int, n: int) ->
     }
 
 
-def digits_row(name: str, options: dict, n: int, train_seed: int) -> dict:
+def digits_row(name: str, options: dict, n: int, train_seed: int, eval_seed: int) -> dict:
     from concept_edit.digits.data import load_split
     from concept_edit.digits.loading import load_classifier
 
     model = load_pipeline(name, device="cpu")
     classifier = load_classifier("cpu")
     real_x, real_y = load_split("test")
-    before = digits_metrics(model, classifier, real_x, real_y, 0, n)
+    before = digits_metrics(model, classifier, real_x, real_y, 0, n, eval_seed)
     started = time.perf_counter()
-    edit = fit(model, "amnesia", EditRequest(concepts=("0",)), make_config("amnesia", **options), seed=train_seed,
-               progress=False)  # fmt: skip
+    edit = fit(model, "amnesia", EditRequest(concepts=("0",)), make_config("amnesia", **options),
+               make_inputs("amnesia", fisher=FISHER_CACHE), seed=train_seed, progress=False)  # fmt: skip
     fit_s = time.perf_counter() - started
     with applied(model, edit):
-        after = digits_metrics(model, classifier, real_x, real_y, 0, n)
+        after = digits_metrics(model, classifier, real_x, real_y, 0, n, eval_seed)
     resolved = edit.manifest["config"]["resolved"]
     return {"model": name, "options": options, "lam": resolved["lam"], "gamma": resolved["gamma"],
             "steps": resolved["steps"], "fit_s": round(fit_s, 1), "before": before, "after": after,
@@ -124,8 +129,14 @@ def shapes_row(options: dict, n: int, train_seed: int, suite_seed: int = 0) -> d
     circle = np.array([e.label == "circle" for e in objects.entries])
 
     def reads(imgs, mask):
-        labels = np.array(oracle.read(imgs[mask]).labels("object"))
-        return {k: _share(int((labels == k).sum()), len(labels)) for k in ("circle", "square")}
+        """Shares read as circle and as square; `square_confident`: with the oracle's probability >= 0.9 (the
+        oracle must name an object, so an image of nothing would still be read as one)."""
+        reading = oracle.read(imgs[mask])
+        labels = np.array(reading.labels("object"))
+        out = {k: _share(int((labels == k).sum()), len(labels)) for k in ("circle", "square")}
+        sure = np.asarray(reading.probs["object"]).max(axis=1) >= 0.9
+        out["square_confident"] = _share(int(((labels == "square") & sure).sum()), len(labels))
+        return out
 
     def others(results):
         per = {k: v for k, v in results["per_concept"].items() if k != "circle"}
@@ -175,7 +186,8 @@ def _print(rows: list[dict]) -> None:
         for when in ("before", "after"):
             c = r[f"circle_prompts_{when}"]
             print(f"  {when}: circle prompts read as circle {format_share(c['circle'])}, as square "
-                  f"{format_share(c['square'])}; other objects {format_share(r[f'others_{when}'])}")  # fmt: skip
+                  f"{format_share(c['square'])} (with p >= 0.9: {format_share(c['square_confident'], n=False)}); "
+                  f"other objects {format_share(r[f'others_{when}'])}")  # fmt: skip
         print("  circle synonyms after (shapes-paraphrase): " + "; ".join(
             f"{p!r}: circle {v['circle']['accuracy']:.2f}, square {v['square']['accuracy']:.2f} (n={v['circle']['n']})"
             for p, v in r["paraphrase_synonyms_after"].items()))  # fmt: skip
@@ -190,6 +202,7 @@ def main() -> None:
     )
     parser.add_argument("--shapes-n", type=int, default=16, help="ShapesSD: images per concept")
     parser.add_argument("--train-seed", type=int, default=0)
+    parser.add_argument("--eval-seed", type=int, default=EVAL_SEED, help="digits: first generator seed of samples")
     parser.add_argument("--suite-seed", type=int, default=0, help="ShapesSD: first suite seed (tuning: 5000)")
     parser.add_argument("--set", action="append", default=[], help="override an option of every row: name=value")
     parser.add_argument("--json", action="store_true")
@@ -199,7 +212,7 @@ def main() -> None:
         name, options = ROWS[row]
         options = {**options, **{k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}}
         result = shapes_row(options, args.shapes_n, args.train_seed, args.suite_seed) if name == "shapes" else \
-            digits_row(name, options, args.n, args.train_seed)  # fmt: skip
+            digits_row(name, options, args.n, args.train_seed, args.eval_seed)  # fmt: skip
         result["row"] = row
         rows.append(result)
         print(f"{row}: fit {result['fit_s']:.0f} s", flush=True)
