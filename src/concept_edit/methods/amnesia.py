@@ -17,10 +17,17 @@ Maximise (eq. 4)
 
 As the official code does (clear-nus/selective-amnesia): the ELBO terms are the models' training losses (the
 negative ELBO of the VAE summed over the batch; L_simple of a diffusion model averaged over the batch, at a
-uniform random timestep), the replay term is weighted by `gamma` (1 in the paper; 0 is the "no GR" ablation
+uniform random timestep, averaged over pixels on SD as `ddpm_forget.py` and summed over pixels on the digits
+DDPM as the official CIFAR loss; the digits DDPM's Fisher sees the null class on 10% of timesteps, as the
+official class dropout does there), the replay term is weighted by `gamma` (1 in the paper; 0 is the "no GR" ablation
 of Table 1), and the penalty is lambda sum_i F_i (theta_i - theta*_i)^2, the 1/2 absorbed into lambda, so the
 official lambda values carry over: VAE 100, DDPM 10, SD 50 (the defaults per kind of model). Adam is used for
 every model (the official SD trainer uses AdamW with weight decay 0.01, negligible at lr 1e-5).
+
+Not reproduced: the official trainers' EMA and gradient clipping; forget and replay rows draw independent
+timesteps (the official DDPM code shares antithetic ones); the digits DDPM draws its Fisher samples apart from
+its replay samples (the official code uses one stored set). Generated samples are not checkpointed: resume
+redraws them from the seed (identical on the CPU; GPU sampling may differ in the last bits).
 
 Faster than the official code, same objective:
 * the Fisher batches the timesteps of each sample (see `amnesia.fisher`; `fisher_timesteps` subsamples them)
