@@ -267,7 +267,7 @@ def test_the_digits_ddpm_forgets_a_class_with_the_diffusion_fisher():
                       lr=1e-2)  # fmt: skip
     edit = fit(model, "amnesia", EditRequest(concepts=("3",), preserve=("1", "2")), cfg, seed=0, progress=False)
     assert all(t.startswith("unet.") for t in edit.targets)
-    assert edit.manifest["stats"]["fisher_mean"] > 0 and edit.manifest["config"]["resolved"]["lam"] == 10.0
+    assert edit.manifest["stats"]["fisher_mean"] > 0 and edit.manifest["config"]["resolved"]["lam"] == 0.3
 
 
 def test_cli_trains_a_digits_edit_and_refuses_verbs_that_need_text(tmp_path, capsys):
