@@ -19,6 +19,22 @@ CASES = {
     "cad_speed.py": (["--steps", "3", "--repeats", "1"], "speedup"),
     "cad_quality.py": (["--n", "1", "--ratios", "0.1", "--subsets", "3"], "erase_pearson_r"),
     "cad_amplify.py": (["--n", "2", "--ratios", "0.1"], "after"),
+    "amnesia_speed.py": (["--samples", "1", "--timesteps", "10"], "speedup"),
+    "amnesia_quality.py": (
+        [
+            "--rows",
+            "digits-vae",
+            "--n",
+            "20",
+            "--set",
+            "steps=5",
+            "--set",
+            "fisher_samples=50",
+            "--set",
+            "replay_samples=100",
+        ],
+        "rows",
+    ),
 }
 
 
