@@ -47,11 +47,23 @@ class Data:
     def cat(parts: list[Data]) -> Data:
         return Data(torch.cat([p.x for p in parts]), torch.cat([p.rows for p in parts]))
 
-    def state_dict(self) -> dict:
-        return {"x": self.x, "rows": self.rows}
+
+class _Diffusion:
+    """What both diffusion kinds share: training timesteps uniform on [0, T) and Gaussian noise."""
+
+    num_timesteps: int
+    device: torch.device
+
+    def draw(self, x, generator) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.randint(0, self.num_timesteps, (len(x),), generator=generator)
+        return t.to(self.device), torch.randn(x.shape, generator=generator).to(self.device)
+
+    def noise_for(self, x0, count: int, generator) -> torch.Tensor:
+        """Noise for `count` timesteps of one sample x0 (1, ...)."""
+        return torch.randn((count, *x0.shape[1:]), generator=generator).to(self.device)
 
 
-class TextToImage:
+class TextToImage(_Diffusion):
     kind = "text-to-image"
     diffusion = True
     reduction = "mean"  # the official SD loss: batch means, plus lambda * the EWC sum
@@ -94,13 +106,6 @@ class TextToImage:
         out = predict_noise(self.unet, noisy.to(self.unet.dtype), timesteps, self.cond.take(rows)).float()
         target = noise if self.prediction == "epsilon" else self.train_scheduler.get_velocity(x, noise, timesteps)
         return (out - target).pow(2).flatten(1).mean(1)
-
-    def draw(self, x, generator) -> tuple[torch.Tensor, torch.Tensor]:
-        t = torch.randint(0, self.num_timesteps, (len(x),), generator=generator)
-        return t.to(self.device), torch.randn(x.shape, generator=generator).to(self.device)
-
-    def noise_for(self, x0, count: int, generator) -> torch.Tensor:
-        return torch.randn((count, *x0.shape[1:]), generator=generator).to(self.device)
 
     @torch.no_grad()
     def generate(self, rows: torch.Tensor, seed: int, stream: int, *, batch_size: int = 16, progress=False):
@@ -166,7 +171,7 @@ class DigitsVAE:
         return torch.rand((n, 1, 8, 8), generator=generator).to(self.device)
 
 
-class DigitsDDPM(DigitsVAE):
+class DigitsDDPM(_Diffusion, DigitsVAE):
     """L_simple summed over pixels and averaged over the batch, as the official CIFAR code
     (`noise_estimation_loss_conditional`), so that its lambda (10) means the same here; the Fisher's
     timesteps see the null class 10% of the time, as its class dropout does when the official code
@@ -194,13 +199,6 @@ class DigitsDDPM(DigitsVAE):
     def loss(self, x, rows, timesteps, noise) -> torch.Tensor:
         pixels = x[0].numel()  # the helper's loss is a mean over pixels; the official one sums them
         return self._loss(self.unet, self.model.scheduler, x, rows, timesteps.to(self.device), noise) * pixels
-
-    def draw(self, x, generator):
-        t = torch.randint(0, self.num_timesteps, (len(x),), generator=generator)
-        return t.to(self.device), torch.randn(x.shape, generator=generator).to(self.device)
-
-    def noise_for(self, x0, count: int, generator) -> torch.Tensor:
-        return torch.randn((count, *x0.shape[1:]), generator=generator).to(self.device)
 
     @torch.no_grad()
     def generate(self, rows: torch.Tensor, seed: int, stream: int, *, batch_size: int = 256, progress=False):
