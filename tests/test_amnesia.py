@@ -9,7 +9,12 @@ import torch
 
 from concept_edit import EditRequest, fit, make_config, make_inputs
 from concept_edit.amnesia.ewc import EWCPenalty
-from concept_edit.amnesia.fisher import diffusion_squared_gradient, fisher_timesteps, official_squared_gradient
+from concept_edit.amnesia.fisher import (
+    diffusion_squared_gradient,
+    fisher_timesteps,
+    official_squared_gradient,
+    vae_squared_gradients,
+)
 from concept_edit.amnesia.models import Data, TextToImage, backend_for
 from concept_edit.edit import trainable
 from concept_edit.methods import amnesia
@@ -194,7 +199,7 @@ def test_vae_per_sample_gradients_equal_a_loop():
     data = Data(torch.rand(7, 1, 8, 8), torch.tensor([0, 3, 3, 1, 0, 9, 3]))
     noise = torch.randn(7, 3)
     with trainable(model, backend.parameter_names("all")) as tuned:
-        ours = amnesia.vae_squared_gradients(backend, tuned.parameters, data, noise)
+        ours = vae_squared_gradients(model.vae, tuned.parameters, data.x, data.rows, noise)
         expected = [torch.zeros_like(p) for p in tuned.parameters]
         for n in range(len(data)):
             loss = model.vae.neg_elbo(data.x[n : n + 1], data.rows[n : n + 1], noise=noise[n : n + 1]).sum()

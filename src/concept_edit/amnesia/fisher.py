@@ -20,6 +20,9 @@ kept for `benchmarks/amnesia_speed.py`: batch-1 forwards, one per timestep, a ba
 Both use the same noise for the same (sample, timestep) from the same generator, so at S = T the two give
 the same F up to float summation order (tested).
 
+For the VAE the ELBO has no timesteps: `vae_squared_gradients` takes a batch's per-sample gradients in one
+`torch.func.vmap` pass.
+
 `estimate_fisher` runs the steps with progress, a checkpoint on Ctrl-C and resume (`training.run_steps`).
 """
 
@@ -101,6 +104,33 @@ def official_squared_gradient(
             loss = loss + loss_fn(x0, row, timesteps[k : k + 1], noise[k : k + 1]).sum()
         loss.backward()
     return _squares(params)
+
+
+def vae_squared_gradients(
+    vae: torch.nn.Module,
+    params: Sequence[torch.nn.Parameter],
+    x: torch.Tensor,
+    rows: torch.Tensor,
+    noise: torch.Tensor,
+) -> list[torch.Tensor]:
+    """Sum over the batch of each sample's squared ELBO gradient: per-sample gradients by `torch.func.vmap`,
+    one class at a time (the label is a constant of each vmap: one-hot encoding does not vectorise)."""
+    from torch.func import grad, vmap
+    from torch.nn.utils.stateless import _reparametrize_module
+
+    names = {id(p): n for n, p in vae.named_parameters()}
+    chosen = {names[id(p)]: p.detach() for p in params}
+    total = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    for label in rows.unique():
+        mask = rows == label
+
+        def one(weights, x, eps, label=label):
+            with _reparametrize_module(vae, weights):
+                return vae.neg_elbo(x[None], label.reshape(1), noise=eps[None]).sum()
+
+        grads = vmap(grad(one), in_dims=(None, 0, 0))(chosen, x[mask], noise[mask])
+        torch._foreach_add_(total, [grads[names[id(p)]].float().pow(2).sum(0) for p in params])
+    return total
 
 
 def estimate_fisher(

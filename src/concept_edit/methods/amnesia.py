@@ -55,7 +55,12 @@ from pathlib import Path
 import torch
 
 from concept_edit.amnesia.ewc import EWCPenalty
-from concept_edit.amnesia.fisher import diffusion_squared_gradient, estimate_fisher, fisher_timesteps
+from concept_edit.amnesia.fisher import (
+    diffusion_squared_gradient,
+    estimate_fisher,
+    fisher_timesteps,
+    vae_squared_gradients,
+)
 from concept_edit.amnesia.models import GROUPS, Data, backend_for
 from concept_edit.edit import trainable
 from concept_edit.edit.state import combine, current_digest, named_tensors
@@ -367,32 +372,10 @@ def fisher_of(backend, params, data: Data, values: dict, seed: int, *, checkpoin
         def squared(step: int) -> list[torch.Tensor]:
             part = data.take(torch.arange(step * batch, min(n, (step + 1) * batch)))
             noise = torch.randn((len(part), backend.latent_dim), generator=step_generator(seed, step, 41))
-            return vae_squared_gradients(backend, params, part, noise.to(backend.device))
+            return vae_squared_gradients(backend.vae, params, part.x, part.rows, noise.to(backend.device))
 
     return estimate_fisher(params, steps=steps, squared_gradients=squared, count=n, checkpoint=checkpoint,
                            run_config=run_config, resume=resume, progress=progress)  # fmt: skip
-
-
-def vae_squared_gradients(backend, params, data: Data, noise: torch.Tensor) -> list[torch.Tensor]:
-    """Sum over the batch of each sample's squared ELBO gradient: per-sample gradients by `torch.func.vmap`,
-    one class at a time (the label is a constant of each vmap: one-hot encoding does not vectorise)."""
-    from torch.func import grad, vmap
-    from torch.nn.utils.stateless import _reparametrize_module
-
-    vae = backend.vae
-    names = {id(p): n for n, p in vae.named_parameters()}
-    chosen = {names[id(p)]: p.detach() for p in params}
-    total = [torch.zeros_like(p, dtype=torch.float32) for p in params]
-    for label in data.rows.unique():
-        mask = data.rows == label
-
-        def one(weights, x, eps, label=label):
-            with _reparametrize_module(vae, weights):
-                return vae.neg_elbo(x[None], label.reshape(1), noise=eps[None]).sum()
-
-        grads = vmap(grad(one), in_dims=(None, 0, 0))(chosen, data.x[mask], noise[mask])
-        torch._foreach_add_(total, [grads[names[id(p)]].float().pow(2).sum(0) for p in params])
-    return total
 
 
 # -- the method ------------------------------------------------------------------------------------------------
@@ -424,8 +407,10 @@ def fit_amnesia(pipe, request: EditRequest, config: AmnesiaConfig, inputs: Amnes
     if inputs.resume and (checkpoint is None or not (checkpoint.exists() or fisher_partial.exists())):
         raise ValueError(f"--resume: there is no checkpoint at {inputs.checkpoint}")
     started = time.perf_counter()
-    # the Fisher depends on every weight (text encoder and frozen UNet parts included), not only the trained ones
-    base_hash = combine({k: current_digest(pipe, k, t) for k, t in named_tensors(pipe).items()})
+    # the Fisher depends on every weight (text encoder and frozen UNet parts included), not only the trained ones;
+    # hashed only when a cache or a checkpoint must be matched to the model (a billion weights on SD)
+    needs_hash = inputs.fisher is not None or checkpoint is not None
+    base_hash = combine({k: current_digest(pipe, k, t) for k, t in named_tensors(pipe).items()}) if needs_hash else ""
     if inputs.fisher is not None and Path(inputs.fisher).is_file():
         check_fisher_owner(Path(inputs.fisher), base_hash)
     sampling = {"steps": values["sampling_steps"], "guidance": values["sampling_guidance"]}
