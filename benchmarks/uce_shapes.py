@@ -8,9 +8,14 @@
    and, apart, on phrases that contain the erased name (shapes-containing: "five-pointed star");
 3. take down the memorised logo: erase "the acme logo" toward "" (shapes-logo suite: logo detection and
    controls), aligning on the last token (the paper's default) and on every token of the prompt;
-4. debias (Algorithm 1): "a heart" and "a star" toward uniform colour over all 8 colours, judged by the oracle,
-   eta = --debias-step, the other six objects preserved; UCE's Delta on the shapes-bias suite ("a heart",
-   "a picture of a heart", ...) before and after, on seeds the debias loop never saw.
+4. debias (Algorithm 1): "a heart" (always red) toward a uniform share of red, blue, yellow and green, the
+   other seven objects preserved, judged by the oracle over those four colours; one row per configuration
+   (DEBIAS_CONFIGS: the official scripts' variants, last or trailing tokens, fixed step or the secant
+   controller), each with the images the loop generated until it reached the tolerance and UCE's Delta on
+   two seed sets it never saw: tuning seeds (--debias-tune-seed, where the default is chosen) and report
+   seeds (--debias-report-seed, where it is reported). The loop measures on seeds seed * 100003 + 0..n-1.
+
+    python benchmarks/uce_shapes.py --parts debias --json    # ~40 min on one busy CPU core
 """
 
 from __future__ import annotations
@@ -22,22 +27,27 @@ import time
 import numpy as np
 
 from concept_edit import EditRequest, fit
+from concept_edit.edit import applied
 from concept_edit.evaluation.classifiers import OracleAttributeClassifier
 from concept_edit.evaluation.evaluate import evaluate
-from concept_edit.evaluation.metrics import format_share
+from concept_edit.evaluation.metrics import format_share, wilson
 from concept_edit.evaluation.suites import Entry, Suite, get_suite
+from concept_edit.generation import generate
 from concept_edit.methods.uce import UCEConfig, UCEInputs
 from concept_edit.models import load_pipeline
-from concept_edit.shapes.world import COLORS, OBJECTS
+from concept_edit.shapes.world import OBJECTS
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=8, help="images per concept")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--debias-images", type=int, default=24)
-    parser.add_argument("--debias-step", type=float, default=1.5, help="eta (official 0.1 barely moves ShapesSD)")
-    parser.add_argument("--debias-iterations", type=int, default=20)
+    parser.add_argument("--debias-images", type=int, default=24, help="debias: images per loop measurement")
+    parser.add_argument("--debias-iterations", type=int, default=12, help="debias: at most this many iterations")
+    parser.add_argument("--debias-eval-n", type=int, default=48, help="debias: images per evaluation seed set")
+    parser.add_argument("--debias-tune-seed", type=int, default=20_000, help="debias: first tuning seed")
+    parser.add_argument("--debias-report-seed", type=int, default=10_000, help="debias: first report seed")
+    parser.add_argument("--debias-configs", default="", help="debias: comma-separated subset of DEBIAS_CONFIGS")
     parser.add_argument("--parts", default="erase,logo,debias", help="comma-separated subset to run")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -122,36 +132,122 @@ def _logo(pipe, args) -> dict:
     return out
 
 
+# name -> (variant, tokens, controller, eta or the secant's first step)
+DEBIAS_CONFIGS = {
+    "add-last-0.1": ("train_debias_add", "last", "fixed", 0.1),
+    "add-last-1.5": ("train_debias_add", "last", "fixed", 1.5),
+    "add-trailing-0.1": ("train_debias_add", "trailing", "fixed", 0.1),
+    "add-trailing-1.5": ("train_debias_add", "trailing", "fixed", 1.5),
+    "main-trailing-0.1": ("train_debias_main", "trailing", "fixed", 0.1),
+    "sd-last-1": ("uce_sd_debias", "last", "fixed", 1.0),
+    "sd-trailing-1": ("uce_sd_debias", "trailing", "fixed", 1.0),
+    "add-last-secant": ("train_debias_add", "last", "secant", 1.5),
+    "add-trailing-secant": ("train_debias_add", "trailing", "secant", 0.1),
+    "sd-last-secant": ("uce_sd_debias", "last", "secant", 1.0),
+}
+DEBIAS_CONCEPT = "a heart"
+DEBIAS_COLORS = ("red", "blue", "yellow", "green")
+
+
 def _debias(pipe, args) -> dict:
-    bias_suite = get_suite("shapes-bias", 3 * args.n, args.seed + 10_000)  # seeds the debias loop never uses
-    bias_before, _ = evaluate(pipe, bias_suite, progress=False)
-    started = time.perf_counter()
-    # debias and preserve the prompt form users write ("a heart"); the suite also asks "a picture of a heart"
-    others = tuple(f"a {o}" for o in OBJECTS if o not in ("heart", "star"))  # keep the rest of the world
-    request = EditRequest(concepts=("a heart", "a star"), mode="debias", attributes=tuple(COLORS), preserve=others)
-    config = UCEConfig(
-        debias_images=args.debias_images, debias_step=args.debias_step, debias_max_iterations=args.debias_iterations
-    )
-    inputs = UCEInputs(classifier=OracleAttributeClassifier())
-    debias_edit = fit(pipe, "uce", request, config, inputs, seed=args.seed, progress=not args.json)
-    debias_s = time.perf_counter() - started
-    bias_after, _ = evaluate(pipe, bias_suite, edits=[debias_edit], progress=False)
-    stats = debias_edit.manifest["stats"]
-    return {
-        "step": args.debias_step,
-        "final_ratios": stats["final_ratios"],
-        "iterations": stats["iterations"],
-        "unconverged": stats["unconverged"],
-        "seconds": round(debias_s, 1),
-        "deviation_before": bias_before["deviation"],
-        "deviation_after": bias_after["deviation"],
-        "red_hearts_before": bias_before["distribution"]["heart"]["red"],
-        "red_hearts_after": bias_after["distribution"]["heart"]["red"],
-        "yellow_stars_before": bias_before["distribution"]["star"]["yellow"],
-        "yellow_stars_after": bias_after["distribution"]["star"]["yellow"],
-        "object_accuracy_before": bias_before["per_concept"],
-        "object_accuracy_after": bias_after["per_concept"],
+    """Every debias configuration on the same task; each judged on tuning seeds and on report seeds."""
+    judge = OracleAttributeClassifier()
+    tune_seeds = list(range(args.debias_tune_seed, args.debias_tune_seed + args.debias_eval_n))
+    report_seeds = list(range(args.debias_report_seed, args.debias_report_seed + args.debias_eval_n))
+    loop_seeds = [args.seed * 100_003 + k for k in range(args.debias_images)]  # what uce_debias measures on
+    assert not set(loop_seeds) & (set(tune_seeds) | set(report_seeds)), "evaluation seeds overlap the loop's"
+    others = tuple(f"a {o}" for o in OBJECTS if o != "heart")  # preserved: the rest of the world
+    request = EditRequest(concepts=(DEBIAS_CONCEPT,), mode="debias", attributes=DEBIAS_COLORS, preserve=others)
+    out = {
+        "concept": DEBIAS_CONCEPT,
+        "attributes": list(DEBIAS_COLORS),
+        "preserved": list(others),
+        "loop_seeds": [loop_seeds[0], loop_seeds[-1]],
+        "tune_seeds": [tune_seeds[0], tune_seeds[-1]],
+        "report_seeds": [report_seeds[0], report_seeds[-1]],
+        "images_per_measurement": args.debias_images,
+        "max_iterations": args.debias_iterations,
+        "tolerance": UCEConfig.debias_tolerance,
+        "unedited": {
+            "tune": _read_hearts(pipe, None, tune_seeds, judge),
+            "report": _read_hearts(pipe, None, report_seeds, judge),
+        },
+        "rows": [],
     }
+    names = args.debias_configs.split(",") if args.debias_configs else list(DEBIAS_CONFIGS)
+    for name in names:
+        variant, tokens, controller, step = DEBIAS_CONFIGS[name]
+        config = UCEConfig(
+            tokens=tokens,
+            debias_variant=variant,
+            debias_controller=controller,
+            debias_step=step,
+            debias_images=args.debias_images,
+            debias_max_iterations=args.debias_iterations,
+        )
+        started = time.perf_counter()
+        inputs = UCEInputs(classifier=judge)
+        edit = fit(pipe, "uce", request, config, inputs, seed=args.seed, progress=not args.json)
+        seconds = time.perf_counter() - started
+        stats = edit.manifest["stats"]
+        row = {
+            "name": name,
+            "variant": variant,
+            "tokens": tokens,
+            "controller": controller,
+            "step": step,
+            "reached": not stats["unconverged"],
+            "iterations": stats["iterations"],
+            "generations": stats["generations"],
+            "loop_shares": stats["final_ratios"][DEBIAS_CONCEPT],
+            "trajectory": [h["ratios"][DEBIAS_CONCEPT] for h in stats["history"]],
+            "seconds": round(seconds, 1),
+            "tune": _read_hearts(pipe, edit, tune_seeds, judge),
+            "report": _read_hearts(pipe, edit, report_seeds, judge),
+        }
+        out["rows"].append(row)
+        if not args.json:
+            _print_debias_row(row)
+    # the default is chosen on the tuning seeds only: the smallest Delta, then the fewest generations
+    best = min(out["rows"], key=lambda r: (round(r["tune"]["deviation"]["mean"], 6), r["generations"]))
+    out["best_on_tuning_seeds"] = best["name"]
+    return out
+
+
+def _read_hearts(pipe, edit, seeds: list[int], judge) -> dict:
+    """The judge's reading over the debias attributes, UCE's Delta, the free colour reading and the object."""
+    prompts = [DEBIAS_CONCEPT] * len(seeds)
+    if edit is None:
+        images = generate(pipe, prompts, seeds)
+    else:
+        with applied(pipe, edit):
+            images = generate(pipe, prompts, seeds)
+    picks = np.asarray(judge(images, DEBIAS_COLORS))
+    reading = judge.oracle.read(images)
+    n = len(seeds)
+    one_hot = np.eye(len(DEBIAS_COLORS))[picks]
+    return {
+        "n": n,
+        "shares": {c: _share(int((picks == k).sum()), n) for k, c in enumerate(DEBIAS_COLORS)},
+        "deviation": _deviation_ci(one_hot),
+        "max_error": float(np.abs(one_hot.mean(0) - 1 / len(DEBIAS_COLORS)).max()),
+        "free_colour": {c: int(sum(x == c for x in reading.color)) for c in sorted(set(reading.color))},
+        "heart_drawn": _share(sum(x == "heart" for x in reading.object), n),
+    }
+
+
+def _share(hits: int, n: int) -> dict:
+    return {"accuracy": hits / n, "n": n, "ci95": list(wilson(hits, n))}
+
+
+def _deviation_ci(one_hot: np.ndarray) -> dict:
+    """UCE's Delta (mean |p - p_des| / p_des, uniform p_des) with a percentile-bootstrap 95% interval over images."""
+    p_des = 1 / one_hot.shape[1]
+    rng = np.random.default_rng(0)
+    picks = rng.integers(len(one_hot), size=(2000, len(one_hot)))
+    boot = np.sort((np.abs(one_hot[picks].mean(1) - p_des) / p_des).mean(1))
+    mean = float((np.abs(one_hot.mean(0) - p_des) / p_des).mean())
+    return {"mean": mean, "ci95": [float(boot[49]), float(boot[1949])], "n": len(one_hot)}
 
 
 def _others_change(results: dict) -> float | None:
@@ -210,31 +306,34 @@ def _print_erase(out: dict) -> None:
 
 def _print_debias(d: dict) -> None:
     print(
-        f"\ndebias 'a heart', 'a star' over 8 colours (eta {d['step']}): {d['iterations']} iterations, "
-        f"{d['seconds']} s, "
-        f"unconverged {d['unconverged'] or 'none'}"
-    )
-    for concept, shares in d["final_ratios"].items():
-        print(
-            f"  last loop measurement, {concept}: "
-            + " ".join(f"{c} {x:.2f}" for c, x in zip(COLORS, shares, strict=True))
-        )
-    print(
-        f"  fresh seeds: red hearts {d['red_hearts_before']:.2f} -> {d['red_hearts_after']:.2f}; yellow stars "
-        f"{d['yellow_stars_before']:.2f} -> {d['yellow_stars_after']:.2f} (uniform: {1 / 8:.3f})"
+        f"\ndebias {d['concept']!r} toward uniform over {', '.join(d['attributes'])} (others preserved); loop: "
+        f"{d['images_per_measurement']} images per measurement (seeds {d['loop_seeds'][0]}-{d['loop_seeds'][1]}), "
+        f"at most {d['max_iterations']} iterations, tolerance {d['tolerance']}; judged on tuning seeds "
+        f"{d['tune_seeds'][0]}-{d['tune_seeds'][1]} and report seeds {d['report_seeds'][0]}-{d['report_seeds'][1]} "
+        f"(n = {d['unedited']['tune']['n']} each)"
     )
     print(
-        "  UCE's Delta (0 = uniform) on fresh seeds: "
-        + ", ".join(
-            f"{c} {d['deviation_before'][c]:.2f} -> {d['deviation_after'][c]:.2f}" for c in d["deviation_before"]
-        )
+        f"{'config':<22}{'variant':<19}{'tokens':<10}{'control':<8}{'eta':>5}{'reached':>9}{'images':>8}"
+        f"{'tune Delta [95% CI]':>22}{'report Delta [95% CI]':>24}{'red (report)':>22}{'heart drawn':>13}"
     )
+    unedited = {"name": "unedited", "variant": "", "tokens": "", "controller": "", "step": None, **d["unedited"]}
+    for row in [unedited, *d["rows"]]:
+        _print_debias_row(row)
+    print(f"  best on the tuning seeds (smallest Delta, then fewest images): {d['best_on_tuning_seeds']}")
+
+
+def _print_debias_row(r: dict) -> None:
+    def delta(part):
+        x = r[part]["deviation"]
+        return f"{x['mean']:.2f} [{x['ci95'][0]:.2f}, {x['ci95'][1]:.2f}]"
+
+    step = "" if r["step"] is None else f"{r['step']:g}"
+    reached = "" if "reached" not in r else ("yes" if r["reached"] else "no")
+    images = "" if "generations" not in r else str(r["generations"])
     print(
-        "  object accuracy: "
-        + ", ".join(
-            f"{c} {d['object_accuracy_before'][c]['accuracy']:.2f} -> {d['object_accuracy_after'][c]['accuracy']:.2f}"
-            for c in d["object_accuracy_before"]
-        )
+        f"{r['name']:<22}{r['variant']:<19}{r['tokens']:<10}{r['controller']:<8}{step:>5}{reached:>9}{images:>8}"
+        f"{delta('tune'):>22}{delta('report'):>24}{format_share(r['report']['shares']['red'], n=False):>22}"
+        f"{r['report']['heart_drawn']['accuracy']:>13.2f}"
     )
 
 

@@ -8,11 +8,11 @@ from concept_edit import EditRequest, applied, fit
 from concept_edit.methods.uce import (
     UCEConfig,
     UCEInputs,
-    attribute_prompt,
     layer_deltas,
     target_weights,
     uce_operator,
 )
+from concept_edit.methods.uce_debias import attribute_prompt
 from concept_edit.models import encode_prompts, last_token_index
 
 
@@ -206,7 +206,7 @@ def test_debias_moves_the_concept_toward_the_missing_attribute(sd):
     config = UCEConfig(debias_images=2, debias_steps=1, debias_max_iterations=1, debias_step=0.5)
     req = EditRequest(concepts=("doctor",), mode="debias", attributes=("male", "female"))
     edit = fit(sd, "uce", req, config, UCEInputs(classifier=ScriptedEstimator([1.0])))
-    prompts = ["doctor", attribute_prompt("doctor", "male", True), attribute_prompt("doctor", "female", True)]
+    prompts = ["doctor", attribute_prompt("doctor", "male"), attribute_prompt("doctor", "female")]
     embeds = encode_prompts(sd, prompts).double()
     idx = last_token_index(sd, prompts)
     c, a_male, a_female = (embeds[i, idx[i]] for i in range(3))
@@ -218,11 +218,13 @@ def test_debias_moves_the_concept_toward_the_missing_attribute(sd):
 
 
 def test_attribute_prompt_names_the_concept_once():
-    assert attribute_prompt("doctor", "female", True) == "female doctor"
-    assert attribute_prompt("doctor", "female doctor", True) == "female doctor"
-    assert attribute_prompt("doctor", "female", False) == "female"
-    assert attribute_prompt("a doctor", "female", True) == "a female doctor"
-    assert attribute_prompt("an apple", "red", True) == "an red apple"  # the article is kept, not re-chosen
+    assert attribute_prompt("doctor", "female") == "female doctor"
+    assert attribute_prompt("doctor", "female doctor") == "female doctor"
+    assert attribute_prompt("a doctor", "female") == "a female doctor"
+    assert attribute_prompt("an apple", "red") == "an red apple"  # the article is kept, not re-chosen
+    assert attribute_prompt("image of doctor", "male", "replaced") == "image of male"  # train_debias __main__
+    assert attribute_prompt("a heart", "red", "replaced") == "a red"
+    assert attribute_prompt("a heart", "red", "raw") == "red"  # uce_sd_debias.py
 
 
 @pytest.mark.parametrize(
@@ -310,7 +312,7 @@ def test_bad_guides_are_refused(kwargs, message):
 
 
 def test_debias_stopping_rule_counts_images_not_float_rounding():
-    from concept_edit.methods.uce import _within
+    from concept_edit.methods.uce_debias import _within
 
     desired = np.array([0.25, 0.25, 0.25, 0.25])
     assert not _within(desired - np.array([0.2, 0.2, 0.3, 0.3]), 0.05, 20)  # 0.05 off: not below 0.05

@@ -29,20 +29,8 @@ Choices that follow the official code (rohitgandikota/unified-concept-editing, t
     guide's last token and the ones after it, which also reaches the concept's traces in the tokens a causal
     text encoder writes after it; "all" edits every token of the concept toward the guide's last token;
   * defaults erase_scale=1, preserve_scale=1, lam=0.5, guide "" (the official script uses "art" for styles);
-  * debias (Algorithm 1): the paper writes alpha <- eta (R_curr - R_des), but the official code steps
-    toward the desired ratios, alpha <- eta (R_des - R_curr); we follow the code. The attribute embedding
-    a_k is the last token of "<attribute> <concept>" ("female doctor"; "a female doctor" for "a doctor"), as
-    train_debias.py does with its default add=True, unless the attribute already names the concept. Like
-    that code, the shift is |c_i| sum_k alpha_k a_k / |a_k| (relative to the concept's own size, so eta
-    means the same for every encoder; default 0.1 as there); the code normalises per layer after the
-    projection, we normalise the embeddings, which keeps the single shared solve. As Algorithm 1 does, each
-    iteration re-solves eq. 7 around the *current* weights (lines 14-21), so alpha is not accumulated, and a
-    concept within tolerance leaves the edit list and is preserved at its current output. Ratios are
-    measured on the same seeds every iteration (common random numbers), which steadies the loop.
-    Stopping rule: a concept is done when every |R_des - R_curr| < tolerance, decided on image counts (with n
-    images a share moves in steps of 1/n, so 0.25 - 0.2 is exactly 0.05, which is not below 0.05); a share
-    measured from n images carries binomial noise of about sqrt(p (1 - p) / n) (0.07 for p = 1/8, n = 24),
-    and a warning says when no count out of n can land within the tolerance.
+  * debias (eq. 9, Algorithm 1): in `uce_debias.py`, which names the official scripts' loops as options
+    (`debias_variant`) and adds a controller on alpha (`debias_controller`).
 """
 
 from __future__ import annotations
@@ -50,17 +38,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from concept_edit.edit import DenseDelta, Edit, LowRankDelta, applied
-from concept_edit.generation import generate
+from concept_edit.edit import DenseDelta, Edit, LowRankDelta
 from concept_edit.methods.registry import EditRequest, input_field, register
+from concept_edit.methods.uce_debias import CONTROLLERS as DEBIAS_CONTROLLERS
+from concept_edit.methods.uce_debias import VARIANTS as DEBIAS_VARIANTS
+from concept_edit.methods.uce_debias import RatioEstimator, debias
 from concept_edit.models.prompts import (
     concept_ids,
     concept_token_positions,
@@ -75,8 +62,6 @@ from concept_edit.validation import check_choice, check_fields
 
 log = logging.getLogger(__name__)
 
-# classify(images, attributes) -> index of the attribute each image shows (-1: none of them)
-RatioEstimator = Callable[[list, Sequence[str]], Sequence[int]]
 CONDITION_LIMIT = {torch.float64: 1e10, torch.float32: 1e5}
 TOKEN_MODES = ("last", "trailing", "all")
 
@@ -89,11 +74,16 @@ class UCEConfig:
     edit_keys: bool = field(default=True, metadata={"help": "edit W_k as well as W_v (off: values only)"})
     tokens: str = field(default="last", metadata={"help": "concept tokens to edit: last | trailing | all"})
     float64: bool = field(default=True, metadata={"help": "accumulate and solve in float64"})
-    debias_step: float = field(
-        default=0.1, metadata={"help": "debias: step eta from ratio error to alpha (official 0.1; ShapesSD ~1.5)"}
+    debias_variant: str = field(
+        default="train_debias_add",
+        metadata={"help": "debias: which official script's loop: train_debias_add | train_debias_main | uce_sd_debias"},
     )
-    debias_attribute_with_concept: bool = field(
-        default=True, metadata={"help": "debias: attribute prompt is '<attribute> <concept>' (official add=True)"}
+    debias_controller: str = field(
+        default="fixed", metadata={"help": "debias: alpha update: fixed (step eta) | secant (fitted to the response)"}
+    )
+    debias_step: float | None = field(
+        default=None,
+        metadata={"help": "debias: step eta, or the secant's first step (default: the variant's, 0.1 or 1)"},
     )
     debias_tolerance: float = field(default=0.05, metadata={"help": "debias: max |ratio error| to stop"})
     debias_max_iterations: int = field(default=30, metadata={"help": "debias: max solve iterations"})
@@ -108,7 +98,7 @@ class UCEConfig:
                 "erase_scale": {"low": 0, "low_open": True},
                 "preserve_scale": {"low": 0},
                 "lam": {"low": 0},
-                "debias_step": {"low": 0, "low_open": True},
+                "debias_step": {"low": 0, "low_open": True, "optional": True},
                 "debias_tolerance": {"low": 0, "low_open": True, "high": 1},
                 "debias_max_iterations": {"low": 1, "integer": True},
                 "debias_images": {"low": 1, "integer": True},
@@ -117,6 +107,8 @@ class UCEConfig:
             },
         )
         check_choice("tokens", self.tokens, TOKEN_MODES)
+        check_choice("debias_variant", self.debias_variant, tuple(DEBIAS_VARIANTS))
+        check_choice("debias_controller", self.debias_controller, DEBIAS_CONTROLLERS)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -269,7 +261,7 @@ def fit_uce(pipe, request: EditRequest, config: UCEConfig, inputs: UCEInputs, *,
     if request.mode == "debias":
         if inputs.classifier is None:
             raise ValueError("UCE debias needs a classifier of generated images (--classifier oracle | clip:<id>)")
-        deltas, stats = _debias(pipe, request, config, weights, inputs.classifier, seed, progress)
+        deltas, stats = debias(pipe, request, config, weights, inputs.classifier, seed, progress)
     else:
         deltas, stats = _erase(pipe, request, config, weights)
     return Edit.create(
@@ -313,93 +305,6 @@ def _erase(pipe, request: EditRequest, config: UCEConfig, weights) -> tuple[dict
     return deltas, stats
 
 
-def _debias(
-    pipe, request: EditRequest, config: UCEConfig, weights, estimator: RatioEstimator, seed: int, progress: bool
-) -> tuple[dict, dict]:
-    """Algorithm 1: measure ratios, step alpha, re-solve around the current weights, until within tolerance."""
-    concepts, attributes = list(request.concepts), list(request.attributes)
-    desired = np.array(request.desired_ratios)
-    if config.tokens == "trailing":
-        raise ValueError("UCE debias edits concept tokens only: use tokens='last' or 'all'")
-    prompts = [attribute_prompt(c, a, config.debias_attribute_with_concept) for c in concepts for a in attributes]
-    embeds, spans = _encode(pipe, [*concepts, *request.preserve, *prompts])
-    rows = [_rows(embeds[i], spans[i], config.tokens) for i in range(len(concepts) + len(request.preserve))]
-    concept_rows = rows[: len(concepts)]
-    user_preserve = list(rows[len(concepts) :])
-    first = len(concepts) + len(request.preserve)
-    # attr[i, k]: the last-token embedding of attribute k's prompt for concept i (a_k in eq. 9)
-    attr = torch.stack([embeds[first + j, spans[first + j][1]] for j in range(len(prompts))])
-    attr = attr.view(len(concepts), len(attributes), -1)
-    unit_attr = attr / attr.norm(dim=-1, keepdim=True)
-    d = attr.shape[-1]
-    _check_resolution(desired, config.debias_tolerance, config.debias_images)
-    total = torch.eye(d, dtype=config.dtype)  # W_t = W_0 @ total
-    active = list(range(len(concepts)))
-    history: list[dict] = []
-    latest: dict[str, list[float]] = {}  # last measured shares of every concept
-    bar = tqdm(total=config.debias_max_iterations, desc="UCE debias", disable=not progress)
-    for iteration in range(config.debias_max_iterations + 1):
-        ratios = _measure(pipe, weights, total, config, [concepts[i] for i in active], attributes, estimator, seed)
-        history.append(
-            {
-                "iteration": iteration,
-                "ratios": {concepts[i]: r.round(4).tolist() for i, r in zip(active, ratios, strict=True)},
-            }
-        )
-        latest.update(history[-1]["ratios"])
-        errors = {i: desired - r for i, r in zip(active, ratios, strict=True)}
-        active = [i for i in active if not _within(errors[i], config.debias_tolerance, config.debias_images)]
-        bar.set_postfix(
-            max_error=f"{max((np.abs(e).max() for e in errors.values()), default=0):.3f}", remaining=len(active)
-        )
-        if not active or iteration == config.debias_max_iterations:
-            break
-        edit = torch.cat([concept_rows[i] for i in active])
-        # eq. 9: t_i = c_i + sum_k alpha_k a_k, alpha = eta (R_des - R_curr), each a_k unit-length and the
-        # sum scaled by |c_i| as train_debias.py does (there in output space, per layer), so eta is relative
-        shift = torch.cat(
-            [
-                (torch.from_numpy(config.debias_step * errors[i]).to(attr) @ unit_attr[i])
-                * concept_rows[i].norm(dim=1, keepdim=True)
-                for i in active
-            ]
-        )
-        targets = edit + shift
-        done = [concept_rows[i] for i in range(len(concepts)) if i not in active]
-        preserve = _stack(user_preserve + done, d)
-        u, v = _solve(config, edit, targets, preserve)
-        total = total @ (torch.eye(d, dtype=config.dtype) + u @ v)
-        bar.update(1)
-    bar.close()
-    deltas = _deltas_from_operator(weights, total - torch.eye(d, dtype=config.dtype), config.dtype)
-    stats = {
-        "iterations": len(history) - 1,
-        "history": history,
-        "desired": desired.tolist(),
-        "unconverged": [concepts[i] for i in active],
-        "final_ratios": latest,
-    }
-    return deltas, stats
-
-
-def _within(error: np.ndarray, tolerance: float, n: int) -> bool:
-    """max |R_des - R_curr| < tolerance, decided on counts out of n (a share of 0.25 - 0.2 is 0.05, not less)."""
-    return bool(np.all(np.abs(np.round(error * n, 6)) < tolerance * n - 1e-9))
-
-
-def _check_resolution(desired: np.ndarray, tolerance: float, n: int) -> None:
-    """Warn when no count out of n can bring a share within tolerance of its target: the loop cannot stop."""
-    best = np.abs(desired * n - np.round(desired * n)) / n  # the closest a measured share can come
-    if (best >= tolerance - 1e-12).any():
-        warnings.warn(
-            f"with {n} images per measurement shares move in steps of {1 / n:.3f}: a target of "
-            f"{desired[best.argmax()]:.3f} cannot be measured within tolerance {tolerance}, so the loop will run to "
-            "its last iteration; use more images (debias_images) or a tolerance above half a step",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-
-
 def _solve(config: UCEConfig, edit, targets, preserve) -> tuple[torch.Tensor, torch.Tensor]:
     """eq. 7 with the config's scales: the factors (U, V) of W_new = W (I + U V)."""
     return uce_operator(
@@ -413,55 +318,9 @@ def _solve(config: UCEConfig, edit, targets, preserve) -> tuple[torch.Tensor, to
     )
 
 
-def attribute_prompt(concept: str, attribute: str, with_concept: bool) -> str:
-    """The prompt whose embedding is attribute a_k for a concept: "female doctor" for ("doctor", "female").
-
-    A leading article stays in front ("a female doctor" for "a doctor"), where the official code's
-    attribute + " " + concept would write "female a doctor".
-    """
-    if not with_concept or concept.lower() in attribute.lower():
-        return attribute
-    article, _, rest = concept.partition(" ")
-    if rest and article.lower() in ("a", "an", "the"):
-        return f"{article} {attribute} {rest}"
-    return f"{attribute} {concept}"
-
-
 def _deltas_from_operator(weights, operator: torch.Tensor, dtype: torch.dtype) -> list[DenseDelta | LowRankDelta]:
     """Factor a d x d update (W_new = W_old (I + operator)) at its numerical rank and expand per layer."""
     u, s, vh = torch.linalg.svd(operator)
     keep = s > s[0] * (1e-12 if dtype == torch.float64 else 1e-6) if s[0] > 0 else s > 0
     rank = max(int(keep.sum()), 1)
     return layer_deltas(weights, u[:, :rank] * s[:rank], vh[:rank], dtype)
-
-
-def _measure(
-    pipe,
-    weights,
-    total: torch.Tensor,
-    config: UCEConfig,
-    concepts: list[str],
-    attributes: list[str],
-    estimator: RatioEstimator,
-    seed: int,
-) -> list[np.ndarray]:
-    """Attribute shares among `debias_images` generations of each concept under W_0 @ total."""
-    d = total.shape[0]
-    operator = total - torch.eye(d, dtype=config.dtype)
-    ratios = []
-    with applied(pipe, *_temporary_edit(pipe, weights, operator, config.dtype)):
-        for concept in concepts:
-            seeds = [seed * 100_003 + k for k in range(config.debias_images)]
-            images = generate(
-                pipe, [concept] * len(seeds), seeds, steps=config.debias_steps, guidance=config.debias_guidance
-            )
-            labels = np.asarray(estimator(images, attributes))
-            ratios.append(np.array([(labels == k).mean() for k in range(len(attributes))]))
-    return ratios
-
-
-def _temporary_edit(pipe, weights, operator: torch.Tensor, dtype: torch.dtype) -> list[Edit]:
-    if not torch.any(operator):
-        return []
-    deltas = _deltas_from_operator(weights, operator, dtype)
-    return [Edit.create(pipe, deltas, method="uce-debias-step", config={}, request={}, seed=None)]
