@@ -407,3 +407,176 @@ def test_erasing_circle_lowers_its_accuracy_on_shapes(shapes):
     after, _ = evaluate(shapes, suite, edits=[edit], target="circle", baseline_images=images, progress=False)
     assert before["target_accuracy"] >= 0.75 and after["target_accuracy"] <= 0.5
     assert after["others_accuracy"] >= before["others_accuracy"] - 0.15
+
+
+# -- debias variants, token alignment and the controller against independent computations ------------------
+def _rows_after_last(pipe, prompt, width=None):
+    """Embedding rows of `prompt` from its last real token on (tokenizer: [BOS, words..., EOS, pad...])."""
+    last = len(pipe.tokenizer(prompt).input_ids) - 2
+    rows = encode_prompts(pipe, [prompt])[0].double()[last:]
+    return rows if width is None else rows[:width]
+
+
+def _eq7_all_layers(weights, c_e, t, c_p):
+    """eq. 7 with the default scales for every layer: {path: W_new} from {path: W (float64 numpy)}."""
+    return {k: eq7_reference(w, c_e, t @ w.T, c_p, 1.0, 1.0, 0.5) for k, w in weights.items()}
+
+
+def _assert_edit_gives(pipe, edit, expected):
+    for path, w_new in expected.items():
+        w_old = target_weights(pipe, True)[path].detach().double().numpy()
+        delta = edit.weight_delta(path).double().numpy()
+        assert rel_err(delta, w_new - w_old) < 1e-4, path
+
+
+VARIANT_CASES = [  # variant, the attribute prompts it must use for "a doctor", normalised shift, eta
+    ("train_debias_add", ("a male doctor", "a female doctor"), True, 0.1),
+    ("train_debias_main", ("a male", "a female"), True, 0.1),
+    ("uce_sd_debias", ("male", "female"), False, 1.0),
+]
+
+
+@pytest.mark.parametrize(("variant", "attribute_prompts", "normalised", "eta"), VARIANT_CASES)
+def test_each_debias_variant_matches_its_script_over_two_iterations(sd, variant, attribute_prompts, normalised, eta):
+    """Shares read 1.0 then 0.75 male: the two solves must give what the variant's script computes.
+
+    train_debias.py re-solves around the current weights with a fresh step eta * (R_des - R_curr);
+    uce_sd_debias.py re-solves from the original weights with the running sum of the errors (no step)."""
+    estimator = ScriptedEstimator([1.0, 0.75, 0.75])
+    config = UCEConfig(debias_images=4, debias_steps=1, debias_max_iterations=2, debias_variant=variant)
+    req = EditRequest(concepts=("a doctor",), mode="debias", attributes=("male", "female"), preserve=("a nurse",))
+    edit = fit(sd, "uce", req, config, UCEInputs(classifier=estimator))
+    stats = edit.manifest["stats"]
+    assert stats["attribute_prompts"] == list(attribute_prompts)
+    assert stats["step"] == eta and stats["iterations"] == 2 and stats["generations"] == 12
+
+    c = _rows_after_last(sd, "a doctor", 1)
+    a = torch.stack([_rows_after_last(sd, p, 1) for p in attribute_prompts])  # (2, 1, d)
+    p = _rows_after_last(sd, "a nurse", 1)
+
+    def shift(alpha):
+        scale = [c.norm() / a[k].norm() if normalised else 1.0 for k in range(2)]
+        return sum(alpha[k] * scale[k] * a[k] for k in range(2))
+
+    errors = [np.array([0.5 - 1.0, 0.5 - 0.0]), np.array([0.5 - 0.75, 0.5 - 0.25])]
+    w0 = {k: w.detach().double().numpy() for k, w in target_weights(sd, True).items()}
+    if variant == "uce_sd_debias":
+        expected = _eq7_all_layers(w0, c.numpy(), (c + shift(eta * (errors[0] + errors[1]))).numpy(), p.numpy())
+    else:
+        w1 = _eq7_all_layers(w0, c.numpy(), (c + shift(eta * errors[0])).numpy(), p.numpy())
+        expected = {}
+        for k, w in w1.items():  # the second solve starts from the first one's weights
+            expected[k] = eq7_reference(w, c.numpy(), (c + shift(eta * errors[1])).numpy() @ w.T, p.numpy(), 1, 1, 0.5)
+    _assert_edit_gives(sd, edit, expected)
+
+
+def test_trailing_tokens_for_debias_align_position_by_position(sd):
+    """train_debias.py's alignment: the concept's last token and every one after it against each attribute
+    prompt's last token and the ones after it, as many rows as the longest prompt leaves; the shift's norms
+    are taken over those rows together."""
+    concept = "a photo of a doctor"
+    prompts = ("a photo of a male", "a photo of a female")  # train_debias __main__: the concept word replaced
+    config = UCEConfig(
+        tokens="trailing", debias_variant="train_debias_main", debias_images=2, debias_steps=1, debias_max_iterations=1
+    )
+    req = EditRequest(concepts=(concept,), mode="debias", attributes=("male", "female"), preserve=("a cat",))
+    edit = fit(sd, "uce", req, config, UCEInputs(classifier=ScriptedEstimator([1.0])))
+    assert edit.manifest["stats"]["attribute_prompts"] == list(prompts)
+    lasts = [len(sd.tokenizer(x).input_ids) - 2 for x in (concept, *prompts)]
+    width = sd.tokenizer.model_max_length - max(lasts)
+    assert lasts == [5, 5, 6]  # the tiny tokenizer writes "female" as "fe" + "male": the longest sets the width
+    c = _rows_after_last(sd, concept, width)
+    a = [_rows_after_last(sd, x, width) for x in prompts]
+    alpha = 0.1 * np.array([0.5 - 1.0, 0.5 - 0.0])
+    target = c + sum(alpha[k] * c.norm() / a[k].norm() * a[k] for k in range(2))
+    preserve = _rows_after_last(sd, "a cat")  # trailing preserve rows: from its last token on
+    w0 = {k: w.detach().double().numpy() for k, w in target_weights(sd, True).items()}
+    _assert_edit_gives(sd, edit, _eq7_all_layers(w0, c.numpy(), target.numpy(), preserve.numpy()))
+
+
+def test_uce_sd_debias_keeps_measuring_and_editing_a_converged_concept(sd):
+    """uce_sd_debias.py freezes nothing: a concept within tolerance gets no increment but is measured again
+    and stays edited at its alpha; the loop stops when all are within tolerance in the same measurement."""
+    script = iter([("doctor", 1.0), ("nurse", 1.0), ("doctor", 0.5), ("nurse", 1.0), ("doctor", 0.5), ("nurse", 0.5)])
+    seen = []
+
+    def judge(images, attributes):
+        concept, share = next(script)
+        seen.append(concept)
+        first = round(share * len(images))
+        return [0] * first + [1] * (len(images) - first)
+
+    config = UCEConfig(debias_images=2, debias_steps=1, debias_max_iterations=5, debias_variant="uce_sd_debias")
+    req = EditRequest(concepts=("doctor", "nurse"), mode="debias", attributes=("male", "female"))
+    stats = fit(sd, "uce", req, config, UCEInputs(classifier=judge)).manifest["stats"]
+    assert seen == ["doctor", "nurse"] * 3
+    assert stats["iterations"] == 2 and stats["unconverged"] == [] and stats["generations"] == 12
+    assert stats["alpha"] == {"doctor": [-0.5, 0.5], "nurse": [-1.0, 1.0]}
+
+
+def test_secant_gain_reaches_a_planted_target_where_fixed_steps_crawl_or_oscillate():
+    """A synthetic saturating response R(alpha) = softmax(3 alpha + b) over four attributes, one dominant."""
+    from concept_edit.methods.uce_debias import secant_gain
+
+    bias = np.array([3.0, 0.0, 0.0, 0.0])
+    desired = np.full(4, 0.25)
+
+    def response(alpha):
+        z = np.exp(3 * alpha + bias)
+        return z / z.sum()
+
+    def run(eta, secant, iterations=30):
+        alpha, gain, last = np.zeros(4), eta, None
+        for it in range(iterations):
+            shares = response(alpha)
+            if secant and last is not None:
+                gain = secant_gain(gain, last[0], last[1], shares)
+            error = desired - shares
+            if np.abs(error).max() < 0.02:
+                return it
+            last = (gain * error, shares)
+            alpha = alpha + gain * error
+        return None
+
+    assert run(0.1, secant=False) is None  # the official step crawls
+    assert run(3.0, secant=False) is None  # a large fixed step oscillates
+    assert run(0.1, secant=True) <= 6
+    assert run(3.0, secant=True) <= 8
+
+
+def test_secant_controller_needs_fewer_generations_than_the_fixed_step_in_the_loop(sd, monkeypatch):
+    """The full loop on a planted response: the share of "male" is a sigmoid of how far the edit moved the
+    concept's row toward "male doctor" and away from "female doctor" (no image is generated)."""
+    from concept_edit.methods import uce_debias
+
+    prompts = ["doctor", "male doctor", "female doctor"]
+    embeds = encode_prompts(sd, prompts).double()
+    c, a_male, a_female = (embeds[i, len(sd.tokenizer(x).input_ids) - 2] for i, x in enumerate(prompts))
+    direction = a_male / a_male.norm() - a_female / a_female.norm()
+
+    def planted(pipe, weights, total, config, concepts, attributes, estimator, seed):
+        moved = float((total.double() @ c - c) @ direction) / float(c.norm() * direction.norm() ** 2)
+        male = round(config.debias_images / (1 + np.exp(-(3.0 + 8.0 * moved))))
+        return [np.array([male, config.debias_images - male]) / config.debias_images for _ in concepts]
+
+    monkeypatch.setattr(uce_debias, "_measure", planted)
+    req = EditRequest(concepts=("doctor",), mode="debias", attributes=("male", "female"))
+
+    def run(controller, step):
+        config = UCEConfig(debias_images=100, debias_max_iterations=30, debias_controller=controller, debias_step=step)
+        return fit(sd, "uce", req, config, UCEInputs(classifier=ScriptedEstimator([1.0]))).manifest["stats"]
+
+    fixed, secant = run("fixed", 0.1), run("secant", 0.1)
+    assert secant["unconverged"] == [] and abs(secant["final_ratios"]["doctor"][0] - 0.5) < 0.05
+    assert secant["generations"] < fixed["generations"]
+    assert run("fixed", 3.0)["unconverged"] == ["doctor"]  # too large a fixed step oscillates
+    assert run("secant", 3.0)["unconverged"] == []
+
+
+def test_bad_debias_options_are_refused():
+    with pytest.raises(ValueError, match="debias_variant"):
+        UCEConfig(debias_variant="official")
+    with pytest.raises(ValueError, match="debias_controller"):
+        UCEConfig(debias_controller="pid")
+    with pytest.raises(ValueError, match="debias_step"):
+        UCEConfig(debias_step=0.0)
