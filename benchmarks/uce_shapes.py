@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--debias-images", type=int, default=24, help="debias: images per loop measurement")
     parser.add_argument("--debias-iterations", type=int, default=12, help="debias: at most this many iterations")
-    parser.add_argument("--debias-eval-n", type=int, default=48, help="debias: images per evaluation seed set")
+    parser.add_argument("--debias-eval-n", type=int, help="debias: images per evaluation seed set (default 6 * --n)")
     parser.add_argument("--debias-tune-seed", type=int, default=20_000, help="debias: first tuning seed")
     parser.add_argument("--debias-report-seed", type=int, default=10_000, help="debias: first report seed")
     parser.add_argument("--debias-configs", default="", help="debias: comma-separated subset of DEBIAS_CONFIGS")
@@ -152,6 +152,7 @@ DEBIAS_COLORS = ("red", "blue", "yellow", "green")
 def _debias(pipe, args) -> dict:
     """Every debias configuration on the same task; each judged on tuning seeds and on report seeds."""
     judge = OracleAttributeClassifier()
+    args.debias_eval_n = args.debias_eval_n or 6 * args.n
     tune_seeds = list(range(args.debias_tune_seed, args.debias_tune_seed + args.debias_eval_n))
     report_seeds = list(range(args.debias_report_seed, args.debias_report_seed + args.debias_eval_n))
     loop_seeds = [args.seed * 100_003 + k for k in range(args.debias_images)]  # what uce_debias measures on
@@ -206,8 +207,7 @@ def _debias(pipe, args) -> dict:
             "report": _read_hearts(pipe, edit, report_seeds, judge),
         }
         out["rows"].append(row)
-        if not args.json:
-            _print_debias_row(row)
+        _print_debias_row(row)  # as each finishes (a long run); the table is printed again at the end
     # the default is chosen on the tuning seeds only: the smallest Delta, then the fewest generations
     best = min(out["rows"], key=lambda r: (round(r["tune"]["deviation"]["mean"], 6), r["generations"]))
     out["best_on_tuning_seeds"] = best["name"]
@@ -333,7 +333,8 @@ def _print_debias_row(r: dict) -> None:
     print(
         f"{r['name']:<22}{r['variant']:<19}{r['tokens']:<10}{r['controller']:<8}{step:>5}{reached:>9}{images:>8}"
         f"{delta('tune'):>22}{delta('report'):>24}{format_share(r['report']['shares']['red'], n=False):>22}"
-        f"{r['report']['heart_drawn']['accuracy']:>13.2f}"
+        f"{r['report']['heart_drawn']['accuracy']:>13.2f}",
+        flush=True,
     )
 
 
