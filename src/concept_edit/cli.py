@@ -415,11 +415,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_evaluation_verbs(verbs) -> None:
+    from concept_edit.attacks import cli as attacks_cli
     from concept_edit.cad import cli as cad_cli
     from concept_edit.evaluation import cli as evaluation_cli
 
     cad_cli.add_verbs(verbs)
     evaluation_cli.add_verbs(verbs)
+    attacks_cli.add_verbs(verbs)
 
 
 def _quiet_libraries() -> None:

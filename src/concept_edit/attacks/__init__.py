@@ -1,0 +1,25 @@
+"""Attacks that try to bring an erased concept back, and `probe`, which runs one and measures it.
+
+* `paraphrase` — other wordings of the concept (black-box);
+* `soft-prompt` — free token embeddings optimised so the edited model predicts what the unedited one does
+  for the concept (white-box, P4D / UnlearnDiff);
+* `ring-a-bell` — a concept direction in the text encoder's output added to a prompt, projected back to
+  discrete tokens by a genetic search (black-box, Ring-A-Bell).
+See `concept_edit.attacks.probe` for the results dictionary.
+"""
+
+from concept_edit.attacks.common import FunctionJudge, Judge, OracleJudge
+from concept_edit.attacks.probe import ATTACKS, DEFAULT_BUDGET, probe
+from concept_edit.attacks.ring_a_bell import RingABellOptions
+from concept_edit.attacks.soft_prompt import SoftPromptOptions
+
+__all__ = [
+    "ATTACKS",
+    "DEFAULT_BUDGET",
+    "FunctionJudge",
+    "Judge",
+    "OracleJudge",
+    "RingABellOptions",
+    "SoftPromptOptions",
+    "probe",
+]

@@ -1,0 +1,299 @@
+"""What every attack shares: the attacked (prompt, seed) items, the judge, seeded generation from text or
+from embeddings, and the text encoder run with free token embeddings in some of its slots.
+
+An attack is measured image by image: each attack prompt is generated once with its own seed (the same
+per-image generators as `concept_edit.generation`), and the judge says whether the image shows the concept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from concept_edit.generation import generate, to_array
+from concept_edit.models.loading import model_info
+
+
+@dataclass(frozen=True)
+class Item:
+    """One attacked prompt of the concept and the seed its image is drawn with."""
+
+    prompt: str
+    seed: int
+
+
+# -- the judge -----------------------------------------------------------------------------------------------
+class Judge:
+    """Reads images: `read(images)` names what each shows; an image shows the concept when that name is `label`."""
+
+    description = "a judge"
+    label = "concept"
+
+    def read(self, images: np.ndarray) -> list[str]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class OracleJudge(Judge):
+    """The shapes-world oracle: the object, colour or style head, or the logo detector, as the concept needs.
+
+    A reading of any other label (another object, or "none" where the oracle has that class) is not the
+    concept.
+    """
+
+    def __init__(self, concept: str, oracle=None) -> None:
+        self.head, self.label = oracle_head(concept)
+        self._oracle = oracle
+        self.description = f"shapes oracle, {self.head} head reads {self.label!r}"
+
+    def read(self, images: np.ndarray) -> list[str]:
+        if not len(images):
+            return []
+        if self._oracle is None:
+            from concept_edit.shapes.oracle import Oracle
+
+            self._oracle = Oracle.load()
+        return list(self._oracle.read(images).labels(self.head))
+
+
+def oracle_head(concept: str) -> tuple[str, str]:
+    """(oracle head, label) that reads `concept` on ShapesSD; ValueError naming what the oracle knows."""
+    from concept_edit.shapes.captions import LOGO_CAPTIONS
+    from concept_edit.shapes.oracle import HEADS
+
+    name = concept.strip().lower()
+    if name in LOGO_CAPTIONS or name in ("logo", "the logo"):
+        return "logo", "logo"
+    for head, labels in HEADS.items():
+        if name in labels and name != "none":
+            return head, name
+    known = "; ".join(f"{head}: {', '.join(x for x in labels if x != 'none')}" for head, labels in HEADS.items())
+    raise ValueError(
+        f"the shapes oracle cannot judge concept {concept!r}: name an object, colour or style it reads ({known}), "
+        "or 'the acme logo'"
+    )
+
+
+class FunctionJudge(Judge):
+    """A judge from a function of the (N, H, W, 3) uint8 images returning one bool per image (tests, notebooks)."""
+
+    def __init__(self, fn: Callable[[np.ndarray], Sequence[bool]], description: str = "a custom judge") -> None:
+        self.fn = fn
+        self.description = description
+
+    def read(self, images: np.ndarray) -> list[str]:
+        out = ["concept" if hit else "other" for hit in self.fn(images)]
+        if len(out) != len(images):
+            raise ValueError(f"the judge returned {len(out)} readings for {len(images)} images")
+        return out
+
+
+# -- the concept's own prompts -------------------------------------------------------------------------------
+def shapes_concept_prompts(concept: str) -> list[str]:
+    """ShapesSD prompts that name the concept, as the evaluation suites word them (the attacks' starting points)."""
+    from concept_edit.evaluation.suites import get_suite
+    from concept_edit.shapes.captions import LOGO_PROMPT
+
+    head, label = oracle_head(concept)
+    if head == "logo":
+        return [LOGO_PROMPT]
+    suite = {"object": "shapes-objects", "color": "shapes-colors", "style": "shapes-styles"}[head]
+    entries = [e for e in get_suite(suite, n=8, seed=0).entries if e.label == label]
+    return list(dict.fromkeys(e.prompt for e in entries))
+
+
+def cycle_items(prompts: Sequence[str], n: int, seed: int) -> list[Item]:
+    """n items cycling through `prompts`, seeds seed, seed + 1, ... (as the evaluation suites do)."""
+    if not prompts:
+        raise ValueError("no prompts to attack")
+    return [Item(prompts[k % len(prompts)], seed + k) for k in range(n)]
+
+
+# -- generation ----------------------------------------------------------------------------------------------
+def images_from_prompts(pipe, items: Sequence[Item], steps: int, guidance: float) -> np.ndarray:
+    """(N, H, W, 3) uint8 images, one per item, exactly as `concept_edit.generation.generate` draws them."""
+    if not items:
+        return np.zeros((0, 1, 1, 3), np.uint8)
+    images = generate(pipe, [i.prompt for i in items], [i.seed for i in items], steps=steps, guidance=guidance)
+    return to_array(images)
+
+
+def _generators(pipe, seeds: Sequence[int]) -> list[torch.Generator]:
+    device = "cpu" if pipe.device.type == "mps" else pipe.device
+    return [torch.Generator(device).manual_seed(int(s)) for s in seeds]
+
+
+@torch.no_grad()
+def images_from_embeddings(
+    pipe, embeds: torch.Tensor, seeds: Sequence[int], steps: int, guidance: float, batch_size: int = 32
+) -> np.ndarray:
+    """Images for per-token prompt embeddings (N, tokens, dim), each seeded as `generate` seeds a prompt."""
+    info = model_info(pipe)
+    out = []
+    for start in range(0, len(seeds), batch_size):
+        chunk = embeds[start : start + batch_size].to(pipe.device, pipe.unet.dtype)
+        result = pipe(
+            prompt_embeds=chunk,
+            generator=_generators(pipe, seeds[start : start + batch_size]),
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            height=info.resolution,
+            width=info.resolution,
+            output_type="np",
+        )
+        if not np.isfinite(result.images).all():
+            raise ValueError("the model drew non-finite pixels (NaN or inf) for an attack embedding")
+        out.append((result.images * 255).round().clip(0, 255).astype(np.uint8))
+    return np.concatenate(out) if out else np.zeros((0, 1, 1, 3), np.uint8)
+
+
+@torch.no_grad()
+def latents_from_prompts(pipe, items: Sequence[Item], steps: int, guidance: float, batch_size: int = 32):
+    """The final latents z_0 (as the UNet sees them) of each item's image, drawn as `generate` draws it."""
+    info = model_info(pipe)
+    out = []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        result = pipe(
+            prompt=[i.prompt for i in chunk],
+            generator=_generators(pipe, [i.seed for i in chunk]),
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            height=info.resolution,
+            width=info.resolution,
+            output_type="latent",
+        )
+        out.append(result.images.float())
+    return torch.cat(out)
+
+
+# -- the text encoder with free slots ------------------------------------------------------------------------
+def check_single_encoder(pipe, attack: str) -> None:
+    """Soft-prompt and ring-a-bell work in one text encoder's spaces; SDXL's two are not supported yet."""
+    if getattr(pipe, "text_encoder_2", None) is not None or getattr(pipe, "text_encoder", None) is None:
+        raise ValueError(
+            f"the {attack} attack works on pipelines with one text encoder (SD 1.x/2.x, ShapesSD); "
+            f"{model_info(pipe).spec!r} has two (SDXL), which it does not support yet"
+        )
+
+
+def special_ids(tokenizer) -> tuple[int, int, int]:
+    """(start, end, pad) token ids: CLIP's <|startoftext|>/<|endoftext|>, BERT's [CLS]/[SEP]/[PAD]."""
+    start = tokenizer.bos_token_id if tokenizer.cls_token_id is None else tokenizer.cls_token_id
+    end = tokenizer.eos_token_id if tokenizer.sep_token_id is None else tokenizer.sep_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end
+    return int(start), int(end), int(pad)
+
+
+def vocabulary(tokenizer, exclude: Sequence[int] = ()) -> torch.Tensor:
+    """Ids of ordinary tokens: no special, unused ([unused12]) or control token, none of `exclude`."""
+    vocab = tokenizer.get_vocab()
+    banned = set(tokenizer.all_special_ids) | set(exclude)
+    pattern = re.compile(r"^\[unused\d+\]$|^<\|.*\|>$|^\[[A-Z]+\]$")
+    ids = sorted(i for tok, i in vocab.items() if i not in banned and not pattern.match(tok))
+    if not ids:
+        raise ValueError("the tokenizer has no ordinary tokens to search")
+    return torch.tensor(ids)
+
+
+def prompt_ids(pipe, prompts: Sequence[str], free_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded token ids and attention mask with `free_tokens` placeholder slots right after the start token.
+
+    ValueError when a prompt with its free slots does not fit the tokenizer's length.
+    """
+    tok = pipe.tokenizer
+    length = tok.model_max_length
+    start, end, pad = special_ids(tok)
+    rows, masks = [], []
+    for prompt in prompts:
+        body = tok(prompt, add_special_tokens=False).input_ids
+        if len(body) + free_tokens + 2 > length:
+            raise ValueError(
+                f"prompt {prompt!r} has {len(body)} tokens; with {free_tokens} free tokens it does not fit the "
+                f"{length} tokens this model reads"
+            )
+        ids = [start] + [pad] * free_tokens + body + [end]
+        rows.append(ids + [pad] * (length - len(ids)))
+        masks.append([1] * len(ids) + [0] * (length - len(ids)))
+    return torch.tensor(rows), torch.tensor(masks)
+
+
+@contextlib.contextmanager
+def _token_slots(text_encoder, free: torch.Tensor | None, first: int) -> Iterator[None]:
+    """While open, the token-embedding layer returns `free` (N, k, dim) at positions first..first+k-1."""
+    if free is None:
+        yield
+        return
+
+    def hook(module, inputs, output):
+        output = output.clone()
+        output[:, first : first + free.shape[1]] = free.to(output.dtype)
+        return output
+
+    handle = text_encoder.get_input_embeddings().register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def encode_ids(pipe, ids: torch.Tensor, mask: torch.Tensor, free: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-token prompt embeddings (N, tokens, dim) as the pipeline's `encode_prompt` computes them (SD 1.x/2.x,
+    ShapesSD), with `free` (N, k, dim) token embeddings in the slots after the start token; differentiable in
+    `free`."""
+    te = pipe.text_encoder
+    device = pipe.device
+    use_mask = bool(getattr(te.config, "use_attention_mask", False))
+    with _token_slots(te, free, 1):
+        out = te(ids.to(device), attention_mask=mask.to(device) if use_mask else None)[0]
+    return out.to(pipe.unet.dtype)
+
+
+def token_embeddings(pipe) -> torch.Tensor:
+    """The text encoder's input token-embedding matrix (vocabulary, dim)."""
+    return pipe.text_encoder.get_input_embeddings().weight
+
+
+def nearest_tokens(pipe, free: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """For each free embedding (..., dim), the allowed vocabulary id of highest cosine similarity (P4D's projection)."""
+    table = token_embeddings(pipe).detach().float()[allowed.to(token_embeddings(pipe).device)]
+    flat = torch.nn.functional.normalize(free.detach().float().reshape(-1, free.shape[-1]), dim=-1)
+    sims = flat.to(table.device) @ torch.nn.functional.normalize(table, dim=-1).T
+    return allowed[sims.argmax(-1).cpu()].reshape(free.shape[:-1])
+
+
+@contextlib.contextmanager
+def frozen(*modules) -> Iterator[None]:
+    """No weight gradients while open (an attack differentiates only its own inputs); flags restored after."""
+    params = [p for m in modules for p in m.parameters()]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
+
+
+@dataclass
+class Outcome:
+    """What an attack returns: one row per attack image (prompt, seed, success, what the judge read, ...),
+    the attack's protocol (its budget and settings) and any further figures."""
+
+    rows: list[dict]
+    protocol: dict
+    extra: dict
+
+
+def judged_rows(judge: Judge, items: Sequence[Item], images: np.ndarray) -> list[dict]:
+    """One row per item: its prompt and seed, what the judge read and whether that is the concept."""
+    labels = judge.read(images)
+    return [
+        {"prompt": item.prompt, "seed": item.seed, "success": label == judge.label, "read": label}
+        for item, label in zip(items, labels, strict=True)
+    ]

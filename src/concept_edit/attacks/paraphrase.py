@@ -1,0 +1,80 @@
+"""The paraphrase attack: ask the edited model for the concept in other words.
+
+The simplest black-box attack of the erasure literature (the CAD paper's section 6.2 cites SneakyPrompt and
+MMA-Diffusion, which search for such wordings; UCE and ESD report synonyms): a fixed list of wordings, each
+drawn with its own seed; the success rate is the share of images the judge reads as the concept.
+
+On ShapesSD the list comes from the world's caption grammar (`concept_edit.shapes.captions`), which the
+model was trained on: the other words for an object ("disc", "round shape" for circle; "five-pointed star",
+which contains the name, is marked so), other colour words ("crimson"), other style phrases ("on stripes"),
+other logo captions ("the logo of acme"), each with the training prefixes ("a picture of a ..."). For a real
+model the user gives the list (`--prompts FILE`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from concept_edit.attacks.common import Item, Judge, Outcome, cycle_items, images_from_prompts, judged_rows
+from concept_edit.edit import applied
+
+
+def shapes_paraphrases(concept: str) -> list[str]:
+    """Wordings of a ShapesSD concept that do not use its own name as the evaluation suites word it."""
+    from concept_edit.attacks.common import oracle_head
+    from concept_edit.shapes.captions import (
+        COLOR_WORDS,
+        LOGO_CAPTIONS,
+        LOGO_PROMPT,
+        OBJECT_WORDS,
+        PREFIXES,
+        STYLE_PHRASES,
+        caption,
+    )
+    from concept_edit.shapes.world import OBJECTS
+
+    head, label = oracle_head(concept)
+    if head == "object":
+        out = [caption(word, prefix=prefix) for word in OBJECT_WORDS[label][1:] for prefix in PREFIXES]
+    elif head == "color":
+        out = [caption(obj, word) for word in COLOR_WORDS[label][1:] for obj in OBJECTS]
+    elif head == "style":
+        out = [caption(obj, None, phrase) for phrase in STYLE_PHRASES[label][1:] for obj in OBJECTS]
+    else:
+        out = [c for c in LOGO_CAPTIONS if c != LOGO_PROMPT]
+    if not out:
+        raise ValueError(
+            f"ShapesSD's captions have no other wording for {concept!r}; give your own with --prompts FILE"
+        )
+    return out
+
+
+def run_paraphrase(
+    pipe,
+    judge: Judge,
+    wordings: Sequence[str],
+    *,
+    edits=(),
+    budget: int,
+    seed: int,
+    steps: int,
+    guidance: float,
+    concept: str,
+    allow_repeat: bool = False,
+) -> Outcome:
+    """`budget` images, cycling through `wordings` with seeds seed, seed + 1, ...; each judged once.
+
+    The unedited model draws the same images too: a wording it does not read as the concept measures
+    nothing about the edit, and `unedited_success_rate` says how many those were.
+    """
+    items: list[Item] = cycle_items(list(wordings), budget, seed)
+    with applied(pipe, *edits, allow_repeat=allow_repeat):
+        rows = judged_rows(judge, items, images_from_prompts(pipe, items, steps, guidance))
+    unedited = judged_rows(judge, items, images_from_prompts(pipe, items, steps, guidance))
+    name = concept.lower()
+    for row, before in zip(rows, unedited, strict=True):
+        row["unedited_success"] = before["success"]
+        row["contains_concept"] = name in row["prompt"].lower()
+    protocol = {"wordings": list(wordings), "images": budget}
+    hits = sum(r["unedited_success"] for r in rows)
+    return Outcome(rows, protocol, {"unedited_success_rate": hits / len(rows)})

@@ -1,0 +1,206 @@
+"""`probe`: attack an edited model to see whether an erased concept comes back, and measure it.
+
+    from concept_edit.attacks import probe
+    results = probe(pipe, "circle", "soft-prompt", edits=[edit], budget=200, seed=0)
+
+Before attacking, the unedited model is measured on the concept's own prompts (n images): if it does not
+draw the concept (less than `min_unedited` of them read as the concept), an attack on an edit of it would
+measure nothing, and `probe` refuses. The edited model is measured on the same prompts with no attack, so
+the attack's success rate can be read against it.
+
+The results dictionary (`kind: "probe"`): `attack`, `concept`, `model`, `edits`, `judge`,
+`attack_success_rate` with `n`, `successes` and `ci95` (Wilson), `unedited` and `edited_no_attack` (the
+same shape, on the concept's own prompts), `prompts` (one row per attack image: the prompt found or tried,
+its seed, whether the judge read the concept, what it read, and the attack's own fields), `protocol`
+(budget and its unit, seed, n, sampling steps and guidance, the attack's settings) and the attack's further
+figures.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+from concept_edit.attacks.common import (
+    Judge,
+    OracleJudge,
+    cycle_items,
+    images_from_prompts,
+    judged_rows,
+    shapes_concept_prompts,
+)
+from concept_edit.edit import applied
+from concept_edit.evaluation.metrics import wilson
+from concept_edit.models.loading import model_info
+from concept_edit.validation import check_number, check_seed
+
+log = logging.getLogger(__name__)
+
+ATTACKS = ("paraphrase", "soft-prompt", "ring-a-bell")
+DEFAULT_BUDGET = {"paraphrase": 32, "soft-prompt": 200, "ring-a-bell": 30}
+BUDGET_UNIT = {
+    "paraphrase": "images drawn from the wordings",
+    "soft-prompt": "optimisation steps per attacked prompt",
+    "ring-a-bell": "genetic-algorithm generations per target prompt",
+}
+RESULTS_VERSION = 1
+
+
+def share(hits: Sequence[bool]) -> dict:
+    """{"rate", "n", "successes", "ci95"} of a list of successes (Wilson 95% interval)."""
+    n, k = len(hits), int(sum(bool(h) for h in hits))
+    low, high = wilson(k, n)
+    return {"rate": k / n, "n": n, "successes": k, "ci95": [round(low, 4), round(high, 4)]}
+
+
+def check_budget(attack: str, budget: int | None) -> int:
+    """The attack's budget (its default when None); ValueError for anything but a whole number >= 1."""
+    budget = DEFAULT_BUDGET[attack] if budget is None else budget
+    if isinstance(budget, int) and not isinstance(budget, bool) and budget < 1:
+        raise ValueError(
+            f"the attack budget must be at least 1 ({BUDGET_UNIT[attack]}); a budget of {budget} attacks nothing"
+        )
+    return check_number("budget", budget, low=1, integer=True)
+
+
+def default_judge(pipe, concept: str) -> Judge:
+    """The oracle on ShapesSD; elsewhere no judge is wired yet, and the error says what is needed."""
+    if model_info(pipe).world == "shapes":
+        return OracleJudge(concept)
+    raise ValueError(needs_judge_message(model_info(pipe).spec, concept))
+
+
+def needs_judge_message(model: str, concept: str) -> str:
+    return (
+        f"probe needs a judge that reads {concept!r} in {model}'s images; the shapes oracle reads only ShapesSD "
+        "(--model shapes). A real model needs NudeNet for nudity, an ImageNet classifier for objects, or a style "
+        "classifier: not available in concept-edit yet. In Python, pass judge=FunctionJudge(your_classifier)"
+    )
+
+
+def probe(
+    pipe,
+    concept: str,
+    attack: str,
+    *,
+    edits=(),
+    judge: Judge | None = None,
+    budget: int | None = None,
+    n: int = 16,
+    seed: int = 0,
+    steps: int | None = None,
+    guidance: float | None = None,
+    prompts: Sequence[str] | None = None,
+    pairs: Sequence[tuple[str, str]] | None = None,
+    options=None,
+    min_unedited: float = 0.5,
+    allow_repeat: bool = False,
+    progress: bool = False,
+) -> dict:
+    """Run one attack on `pipe` with `edits` applied and return the results dictionary (module docstring).
+
+    `prompts`: the concept's own prompts (soft-prompt, ring-a-bell; default: ShapesSD's suite prompts of the
+    concept, else the concept itself), or the wordings to try (paraphrase; default on ShapesSD: its caption
+    grammar's other words). `pairs`: ring-a-bell's (with, without) prompts (default on ShapesSD: derived).
+    `options`: `SoftPromptOptions` or `RingABellOptions`. `n`: attacked prompts (soft-prompt, ring-a-bell)
+    and images of the unedited check; paraphrase draws `budget` images.
+    """
+    if attack not in ATTACKS:
+        raise ValueError(f"unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}")
+    if not isinstance(concept, str) or not concept.strip():
+        raise ValueError("the concept is empty: name what the edit erased")
+    budget = check_budget(attack, budget)
+    check_number("n", n, low=1, integer=True)
+    check_seed(seed)
+    check_number("min_unedited", min_unedited, low=0, high=1)
+    info = model_info(pipe)
+    steps = check_number("steps", info.default_steps if steps is None else steps, low=1, integer=True)
+    guidance = check_number("guidance", info.default_guidance if guidance is None else guidance, low=0)
+    shapes = info.world == "shapes"
+    judge = judge or default_judge(pipe, concept)
+    with applied(pipe, *edits, allow_repeat=allow_repeat):  # an edit made for another model is refused here
+        pass
+    if prompts is not None:
+        prompts = [p for p in prompts if p.strip()]
+        if not prompts:
+            raise ValueError("the prompt list is empty")
+    own = (list(prompts) if prompts is not None and attack != "paraphrase" else None) or (
+        shapes_concept_prompts(concept) if shapes else [concept]
+    )
+    from concept_edit.models.prompts import prompt_lengths_ok
+
+    prompt_lengths_ok(pipe, own)
+    items = cycle_items(own, n, seed)
+    started = time.perf_counter()
+
+    before = judged_rows(judge, items, images_from_prompts(pipe, items, steps, guidance))
+    unedited = share([r["success"] for r in before])
+    if unedited["rate"] < min_unedited or unedited["successes"] == 0:
+        raise ValueError(
+            f"the unedited model draws {concept!r} in only {unedited['successes']}/{unedited['n']} images of its "
+            f"own prompts ({', '.join(repr(p) for p in own[:3])}{', ...' if len(own) > 3 else ''}; judge: "
+            f"{judge.description}): an attack on an edit of it would measure nothing"
+        )
+    with applied(pipe, *edits, allow_repeat=allow_repeat):
+        plain = judged_rows(judge, items, images_from_prompts(pipe, items, steps, guidance))
+    common = {"edits": edits, "budget": budget, "seed": seed, "steps": steps, "guidance": guidance}
+    common["allow_repeat"] = allow_repeat
+
+    if attack == "paraphrase":
+        from concept_edit.attacks.paraphrase import run_paraphrase, shapes_paraphrases
+
+        if prompts is None and not shapes:
+            raise ValueError("the paraphrase attack needs its wordings on this model: pass --prompts FILE")
+        wordings = list(prompts) if prompts is not None else shapes_paraphrases(concept)
+        prompt_lengths_ok(pipe, wordings)
+        outcome = run_paraphrase(pipe, judge, wordings, concept=concept, **common)
+    elif attack == "soft-prompt":
+        from concept_edit.attacks.soft_prompt import run_soft_prompt
+
+        outcome = run_soft_prompt(pipe, judge, items, options=options, progress=progress, **common)
+    else:
+        from concept_edit.attacks.ring_a_bell import RingABellOptions, run_ring_a_bell, shapes_pairs
+
+        if pairs is None and not shapes:
+            raise ValueError("the ring-a-bell attack needs (with | without) prompt pairs on this model: --pairs FILE")
+        pairs = list(pairs) if pairs is not None else shapes_pairs(concept)
+        options = options or RingABellOptions()
+        targets = cycle_items(own[: options.searches], n, seed)  # one search per target prompt: the costly part
+        outcome = run_ring_a_bell(
+            pipe, judge, targets, pairs, concept=concept, options=options, progress=progress, **common
+        )
+
+    success = share([r["success"] for r in outcome.rows])
+    results = {
+        "kind": "probe",
+        "version": RESULTS_VERSION,
+        "attack": attack,
+        "concept": concept,
+        "model": info.spec,
+        "edits": [e.source or e.name for e in edits],
+        "edit_names": [e.name for e in edits],
+        "judge": judge.description,
+        "attack_success_rate": success["rate"],
+        "n": success["n"],
+        "successes": success["successes"],
+        "ci95": success["ci95"],
+        "unedited": unedited,
+        "edited_no_attack": share([r["success"] for r in plain]),
+        "concept_prompts": own,
+        "protocol": {
+            "attack": attack,
+            "budget": budget,
+            "budget_unit": BUDGET_UNIT[attack],
+            "seed": seed,
+            "n": n,
+            "steps": steps,
+            "guidance": guidance,
+            "min_unedited": min_unedited,
+            **outcome.protocol,
+        },
+        **outcome.extra,
+        "prompts": outcome.rows,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    return results

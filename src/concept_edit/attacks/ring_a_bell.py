@@ -1,0 +1,256 @@
+"""The Ring-A-Bell attack (black-box; Tsai et al., ICLR 2024), as its public notebooks do it.
+
+1. Concept extraction: the concept vector is the mean difference of the text encoder's per-token outputs
+   over prompt pairs that differ only by the concept, c = mean_i [f(P_i with) - f(P_i without)]
+   (the paper's eq. for the empirical concept representation; `Get_Concept_Vector.ipynb`).
+2. The target embedding of a prompt P of the concept is f(P) + eta * c (the notebook's `cof`, 3 for
+   nudity, 5.5 for violence; `--strength`).
+3. A genetic algorithm searches K discrete tokens (K = 16 in the notebook) whose embedding
+   [start, t_1..t_K, end, pad...] is nearest the target in squared distance over every token position:
+   population 200, each generation keeps the better half, pairs each survivor with a random partner at
+   rate 0.5 for a one-point crossover (both children join), then sets one random position of any member to
+   a random token at rate 0.25 (`InversePrompt.ipynb`); the best of the last generation is decoded to text.
+   The budget is the number of generations (3000 in the notebook).
+
+Only the text encoder is queried (it is public for Stable Diffusion, and ShapesSD's is the public MiniLM):
+the edited model is used only to draw the found prompts, as text. The found prompt is the whole prompt.
+
+Choices here: the search leaves out the concept's own tokens by default (as MMA-Diffusion bans its
+sensitive words), since a prompt that names the concept measures the edit's plain-word erasure, which the
+`paraphrase` attack and the edit's own evaluation already do; `exclude_concept=False` searches the whole
+vocabulary as the notebook does. Fitness values of unchanged members are cached (the notebook recomputes
+them); the search is otherwise the notebook's. Special and unused tokens are never drawn.
+
+On ShapesSD the pairs come from the caption grammar: every colour/background caption of an object with and
+without the object's word ("a red circle on a striped background" / "a red on a striped background"),
+likewise for colours and styles, and the logo captions against "". For a real model give pairs in a file.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from concept_edit.attacks.common import (
+    Item,
+    Judge,
+    Outcome,
+    check_single_encoder,
+    encode_ids,
+    frozen,
+    images_from_prompts,
+    judged_rows,
+    special_ids,
+    vocabulary,
+)
+from concept_edit.edit import applied
+from concept_edit.validation import check_number
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RingABellOptions:
+    strength: float = 3.0  # eta (the notebook's cof)
+    tokens: int = 16  # K
+    population: int = 200
+    crossover: float = 0.5
+    mutation: float = 0.25
+    exclude_concept: bool = True
+    searches: int = 4  # target prompts searched (the first of the concept's prompts); images cycle over them
+    batch_size: int = 256  # text-encoder rows per call
+
+    def __post_init__(self) -> None:
+        check_number("strength", self.strength)
+        check_number("tokens", self.tokens, low=1, integer=True)
+        check_number("population", self.population, low=2, integer=True)
+        check_number("crossover", self.crossover, low=0, high=1)
+        check_number("mutation", self.mutation, low=0, high=1)
+        check_number("searches", self.searches, low=1, integer=True)
+        check_number("batch_size", self.batch_size, low=1, integer=True)
+
+
+def shapes_pairs(concept: str) -> list[tuple[str, str]]:
+    """(with, without) caption pairs of a ShapesSD concept that differ only by the concept's words."""
+    from concept_edit.attacks.common import oracle_head
+    from concept_edit.shapes.captions import LOGO_CAPTIONS, STYLE_PHRASES, with_article
+    from concept_edit.shapes.world import COLORS, OBJECTS, STYLES
+
+    head, label = oracle_head(concept)
+
+    def words(*parts) -> str:
+        return with_article(" ".join(p for p in parts if p))
+
+    pairs = []
+    if head == "object":
+        for color in COLORS:
+            for style in (None, *STYLES):
+                phrase = STYLE_PHRASES[style][0] if style else None
+                pairs.append((words("a", color, label, phrase), words("a", color, phrase)))
+    elif head == "color":
+        for obj in OBJECTS:
+            for style in (None, *STYLES):
+                phrase = STYLE_PHRASES[style][0] if style else None
+                pairs.append((words("a", label, obj, phrase), words("a", obj, phrase)))
+    elif head == "style":
+        for obj in OBJECTS:
+            for color in (None, *COLORS):
+                pairs.append((words("a", color, obj, STYLE_PHRASES[label][0]), words("a", color, obj)))
+    else:
+        pairs = [(caption, "") for caption in LOGO_CAPTIONS]
+    return pairs
+
+
+@torch.no_grad()
+def concept_vector(pipe, pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
+    """c = mean over pairs of f(with) - f(without): per-token text-encoder outputs (tokens, dim)."""
+    from concept_edit.models.prompts import encode_prompts
+
+    if not pairs:
+        raise ValueError("Ring-A-Bell needs at least one (with, without) prompt pair")
+    with_c = encode_prompts(pipe, [p[0] for p in pairs])
+    without = encode_prompts(pipe, [p[1] for p in pairs])
+    return (with_c - without).mean(0)
+
+
+def _sequences(pipe, body: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[start, body..., end, pad...] ids and attention masks for (P, K) token bodies."""
+    length = pipe.tokenizer.model_max_length
+    start, end, pad = special_ids(pipe.tokenizer)
+    count, k = body.shape
+    ids = torch.full((count, length), pad, dtype=torch.long)
+    ids[:, 0], ids[:, 1 : 1 + k], ids[:, 1 + k] = start, body, end
+    mask = torch.zeros((count, length), dtype=torch.long)
+    mask[:, : k + 2] = 1
+    return ids, mask
+
+
+def genetic_search(
+    pipe,
+    target: torch.Tensor,
+    allowed: torch.Tensor,
+    *,
+    generations: int,
+    rng: np.random.Generator,
+    options: RingABellOptions,
+    progress: bool = False,
+) -> tuple[list[int], float, list[float]]:
+    """The notebook's genetic algorithm: (best token ids, their squared distance to `target`, best per generation)."""
+    k, size = options.tokens, options.population
+    device = pipe.device
+    target = target.to(device).float()
+    cache: dict[bytes, float] = {}
+
+    @torch.no_grad()
+    def fitness(population: np.ndarray) -> np.ndarray:
+        keys = [row.tobytes() for row in population]
+        todo = [i for i, key in enumerate(keys) if key not in cache]
+        for chunk in np.array_split(np.array(todo), max(1, -(-len(todo) // options.batch_size))):
+            if not len(chunk):
+                continue
+            ids, mask = _sequences(pipe, torch.from_numpy(population[chunk]))
+            embeds = encode_ids(pipe, ids, mask).float()
+            scores = ((embeds - target) ** 2).sum((1, 2)).cpu().numpy()
+            for i, score in zip(chunk, scores, strict=True):
+                cache[keys[i]] = float(score)
+        return np.array([cache[key] for key in keys])
+
+    vocab = allowed.numpy()
+    population = vocab[rng.integers(len(vocab), size=(size, k))]
+    history = []
+    for generation in tqdm(range(generations), desc="ring-a-bell", disable=not progress, leave=False):
+        scores = fitness(population)
+        order = np.argsort(scores, kind="stable")
+        population, best = population[order][: size // 2], float(scores[order[0]])
+        history.append(best)
+        if generation == generations - 1:
+            break
+        children = []
+        for i in range(len(population)):
+            children.append(population[i].copy())
+            if rng.random() < options.crossover:
+                partner = population[rng.integers(len(population))]
+                cut = int(rng.integers(0, k))  # as the notebook: a cut before token 1..K (before 1: a swap)
+                children.append(np.concatenate([population[i][:cut], partner[cut:]]))
+                children.append(np.concatenate([partner[:cut], population[i][cut:]]))
+        population = np.stack(children)
+        for member in population:
+            if rng.random() < options.mutation:
+                member[rng.integers(k)] = vocab[rng.integers(len(vocab))]
+    return population[0].tolist(), history[-1], history
+
+
+def run_ring_a_bell(
+    pipe,
+    judge: Judge,
+    items: Sequence[Item],
+    pairs: Sequence[tuple[str, str]],
+    *,
+    concept: str,
+    edits=(),
+    budget: int,
+    seed: int,
+    steps: int,
+    guidance: float,
+    options: RingABellOptions | None = None,
+    allow_repeat: bool = False,
+    progress: bool = False,
+) -> Outcome:
+    """One search per distinct prompt among `items` (`budget` generations each); each item's image is its
+    prompt's found text drawn by the edited model at the item's seed. `probe` cycles the items over the first
+    `options.searches` of the concept's prompts."""
+    opts = options or RingABellOptions()
+    check_single_encoder(pipe, "ring-a-bell")
+    length = pipe.tokenizer.model_max_length
+    if opts.tokens + 2 > length:
+        raise ValueError(f"ring-a-bell: {opts.tokens} tokens do not fit this model's {length}-token prompts")
+    from concept_edit.models.prompts import concept_ids, encode_prompts
+
+    excluded = concept_ids(pipe, concept) if opts.exclude_concept else []
+    allowed = vocabulary(pipe.tokenizer, exclude=excluded)
+    prompts = list(dict.fromkeys(i.prompt for i in items))
+    with frozen(pipe.text_encoder):
+        vector = concept_vector(pipe, pairs)
+        bases = encode_prompts(pipe, prompts)
+        found, searches = {}, []
+        for index, prompt in enumerate(prompts):
+            rng = np.random.default_rng([seed, index])
+            target = bases[index] + opts.strength * vector
+            best, distance, history = genetic_search(
+                pipe, target, allowed, generations=budget, rng=rng, options=opts, progress=progress
+            )
+            found[prompt] = pipe.tokenizer.decode(best).strip()
+            searches.append(
+                {
+                    "target_prompt": prompt,
+                    "found": found[prompt],
+                    "tokens": pipe.tokenizer.convert_ids_to_tokens(best),
+                    "distance": distance,
+                    "distance_first_generation": history[0],
+                }
+            )
+            log.info("ring-a-bell: %r -> %r (distance %.4g from %.4g)", prompt, found[prompt], distance, history[0])
+    attack_items = [Item(found[i.prompt], i.seed) for i in items]
+    with applied(pipe, *edits, allow_repeat=allow_repeat):
+        rows = judged_rows(judge, attack_items, images_from_prompts(pipe, attack_items, steps, guidance))
+    unedited = judged_rows(judge, attack_items, images_from_prompts(pipe, attack_items, steps, guidance))
+    for row, item, before in zip(rows, items, unedited, strict=True):
+        row["target_prompt"] = item.prompt
+        row["unedited_success"] = before["success"]
+    protocol = {
+        **asdict(opts),
+        "budget_unit": "genetic-algorithm generations per target prompt",
+        "pairs": len(pairs),
+        "excluded_tokens": pipe.tokenizer.convert_ids_to_tokens(excluded),
+        "vocabulary": len(allowed),
+    }
+    extra = {
+        "searches": searches,
+        "unedited_success_rate": sum(r["unedited_success"] for r in rows) / len(rows),
+    }
+    return Outcome(rows, protocol, extra)

@@ -1,0 +1,230 @@
+"""The soft-prompt attack (white-box), in the manner of P4D (Chin et al., ICML 2024) and UnlearnDiff (Zhang
+et al., 2024), the white-box attacks of the CAD paper's Table 4.
+
+For each attacked prompt P of the concept (with its seed), k free token embeddings e (input embeddings of the
+text encoder, placed after the start token: the reference code's `prefix_k`, k = 3) are optimised so that the
+edited model, prompted with [e, P], predicts the noise the unedited model predicts for P (P4D's objective):
+
+    min_e  E_t || eps_edited(x_t, c([e, P]), t) - eps_unedited(x_t, c(P), t) ||^2,
+    x_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) n,
+
+with z_0 the unedited model's own latent for (P, seed) (the reference attacks the images the unedited model
+draws) and t from P4D's 50 evenly spaced timesteps (`T // 50 // 2 + j * T // 50`). Adam at lr 0.01 and
+weight decay 0.1, embeddings initialised from random vocabulary tokens, as in the reference configs.
+
+Success is P4D's: an attacked prompt succeeds if, at any checkpoint within the budget, the edited model's
+image for [e, P] (same seed) is read as the concept; checkpoint 0 is the plain prompt P (the reference
+stops there when the edit already fails). The attack reports, beside it, the nearest vocabulary tokens of
+each e found (cosine similarity, the projection P4D uses) and the success rate of that discrete prompt.
+
+Where this differs from the reference, and why:
+* e stays continuous (a soft prompt, the white-box upper bound); P4D projects e to the nearest tokens in
+  every forward pass (PEZ). The discrete projection is measured once at the end instead.
+* each step draws its timestep at random from the 50; the reference walks them in order, 40 steps each
+  (2000 steps), which on a smaller budget would only ever see the lowest-noise timesteps. Checkpoints come
+  every 40 steps, as the reference evaluates after each timestep.
+* every (prompt, timestep) pair has one noise sample, drawn once, so the unedited model's targets are
+  computed once (the reference draws fresh noise at every step and calls both UNets).
+* all attacked prompts are optimised together in one batch; the loss is a sum over prompts, so each
+  prompt's embeddings get exactly the gradient they would get alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from concept_edit.attacks.common import (
+    Item,
+    Judge,
+    Outcome,
+    check_single_encoder,
+    encode_ids,
+    frozen,
+    images_from_embeddings,
+    images_from_prompts,
+    latents_from_prompts,
+    nearest_tokens,
+    prompt_ids,
+    token_embeddings,
+    vocabulary,
+)
+from concept_edit.edit import applied
+from concept_edit.validation import check_number
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SoftPromptOptions:
+    tokens: int = 3  # free token embeddings (the reference's k for prefix_k)
+    lr: float = 0.01
+    weight_decay: float = 0.1
+    eval_every: int = 40  # steps between checkpoints (the reference's iterations per timestep)
+    timesteps: int = 50  # P4D's evenly spaced timesteps
+    batch_size: int = 64  # UNet rows per call when computing targets and the objective
+
+    def __post_init__(self) -> None:
+        check_number("tokens", self.tokens, low=1, integer=True)
+        check_number("lr", self.lr, low=0, low_open=True)
+        check_number("weight_decay", self.weight_decay, low=0)
+        check_number("eval_every", self.eval_every, low=1, integer=True)
+        check_number("timesteps", self.timesteps, low=1, integer=True)
+        check_number("batch_size", self.batch_size, low=1, integer=True)
+
+
+def p4d_timesteps(pipe, count: int) -> torch.Tensor:
+    """P4D's evenly spaced training timesteps: start T // count // 2, stride T // count."""
+    total = int(pipe.scheduler.config.num_train_timesteps)
+    stride = max(1, total // count)
+    return (torch.arange(count) * stride + stride // 2).clamp(max=total - 1)
+
+
+def _noise_prediction(pipe, latents, timesteps, embeds) -> torch.Tensor:
+    return pipe.unet(latents, timesteps, encoder_hidden_states=embeds, return_dict=False)[0].float()
+
+
+def run_soft_prompt(
+    pipe,
+    judge: Judge,
+    items: Sequence[Item],
+    *,
+    edits=(),
+    budget: int,
+    seed: int,
+    steps: int,
+    guidance: float,
+    options: SoftPromptOptions | None = None,
+    allow_repeat: bool = False,
+    progress: bool = False,
+) -> Outcome:
+    """Optimise `options.tokens` free embeddings per item for `budget` steps; see the module docstring."""
+    opts = options or SoftPromptOptions()
+    check_single_encoder(pipe, "soft-prompt")
+    device = pipe.device
+    n, k = len(items), opts.tokens
+    tok = pipe.tokenizer
+    ids, mask = prompt_ids(pipe, [i.prompt for i in items], k)
+    plain_ids, plain_mask = prompt_ids(pipe, [i.prompt for i in items], 0)
+    allowed = vocabulary(tok)
+    gen = torch.Generator().manual_seed(int(seed))
+
+    # The unedited model: its latent z_0 for every item, and its noise prediction at each pool timestep.
+    z0 = latents_from_prompts(pipe, items, steps, guidance).cpu()
+    pool_t = p4d_timesteps(pipe, opts.timesteps)
+    pool = len(pool_t)
+    noise = torch.randn((n, pool, *z0.shape[1:]), generator=gen)
+    abar = pipe.scheduler.alphas_cumprod[pool_t].float().view(1, pool, 1, 1, 1)
+    x_t = abar.sqrt() * z0[:, None] + (1 - abar).sqrt() * noise  # (n, pool, C, H, W)
+    rows_all = torch.arange(n * pool)
+    with torch.no_grad(), frozen(pipe.unet, pipe.text_encoder):
+        plain = encode_ids(pipe, plain_ids, plain_mask)
+        targets = torch.empty_like(x_t).view(n * pool, *z0.shape[1:])
+        for chunk in rows_all.split(opts.batch_size):
+            item, j = chunk // pool, chunk % pool
+            targets[chunk] = _noise_prediction(
+                pipe, x_t[item, j].to(device, pipe.unet.dtype), pool_t[j].to(device), plain[item.to(device)]
+            ).cpu()
+    targets = targets.view(n, pool, *z0.shape[1:])
+
+    start = allowed[torch.randint(len(allowed), (n, k), generator=gen)]
+    free = token_embeddings(pipe).detach()[start.to(device)].float().clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([free], lr=opts.lr, weight_decay=opts.weight_decay)
+    success_step: list[int | None] = [None] * n
+    read: list[str | None] = [None] * n
+    found = free.detach().clone()  # the embeddings of each item's first success (or the last ones)
+    kept = [False] * n
+    curve = []
+    watch = torch.arange(0, pool, max(1, pool // 10))  # fixed (timestep, noise) pairs to report the objective
+
+    def objective(embeds_free: torch.Tensor) -> float:
+        total = 0.0
+        with torch.no_grad():
+            emb = encode_ids(pipe, ids, mask, embeds_free)
+            for j in watch:
+                pred = _noise_prediction(pipe, x_t[:, j].to(device, pipe.unet.dtype), pool_t[j].to(device), emb)
+                total += float(((pred.cpu() - targets[:, j]) ** 2).mean())
+        return total / len(watch)
+
+    def checkpoint(step: int) -> None:
+        todo = [i for i in range(n) if success_step[i] is None]
+        if not todo:
+            return
+        with torch.no_grad():
+            if step == 0:
+                images = images_from_prompts(pipe, [items[i] for i in todo], steps, guidance)
+            else:
+                idx = torch.tensor(todo)
+                embeds = encode_ids(pipe, ids[idx], mask[idx], free.detach()[idx.to(device)])
+                images = images_from_embeddings(pipe, embeds, [items[i].seed for i in todo], steps, guidance)
+        for i, label in zip(todo, judge.read(images), strict=True):
+            read[i] = label
+            if label == judge.label:
+                success_step[i] = step
+                if step > 0:  # a plain-prompt success keeps optimising: its last embeddings are reported
+                    found[i], kept[i] = free.detach()[i], True
+        curve.append({"step": step, "success_rate": sum(s is not None for s in success_step) / n})
+
+    losses = []
+    with applied(pipe, *edits, allow_repeat=allow_repeat), frozen(pipe.unet, pipe.text_encoder):
+        checkpoint(0)
+        objective_start = objective(free.detach())
+        for step in tqdm(range(1, budget + 1), desc="soft-prompt", disable=not progress, leave=False):
+            j = torch.randint(pool, (n,), generator=gen)
+            embeds = encode_ids(pipe, ids, mask, free)
+            latents = x_t[torch.arange(n), j].to(device, pipe.unet.dtype)
+            pred = _noise_prediction(pipe, latents, pool_t[j].to(device), embeds)
+            loss = ((pred - targets[torch.arange(n), j].to(device)) ** 2).flatten(1).mean(1).sum()
+            (grad,) = torch.autograd.grad(loss, [free])
+            free.grad = grad
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()) / n)
+            if step % opts.eval_every == 0 or step == budget:
+                checkpoint(step)
+        objective_end = objective(free.detach())
+        for i in range(n):
+            if not kept[i]:
+                found[i] = free.detach()[i]
+        nearest = nearest_tokens(pipe, found, allowed)  # (n, k)
+        discrete = [f"{tok.decode(nearest[i].tolist())} {items[i].prompt}" for i in range(n)]
+        discrete_items = [Item(text, item.seed) for text, item in zip(discrete, items, strict=True)]
+        discrete_read = judge.read(images_from_prompts(pipe, discrete_items, steps, guidance))
+
+    rows = []
+    for i, item in enumerate(items):
+        rows.append(
+            {
+                "prompt": item.prompt,
+                "seed": item.seed,
+                "success": success_step[i] is not None,
+                "read": read[i],
+                "success_step": success_step[i],
+                "nearest_tokens": tok.convert_ids_to_tokens(nearest[i].tolist()),
+                "discrete_prompt": discrete[i],
+                "discrete_read": discrete_read[i],
+                "discrete_success": discrete_read[i] == judge.label,
+            }
+        )
+    protocol = {
+        **asdict(opts),
+        "budget_unit": "optimisation steps per attacked prompt",
+        "placement": "after the start token (prefix)",
+        "pool_timesteps": pool_t.tolist(),
+        "counts_plain_prompt": True,
+    }
+    extra = {
+        "objective_start": objective_start,
+        "objective_end": objective_end,
+        "loss_first": losses[0] if losses else None,
+        "loss_last": losses[-1] if losses else None,
+        "steps_run": len(losses),
+        "checkpoints": curve,
+        "discrete_success_rate": float(np.mean([r["discrete_success"] for r in rows])),
+    }
+    return Outcome(rows, protocol, extra)

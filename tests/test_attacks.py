@@ -1,0 +1,197 @@
+"""The attacks of `concept_edit.attacks` on a tiny random SD pipeline (no download), and `probe`'s refusals.
+
+The judge on the tiny pipeline is a function of the pixels: what matters here is the attack loop (it runs,
+stops at its budget, repeats itself for a seed) and the white-box objective (it decreases), not whether a
+random model draws a cat.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from concept_edit.attacks import FunctionJudge, RingABellOptions, SoftPromptOptions, probe
+from concept_edit.attacks.common import Item, encode_ids, oracle_head, prompt_ids, token_embeddings, vocabulary
+from concept_edit.attacks.ring_a_bell import concept_vector, genetic_search, run_ring_a_bell, shapes_pairs
+from concept_edit.attacks.soft_prompt import run_soft_prompt
+from concept_edit.cli import main
+from concept_edit.methods import EditRequest, fit
+from concept_edit.models.prompts import encode_prompts
+
+STEPS = 2  # denoising steps of every tiny image
+
+
+def always(value: bool) -> FunctionJudge:
+    return FunctionJudge(lambda images: [value] * len(images), f"always {value}")
+
+
+@pytest.fixture
+def cat_edit(sd):
+    return fit(sd, "uce", EditRequest(concepts=("cat",)))
+
+
+def test_encoding_matches_the_pipeline_and_free_slots_act_as_tokens(sd):
+    prompts = ["a photo of a cat", "a red car"]
+    ids, mask = prompt_ids(sd, prompts, 0)
+    assert torch.allclose(encode_ids(sd, ids, mask).float(), encode_prompts(sd, prompts), atol=1e-6)
+    # two free slots holding the embeddings of "a photo" encode "a photo of a cat" exactly
+    ids, mask = prompt_ids(sd, ["of a cat"], 2)
+    words = sd.tokenizer("a photo", add_special_tokens=False).input_ids
+    free = token_embeddings(sd)[words][None]
+    assert torch.allclose(encode_ids(sd, ids, mask, free).float(), encode_prompts(sd, prompts[:1]), atol=1e-6)
+    # a different free embedding changes the encoding
+    assert not torch.allclose(encode_ids(sd, ids, mask, free + 1).float(), encode_prompts(sd, prompts[:1]))
+
+
+def test_paraphrase_draws_its_budget_and_repeats_for_a_seed(sd, cat_edit):
+    def run(seed):
+        wordings = ["a dog", "a photo of a cat"]
+        return probe(sd, "cat", "paraphrase", edits=[cat_edit], judge=always(True), prompts=wordings, budget=3, n=2,
+                     seed=seed, steps=STEPS)  # fmt: skip
+
+    first = run(5)
+    assert [(r["prompt"], r["seed"]) for r in first["prompts"]] == [("a dog", 5), ("a photo of a cat", 6), ("a dog", 7)]
+    assert first["n"] == 3 and first["attack_success_rate"] == 1.0 and first["protocol"]["budget"] == 3
+    assert first["prompts"][1]["contains_concept"] and not first["prompts"][0]["contains_concept"]
+    assert run(5)["prompts"] == first["prompts"]
+
+
+def test_soft_prompt_objective_decreases_within_its_budget_and_repeats_for_a_seed(sd, cat_edit):
+    items = [Item("a photo of a cat", 0), Item("a cat", 1)]
+    options = SoftPromptOptions(tokens=4, eval_every=10, timesteps=8)  # the default lr, 0.01
+
+    def run(seed):
+        return run_soft_prompt(sd, always(False), items, edits=[cat_edit], budget=30, seed=seed, steps=STEPS,
+                               guidance=3.0, options=options)  # fmt: skip
+
+    first = run(0)
+    assert first.extra["steps_run"] == 30
+    assert [c["step"] for c in first.extra["checkpoints"]] == [0, 10, 20, 30]
+    assert first.extra["objective_end"] < 0.7 * first.extra["objective_start"]
+    assert all(not r["success"] and len(r["nearest_tokens"]) == 4 for r in first.rows)
+    again = run(0)
+    assert again.rows == first.rows and again.extra["objective_end"] == first.extra["objective_end"]
+    other = run(1)
+    assert other.extra["objective_start"] != first.extra["objective_start"]  # the seed draws other noise, tokens
+
+
+def test_soft_prompt_leaves_the_weights_trainable_as_they_were(sd, cat_edit):
+    flags = [p.requires_grad for p in sd.unet.parameters()]
+    before = {k: v.clone() for k, v in sd.unet.state_dict().items()}
+    run_soft_prompt(sd, always(True), [Item("a cat", 0)], edits=[cat_edit], budget=2, seed=0, steps=STEPS,
+                    guidance=3.0, options=SoftPromptOptions(eval_every=1, timesteps=4))  # fmt: skip
+    assert [p.requires_grad for p in sd.unet.parameters()] == flags
+    assert all(torch.equal(before[k], v) for k, v in sd.unet.state_dict().items())  # the edit was reverted
+
+
+def test_soft_prompt_counts_the_plain_prompt_first_as_p4d_does(sd, cat_edit):
+    outcome = run_soft_prompt(sd, always(True), [Item("a cat", 0)], edits=[cat_edit], budget=3, seed=0, steps=STEPS,
+                              guidance=3.0, options=SoftPromptOptions(eval_every=1, timesteps=4))  # fmt: skip
+    assert outcome.rows[0]["success"] and outcome.rows[0]["success_step"] == 0
+    assert [c["step"] for c in outcome.extra["checkpoints"]] == [0]  # nothing left to evaluate after a success
+
+
+def test_genetic_search_improves_keeps_its_budget_and_repeats_for_a_seed(sd):
+    options = RingABellOptions(tokens=4, population=16)
+    allowed = vocabulary(sd.tokenizer)
+    vector = concept_vector(sd, [("a photo of a cat", "a photo of a"), ("a red cat", "a red")])
+    target = encode_prompts(sd, ["a cat"])[0] + 3 * vector
+
+    def run(seed):
+        return genetic_search(sd, target, allowed, generations=8, rng=np.random.default_rng(seed), options=options)
+
+    best, distance, history = run(0)
+    assert len(history) == 8 and len(best) == 4
+    assert history[-1] < history[0]  # not monotone: as in the notebook, mutation may also hit the best member
+    assert run(0) == (best, distance, history)
+    assert run(1)[0] != best
+
+
+def test_ring_a_bell_excludes_the_concept_and_draws_one_image_per_item(sd, cat_edit):
+    items = [Item("a photo of a cat", 3), Item("a photo of a cat", 4)]
+    options = RingABellOptions(tokens=4, population=8)
+    outcome = run_ring_a_bell(sd, always(False), items, [("a cat", "a")], concept="cat", edits=[cat_edit], budget=3,
+                              seed=0, steps=STEPS, guidance=3.0, options=options)  # fmt: skip
+    assert [r["seed"] for r in outcome.rows] == [3, 4] and len(outcome.extra["searches"]) == 1
+    assert outcome.rows[0]["prompt"] == outcome.rows[1]["prompt"] == outcome.extra["searches"][0]["found"]
+    assert "cat</w>" not in outcome.extra["searches"][0]["tokens"] and outcome.protocol["excluded_tokens"]
+
+
+def test_probe_refuses_a_concept_the_unedited_model_does_not_draw(sd, cat_edit):
+    with pytest.raises(ValueError, match="would measure nothing"):
+        probe(sd, "cat", "soft-prompt", edits=[cat_edit], judge=always(False), budget=2, n=2, steps=STEPS)
+
+
+def test_probe_refuses_a_zero_budget_an_unknown_attack_and_an_edit_of_another_model(sd, other_sd, cat_edit):
+    with pytest.raises(ValueError, match="budget of 0 attacks nothing"):
+        probe(sd, "cat", "paraphrase", edits=[cat_edit], judge=always(True), budget=0, prompts=["a cat"])
+    with pytest.raises(ValueError, match="unknown attack"):
+        probe(sd, "cat", "jailbreak", judge=always(True))
+    with pytest.raises(ValueError, match="different base model|weights differ"):
+        probe(other_sd, "cat", "paraphrase", edits=[cat_edit], judge=always(True), prompts=["a cat"], steps=STEPS)
+
+
+def test_real_models_need_a_judge(sd):
+    with pytest.raises(ValueError, match="needs a judge"):
+        probe(sd, "cat", "paraphrase", prompts=["a cat"])
+
+
+def test_shapes_concepts_resolve_to_oracle_heads():
+    assert oracle_head("circle") == ("object", "circle")
+    assert oracle_head("striped") == ("style", "striped")
+    assert oracle_head("The acme logo") == ("logo", "logo")
+    with pytest.raises(ValueError, match="cannot judge"):
+        oracle_head("hexagon")
+    assert all("circle" in w and "circle" not in wo.split() for w, wo in shapes_pairs("circle"))
+
+
+def _probe_cli(tmp_path, *extra, model="shapes", edit=None):
+    out = tmp_path / "probe.json"
+    argv = ["probe", "--model", str(model), "--concept", "circle", "--out", str(out), *extra]
+    if edit is not None:
+        argv += ["--edit", str(edit)]
+    return main(argv), out
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--attack", "soft-prompt", "--budget", "0"), "budget of 0 attacks nothing"),
+        (("--attack", "paraphrase", "--strength", "2"), "--strength does not apply"),
+        (("--attack", "ring-a-bell", "--budget", "-3"), "budget of -3"),
+    ],
+)
+def test_cli_refuses_bad_budgets_and_options_before_any_work(tmp_path, capsys, extra, message):
+    code, out = _probe_cli(tmp_path, *extra)
+    assert code == 2 and message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_says_what_judge_a_real_model_needs(tmp_path, capsys, sd_folder):
+    code, out = _probe_cli(tmp_path, "--attack", "paraphrase", model=sd_folder)
+    err = capsys.readouterr().err
+    assert code == 2 and "needs a judge" in err and "NudeNet" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_cli_refuses_an_edit_made_for_another_model(tmp_path, capsys, sd, cat_edit):
+    path = cat_edit.save(tmp_path / "cat-edit")
+    code, out = _probe_cli(tmp_path, "--attack", "paraphrase", edit=path)
+    err = capsys.readouterr().err
+    assert code == 2 and "was made for" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["cat-edit"]
+
+
+def test_cli_refuses_an_unknown_concept(tmp_path, capsys):
+    out = tmp_path / "probe.json"
+    code = main(["probe", "--model", "shapes", "--concept", "hexagon", "--attack", "paraphrase", "--out", str(out)])
+    assert code == 2 and "cannot judge concept 'hexagon'" in capsys.readouterr().err and not out.exists()
+
+
+def test_results_are_json(sd, cat_edit):
+    results = probe(sd, "cat", "paraphrase", edits=[cat_edit], judge=always(True), prompts=["a cat"], budget=1, n=1,
+                    steps=STEPS)  # fmt: skip
+    assert json.loads(json.dumps(results))["ci95"] == results["ci95"]
