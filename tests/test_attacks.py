@@ -195,3 +195,15 @@ def test_results_are_json(sd, cat_edit):
     results = probe(sd, "cat", "paraphrase", edits=[cat_edit], judge=always(True), prompts=["a cat"], budget=1, n=1,
                     steps=STEPS)  # fmt: skip
     assert json.loads(json.dumps(results))["ci95"] == results["ci95"]
+
+
+def test_report_section_lists_every_run(sd, cat_edit):
+    from concept_edit.attacks.report import check_probe, is_probe, probe_section
+
+    results = probe(sd, "cat", "paraphrase", edits=[cat_edit], judge=always(True), prompts=["a <cat>"], budget=2,
+                    n=1, steps=STEPS)  # fmt: skip
+    check_probe(results)
+    page = probe_section([results])
+    assert is_probe(results) and "paraphrase" in page and "1.00 [0.34, 1.00] (2/2)" in page and "a &lt;cat&gt;" in page
+    with pytest.raises(ValueError, match="missing 'prompts'"):
+        check_probe({k: v for k, v in results.items() if k != "prompts"}, "x.json")
