@@ -207,3 +207,14 @@ def test_report_section_lists_every_run(sd, cat_edit):
     assert is_probe(results) and "paraphrase" in page and "1.00 [0.34, 1.00] (2/2)" in page and "a &lt;cat&gt;" in page
     with pytest.raises(ValueError, match="missing 'prompts'"):
         check_probe({k: v for k, v in results.items() if k != "prompts"}, "x.json")
+
+
+def test_erasure_table_section_has_a_column_per_attack():
+    from concept_edit.attacks.report import erasure_table_section
+
+    row = {"method": "uce", "concept": "circle", "target_accuracy": 0.0, "others_accuracy": 0.9,
+           "target": {"ci95": [0.0, 0.2]}, "attack_success": {"paraphrase": 1.0, "soft-prompt": 0.5},
+           "fit_s": 0.1, "edit_bytes": 4096}  # fmt: skip
+    page = erasure_table_section([row])
+    assert "paraphrase success" in page and "soft-prompt success" in page and "0.00 [0.00, 0.20]" in page
+    assert erasure_table_section([]) == ""

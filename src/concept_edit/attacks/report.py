@@ -110,3 +110,35 @@ def probe_section(runs: Sequence[dict]) -> str:
             + (f"<p class='note'>... and {more} more in the results file</p>" if more > 0 else "")
         )
     return "\n".join(parts)
+
+
+def erasure_table_section(rows: Sequence[dict]) -> str:
+    """HTML: the rows of `benchmarks/erasure_table.py --json` (one per method and concept) as one table."""
+    if not rows:
+        return ""
+    attacks = list(dict.fromkeys(a for r in rows for a in r.get("attack_success", {})))
+    head = ["method", "concept", "target", "others", "synonyms", "Frechet to renders", "image change"]
+    head += [f"{a} success" for a in attacks] + ["fit (s)", "edit (KB)"]
+    body = []
+    for r in rows:
+        target, others = r.get("target") or {}, r.get("others") or {}
+        change = r.get("image_change") or {}
+        cells = [
+            r.get("method", ""),
+            r.get("concept", ""),
+            _share(r.get("target_accuracy"), target.get("ci95")),
+            _share(r.get("others_accuracy"), others.get("ci95")),
+            _share((r.get("paraphrase") or {}).get("accuracy")),
+            f"{r['frechet_to_renders']:.1f}" if isinstance(r.get("frechet_to_renders"), int | float) else "–",
+            f"{change['mean']:.3f}" if isinstance(change.get("mean"), int | float) else "–",
+            *[_share(r.get("attack_success", {}).get(a)) for a in attacks],
+            r.get("fit_s", ""),
+            f"{r['edit_bytes'] / 1024:.0f}" if isinstance(r.get("edit_bytes"), int) else "",
+        ]
+        body.append("<tr>" + "".join(_cell(c) for c in cells) + "</tr>")
+    header = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    return (
+        "<h2>Erasure methods compared</h2><p class='note'>Each method at its documented default on ShapesSD; "
+        "accuracies are the oracle's readings with Wilson 95% intervals; attack success is the share of attack "
+        f"images read as the concept.</p><table><tr>{header}</tr>{''.join(body)}</table>"
+    )
