@@ -16,6 +16,7 @@ CASES = {
         "erase",
     ),
     "eigen_experiments.py": (["--parts", "iris"], "iris"),
+    "erasure_table.py": (["--quick"], "rows"),
     "cad_speed.py": (["--steps", "3", "--repeats", "1"], "speedup"),
     "cad_quality.py": (["--n", "1", "--ratios", "0.1", "--subsets", "3"], "erase_pearson_r"),
     "cad_amplify.py": (["--n", "2", "--ratios", "0.1"], "after"),
