@@ -91,7 +91,7 @@ def test_soft_prompt_counts_the_plain_prompt_first_as_p4d_does(sd, cat_edit):
     outcome = run_soft_prompt(sd, always(True), [Item("a cat", 0)], edits=[cat_edit], budget=3, seed=0, steps=STEPS,
                               guidance=3.0, options=SoftPromptOptions(eval_every=1, timesteps=4))  # fmt: skip
     assert outcome.rows[0]["success"] and outcome.rows[0]["success_step"] == 0
-    assert [c["step"] for c in outcome.extra["checkpoints"]] == [0]  # nothing left to evaluate after a success
+    assert [c["step"] for c in outcome.extra["checkpoints"]] == [0] and outcome.extra["steps_run"] == 0
 
 
 def test_genetic_search_improves_keeps_its_budget_and_repeats_for_a_seed(sd):

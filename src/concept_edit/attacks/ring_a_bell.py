@@ -1,8 +1,9 @@
-"""The Ring-A-Bell attack (black-box; Tsai et al., ICLR 2024), as its public notebooks do it.
+"""The Ring-A-Bell attack (black-box; Tsai et al., ICLR 2024), as its public notebooks do it. The CAD paper
+(section 6.2, Table 3) counts what erased models draw for Ring-A-Bell's prompts.
 
 1. Concept extraction: the concept vector is the mean difference of the text encoder's per-token outputs
    over prompt pairs that differ only by the concept, c = mean_i [f(P_i with) - f(P_i without)]
-   (the paper's eq. for the empirical concept representation; `Get_Concept_Vector.ipynb`).
+   (the paper's empirical concept representation; `Get_Concept_Vector.ipynb`).
 2. The target embedding of a prompt P of the concept is f(P) + eta * c (the notebook's `cof`, 3 for
    nudity, 5.5 for violence; `--strength`).
 3. A genetic algorithm searches K discrete tokens (K = 16 in the notebook) whose embedding

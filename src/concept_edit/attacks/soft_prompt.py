@@ -1,5 +1,7 @@
 """The soft-prompt attack (white-box), in the manner of P4D (Chin et al., ICML 2024) and UnlearnDiff (Zhang
-et al., 2024), the white-box attacks of the CAD paper's Table 4.
+et al., 2024), the white-box attacks of the CAD paper's section 6.2 and Table 4 (attack success rates of
+P4D and UnlearnDiff on erased models). Behaviour matched to the public UnlearnDiff code
+(OPTML-Group/Diffusion-MU-Attack: `tasks/P4D_.py`, `attackers/hard_prompt_.py`, its object configs).
 
 For each attacked prompt P of the concept (with its seed), k free token embeddings e (input embeddings of the
 text encoder, placed after the start token: the reference code's `prefix_k`, k = 3) are optimised so that the
@@ -26,7 +28,9 @@ Where this differs from the reference, and why:
 * every (prompt, timestep) pair has one noise sample, drawn once, so the unedited model's targets are
   computed once (the reference draws fresh noise at every step and calls both UNets).
 * all attacked prompts are optimised together in one batch; the loss is a sum over prompts, so each
-  prompt's embeddings get exactly the gradient they would get alone.
+  prompt's embeddings get exactly the gradient they would get alone. The batch stops when every prompt
+  has succeeded (`steps_run` in the results); until then a prompt that has succeeded keeps being optimised
+  (its reported embeddings are those of its first success).
 """
 
 from __future__ import annotations
@@ -175,6 +179,8 @@ def run_soft_prompt(
         checkpoint(0)
         objective_start = objective(free.detach())
         for step in tqdm(range(1, budget + 1), desc="soft-prompt", disable=not progress, leave=False):
+            if all(s is not None for s in success_step):
+                break  # every prompt has succeeded: the reference stops an attack at its first success
             j = torch.randint(pool, (n,), generator=gen)
             embeds = encode_ids(pipe, ids, mask, free)
             latents = x_t[torch.arange(n), j].to(device, pipe.unet.dtype)
