@@ -74,6 +74,16 @@ def test_oracle_classifier_chooses_among_the_given_attributes():
     assert classify(images[:2], ["a blue heart", "a red heart"]) == [1, 0]
 
 
+def test_oracle_classifier_answers_minus_one_for_an_image_without_an_object():
+    import numpy as np
+
+    from concept_edit.shapes.world import Scene, _background, render
+
+    empty = _background("plain", np.random.default_rng(3)).astype(np.uint8)
+    images = [render(Scene("heart", "red", "plain", 0)), empty]
+    assert OracleAttributeClassifier()(images, ["red", "blue"]) == [0, -1]
+
+
 def test_make_classifier_defaults_and_errors(sd):
     import pytest
 

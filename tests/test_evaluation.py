@@ -66,6 +66,27 @@ def test_evaluate_two_image_suite_with_and_without_an_edit(shapes, two_image_sui
     json.dumps(after)  # the results are plain JSON
 
 
+def test_images_without_an_object_are_read_as_none_not_as_some_object(shapes, two_image_suite, monkeypatch):
+    import importlib
+
+    import numpy as np
+    from PIL import Image
+
+    from concept_edit.shapes.world import _background
+
+    evaluate_module = importlib.import_module("concept_edit.evaluation.evaluate")  # the module, not the function
+
+    def backgrounds(pipe, prompts, seeds, **kwargs):  # what an erasure into an empty scene would draw
+        return [Image.fromarray(_background("dotted", np.random.default_rng(s)).astype(np.uint8)) for s in seeds]
+
+    monkeypatch.setattr(evaluate_module, "generate", backgrounds)
+    results, _ = evaluate(shapes, get_suite(str(two_image_suite)), target="circle", progress=False)
+    assert results["none_share"] == 1.0 and results["target_accuracy"] == 0.0
+    assert results["per_concept"]["star"]["none_share"] == 1.0
+    assert results["none_ci95"][0] > 0.15  # two of two: Wilson's lower bound
+    assert "read as none" in build_report([{**results, "_file": "r.json"}])
+
+
 def test_bias_suite_reports_distribution_and_deviation(shapes):
     results, _ = evaluate(shapes, get_suite("shapes-bias", n=2), progress=False)
     assert set(results["distribution"]) == {"heart", "star", "circle", "square"}

@@ -57,6 +57,21 @@ def test_training_distribution_has_the_planted_properties():
     assert any("disc" in e.caption for e in examples) and any("hoop" in e.caption for e in examples)
 
 
+def test_oracle_says_none_for_images_without_one_object():
+    from concept_edit.shapes.oracle import Oracle
+    from concept_edit.shapes.train_oracle import reject_batch
+    from concept_edit.shapes.world import _background
+
+    rng = np.random.default_rng(54321)
+    empty = np.stack([_background(STYLES[k % 6], rng).astype(np.uint8) for k in range(60)])
+    reading = Oracle.load().read(empty)
+    assert np.mean(np.array(reading.object) == "none") >= 0.95
+    assert np.mean(np.array(reading.style) == np.array([STYLES[k % 6] for k in range(60)])) >= 0.95
+    rejects, labels = reject_batch(np.random.default_rng(999), 200)
+    objects = Oracle.load().read(rejects).probs["object"].argmax(1)
+    assert np.mean(objects == labels["object"]) >= 0.9
+
+
 def test_oracle_reads_200_fresh_renders_at_99_percent():
     from concept_edit.shapes.oracle import Oracle
 

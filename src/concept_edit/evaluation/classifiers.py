@@ -2,7 +2,7 @@
 
 * `OracleAttributeClassifier` — the shapes-world oracle: each attribute must name a label of one oracle
   head ("red", "blue" -> colour head; "a red heart" works too); each image gets the most probable of the
-  given attributes;
+  given attributes, or -1 when the oracle reads it as showing none on that head (no object, a blend);
 * `ClipZeroShotClassifier` — CLIP zero-shot over the attribute texts, as the UCE paper and code do for
   real models (default `openai/clip-vit-base-patch32`; needs the weights in the Hugging Face cache).
 """
@@ -45,13 +45,16 @@ class OracleAttributeClassifier:
         )
 
     def __call__(self, images, attributes: Sequence[str]) -> list[int]:
-        """The most probable of the given attributes for each image (as CLIP zero-shot over the attributes)."""
-        from concept_edit.shapes.oracle import HEADS
+        """The most probable of the given attributes for each image (as CLIP zero-shot over the attributes),
+        -1 where the oracle's own answer is "none"."""
+        from concept_edit.shapes.oracle import HEADS, NONE, OUTPUTS
 
         head, labels = self.resolve(attributes)
         probs = self.oracle.read(list(images)).probs[head]
         columns = [HEADS[head].index(label) for label in labels]
-        return probs[:, columns].argmax(1).tolist()
+        chosen = probs[:, columns].argmax(1)
+        chosen[probs.argmax(1) == OUTPUTS[head].index(NONE)] = -1
+        return chosen.tolist()
 
 
 class ClipZeroShotClassifier:

@@ -1,7 +1,9 @@
 """Run a suite on a (possibly edited) shapes-world model and measure what it draws.
 
 The results dictionary always has `suite`, `model`, `edits`, `seed`, `per_concept` (concept ->
-{accuracy, n}) and `mean_accuracy`; with a target, `target_accuracy` and `others_accuracy`; for the bias
+{accuracy, n, ci95, none_share}) and `mean_accuracy`; `none_share` (with `none_ci95`) is the share of images
+the oracle read as showing no object/colour/style at all on the head that judges them (an erased concept
+that became noise, rather than another object); with a target, `target_accuracy` and `others_accuracy`; for the bias
 suite, `distribution` (concept -> {attribute -> share}) and `deviation` (concept -> UCE's Delta). It also
 holds the Frechet distance of oracle features to true renders of the same prompts (the FID analogue),
 the image change against the unedited model on the same prompts and seeds when that is known, and a few
@@ -24,7 +26,7 @@ from concept_edit.evaluation import metrics
 from concept_edit.evaluation.suites import Entry, Suite
 from concept_edit.generation import generate, to_array
 from concept_edit.models.loading import model_info
-from concept_edit.shapes.oracle import HEADS, Oracle
+from concept_edit.shapes.oracle import HEADS, NONE, Oracle
 from concept_edit.shapes.world import COLORS, OBJECTS, STYLES, Scene, logo, render
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,7 @@ def evaluate(
         "per_concept": {k: {key: v[key] for key in ("accuracy", "n", "ci95")} for k, v in per_concept.items()},
         "mean_accuracy": float(np.mean([v["accuracy"] for v in per_concept.values()])),
     }
+    results.update(_none_shares(results["per_concept"], predicted, expected))
     if target is not None:
         results["target"] = target
         results["target_accuracy"], results["others_accuracy"] = metrics.target_and_others(per_concept, target)
@@ -128,6 +131,16 @@ def _prediction(reading, i: int, entry: Entry) -> str:
     if entry.head == "logo":
         return "logo" if reading.logo_prob[i] > 0.5 else "no logo"
     return reading.labels(entry.head)[i]
+
+
+def _none_shares(per_concept: dict, predicted: Sequence[str], expected: Sequence[str]) -> dict:
+    """Adds each concept's share of "none" readings to its row; returns the overall share and its interval."""
+    for concept, row in per_concept.items():
+        idx = [i for i, e in enumerate(expected) if e == concept]
+        row["none_share"] = sum(predicted[i] == NONE for i in idx) / len(idx)
+    count = sum(p == NONE for p in predicted)
+    low, high = metrics.wilson(count, len(predicted))
+    return {"none_share": count / len(predicted), "none_ci95": [round(low, 4), round(high, 4)]}
 
 
 def _bias_metrics(suite: Suite, reading) -> dict:
@@ -199,7 +212,7 @@ def check_results(results: dict, source: str = "results") -> None:
     for concept, row in results["per_concept"].items():
         if not isinstance(row, dict) or not _is_share(row.get("accuracy")) or not isinstance(row.get("n"), int):
             raise ValueError(f"{source}: per_concept[{concept!r}] needs an accuracy in [0, 1] and an integer n")
-    for key in ("mean_accuracy", "target_accuracy", "others_accuracy"):
+    for key in ("mean_accuracy", "target_accuracy", "others_accuracy", "none_share"):
         if key in results and not _is_share(results[key]):
             raise ValueError(f"{source}: {key!r} must be a number in [0, 1], got {results[key]!r}")
     for key in ("frechet_to_renders", "frechet_to_unedited", "mean_deviation"):

@@ -99,6 +99,7 @@ def _summary_html(group: list[dict]) -> str:
         ("target", lambda r: r.get("target")),
         ("target accuracy", lambda r: r.get("target_accuracy")),
         ("others accuracy", lambda r: r.get("others_accuracy")),
+        ("read as none", lambda r: r.get("none_share")),
         ("Frechet to renders", lambda r: r.get("frechet_to_renders")),
         ("Frechet to unedited", lambda r: r.get("frechet_to_unedited")),
         ("image change", lambda r: (r.get("image_change") or {}).get("mean")),
@@ -127,8 +128,9 @@ def _concept_table(group: list[dict]) -> str:
         cells = []
         for r in group:
             v = r["per_concept"].get(concept)
+            none = f" none {v['none_share']:.2f}" if v and v.get("none_share") else ""
             cells.append(
-                f"<td>{_fmt(v['accuracy'], 2)} <span class='note'>{_interval(v)} n={v['n']}</span></td>"
+                f"<td>{_fmt(v['accuracy'], 2)} <span class='note'>{_interval(v)} n={v['n']}{none}</span></td>"
                 if v
                 else "<td>–</td>"
             )
@@ -253,6 +255,7 @@ def summary_table(runs: list[dict]) -> str:
         ("mean accuracy", "mean_accuracy"),
         ("target accuracy", "target_accuracy"),
         ("others accuracy", "others_accuracy"),
+        ("read as none", "none_share"),
         ("Frechet to renders", "frechet_to_renders"),
         ("mean deviation", "mean_deviation"),
     ]

@@ -3,6 +3,10 @@
 It plays the part of the papers' ResNet-50 / NudeNet / CLIP judges: the evaluation suites count a
 generated image as showing a concept when the oracle says so. Trained by `train_oracle.py` on fresh
 renders with blur/noise augmentation so it reads decoded VAE samples as well as clean renders.
+
+Each head can also answer "none" (`NONE`): trained on backgrounds without an object, blends of two
+scenes and corrupted renders, so that an erased, off-distribution image is not forced into some object
+(a judge forced to answer would partly measure its own guesses).
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from torch import nn
 from concept_edit.shapes.world import COLORS, OBJECTS, STYLES
 
 WEIGHTS = Path(__file__).parent / "weights" / "oracle.safetensors"
-HEADS = {"object": OBJECTS, "color": tuple(COLORS), "style": STYLES}
+HEADS = {"object": OBJECTS, "color": tuple(COLORS), "style": STYLES}  # what a suite may ask for
+NONE = "none"
+OUTPUTS = {head: (*labels, NONE) for head, labels in HEADS.items()}  # what a head can answer
 FEATURE_DIM = 128
 
 
@@ -44,7 +50,7 @@ class OracleNet(nn.Module):
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
         )
-        self.heads = nn.ModuleDict({name: nn.Linear(FEATURE_DIM, len(labels)) for name, labels in HEADS.items()})
+        self.heads = nn.ModuleDict({name: nn.Linear(FEATURE_DIM, len(labels)) for name, labels in OUTPUTS.items()})
         self.logo = nn.Linear(FEATURE_DIM, 1)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -60,7 +66,8 @@ class OracleNet(nn.Module):
 
 @dataclass
 class OracleReading:
-    """Per-image oracle outputs: label names, their probabilities, the logo probability and features."""
+    """Per-image oracle outputs: label names (possibly "none"), their probabilities (one column per label
+    of `OUTPUTS`, "none" last), the logo probability and the 128-d features."""
 
     object: list[str]
     color: list[str]
@@ -118,7 +125,7 @@ class Oracle:
         cat = {k: torch.cat(v).numpy() if v else np.zeros((0,)) for k, v in outs.items()}
         probs = {name: cat[name] for name in HEADS}
         names = (
-            {name: [HEADS[name][i] for i in probs[name].argmax(-1)] for name in HEADS}
+            {name: [OUTPUTS[name][i] for i in probs[name].argmax(-1)] for name in HEADS}
             if len(x)
             else {name: [] for name in HEADS}
         )

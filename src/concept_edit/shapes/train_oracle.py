@@ -2,7 +2,7 @@
 
     python -m concept_edit.shapes.train_oracle --out runs/oracle --seed 0 --ship
 
-About 6 minutes on a 2-core CPU. `--resume` continues an interrupted run; `--ship` copies the final
+About 8 minutes on a 2-core CPU. `--resume` continues an interrupted run; `--ship` copies the final
 weights into the package (src/concept_edit/shapes/weights/oracle.safetensors).
 """
 
@@ -16,34 +16,81 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from concept_edit.io import save_tensors
-from concept_edit.shapes.oracle import HEADS, WEIGHTS, OracleNet, to_tensor
-from concept_edit.shapes.world import COLORS, OBJECTS, STYLES, Scene, logo, render
+from concept_edit.shapes.oracle import HEADS, NONE, OUTPUTS, WEIGHTS, OracleNet, to_tensor
+from concept_edit.shapes.world import COLORS, OBJECTS, SIZE, STYLES, Scene, _background, logo, render
 from concept_edit.training import resume, run_steps, save_checkpoint, step_generator, step_rng
 
 log = logging.getLogger(__name__)
 P_LOGO = 0.15
+# Reject examples, labelled "none" where the attribute is absent or ambiguous (see `reject_example`).
+P_EMPTY, P_BLEND, P_CORRUPT = 0.06, 0.08, 0.08
 
 
-def render_batch(rng: np.random.Generator, n: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """n labelled renders, uniform over objects/colours/styles, with ~15% logos (labels -1 there)."""
+def render_batch(rng: np.random.Generator, n: int, *, rejects: bool = True) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """n labelled images: ~15% logos (heads ignored there, label -1), ~22% reject examples (unless
+    `rejects` is False), the rest renders uniform over objects/colours/styles."""
     images, labels = [], {"object": [], "color": [], "style": [], "logo": []}
-    colors = list(COLORS)
     for _ in range(n):
-        if rng.random() < P_LOGO:
-            images.append(logo())
-            for head in HEADS:
-                labels[head].append(-1)
-            labels["logo"].append(1)
-            continue
-        o, c, s = int(rng.integers(len(OBJECTS))), int(rng.integers(len(colors))), int(rng.integers(len(STYLES)))
-        images.append(render(Scene(OBJECTS[o], colors[c], STYLES[s], int(rng.integers(2**31)))))
-        labels["object"].append(o)
-        labels["color"].append(c)
-        labels["style"].append(s)
-        labels["logo"].append(0)
+        u = rng.random()
+        if not rejects and P_LOGO <= u < P_LOGO + P_EMPTY + P_BLEND + P_CORRUPT:
+            u = 1.0 - 1e-9  # a render instead
+        if u < P_LOGO:
+            image, named = logo(), dict.fromkeys(HEADS, -1)
+        elif u < P_LOGO + P_EMPTY + P_BLEND + P_CORRUPT:
+            image, named = reject_example(rng, (u - P_LOGO) / (P_EMPTY + P_BLEND + P_CORRUPT))
+        else:
+            scene = _random_scene(rng)
+            image, named = render(scene), _indices(scene.obj, scene.color, scene.style)
+        images.append(image)
+        for head in HEADS:
+            labels[head].append(named[head])
+        labels["logo"].append(int(u < P_LOGO))
     return np.stack(images), {k: np.array(v) for k, v in labels.items()}
+
+
+def reject_example(rng: np.random.Generator, u: float) -> tuple[np.ndarray, dict[str, int]]:
+    """An image that shows no single object: u in [0, 1) picks the kind.
+
+    * empty: a background without an object (object and colour "none", the style is still there);
+    * blend: two scenes with different objects mixed half and half (object "none"; colour and style
+      "none" where the two differ);
+    * corrupt: a render under heavy noise, or a smooth random colour field (every head "none").
+    """
+    cut_empty = P_EMPTY / (P_EMPTY + P_BLEND + P_CORRUPT)
+    cut_blend = (P_EMPTY + P_BLEND) / (P_EMPTY + P_BLEND + P_CORRUPT)
+    if u < cut_empty:
+        style = STYLES[int(rng.integers(len(STYLES)))]
+        image = _background(style, np.random.default_rng(int(rng.integers(2**31))))
+        return np.clip(np.rint(image), 0, 255).astype(np.uint8), _indices(NONE, NONE, style)
+    if u < cut_blend:
+        a = _random_scene(rng)
+        b = _random_scene(rng)
+        while b.obj == a.obj:
+            b = _random_scene(rng)
+        w = rng.uniform(0.35, 0.65)
+        image = w * render(a).astype(np.float32) + (1 - w) * render(b).astype(np.float32)
+        color = a.color if a.color == b.color else NONE
+        style = a.style if a.style == b.style else NONE
+        return np.clip(np.rint(image), 0, 255).astype(np.uint8), _indices(NONE, color, style)
+    if rng.random() < 0.5:
+        image = render(_random_scene(rng)).astype(np.float32) + rng.normal(0, rng.uniform(90, 200), (SIZE, SIZE, 3))
+    else:  # a smooth random colour field: coarse noise upsampled
+        coarse = rng.uniform(0, 255, (int(rng.integers(2, 9)),) * 2 + (3,)).astype(np.uint8)
+        image = np.asarray(Image.fromarray(coarse).resize((SIZE, SIZE), Image.BICUBIC), dtype=np.float32)
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), _indices(NONE, NONE, NONE)
+
+
+def _random_scene(rng: np.random.Generator) -> Scene:
+    colors = list(COLORS)
+    o, c, s = int(rng.integers(len(OBJECTS))), int(rng.integers(len(colors))), int(rng.integers(len(STYLES)))
+    return Scene(OBJECTS[o], colors[c], STYLES[s], int(rng.integers(2**31)))
+
+
+def _indices(obj: str, color: str, style: str) -> dict[str, int]:
+    return {head: OUTPUTS[head].index(label) for head, label in zip(HEADS, (obj, color, style), strict=True)}
 
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -92,6 +139,14 @@ def loss_fn(net: OracleNet, x: torch.Tensor, labels: dict[str, np.ndarray]) -> t
 
 
 @torch.no_grad()
+def reject_batch(rng: np.random.Generator, n: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """n reject examples, in the proportions training uses (no logos)."""
+    pairs = [reject_example(rng, rng.random()) for _ in range(n)]
+    labels = {head: np.array([named[head] for _, named in pairs]) for head in HEADS}
+    labels["logo"] = np.zeros(n, dtype=np.int64)
+    return np.stack([image for image, _ in pairs]), labels
+
+
 def accuracy(net: OracleNet, images: np.ndarray, labels: dict[str, np.ndarray]) -> dict[str, float]:
     net.eval()
     out = net(to_tensor(images))
@@ -107,7 +162,7 @@ def accuracy(net: OracleNet, images: np.ndarray, labels: dict[str, np.ndarray]) 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/oracle"))
-    parser.add_argument("--steps", type=int, default=2500)
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
@@ -141,13 +196,14 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     run_steps(total=args.steps, start=start, step_fn=step_fn, save_fn=save_fn, every=250, desc="oracle")
-    images, labels = render_batch(np.random.default_rng([args.seed, 10**9]), 2000)
-    clean = accuracy(net, images, labels)
-    noisy = accuracy(
-        net, (augment(to_tensor(images), torch.Generator().manual_seed(1)).permute(0, 2, 3, 1).numpy()), labels
-    )
-    log.info("accuracy on 2000 fresh renders: %s", {k: round(v, 4) for k, v in clean.items()})
-    log.info("accuracy on the same renders, augmented: %s", {k: round(v, 4) for k, v in noisy.items()})
+    for name, (images, labels) in {
+        "2000 fresh renders": render_batch(np.random.default_rng([args.seed, 10**9]), 2000, rejects=False),
+        "600 fresh reject examples": reject_batch(np.random.default_rng([args.seed, 10**9 + 1]), 600),
+    }.items():
+        augmented = augment(to_tensor(images), torch.Generator().manual_seed(1)).permute(0, 2, 3, 1).numpy()
+        for kind, shown in (("", images), (", augmented", augmented)):
+            scores = {k: round(v, 4) for k, v in accuracy(net, shown, labels).items()}
+            log.info("accuracy on %s%s: %s", name, kind, scores)
     weights = args.out / "oracle.safetensors"
     save_tensors(weights, net.state_dict())
     if args.ship:
