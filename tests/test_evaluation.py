@@ -87,6 +87,36 @@ def test_images_without_an_object_are_read_as_none_not_as_some_object(shapes, tw
     assert "read as none" in build_report([{**results, "_file": "r.json"}])
 
 
+def test_report_shows_probe_runs_and_erasure_table_rows_beside_evaluations(shapes, two_image_suite, tmp_path):
+    from concept_edit.evaluation.report import write_report
+
+    results, _ = evaluate(shapes, get_suite(str(two_image_suite)), target="circle", progress=False)
+    probe = {
+        "kind": "probe",
+        "attack": "paraphrase",
+        "concept": "circle",
+        "model": "shapes",
+        "protocol": {"budget": 2, "seed": 0},
+        "prompts": [{"prompt": "a disc", "seed": 0, "read": "circle", "success": True}],
+        "unedited": {"rate": 1.0, "ci95": [0.3, 1.0]},
+        "edited_no_attack": {"rate": 0.0, "ci95": [0.0, 0.7]},
+        "attack_success_rate": 0.5,
+        "ci95": [0.1, 0.9],
+        "n": 2,
+    }
+    table = {"rows": [{"method": "uce", "concept": "circle", "target_accuracy": 0.1, "attack_success": {}}]}
+    paths = []
+    for name, data in (("eval.json", results), ("probe.json", probe), ("table.json", table)):
+        paths.append(tmp_path / name)
+        paths[-1].write_text(json.dumps(data))
+    page = write_report(paths, tmp_path / "r.html").read_text()
+    assert "Suite two" in page and "<h2>Attacks</h2>" in page and "a disc" in page
+    assert "Erasure methods compared" in page and "<td>uce</td>" in page
+    (tmp_path / "bad.json").write_text(json.dumps({**probe, "n": 0}))
+    with pytest.raises(ValueError, match="'n' must be a positive integer"):
+        write_report([tmp_path / "bad.json"], tmp_path / "r2.html")
+
+
 def test_bias_suite_reports_distribution_and_deviation(shapes):
     results, _ = evaluate(shapes, get_suite("shapes-bias", n=2), progress=False)
     assert set(results["distribution"]) == {"heart", "star", "circle", "square"}

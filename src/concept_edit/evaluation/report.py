@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from concept_edit.attacks.report import check_probe, erasure_table_section, is_probe, probe_section
 from concept_edit.evaluation.evaluate import check_results
 from concept_edit.evaluation.metrics import wilson
 from concept_edit.io import write_text
@@ -39,7 +40,12 @@ def load_results(paths: Sequence[str | Path]) -> list[dict]:
             raise ValueError(f"cannot read results file {path}: {err}") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path} is not a concept-edit results file")
-        check_results(data, str(path))
+        if is_probe(data):
+            check_probe(data, str(path))
+        elif is_erasure_table(data):
+            check_erasure_table(data, str(path))
+        else:
+            check_results(data, str(path))
         data.setdefault("_file", Path(path).name)
         runs.append(data)
     if not runs:
@@ -53,16 +59,21 @@ def run_label(run: dict) -> str:
 
 
 def build_report(runs: list[dict], title: str = "concept-edit report") -> str:
+    """Evaluation runs grouped by suite, then probe (attack) runs, then erasure-table rows, in one page."""
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
         f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
     ]
+    probes = [r for r in runs if is_probe(r)]
+    tables = [row for r in runs if is_erasure_table(r) for row in r["rows"]]
+    runs = [r for r in runs if not is_probe(r) and not is_erasure_table(r)]
     suites = list(dict.fromkeys(r["suite"] for r in runs))
-    parts.append(
-        "<p class='note'>Runs: "
-        + "; ".join(f"{html.escape(run_label(r))} [{html.escape(r['_file'])}]" for r in runs)
-        + "</p>"
-    )
+    if runs:
+        parts.append(
+            "<p class='note'>Runs: "
+            + "; ".join(f"{html.escape(run_label(r))} [{html.escape(r['_file'])}]" for r in runs)
+            + "</p>"
+        )
     for suite in suites:
         group = [r for r in runs if r["suite"] == suite]
         parts.append(f"<h2>Suite {html.escape(suite)}</h2>")
@@ -72,8 +83,21 @@ def build_report(runs: list[dict], title: str = "concept-edit report") -> str:
         if any("distribution" in r for r in group):
             parts.append(_distribution_section(group))
         parts.append(_grids(group))
+    parts.append(probe_section(probes))
+    parts.append(erasure_table_section(tables))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def is_erasure_table(data: dict) -> bool:
+    """The JSON line of `benchmarks/erasure_table.py --json`: {"rows": [{"method", "concept", ...}, ...]}."""
+    return isinstance(data.get("rows"), list) and "per_concept" not in data
+
+
+def check_erasure_table(data: dict, source: str) -> None:
+    for i, row in enumerate(data["rows"]):
+        if not isinstance(row, dict) or not {"method", "concept"} <= row.keys():
+            raise ValueError(f"{source}: rows[{i}] needs a method and a concept (an erasure_table.py --json line)")
 
 
 def write_report(paths: Sequence[str | Path], out: str | Path) -> Path:
