@@ -222,13 +222,14 @@ def _read_hearts(pipe, edit, seeds: list[int], judge) -> dict:
     else:
         with applied(pipe, edit):
             images = generate(pipe, prompts, seeds)
-    picks = np.asarray(judge(images, DEBIAS_COLORS))
+    picks = np.asarray(judge(images, DEBIAS_COLORS))  # -1: the oracle reads no colour ("none")
     reading = judge.oracle.read(images)
     n = len(seeds)
-    one_hot = np.eye(len(DEBIAS_COLORS))[picks]
+    one_hot = (picks[:, None] == np.arange(len(DEBIAS_COLORS))).astype(float)  # a "none" row is all zeros
     return {
         "n": n,
         "shares": {c: _share(int((picks == k).sum()), n) for k, c in enumerate(DEBIAS_COLORS)},
+        "none": _share(int((picks == -1).sum()), n),
         "deviation": _deviation_ci(one_hot),
         "max_error": float(np.abs(one_hot.mean(0) - 1 / len(DEBIAS_COLORS)).max()),
         "free_colour": {c: int(sum(x == c for x in reading.color)) for c in sorted(set(reading.color))},
