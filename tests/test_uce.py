@@ -203,7 +203,9 @@ def test_debias_reports_unconverged_after_max_iterations(sd):
 
 def test_debias_moves_the_concept_toward_the_missing_attribute(sd):
     """All "doctor" images read male -> the edited doctor output turns toward "female doctor" (eq. 9)."""
-    config = UCEConfig(debias_images=2, debias_steps=1, debias_max_iterations=1, debias_step=0.5)
+    config = UCEConfig(
+        debias_images=2, debias_steps=1, debias_max_iterations=1, debias_step=0.5, debias_variant="train_debias_add"
+    )
     req = EditRequest(concepts=("doctor",), mode="debias", attributes=("male", "female"))
     edit = fit(sd, "uce", req, config, UCEInputs(classifier=ScriptedEstimator([1.0])))
     prompts = ["doctor", attribute_prompt("doctor", "male"), attribute_prompt("doctor", "female")]
@@ -371,7 +373,9 @@ def test_debias_freezes_a_converged_concept_and_keeps_iterating_the_other(sd):
         first = round(share * len(images))
         return [0] * first + [1] * (len(images) - first)
 
-    config = UCEConfig(debias_images=2, debias_steps=1, debias_max_iterations=5, debias_step=0.5)
+    config = UCEConfig(  # Algorithm 1's freezing, as train_debias.py does it
+        debias_images=2, debias_steps=1, debias_max_iterations=5, debias_step=0.5, debias_variant="train_debias_add"
+    )
     req = EditRequest(concepts=("doctor", "nurse"), mode="debias", attributes=("male", "female"))
     stats = fit(sd, "uce", req, config, UCEInputs(classifier=judge)).manifest["stats"]
     assert seen == ["doctor", "nurse", "doctor", "nurse", "nurse"]  # doctor is not measured once balanced
@@ -563,7 +567,13 @@ def test_secant_controller_needs_fewer_generations_than_the_fixed_step_in_the_lo
     req = EditRequest(concepts=("doctor",), mode="debias", attributes=("male", "female"))
 
     def run(controller, step):
-        config = UCEConfig(debias_images=100, debias_max_iterations=30, debias_controller=controller, debias_step=step)
+        config = UCEConfig(
+            debias_images=100,
+            debias_max_iterations=30,
+            debias_controller=controller,
+            debias_step=step,
+            debias_variant="train_debias_add",
+        )
         return fit(sd, "uce", req, config, UCEInputs(classifier=ScriptedEstimator([1.0]))).manifest["stats"]
 
     fixed, secant = run("fixed", 0.1), run("secant", 0.1)
