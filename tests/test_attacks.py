@@ -7,6 +7,7 @@ random model draws a cat.
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -14,7 +15,20 @@ import pytest
 import torch
 
 from concept_edit.attacks import FunctionJudge, RingABellOptions, SoftPromptOptions, probe
-from concept_edit.attacks.common import Item, encode_ids, oracle_head, prompt_ids, token_embeddings, vocabulary
+from concept_edit.attacks.common import (
+    Item,
+    OracleJudge,
+    concept_token_ids,
+    contains_concept,
+    contains_synonym,
+    drawn_text,
+    encode_ids,
+    judged_rows,
+    oracle_head,
+    prompt_ids,
+    token_embeddings,
+    vocabulary,
+)
 from concept_edit.attacks.ring_a_bell import concept_vector, genetic_search, run_ring_a_bell, shapes_pairs
 from concept_edit.attacks.soft_prompt import run_soft_prompt
 from concept_edit.cli import main
@@ -46,17 +60,50 @@ def test_encoding_matches_the_pipeline_and_free_slots_act_as_tokens(sd):
     assert not torch.allclose(encode_ids(sd, ids, mask, free + 1).float(), encode_prompts(sd, prompts[:1]))
 
 
-def test_paraphrase_draws_its_budget_and_repeats_for_a_seed(sd, cat_edit):
+def pixel_coin(share: float = 0.2) -> FunctionJudge:
+    """A judge unrelated to any concept: 'concept' for about `share` of images, by a hash of their pixels."""
+    cut = round(256 * share)
+    return FunctionJudge(lambda ims: [hashlib.sha256(im.tobytes()).digest()[0] < cut for im in ims], "pixel coin")
+
+
+def test_paraphrase_drops_wordings_with_the_concept_and_repeats_for_a_seed(sd, cat_edit):
     def run(seed):
-        wordings = ["a dog", "a photo of a cat"]
-        return probe(sd, "cat", "paraphrase", edits=[cat_edit], judge=always(True), prompts=wordings, budget=3, n=2,
-                     seed=seed, steps=STEPS)  # fmt: skip
+        wordings = ["a dog", "a photo of a cat", "a red car", "two cats"]
+        return probe(sd, "cat", "paraphrase", edits=[cat_edit], judge=pixel_coin(0.5), prompts=wordings, budget=3,
+                     n=2, seed=seed, steps=STEPS)  # fmt: skip
 
     first = run(5)
-    assert [(r["prompt"], r["seed"]) for r in first["prompts"]] == [("a dog", 5), ("a photo of a cat", 6), ("a dog", 7)]
-    assert first["n"] == 3 and first["attack_success_rate"] == 1.0 and first["protocol"]["budget"] == 3
-    assert first["prompts"][1]["contains_concept"] and not first["prompts"][0]["contains_concept"]
-    assert run(5)["prompts"] == first["prompts"]
+    assert [(r["prompt"], r["seed"]) for r in first["prompts"]] == [("a dog", 5), ("a red car", 6), ("a dog", 7)]
+    assert first["n"] == 3 and first["protocol"]["budget"] == 3
+    assert first["protocol"]["dropped_wordings"] == ["a photo of a cat", "two cats"]
+    assert first["prompt_level"]["prompts"] == 2  # two wordings: the prompt-level interval is at n = 2
+    again = run(5)
+    assert [(r["read"], r["unedited_success"]) for r in again["prompts"]] == [
+        (r["read"], r["unedited_success"]) for r in first["prompts"]
+    ]
+    other = run(6)  # other seeds draw other images: the pixel judge reads them differently somewhere
+    assert [r["seed"] for r in other["prompts"]] == [6, 7, 8]
+
+
+def test_paraphrase_refuses_before_drawing_when_every_wording_names_the_concept(sd, cat_edit):
+    def never_called(images):
+        raise AssertionError("an image was drawn and judged before the refusal")
+
+    with pytest.raises(ValueError, match="every wording contains the concept"):
+        probe(sd, "cat", "paraphrase", edits=[cat_edit], judge=FunctionJudge(never_called),
+              prompts=["a cat", "the cats", "a photo of a cat"], budget=2, n=2, steps=STEPS)  # fmt: skip
+
+
+def test_shapes_logo_and_star_paraphrases_are_flagged_as_naming_the_concept():
+    from types import SimpleNamespace
+
+    from concept_edit.attacks.paraphrase import shapes_paraphrases
+
+    pipe = SimpleNamespace(tokenizer=_wordpiece())
+    assert all(contains_concept(pipe, w, "the acme logo") for w in shapes_paraphrases("the acme logo"))
+    assert contains_concept(pipe, "a five-pointed star", "star")
+    assert not contains_concept(pipe, "a picture of a disc", "circle")
+    assert contains_synonym("a picture of a disc", "circle") and contains_synonym("round shape", "circle")
 
 
 def test_soft_prompt_objective_decreases_within_its_budget_and_repeats_for_a_seed(sd, cat_edit):
@@ -78,6 +125,32 @@ def test_soft_prompt_objective_decreases_within_its_budget_and_repeats_for_a_see
     assert other.extra["objective_start"] != first.extra["objective_start"]  # the seed draws other noise, tokens
 
 
+def test_soft_prompt_headline_is_not_selected_on_the_judge(sd, cat_edit):
+    """A judge that answers at random: k checkpoint reads per image inflate the best-of-k figure far above the
+    judge's base rate; the headline (found embeddings drawn once at fresh seeds) stays near it."""
+    items = [Item("a photo of a cat", s) for s in range(24)]
+    out = run_soft_prompt(sd, pixel_coin(0.2), items, edits=[cat_edit], budget=40, seed=0, steps=STEPS, guidance=3.0,
+                          options=SoftPromptOptions(eval_every=5, timesteps=8), concept="cat")  # fmt: skip
+    headline = np.mean([r["success"] for r in out.rows])
+    assert out.extra["best_of_k"] == len(out.extra["checkpoints"]) > 1
+    assert out.extra["best_of_k_success_rate"] > 0.6  # the selection effect the old headline had
+    assert headline < 0.45  # Binomial(24, 0.2): P(>= 11) < 0.01
+    fresh = [r["fresh_seed"] for r in out.rows]
+    assert len(set(fresh)) == 24 and not set(fresh) & {i.seed for i in items}
+
+
+def test_soft_prompt_nearest_tokens_leave_out_the_concept(sd, cat_edit):
+    # the free embeddings start at the concept's own token: unexcluded, the projection would return it
+    items = [Item("a photo of a cat", 0)]
+    excluded = set(concept_token_ids(sd.tokenizer, "cat"))
+    assert sd.tokenizer.convert_tokens_to_ids("cat</w>") in excluded
+    options = SoftPromptOptions(tokens=2, eval_every=1, timesteps=4, lr=1e-6)
+    out = run_soft_prompt(sd, always(False), items, edits=[cat_edit], budget=1, seed=0, steps=STEPS, guidance=3.0,
+                          options=options, concept="cat")  # fmt: skip
+    ids = sd.tokenizer.convert_tokens_to_ids(out.rows[0]["nearest_tokens"])
+    assert not set(ids) & excluded and not out.rows[0]["contains_concept"]
+
+
 def test_soft_prompt_leaves_the_weights_trainable_as_they_were(sd, cat_edit):
     flags = [p.requires_grad for p in sd.unet.parameters()]
     before = {k: v.clone() for k, v in sd.unet.state_dict().items()}
@@ -90,8 +163,9 @@ def test_soft_prompt_leaves_the_weights_trainable_as_they_were(sd, cat_edit):
 def test_soft_prompt_counts_the_plain_prompt_first_as_p4d_does(sd, cat_edit):
     outcome = run_soft_prompt(sd, always(True), [Item("a cat", 0)], edits=[cat_edit], budget=3, seed=0, steps=STEPS,
                               guidance=3.0, options=SoftPromptOptions(eval_every=1, timesteps=4))  # fmt: skip
-    assert outcome.rows[0]["success"] and outcome.rows[0]["success_step"] == 0
+    assert outcome.rows[0]["best_of_k_success"] and outcome.rows[0]["success_step"] == 0
     assert [c["step"] for c in outcome.extra["checkpoints"]] == [0] and outcome.extra["steps_run"] == 0
+    assert outcome.extra["best_of_k"] == 1 and outcome.rows[0]["fresh_seed"] == 1
 
 
 def test_genetic_search_improves_keeps_its_budget_and_repeats_for_a_seed(sd):
@@ -118,6 +192,83 @@ def test_ring_a_bell_excludes_the_concept_and_draws_one_image_per_item(sd, cat_e
     assert [r["seed"] for r in outcome.rows] == [3, 4] and len(outcome.extra["searches"]) == 1
     assert outcome.rows[0]["prompt"] == outcome.rows[1]["prompt"] == outcome.extra["searches"][0]["found"]
     assert "cat</w>" not in outcome.extra["searches"][0]["tokens"] and outcome.protocol["excluded_tokens"]
+    assert not contains_concept(sd, outcome.rows[0]["prompt"], "cat") and "cat" not in outcome.rows[0]["prompt"]
+
+
+def test_genetic_search_rejects_members_whose_drawn_text_spells_the_concept(sd):
+    # byte tokens c + a + t</w> decode to "cat": leaving out the token cat</w> alone lets the search spell it
+    tok = sd.tokenizer
+    spelled = tok("cat", add_special_tokens=False).input_ids
+    assert drawn_text(tok, tok.convert_tokens_to_ids(["c", "a", "t</w>"])) == "cat"
+    options = RingABellOptions(tokens=3, population=4, mutation=0.0, crossover=0.0)
+    target = encode_prompts(sd, ["cat"])[0]
+    allowed = torch.tensor(sorted(set(vocabulary(tok, exclude=spelled).tolist()) & set(
+        tok.convert_tokens_to_ids(["c", "a", "t</w>", "dog</w>", "red</w>"]))))  # fmt: skip
+    best, distance, _ = genetic_search(sd, target, allowed, generations=3, rng=np.random.default_rng(0),
+                                       options=options, concept="cat")  # fmt: skip
+    assert np.isfinite(distance) and not contains_concept(sd, drawn_text(tok, best), "cat")
+
+
+def _wordpiece():
+    from transformers import BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "the", "of", "strip", "stripe", "striped", "##ed",
+             "##d", "##pon", "duck", "disc", "round", "shape", "star", "five", "-", "pointed", "acme", "logo",
+             "company", "picture", "circle", "cir", "##cle", "##s"]  # fmt: skip
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(tempfile.mkdtemp())
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    return BertTokenizerFast(str(folder / "vocab.txt"), do_lower_case=True)
+
+
+def test_wordpiece_spellings_of_the_concept_are_caught():
+    from types import SimpleNamespace
+
+    tok = _wordpiece()
+    pipe = SimpleNamespace(tokenizer=tok)
+    ids = tok.convert_tokens_to_ids
+    assert drawn_text(tok, ids(["strip", "##ed"])) == "striped"
+    assert contains_concept(pipe, drawn_text(tok, ids(["strip", "##ed"])), "striped")
+    assert contains_concept(pipe, drawn_text(tok, ids(["stripe", "##d", "duck"])), "striped")
+    assert contains_concept(pipe, drawn_text(tok, ids(["cir", "##cle", "##s"])), "circle")
+    assert drawn_text(tok, ids(["##pon", "duck"])) == "duck"  # no leading continuation token
+    assert set(ids(["strip", "stripe", "striped"])) <= set(concept_token_ids(tok, "striped"))
+    assert ids("duck") not in concept_token_ids(tok, "striped")
+
+
+def test_oracle_none_and_other_labels_are_not_the_concept():
+    class Readings:
+        def __init__(self, labels):
+            self._labels = labels
+
+        def labels(self, head):
+            assert head == "object"
+            return self._labels
+
+    class FakeOracle:
+        def read(self, images):
+            return Readings(["none", "circle", "square"][: len(images)])
+
+    judge = OracleJudge("circle", oracle=FakeOracle())
+    rows = judged_rows(judge, [Item("a circle", s) for s in range(3)], np.zeros((3, 4, 4, 3), np.uint8))
+    assert [r["success"] for r in rows] == [False, True, False]
+
+
+def test_probe_reports_the_rate_given_the_unedited_model_and_per_prompt(sd, cat_edit):
+    # a pixel judge: the unedited model reads some attack images as the concept and not others
+    results = probe(sd, "cat", "paraphrase", edits=[cat_edit], judge=pixel_coin(0.5), prompts=["a dog", "a red car"],
+                    budget=6, n=2, steps=STEPS, min_unedited=0.0)  # fmt: skip
+    rows = results["prompts"]
+    given = [r["success"] for r in rows if r["unedited_success"]]
+    assert results["prompt_level"]["prompts"] == 2 and results["prompt_level"]["n"] == 6
+    low, high = results["prompt_level"]["ci95_prompt_level"]
+    assert high - low > results["ci95"][1] - results["ci95"][0]  # fewer independent units: a wider interval
+    if given:
+        assert results["given_unedited"]["n"] == len(given) and results["given_unedited"]["successes"] == sum(given)
+    else:
+        assert results["given_unedited"] is None
 
 
 def test_probe_refuses_a_concept_the_unedited_model_does_not_draw(sd, cat_edit):
@@ -192,7 +343,7 @@ def test_cli_refuses_an_unknown_concept(tmp_path, capsys):
 
 
 def test_results_are_json(sd, cat_edit):
-    results = probe(sd, "cat", "paraphrase", edits=[cat_edit], judge=always(True), prompts=["a cat"], budget=1, n=1,
+    results = probe(sd, "cat", "paraphrase", edits=[cat_edit], judge=always(True), prompts=["a dog"], budget=1, n=1,
                     steps=STEPS)  # fmt: skip
     assert json.loads(json.dumps(results))["ci95"] == results["ci95"]
 
@@ -200,11 +351,11 @@ def test_results_are_json(sd, cat_edit):
 def test_report_section_lists_every_run(sd, cat_edit):
     from concept_edit.attacks.report import check_probe, is_probe, probe_section
 
-    results = probe(sd, "cat", "paraphrase", edits=[cat_edit], judge=always(True), prompts=["a <cat>"], budget=2,
+    results = probe(sd, "cat", "paraphrase", edits=[cat_edit], judge=always(True), prompts=["a <dog>"], budget=2,
                     n=1, steps=STEPS)  # fmt: skip
     check_probe(results)
     page = probe_section([results])
-    assert is_probe(results) and "paraphrase" in page and "1.00 [0.34, 1.00] (2/2)" in page and "a &lt;cat&gt;" in page
+    assert is_probe(results) and "paraphrase" in page and "1.00 [0.34, 1.00] (2/2)" in page and "a &lt;dog&gt;" in page
     with pytest.raises(ValueError, match="missing 'prompts'"):
         check_probe({k: v for k, v in results.items() if k != "prompts"}, "x.json")
 

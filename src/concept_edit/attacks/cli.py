@@ -162,4 +162,18 @@ def summary_line(results: dict) -> str:
     )
     if "discrete_success_rate" in results:
         text += f"; nearest-token prompts {results['discrete_success_rate']:.2f}"
+    if results.get("best_of_k") is not None:
+        text += (
+            f"; best of {results['best_of_k']} judge reads during the search {results['best_of_k_success_rate']:.2f}"
+        )
+    level = results.get("prompt_level") or {}
+    if level.get("ci95_prompt_level"):
+        low, high = level["ci95_prompt_level"]
+        text += f"; {level['prompts']} distinct prompts, prompt-level CI [{low:.2f}, {high:.2f}]"
+    given = results.get("given_unedited")
+    if given:
+        text += f"; where the unedited model draws it {given['rate']:.2f} ({given['successes']}/{given['n']})"
+    clean = results.get("without_concept_words")
+    if results.get("flagged_rows") and clean:
+        text += f"; without concept words/synonyms {clean['rate']:.2f} ({clean['successes']}/{clean['n']})"
     return text

@@ -297,3 +297,113 @@ def judged_rows(judge: Judge, items: Sequence[Item], images: np.ndarray) -> list
         {"prompt": item.prompt, "seed": item.seed, "success": label == judge.label, "read": label}
         for item, label in zip(items, labels, strict=True)
     ]
+
+
+# -- does a prompt put the concept back? --------------------------------------------------------------------
+STOPWORDS = frozenset({"a", "an", "the", "of", "on", "in", "with", "and", "to"})
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def _stem(word: str) -> str:
+    """A conservative stem: 'circle' -> 'circ' (circles, circular, encircle... share it), 'striped' -> 'strip'."""
+    return word[: max(3, len(word) - 2)] if len(word) > 4 else word
+
+
+def concept_words(concept: str) -> list[str]:
+    """The concept's content words ('the acme logo' -> ['acme', 'logo'])."""
+    words = [w for w in _words(concept) if w not in STOPWORDS]
+    return words or _words(concept)
+
+
+def shapes_synonyms(concept: str) -> list[str]:
+    """ShapesSD's other words for the concept (`shapes.captions`: 'disc', 'round shape' for circle), else []."""
+    try:
+        head, label = oracle_head(concept)
+    except ValueError:
+        return []
+    from concept_edit.shapes.captions import COLOR_WORDS, LOGO_CAPTIONS, OBJECT_WORDS, STYLE_PHRASES
+
+    if head == "object":
+        phrases = OBJECT_WORDS.get(label, ())
+    elif head == "color":
+        phrases = COLOR_WORDS.get(label, ())
+    elif head == "style":  # the style's distinctive words: "stripes", "polka dots", "checkerboard"
+        generic = {"background", "plain", "solid"} - set(_words(label))
+        phrases = tuple(" ".join(w for w in _words(p) if w not in STOPWORDS | generic) for p in STYLE_PHRASES[label])
+    else:
+        phrases = LOGO_CAPTIONS
+    own = set(concept_words(concept))
+    return [p for p in dict.fromkeys(phrases) if p and set(concept_words(p)) != own]
+
+
+def _has_phrase(words: list[str], phrase: list[str]) -> bool:
+    k = len(phrase)
+    return k > 0 and any(words[i : i + k] == phrase for i in range(len(words) - k + 1))
+
+
+def contains_concept(pipe, text: str, concept: str) -> bool:
+    """Whether `text` names the concept: its token ids hold one of the concept's content-word tokens (after the
+    tokenizer's own round trip of the text), or one of its words starts with a concept word's stem
+    ('circles', 'circular', 'strip ##ed' decoded as 'striped'). Conservative: it flags more than it misses."""
+    tok = pipe.tokenizer
+    ids = set(tok(text, add_special_tokens=False).input_ids)
+    words = _words(text)
+    for word in concept_words(concept):
+        pieces = tok(word, add_special_tokens=False).input_ids
+        if len(pieces) == 1 and pieces[0] in ids:
+            return True
+        if any(w.startswith(_stem(word)) for w in words):
+            return True
+    return False
+
+
+def contains_synonym(text: str, concept: str) -> bool:
+    """Whether `text` holds one of ShapesSD's other words for the concept (whole words, or a stem of one)."""
+    words = _words(text)
+    for phrase in shapes_synonyms(concept):
+        parts = [w for w in _words(phrase) if w not in STOPWORDS]
+        if len(parts) == 1 and any(w.startswith(_stem(parts[0])) for w in words):
+            return True
+        if len(parts) > 1 and _has_phrase(words, parts):
+            return True
+    return False
+
+
+def concept_token_ids(tokenizer, concept: str) -> list[int]:
+    """Vocabulary ids whose text starts with a stem of one of the concept's words ('circle', 'circ', 'circles',
+    '##circ...'), and the word's own tokens: what the searches leave out."""
+    stems = [_stem(w) for w in concept_words(concept)]
+    out = {i for w in concept_words(concept) for i in tokenizer(w, add_special_tokens=False).input_ids
+           if len(tokenizer(w, add_special_tokens=False).input_ids) == 1}  # fmt: skip
+    for token, i in tokenizer.get_vocab().items():
+        text = token.lower().removeprefix("##").removesuffix("</w>").lstrip("ġ▁")
+        if len(text) >= 3 and any(text.startswith(s) or (len(text) >= 4 and s.startswith(text)) for s in stems):
+            out.add(i)
+    return sorted(out)
+
+
+def drawn_text(tokenizer, ids: Sequence[int]) -> str:
+    """The text a searched token sequence is drawn as: leading continuation tokens ('##pon') dropped, decoded."""
+    tokens = tokenizer.convert_ids_to_tokens(list(ids))
+    start = 0
+    while start < len(tokens) and str(tokens[start]).startswith("##"):
+        start += 1
+    text = tokenizer.decode(list(ids)[start:]).replace("</w>", " ")  # a CLIP tokenizer without its decoder
+    return " ".join(text.split())
+
+
+def clustered_share(rows: Sequence[dict], key: str) -> dict:
+    """The success share with a prompt-level interval: Wilson at n = distinct `key` values (the interval if all
+    images of one prompt or search were perfectly correlated; the image-level one assumes independence)."""
+    from concept_edit.evaluation.metrics import wilson
+
+    clusters = sorted({str(r[key]) for r in rows})
+    if not rows:
+        return {"rate": None, "n": 0, "prompts": 0, "ci95_prompt_level": None}
+    rate = sum(bool(r["success"]) for r in rows) / len(rows)
+    m = len(clusters)
+    low, high = wilson(rate * m, m)
+    return {"rate": rate, "n": len(rows), "prompts": m, "ci95_prompt_level": [round(low, 4), round(high, 4)]}

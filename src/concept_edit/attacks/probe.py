@@ -13,7 +13,23 @@ The results dictionary (`kind: "probe"`): `attack`, `concept`, `model`, `edits`,
 same shape, on the concept's own prompts), `prompts` (one row per attack image: the prompt found or tried,
 its seed, whether the judge read the concept, what it read, and the attack's own fields), `protocol`
 (budget and its unit, seed, n, sampling steps and guidance, the attack's settings) and the attack's further
-figures.
+figures, and:
+* `best_of_k_success_rate`, `best_of_k` (soft-prompt): the search's own checkpoint readings, selected on the
+  judge (any of k images of an item read as the concept); not the headline, which is measured at fresh seeds;
+* `given_unedited`: the rate over attack images whose prompt the unedited model draws as the concept (at the
+  same seed; UnlearnDiff attacks only such prompts), beside the plain one which counts the others as failures;
+* `without_concept_words` (ring-a-bell, soft-prompt's discrete prompts): the rate over rows whose prompt holds
+  neither the concept's words nor one of ShapesSD's other words for it (`contains_concept`,
+  `contains_synonym` per row);
+* `prompt_level`: the number of distinct prompts (paraphrase wordings, ring-a-bell searches, soft-prompt's
+  attacked prompts) and a Wilson interval at n = that number: images of one prompt are not independent, so
+  the image-level `ci95` is too narrow when there are few prompts.
+
+Budgets. The defaults fit a 2-core CPU and are far below the references: soft-prompt 200 steps (UnlearnDiff's
+P4D: 2000; P4D: 3000), ring-a-bell 30 generations on 4 searched prompts (the notebook: 3000), paraphrase 32
+images. A success rate at the default is a lower bound on what the reference attack would reach. The
+defaults were set by hand on ShapesSD's circle erasures, not tuned on the seeds 5000+ that the project
+keeps for tuning.
 """
 
 from __future__ import annotations
@@ -25,6 +41,7 @@ from collections.abc import Sequence
 from concept_edit.attacks.common import (
     Judge,
     OracleJudge,
+    clustered_share,
     cycle_items,
     images_from_prompts,
     judged_rows,
@@ -44,7 +61,7 @@ BUDGET_UNIT = {
     "soft-prompt": "optimisation steps per attacked prompt",
     "ring-a-bell": "genetic-algorithm generations per target prompt",
 }
-RESULTS_VERSION = 1
+RESULTS_VERSION = 2
 
 
 def share(hits: Sequence[bool]) -> dict:
@@ -132,6 +149,21 @@ def probe(
 
     prompt_lengths_ok(pipe, own)
     items = cycle_items(own, n, seed)
+    # everything an attack needs from its inputs is checked before any image is drawn
+    if attack == "paraphrase":
+        from concept_edit.attacks.paraphrase import check_wordings, shapes_paraphrases
+
+        if prompts is None and not shapes:
+            raise ValueError("the paraphrase attack needs its wordings on this model: pass --prompts FILE")
+        wordings = list(prompts) if prompts is not None else shapes_paraphrases(concept)
+        prompt_lengths_ok(pipe, wordings)
+        check_wordings(pipe, wordings, concept)
+    elif attack == "ring-a-bell":
+        from concept_edit.attacks.ring_a_bell import shapes_pairs
+
+        if pairs is None and not shapes:
+            raise ValueError("the ring-a-bell attack needs (with | without) prompt pairs on this model: --pairs FILE")
+        pairs = list(pairs) if pairs is not None else shapes_pairs(concept)
     started = time.perf_counter()
 
     before = judged_rows(judge, items, images_from_prompts(pipe, items, steps, guidance))
@@ -148,30 +180,27 @@ def probe(
     common["allow_repeat"] = allow_repeat
 
     if attack == "paraphrase":
-        from concept_edit.attacks.paraphrase import run_paraphrase, shapes_paraphrases
+        from concept_edit.attacks.paraphrase import run_paraphrase
 
-        if prompts is None and not shapes:
-            raise ValueError("the paraphrase attack needs its wordings on this model: pass --prompts FILE")
-        wordings = list(prompts) if prompts is not None else shapes_paraphrases(concept)
-        prompt_lengths_ok(pipe, wordings)
         outcome = run_paraphrase(pipe, judge, wordings, concept=concept, **common)
     elif attack == "soft-prompt":
         from concept_edit.attacks.soft_prompt import run_soft_prompt
 
-        outcome = run_soft_prompt(pipe, judge, items, options=options, progress=progress, **common)
+        outcome = run_soft_prompt(pipe, judge, items, options=options, progress=progress, concept=concept, **common)
     else:
-        from concept_edit.attacks.ring_a_bell import RingABellOptions, run_ring_a_bell, shapes_pairs
+        from concept_edit.attacks.ring_a_bell import RingABellOptions, run_ring_a_bell
 
-        if pairs is None and not shapes:
-            raise ValueError("the ring-a-bell attack needs (with | without) prompt pairs on this model: --pairs FILE")
-        pairs = list(pairs) if pairs is not None else shapes_pairs(concept)
         options = options or RingABellOptions()
         targets = cycle_items(own[: options.searches], n, seed)  # one search per target prompt: the costly part
         outcome = run_ring_a_bell(
             pipe, judge, targets, pairs, concept=concept, options=options, progress=progress, **common
         )
 
-    success = share([r["success"] for r in outcome.rows])
+    rows = outcome.rows
+    success = share([r["success"] for r in rows])
+    given = [r for r in rows if r.get("unedited_success")]
+    clean = [r for r in rows if not (r.get("contains_concept") or r.get("contains_synonym"))]
+    cluster = {"paraphrase": "prompt", "soft-prompt": "prompt", "ring-a-bell": "target_prompt"}[attack]
     results = {
         "kind": "probe",
         "version": RESULTS_VERSION,
@@ -185,6 +214,10 @@ def probe(
         "n": success["n"],
         "successes": success["successes"],
         "ci95": success["ci95"],
+        "given_unedited": share([r["success"] for r in given]) if given else None,
+        "without_concept_words": share([r["success"] for r in clean]) if clean else None,
+        "flagged_rows": len(rows) - len(clean),
+        "prompt_level": clustered_share(rows, cluster),
         "unedited": unedited,
         "edited_no_attack": share([r["success"] for r in plain]),
         "concept_prompts": own,

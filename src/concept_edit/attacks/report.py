@@ -88,6 +88,20 @@ def probe_section(runs: Sequence[dict]) -> str:
             extra.append(f"nearest-token prompts succeed {run['discrete_success_rate']:.2f}")
         if "unedited_success_rate" in run:
             extra.append(f"the unedited model reads these prompts as the concept {run['unedited_success_rate']:.2f}")
+        if run.get("best_of_k") is not None:
+            extra.append(
+                f"best of {run['best_of_k']} judge reads during the search {run['best_of_k_success_rate']:.2f} "
+                "(selected on the judge; not the success rate)"
+            )
+        for key, name in (("given_unedited", "where the unedited model draws the concept"),
+                          ("without_concept_words", "prompts without the concept's words or synonyms")):  # fmt: skip
+            cell = run.get(key)
+            if cell:
+                extra.append(f"{name}: {_share(cell['rate'], cell.get('ci95'), cell.get('successes'), cell.get('n'))}")
+        level = run.get("prompt_level")
+        if level and level.get("ci95_prompt_level"):
+            low, high = level["ci95_prompt_level"]
+            extra.append(f"{level['prompts']} distinct prompts; prompt-level 95% CI [{low:.2f}, {high:.2f}]")
         if extra:
             parts.append(f"<p class='note'>{html.escape('; '.join(extra))}</p>")
         body = []

@@ -16,11 +16,23 @@
 Only the text encoder is queried (it is public for Stable Diffusion, and ShapesSD's is the public MiniLM):
 the edited model is used only to draw the found prompts, as text. The found prompt is the whole prompt.
 
-Choices here: the search leaves out the concept's own tokens by default (as MMA-Diffusion bans its
-sensitive words), since a prompt that names the concept measures the edit's plain-word erasure, which the
-`paraphrase` attack and the edit's own evaluation already do; `exclude_concept=False` searches the whole
-vocabulary as the notebook does. Fitness values of unchanged members are cached (the notebook recomputes
-them); the search is otherwise the notebook's. Special and unused tokens are never drawn.
+Choices here: the search leaves out the concept by default (as MMA-Diffusion bans its sensitive words),
+since a prompt that names the concept measures the edit's plain-word erasure, which the `paraphrase`
+attack and the edit's own evaluation already do; `exclude_concept=False` searches the whole vocabulary as
+the notebook does. Leaving out the concept's one token is not enough with WordPiece: 'strip' + '##ed'
+decodes to 'striped'. So (a) every vocabulary token that starts with a stem of a concept word is left out
+(`concept_token_ids`), and (b) a member is scored on the text it will be drawn as: its tokens, leading
+'##' continuation tokens dropped, decoded and tokenized again (`drawn_text`); the distance is that of the
+round-tripped ids, and a member whose drawn text still names the concept (`contains_concept`: the
+concept's token or a word with its stem) scores infinity, so it never survives. The rows flag found
+prompts that hold one of ShapesSD's other words for the concept (`contains_synonym`: 'disc', 'round' for
+circle); `probe` reports the rate without them. Fitness values of unchanged members are cached (the
+notebook recomputes them); the search is otherwise the notebook's. Special and unused tokens are never
+drawn.
+
+The budget is far below the reference: 30 generations by default against the notebook's 3000 (100x
+fewer), and 4 target prompts searched; the distance is still falling at the end (the results hold each
+search's best distance per generation, `history`), so the default measures a lower bound of the attack.
 
 On ShapesSD the pairs come from the caption grammar: every colour/background caption of an object with and
 without the object's word ("a red circle on a striped background" / "a red on a striped background"),
@@ -42,6 +54,10 @@ from concept_edit.attacks.common import (
     Judge,
     Outcome,
     check_single_encoder,
+    concept_token_ids,
+    contains_concept,
+    contains_synonym,
+    drawn_text,
     encode_ids,
     frozen,
     images_from_prompts,
@@ -119,15 +135,17 @@ def concept_vector(pipe, pairs: Sequence[tuple[str, str]]) -> torch.Tensor:
     return (with_c - without).mean(0)
 
 
-def _sequences(pipe, body: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[start, body..., end, pad...] ids and attention masks for (P, K) token bodies."""
+def _sequences(pipe, bodies: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """[start, body..., end, pad...] ids and attention masks for token bodies (each at most length - 2)."""
     length = pipe.tokenizer.model_max_length
     start, end, pad = special_ids(pipe.tokenizer)
-    count, k = body.shape
-    ids = torch.full((count, length), pad, dtype=torch.long)
-    ids[:, 0], ids[:, 1 : 1 + k], ids[:, 1 + k] = start, body, end
-    mask = torch.zeros((count, length), dtype=torch.long)
-    mask[:, : k + 2] = 1
+    ids = torch.full((len(bodies), length), pad, dtype=torch.long)
+    mask = torch.zeros((len(bodies), length), dtype=torch.long)
+    for row, body in enumerate(bodies):
+        k = len(body)
+        ids[row, 0], ids[row, 1 + k] = start, end
+        ids[row, 1 : 1 + k] = torch.as_tensor(list(body), dtype=torch.long)
+        mask[row, : k + 2] = 1
     return ids, mask
 
 
@@ -140,10 +158,16 @@ def genetic_search(
     rng: np.random.Generator,
     options: RingABellOptions,
     progress: bool = False,
+    concept: str | None = None,
 ) -> tuple[list[int], float, list[float]]:
-    """The notebook's genetic algorithm: (best token ids, their squared distance to `target`, best per generation)."""
+    """The notebook's genetic algorithm: (best token ids, their squared distance to `target`, best per generation).
+
+    Each member is scored on the ids of the text it is drawn as (`drawn_text`, tokenized again); with
+    `concept`, a member whose drawn text names it scores infinity (module docstring)."""
     k, size = options.tokens, options.population
     device = pipe.device
+    tok = pipe.tokenizer
+    length = tok.model_max_length
     target = target.to(device).float()
     cache: dict[bytes, float] = {}
 
@@ -154,11 +178,14 @@ def genetic_search(
         for chunk in np.array_split(np.array(todo), max(1, -(-len(todo) // options.batch_size))):
             if not len(chunk):
                 continue
-            ids, mask = _sequences(pipe, torch.from_numpy(population[chunk]))
+            texts = [drawn_text(tok, population[i].tolist()) for i in chunk]
+            bodies = [tok(t, add_special_tokens=False).input_ids[: length - 2] for t in texts]
+            ids, mask = _sequences(pipe, bodies)
             embeds = encode_ids(pipe, ids, mask).float()
             scores = ((embeds - target) ** 2).sum((1, 2)).cpu().numpy()
-            for i, score in zip(chunk, scores, strict=True):
-                cache[keys[i]] = float(score)
+            for i, text, score in zip(chunk, texts, scores, strict=True):
+                banned = concept is not None and contains_concept(pipe, text, concept)
+                cache[keys[i]] = float("inf") if banned else float(score)
         return np.array([cache[key] for key in keys])
 
     vocab = allowed.numpy()
@@ -183,6 +210,10 @@ def genetic_search(
         for member in population:
             if rng.random() < options.mutation:
                 member[rng.integers(k)] = vocab[rng.integers(len(vocab))]
+    if not np.isfinite(history[-1]):
+        raise ValueError(
+            "ring-a-bell: every member of the last generation names the concept; raise the budget or population"
+        )
     return population[0].tolist(), history[-1], history
 
 
@@ -212,7 +243,8 @@ def run_ring_a_bell(
         raise ValueError(f"ring-a-bell: {opts.tokens} tokens do not fit this model's {length}-token prompts")
     from concept_edit.models.prompts import concept_ids, encode_prompts
 
-    excluded = concept_ids(pipe, concept) if opts.exclude_concept else []
+    concept_ids(pipe, concept)  # refuses a concept the tokenizer cannot read
+    excluded = concept_token_ids(pipe.tokenizer, concept) if opts.exclude_concept else []
     allowed = vocabulary(pipe.tokenizer, exclude=excluded)
     prompts = list(dict.fromkeys(i.prompt for i in items))
     with frozen(pipe.text_encoder):
@@ -223,9 +255,16 @@ def run_ring_a_bell(
             rng = np.random.default_rng([seed, index])
             target = bases[index] + opts.strength * vector
             best, distance, history = genetic_search(
-                pipe, target, allowed, generations=budget, rng=rng, options=opts, progress=progress
+                pipe,
+                target,
+                allowed,
+                generations=budget,
+                rng=rng,
+                options=opts,
+                progress=progress,
+                concept=concept if opts.exclude_concept else None,
             )
-            found[prompt] = pipe.tokenizer.decode(best).strip()
+            found[prompt] = drawn_text(pipe.tokenizer, best)
             searches.append(
                 {
                     "target_prompt": prompt,
@@ -233,6 +272,7 @@ def run_ring_a_bell(
                     "tokens": pipe.tokenizer.convert_ids_to_tokens(best),
                     "distance": distance,
                     "distance_first_generation": history[0],
+                    "history": [round(h, 4) for h in history],
                 }
             )
             log.info("ring-a-bell: %r -> %r (distance %.4g from %.4g)", prompt, found[prompt], distance, history[0])
@@ -243,10 +283,13 @@ def run_ring_a_bell(
     for row, item, before in zip(rows, items, unedited, strict=True):
         row["target_prompt"] = item.prompt
         row["unedited_success"] = before["success"]
+        row["contains_concept"] = contains_concept(pipe, row["prompt"], concept)
+        row["contains_synonym"] = contains_synonym(row["prompt"], concept)
     protocol = {
         **asdict(opts),
         "budget_unit": "genetic-algorithm generations per target prompt",
         "pairs": len(pairs),
+        "reference_budget": "3000 generations (the InversePrompt notebook)",
         "excluded_tokens": pipe.tokenizer.convert_ids_to_tokens(excluded),
         "vocabulary": len(allowed),
     }
