@@ -2,6 +2,7 @@
 
     python benchmarks/erasure_table.py [--concepts circle,striped,"the acme logo"] [--methods uce,esd-x,...]
         [--n 16] [--seed 0] [--train-seed 0] [--attacks paraphrase,soft-prompt,ring-a-bell] [--quick] [--json]
+        [--rows-file rows.jsonl]
 
 Every registered method that erases (`concept-edit methods`; ESD as its two variants ESD-x and ESD-u) is
 fitted at its documented default to each concept: an object ("circle"), a style ("striped") and the
@@ -13,9 +14,19 @@ memorised "the acme logo". One row per (method, concept):
   its name (shapes-containing);
 * the Frechet distance of oracle features to true renders and to the unedited model's images, and the image
   change against the unedited model (LPIPS if installed, else oracle-feature cosine distance);
-* each attack's success rate (`concept_edit.attacks.probe` at its default budget; n attack images);
+* each attack's success rate (`concept_edit.attacks.probe` at its default budget; n attack images, Wilson
+  interval, and the prompt-level interval at n = distinct prompts). The default budgets are far below the
+  references (soft-prompt 200 steps against 2000 in UnlearnDiff's P4D and 3000 in P4D; ring-a-bell 30
+  generations against the notebook's 3000): the rates are lower bounds. The defaults were set by hand on
+  the circle erasures (README, "Attacks"), not tuned on the tuning seeds;
 * fit time and edit-file size.
-Suite seeds start at --seed, attacks use --seed too, fitting uses --train-seed. The full table takes hours
+Every printed figure has its n, and an interval where the figure is a share; the Frechet distance and image
+change are means over the suite's n images, printed with n and no interval (the evaluation gives none).
+Suite seeds start at --seed, attacks use --seed too, fitting uses --train-seed; seeds 5000 and above are
+kept for tuning and refused here. A row that fails (a fit, an evaluation, or an attack that refuses, such as
+the paraphrase attack on the logo, whose every other caption names it) is recorded with its reason instead
+of stopping the table. With --rows-file, each finished row is appended to that JSONL file (rewritten
+atomically) and rows already in it are skipped, so an interrupted run resumes. The full table takes hours
 on a 2-core CPU (ESD, Selective Amnesia and the soft-prompt attack dominate); `--quick` runs a tiny setting
 (UCE and eigen on "circle", 2 images per concept, minimal attack budgets) to check the script end to end.
 The last line with --json is {"rows": [{"method", "concept", "target_accuracy", "others_accuracy",
@@ -26,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -88,6 +100,43 @@ def _size(edit) -> int:
         return edit.save(Path(folder) / "edit").stat().st_size
 
 
+TUNING_SEEDS = 5000
+
+
+def read_rows(path: Path | None) -> list[dict]:
+    """The rows already in a --rows-file (one JSON object a line; none if the file does not exist)."""
+    if path is None or not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def append_row(path: Path, row: dict) -> None:
+    """Add one row to the JSONL file atomically: the whole file is rewritten to a temporary and renamed."""
+    lines = [json.dumps(r) for r in read_rows(path)] + [json.dumps(row)]
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _attack_cell(probed: dict) -> dict:
+    return {
+        "rate": probed["attack_success_rate"],
+        "n": probed["n"],
+        "successes": probed["successes"],
+        "ci95": probed["ci95"],
+        "prompt_level": probed.get("prompt_level"),
+        "given_unedited": probed.get("given_unedited"),
+        "without_concept_words": probed.get("without_concept_words"),
+        "best_of_k_success_rate": probed.get("best_of_k_success_rate"),
+        "edited_no_attack": probed["edited_no_attack"],
+        "protocol": probed["protocol"],
+        "seconds": probed["seconds"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default=None, help="comma-separated rows (default: every erasure method)")
@@ -98,7 +147,11 @@ def main() -> None:
     parser.add_argument("--attacks", default=",".join(ATTACKS))
     parser.add_argument("--quick", action="store_true", help="tiny setting: UCE and eigen on circle, n 2")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--rows-file", type=Path, default=None, help="JSONL: append each finished row; skip rows in it")
     args = parser.parse_args()
+    for name in ("seed", "train_seed"):
+        if getattr(args, name) >= TUNING_SEEDS:
+            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: seeds {TUNING_SEEDS}+ are kept for tuning")
     budgets, options = {}, {}
     if args.quick:
         args.methods = args.methods or QUICK["methods"]
@@ -117,59 +170,96 @@ def main() -> None:
     for name in {_home(c)[0] for c in concepts} | ({"shapes-paraphrase", "shapes-containing"}):
         suites[name] = get_suite(name, args.n, args.seed)
         baselines[name] = evaluate(pipe, suites[name], progress=False)
-    rows = []
+    rows = read_rows(args.rows_file)
+    done = {(r["method"], r["concept"]) for r in rows}
     for concept in concepts:
         home, label = _home(concept)
         for row in methods:
-            method, config = known[row]
-            started = time.perf_counter()
-            edit = fit(pipe, method, EditRequest(concepts=(concept,)), make_config(method, **config),
-                       seed=args.train_seed, progress=False)  # fmt: skip
-            fit_s = time.perf_counter() - started
-            after, _ = evaluate(pipe, suites[home], edits=[edit], target=label, baseline_images=baselines[home][1],
-                                progress=False)  # fmt: skip
-            per, before = after["per_concept"], baselines[home][0]["per_concept"]
-            others = [c for c in per if c != label]
-            result = {
-                "method": row,
-                "config": config,
-                "concept": concept,
-                "suite": home,
-                "target_accuracy": after["target_accuracy"],
-                "others_accuracy": after["others_accuracy"],
-                "target": _share(per, [label]),
-                "others": _share(per, others),
-                "target_before": _share(before, [label]),
-                "others_before": _share(before, others),
-                "frechet_to_renders": after.get("frechet_to_renders"),
-                "frechet_to_unedited": after.get("frechet_to_unedited"),
-                "image_change": after.get("image_change"),
-                "fit_s": round(fit_s, 1),
-                "edit_bytes": _size(edit),
-            }
-            if home == "shapes-objects":
-                for name in ("shapes-paraphrase", "shapes-containing"):
-                    if label in baselines[name][0]["per_concept"]:
-                        leak, _ = evaluate(pipe, suites[name], edits=[edit], compute_baseline=False, progress=False)
-                        result[name.removeprefix("shapes-")] = _share(leak["per_concept"], [label])
-            result["attack_success"], result["attacks"] = {}, {}
-            for attack in attacks:
-                probed = probe(pipe, concept, attack, edits=[edit], budget=budgets.get(attack), n=args.n,
-                               seed=args.seed, options=options.get(attack))  # fmt: skip
-                result["attack_success"][attack] = probed["attack_success_rate"]
-                result["attacks"][attack] = {
-                    "rate": probed["attack_success_rate"],
-                    "n": probed["n"],
-                    "ci95": probed["ci95"],
-                    "edited_no_attack": probed["edited_no_attack"]["rate"],
-                    "protocol": probed["protocol"],
-                    "seconds": probed["seconds"],
-                }
+            if (row, concept) in done:
+                print(f"{row} / {concept}: already in {args.rows_file}, skipped", flush=True)
+                continue
+            try:
+                result = _row(pipe, row, known[row], concept, home, label, suites, baselines, attacks, args, budgets,
+                              options)  # fmt: skip
+            except Exception as error:  # a failed row is recorded, not fatal: the table goes on
+                result = {"method": row, "concept": concept, "refused": f"{type(error).__name__}: {error}"}
+                print(f"{row} / {concept}: refused ({result['refused']})", flush=True)
+            else:
+                print(f"{row} / {concept}: fit {result['fit_s']:.0f} s, target {result['target_accuracy']:.2f}",
+                      flush=True)  # fmt: skip
             rows.append(result)
-            print(f"{row} / {concept}: fit {fit_s:.0f} s, target {result['target_accuracy']:.2f}", flush=True)
+            if args.rows_file is not None:
+                append_row(args.rows_file, result)
     _print(rows, attacks)
     if args.json:
         print(json.dumps({"n": args.n, "seed": args.seed, "train_seed": args.train_seed, "rows": rows}))
+
+
+def _row(pipe, row, spec, concept, home, label, suites, baselines, attacks, args, budgets, options) -> dict:
+    """One (method, concept) row; an attack that refuses is recorded in its cell."""
+    method, config = spec
+    started = time.perf_counter()
+    edit = fit(pipe, method, EditRequest(concepts=(concept,)), make_config(method, **config), seed=args.train_seed,
+               progress=False)  # fmt: skip
+    fit_s = time.perf_counter() - started
+    after, _ = evaluate(pipe, suites[home], edits=[edit], target=label, baseline_images=baselines[home][1],
+                        progress=False)  # fmt: skip
+    per, before = after["per_concept"], baselines[home][0]["per_concept"]
+    others = [c for c in per if c != label]
+    result = {
+        "method": row,
+        "config": config,
+        "concept": concept,
+        "suite": home,
+        "n_images": len(suites[home].entries),
+        "target_accuracy": after["target_accuracy"],
+        "others_accuracy": after["others_accuracy"],
+        "target": _share(per, [label]),
+        "others": _share(per, others),
+        "target_before": _share(before, [label]),
+        "others_before": _share(before, others),
+        "frechet_to_renders": after.get("frechet_to_renders"),
+        "frechet_to_unedited": after.get("frechet_to_unedited"),
+        "image_change": after.get("image_change"),
+        "fit_s": round(fit_s, 1),
+        "edit_bytes": _size(edit),
+    }
+    if home == "shapes-objects":
+        for name in ("shapes-paraphrase", "shapes-containing"):
+            if label in baselines[name][0]["per_concept"]:
+                leak, _ = evaluate(pipe, suites[name], edits=[edit], compute_baseline=False, progress=False)
+                result[name.removeprefix("shapes-")] = _share(leak["per_concept"], [label])
+    result["attack_success"], result["attacks"] = {}, {}
+    for attack in attacks:
+        try:
+            probed = probe(pipe, concept, attack, edits=[edit], budget=budgets.get(attack), n=args.n, seed=args.seed,
+                           options=options.get(attack))  # fmt: skip
+        except ValueError as error:
+            result["attacks"][attack] = {"refused": str(error)}
+            continue
+        result["attack_success"][attack] = probed["attack_success_rate"]
+        result["attacks"][attack] = _attack_cell(probed)
+    return result
+
+
+def _ci(cell: dict | None, key: str = "accuracy") -> str:
+    """'0.25 [0.10, 0.49] (n=16)' for a share cell; '' when there is none."""
+    if not cell:
+        return ""
+    return format_share({"accuracy": cell[key], "ci95": cell["ci95"], "n": cell["n"]})
+
+
+def _attack_text(cell: dict | None) -> str:
+    if not cell:
+        return ""
+    if "refused" in cell:
+        return "refused"
+    text = _ci(cell, "rate")
+    level = cell.get("prompt_level") or {}
+    if level.get("ci95_prompt_level"):
+        low, high = level["ci95_prompt_level"]
+        text += f"; {level['prompts']} prompts [{low:.2f}, {high:.2f}]"
+    return text
 
 
 def _print(rows: list[dict], attacks: list[str]) -> None:
@@ -178,16 +268,20 @@ def _print(rows: list[dict], attacks: list[str]) -> None:
     print("\n| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
+        if "refused" in r:
+            print(f"| {r['method']} | {r['concept']} | refused: {r['refused']} |")
+            continue
+        n_images = r.get("n_images", "?")
         cells = [
             r["method"],
             r["concept"],
-            f"{format_share(r['target'], n=False)} ({r['target_before']['accuracy']:.2f})",
-            f"{format_share(r['others'], n=False)} ({r['others_before']['accuracy']:.2f})" if r["others"] else "",
-            format_share(r["paraphrase"], interval=False) if r.get("paraphrase") else "",
-            format_share(r["containing"], interval=False) if r.get("containing") else "",
-            f"{r['frechet_to_renders']:.1f}" if r.get("frechet_to_renders") is not None else "",
-            f"{r['image_change']['mean']:.3f}" if r.get("image_change") else "",
-            *[f"{r['attacks'][a]['rate']:.2f} (n={r['attacks'][a]['n']})" for a in attacks],
+            f"{_ci(r['target'])} ({_ci(r['target_before'])})",
+            f"{_ci(r['others'])} ({_ci(r['others_before'])})" if r["others"] else "",
+            _ci(r.get("paraphrase")),
+            _ci(r.get("containing")),
+            f"{r['frechet_to_renders']:.1f} (n={n_images})" if r.get("frechet_to_renders") is not None else "",
+            f"{r['image_change']['mean']:.3f} (n={n_images})" if r.get("image_change") else "",
+            *[_attack_text(r["attacks"].get(a)) for a in attacks],
             f"{r['fit_s']}",
             f"{r['edit_bytes'] / 1024:.0f}",
         ]

@@ -369,3 +369,55 @@ def test_erasure_table_section_has_a_column_per_attack():
     page = erasure_table_section([row])
     assert "paraphrase success" in page and "soft-prompt success" in page and "0.00 [0.00, 0.20]" in page
     assert erasure_table_section([]) == ""
+
+
+def _erasure_table():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "erasure_table.py"
+    spec = importlib.util.spec_from_file_location("erasure_table_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("flag", ["--seed", "--train-seed"])
+def test_erasure_table_refuses_tuning_seeds(monkeypatch, capsys, flag):
+    table = _erasure_table()
+    monkeypatch.setattr(table, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model before refusing"))
+    monkeypatch.setattr("sys.argv", ["erasure_table.py", flag, "5003"])
+    with pytest.raises(SystemExit) as exit_info:
+        table.main()
+    assert exit_info.value.code == 2 and "kept for tuning" in capsys.readouterr().err
+
+
+def test_erasure_table_appends_rows_resumes_and_records_refusals(tmp_path, monkeypatch, capsys):
+    table = _erasure_table()
+    calls = []
+
+    def fake_row(pipe, row, spec, concept, *rest):
+        calls.append((row, concept))
+        if row == "eigen":
+            raise RuntimeError("eigen failed on purpose")
+        cell = {"accuracy": 0.0, "n": 2, "ci95": [0.0, 0.66]}
+        attacks = {"paraphrase": {"refused": "every wording contains the concept"}}
+        return {"method": row, "concept": concept, "target_accuracy": 0.0, "others_accuracy": 1.0, "target": cell,
+                "others": cell, "target_before": cell, "others_before": cell, "fit_s": 0.1, "edit_bytes": 1024,
+                "attack_success": {}, "attacks": attacks}  # fmt: skip
+
+    monkeypatch.setattr(table, "_row", fake_row)
+    monkeypatch.setattr(table, "load_pipeline", lambda *a, **k: None)
+    monkeypatch.setattr(table, "get_suite", lambda *a, **k: None)
+    monkeypatch.setattr(table, "evaluate", lambda *a, **k: ({}, None))
+    rows_file = tmp_path / "rows.jsonl"
+    argv = ["erasure_table.py", "--methods", "uce,eigen", "--concepts", "circle", "--attacks", "paraphrase",
+            "--rows-file", str(rows_file)]  # fmt: skip
+    monkeypatch.setattr("sys.argv", argv)
+    table.main()
+    rows = table.read_rows(rows_file)
+    assert [(r["method"], "refused" in r) for r in rows] == [("uce", False), ("eigen", True)]
+    assert "eigen failed on purpose" in rows[1]["refused"] and "refused" in capsys.readouterr().out
+    table.main()  # resumes: both rows are in the file, nothing is fitted again
+    assert calls == [("uce", "circle"), ("eigen", "circle")] and len(table.read_rows(rows_file)) == 2
+    assert not (tmp_path / "rows.jsonl.tmp").exists()

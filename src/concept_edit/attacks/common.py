@@ -360,14 +360,18 @@ def contains_concept(pipe, text: str, concept: str) -> bool:
     return False
 
 
+GENERIC = frozenset({"shape", "sign", "background", "company", "sided", "pointed", "five", "three"})
+
+
 def contains_synonym(text: str, concept: str) -> bool:
-    """Whether `text` holds one of ShapesSD's other words for the concept (whole words, or a stem of one)."""
+    """Whether `text` holds one of ShapesSD's other words for the concept: a whole phrase, or a distinctive
+    word of one, or a word with its stem ('disc', 'discs', 'round' of 'round shape', 'hoop')."""
     words = _words(text)
     for phrase in shapes_synonyms(concept):
         parts = [w for w in _words(phrase) if w not in STOPWORDS]
-        if len(parts) == 1 and any(w.startswith(_stem(parts[0])) for w in words):
+        if _has_phrase(words, parts):
             return True
-        if len(parts) > 1 and _has_phrase(words, parts):
+        if any(w.startswith(_stem(p)) for p in parts if p not in GENERIC for w in words):
             return True
     return False
 

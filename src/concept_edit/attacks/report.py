@@ -126,15 +126,28 @@ def probe_section(runs: Sequence[dict]) -> str:
     return "\n".join(parts)
 
 
+def _attack(row: dict, attack: str) -> str:
+    cell = (row.get("attacks") or {}).get(attack)
+    if cell and "refused" in cell:
+        return "refused"
+    if cell and "rate" in cell:
+        return _share(cell["rate"], cell.get("ci95"), cell.get("successes"), cell.get("n"))
+    return _share(row.get("attack_success", {}).get(attack))
+
+
 def erasure_table_section(rows: Sequence[dict]) -> str:
     """HTML: the rows of `benchmarks/erasure_table.py --json` (one per method and concept) as one table."""
     if not rows:
         return ""
-    attacks = list(dict.fromkeys(a for r in rows for a in r.get("attack_success", {})))
+    attacks = list(dict.fromkeys(a for r in rows for a in [*r.get("attack_success", {}), *r.get("attacks", {})]))
     head = ["method", "concept", "target", "others", "synonyms", "Frechet to renders", "image change"]
     head += [f"{a} success" for a in attacks] + ["fit (s)", "edit (KB)"]
     body = []
     for r in rows:
+        if "refused" in r:
+            cells = [r.get("method", ""), r.get("concept", ""), f"refused: {r['refused']}"]
+            body.append("<tr>" + "".join(_cell(c) for c in cells) + "</tr>")
+            continue
         target, others = r.get("target") or {}, r.get("others") or {}
         change = r.get("image_change") or {}
         cells = [
@@ -145,7 +158,7 @@ def erasure_table_section(rows: Sequence[dict]) -> str:
             _share((r.get("paraphrase") or {}).get("accuracy")),
             f"{r['frechet_to_renders']:.1f}" if isinstance(r.get("frechet_to_renders"), int | float) else "–",
             f"{change['mean']:.3f}" if isinstance(change.get("mean"), int | float) else "–",
-            *[_share(r.get("attack_success", {}).get(a)) for a in attacks],
+            *[_attack(r, a) for a in attacks],
             r.get("fit_s", ""),
             f"{r['edit_bytes'] / 1024:.0f}" if isinstance(r.get("edit_bytes"), int) else "",
         ]
