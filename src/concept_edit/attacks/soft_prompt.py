@@ -69,6 +69,7 @@ from concept_edit.attacks.common import (
     concept_token_ids,
     contains_concept,
     contains_synonym,
+    drawn_text,
     encode_ids,
     frozen,
     images_from_embeddings,
@@ -230,7 +231,9 @@ def run_soft_prompt(
             if not kept[i]:
                 found[i] = free.detach()[i]
         nearest = nearest_tokens(pipe, found, allowed)  # (n, k)
-        discrete = [f"{tok.decode(nearest[i].tolist())} {items[i].prompt}" for i in range(n)]
+        # drawn as text: leading continuation tokens ('##xing') dropped, decoded (as ring-a-bell's found prompts)
+        heads = [drawn_text(tok, nearest[i].tolist()) for i in range(n)]
+        discrete = [f"{head} {item.prompt}".strip() for head, item in zip(heads, items, strict=True)]
         # the headline: what was found, drawn at fresh seeds the search never saw (module docstring)
         fresh = fresh_seeds([i.seed for i in items])
         fresh_items = [Item(item.prompt, s) for item, s in zip(items, fresh, strict=True)]
@@ -259,9 +262,8 @@ def run_soft_prompt(
                 "discrete_prompt": discrete[i],
                 "discrete_read": discrete_read[i],
                 "discrete_success": discrete_read[i] == judge.label,
-                "contains_concept": bool(concept)
-                and contains_concept(pipe, discrete[i].removesuffix(item.prompt), concept),  # fmt: skip
-                "contains_synonym": bool(concept) and contains_synonym(discrete[i].removesuffix(item.prompt), concept),
+                "contains_concept": bool(concept) and contains_concept(pipe, heads[i], concept),
+                "contains_synonym": bool(concept) and contains_synonym(heads[i], concept),
             }
         )
     protocol = {
