@@ -374,7 +374,12 @@ def test_debias_freezes_a_converged_concept_and_keeps_iterating_the_other(sd):
         return [0] * first + [1] * (len(images) - first)
 
     config = UCEConfig(  # Algorithm 1's freezing, as train_debias.py does it
-        debias_images=2, debias_steps=1, debias_max_iterations=5, debias_step=0.5, debias_variant="train_debias_add"
+        debias_images=2,
+        debias_steps=1,
+        debias_max_iterations=5,
+        debias_step=0.5,
+        debias_variant="train_debias_add",
+        debias_controller="fixed",
     )
     req = EditRequest(concepts=("doctor", "nurse"), mode="debias", attributes=("male", "female"))
     stats = fit(sd, "uce", req, config, UCEInputs(classifier=judge)).manifest["stats"]
@@ -447,7 +452,14 @@ def test_each_debias_variant_matches_its_script_over_two_iterations(sd, variant,
     train_debias.py re-solves around the current weights with a fresh step eta * (R_des - R_curr);
     uce_sd_debias.py re-solves from the original weights with the running sum of the errors (no step)."""
     estimator = ScriptedEstimator([1.0, 0.75, 0.75])
-    config = UCEConfig(debias_images=4, debias_steps=1, debias_max_iterations=2, debias_variant=variant)
+    config = UCEConfig(
+        debias_images=4,
+        debias_steps=1,
+        debias_max_iterations=2,
+        debias_variant=variant,
+        debias_controller="fixed",
+        tokens="last",
+    )
     req = EditRequest(concepts=("a doctor",), mode="debias", attributes=("male", "female"), preserve=("a nurse",))
     edit = fit(sd, "uce", req, config, UCEInputs(classifier=estimator))
     stats = edit.manifest["stats"]
@@ -510,7 +522,7 @@ def test_uce_sd_debias_keeps_measuring_and_editing_a_converged_concept(sd):
         first = round(share * len(images))
         return [0] * first + [1] * (len(images) - first)
 
-    config = UCEConfig(debias_images=2, debias_steps=1, debias_max_iterations=5, debias_variant="uce_sd_debias")
+    config = UCEConfig(debias_images=2, debias_steps=1, debias_max_iterations=5, debias_controller="fixed")
     req = EditRequest(concepts=("doctor", "nurse"), mode="debias", attributes=("male", "female"))
     stats = fit(sd, "uce", req, config, UCEInputs(classifier=judge)).manifest["stats"]
     assert seen == ["doctor", "nurse"] * 3
@@ -581,6 +593,16 @@ def test_secant_controller_needs_fewer_generations_than_the_fixed_step_in_the_lo
     assert secant["generations"] < fixed["generations"]
     assert run("fixed", 3.0)["unconverged"] == ["doctor"]  # too large a fixed step oscillates
     assert run("secant", 3.0)["unconverged"] == []
+
+
+def test_debias_defaults_are_the_configuration_chosen_on_shapes():
+    config = UCEConfig()
+    assert (config.debias_variant, config.debias_controller, config.tokens, config.debias_step) == (
+        "uce_sd_debias",
+        "secant",
+        "last",
+        None,  # the variant's eta: 1 for uce_sd_debias.py
+    )
 
 
 def test_bad_debias_options_are_refused():

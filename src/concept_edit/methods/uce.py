@@ -75,11 +75,11 @@ class UCEConfig:
     tokens: str = field(default="last", metadata={"help": "concept tokens to edit: last | trailing | all"})
     float64: bool = field(default=True, metadata={"help": "accumulate and solve in float64"})
     debias_variant: str = field(
-        default="train_debias_add",
+        default="uce_sd_debias",
         metadata={"help": "debias: which official script's loop: train_debias_add | train_debias_main | uce_sd_debias"},
     )
     debias_controller: str = field(
-        default="fixed", metadata={"help": "debias: alpha update: fixed (step eta) | secant (fitted to the response)"}
+        default="secant", metadata={"help": "debias: alpha update: secant (fitted to the response) | fixed (step eta)"}
     )
     debias_step: float | None = field(
         default=None,
