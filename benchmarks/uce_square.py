@@ -31,7 +31,7 @@ from concept_edit import EditRequest, fit
 from concept_edit.evaluation.evaluate import evaluate
 from concept_edit.evaluation.metrics import accuracy, format_share
 from concept_edit.evaluation.suites import get_suite
-from concept_edit.generation import generate, to_array
+from concept_edit.generation import generate, generate_from_embeddings, to_array
 from concept_edit.methods.uce import UCEConfig
 from concept_edit.models import load_pipeline
 from concept_edit.models.prompts import encode_prompts, last_token_index
@@ -90,7 +90,8 @@ def where_information_sits(pipe, objects: list[str], n: int) -> dict:
                 e[last] = empty[guide_last]
             if ablation in ("tokens after", "both"):
                 e[last + 1 : last + 1 + after] = empty[guide_last + 1 : guide_last + 1 + after]
-            images = _draw(pipe, e, empty, [TUNE_SEED + i for i in range(n)])
+            seeds = [TUNE_SEED + i for i in range(n)]
+            images = generate_from_embeddings(pipe, e[None].expand(n, -1, -1), seeds, negative=empty)
             read = oracle.read(images).object
             table[obj][ablation] = accuracy(read, [obj] * n)
     return table
@@ -101,21 +102,6 @@ def what_the_prefix_draws(pipe, n: int) -> dict:
     seeds = [TUNE_SEED + i for i in range(n)]
     reading = {p: Oracle.load().read(to_array(generate(pipe, [p] * n, seeds))).object for p in ("a", "")}
     return {p: {o: r.count(o) for o in (*OBJECTS, "none") if r.count(o)} | {"n": n} for p, r in reading.items()}
-
-
-def _draw(pipe, embeds: torch.Tensor, empty: torch.Tensor, seeds: list[int]) -> np.ndarray:
-    gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-    out = pipe(
-        prompt_embeds=embeds[None].expand(len(seeds), -1, -1).contiguous(),
-        negative_prompt_embeds=empty[None].expand(len(seeds), -1, -1).contiguous(),
-        generator=gens,
-        num_inference_steps=25,
-        guidance_scale=5.0,
-        height=32,
-        width=32,
-        output_type="np",
-    )
-    return (np.clip(out.images, 0, 1) * 255).round().astype(np.uint8)
 
 
 def _erase_rows(pipe, objects: list[str], n: int, seed: int, config: UCEConfig | None) -> dict:

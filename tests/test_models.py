@@ -89,3 +89,17 @@ def test_bad_specs(tmp_path):
         load_pipeline("  ")
     with pytest.raises(ModelLoadError, match="model_index.json"):
         load_pipeline(str(tmp_path))
+
+
+def test_generating_from_prompt_embeddings_draws_what_the_prompts_draw(sd):
+    import numpy as np
+
+    from concept_edit.generation import generate, generate_from_embeddings, to_array
+    from concept_edit.models.prompts import encode_prompts
+
+    prompts, seeds = ["a photo of a cat", "a dog"], [3, 4]
+    embeds = encode_prompts(sd, [*prompts, ""])
+    drawn = generate_from_embeddings(sd, embeds[:2], seeds, negative=embeds[2], steps=2, batch_size=1)
+    assert np.array_equal(drawn, to_array(generate(sd, prompts, seeds, steps=2)))
+    other = generate_from_embeddings(sd, embeds[:2].flip(0), seeds, negative=embeds[2], steps=2)
+    assert not np.array_equal(drawn, other)

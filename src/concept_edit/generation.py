@@ -33,20 +33,61 @@ def generate(
     """One image per (prompt, seed) pair."""
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+
+    def inputs(start: int, stop: int) -> dict:
+        return {"prompt": list(prompts[start:stop])}
+
+    def name(start: int, i: int) -> str:
+        return repr(prompts[start + i])
+
+    return _draw(pipe, seeds, inputs, name, steps, guidance, batch_size, progress)
+
+
+@torch.no_grad()
+def generate_from_embeddings(
+    pipe,
+    embeds: torch.Tensor,
+    seeds: Sequence[int],
+    *,
+    negative: torch.Tensor | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    batch_size: int = 32,
+) -> np.ndarray:
+    """(N, H, W, 3) uint8 images for per-token prompt embeddings (N, tokens, dim), each seeded as `generate`
+    seeds a prompt; `negative` (tokens, dim) replaces the encoded "" of classifier-free guidance."""
+    if len(embeds) != len(seeds):
+        raise ValueError(f"{len(embeds)} prompt embeddings but {len(seeds)} seeds")
+    if not len(seeds):
+        return np.zeros((0, 1, 1, 3), np.uint8)
+    dtype = pipe.unet.dtype
+
+    def inputs(start: int, stop: int) -> dict:
+        batch = {"prompt_embeds": embeds[start:stop].to(pipe.device, dtype)}
+        if negative is not None:
+            batch["negative_prompt_embeds"] = negative[None].expand(stop - start, -1, -1).to(pipe.device, dtype)
+        return batch
+
+    def name(start: int, i: int) -> str:
+        return f"prompt embedding {start + i}"
+
+    return to_array(_draw(pipe, seeds, inputs, name, steps, guidance, batch_size, False))
+
+
+def _draw(pipe, seeds, inputs, name, steps, guidance, batch_size: int, progress: bool) -> list[Image.Image]:
     info = model_info(pipe)
     steps = check_number("steps", info.default_steps if steps is None else steps, low=1, integer=True)
     guidance = check_number("guidance", info.default_guidance if guidance is None else guidance, low=0)
     for seed in seeds:
         check_seed(seed)
     images: list[Image.Image] = []
-    device = pipe.device
-    gen_device = "cpu" if device.type == "mps" else device
-    starts = range(0, len(prompts), batch_size)
+    gen_device = "cpu" if pipe.device.type == "mps" else pipe.device
+    starts = range(0, len(seeds), batch_size)
     for start in tqdm(starts, desc="generate", disable=not progress, leave=False):
-        batch = list(prompts[start : start + batch_size])
-        gens = [torch.Generator(gen_device).manual_seed(int(s)) for s in seeds[start : start + batch_size]]
+        stop = min(start + batch_size, len(seeds))
+        gens = [torch.Generator(gen_device).manual_seed(int(s)) for s in seeds[start:stop]]
         out = pipe(
-            prompt=batch,
+            **inputs(start, stop),
             generator=gens,
             num_inference_steps=steps,
             guidance_scale=guidance,
@@ -55,9 +96,9 @@ def generate(
             output_type="np",
         )
         if not np.isfinite(out.images).all():
-            bad = batch[int(np.argwhere(~np.isfinite(out.images))[0][0])]
+            bad = name(start, int(np.argwhere(~np.isfinite(out.images))[0][0]))
             raise ValueError(
-                f"the model drew non-finite pixels (NaN or inf) for {bad!r}: its weights, or an edit applied to "
+                f"the model drew non-finite pixels (NaN or inf) for {bad}: its weights, or an edit applied to "
                 "them, hold values that overflow"
             )
         images.extend(pipe.numpy_to_pil(out.images))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from concept_edit.generation import generate, to_array
+from concept_edit.generation import generate, generate_from_embeddings, to_array
 from concept_edit.models.loading import model_info
 
 
@@ -127,28 +127,11 @@ def _generators(pipe, seeds: Sequence[int]) -> list[torch.Generator]:
     return [torch.Generator(device).manual_seed(int(s)) for s in seeds]
 
 
-@torch.no_grad()
 def images_from_embeddings(
     pipe, embeds: torch.Tensor, seeds: Sequence[int], steps: int, guidance: float, batch_size: int = 32
 ) -> np.ndarray:
     """Images for per-token prompt embeddings (N, tokens, dim), each seeded as `generate` seeds a prompt."""
-    info = model_info(pipe)
-    out = []
-    for start in range(0, len(seeds), batch_size):
-        chunk = embeds[start : start + batch_size].to(pipe.device, pipe.unet.dtype)
-        result = pipe(
-            prompt_embeds=chunk,
-            generator=_generators(pipe, seeds[start : start + batch_size]),
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            height=info.resolution,
-            width=info.resolution,
-            output_type="np",
-        )
-        if not np.isfinite(result.images).all():
-            raise ValueError("the model drew non-finite pixels (NaN or inf) for an attack embedding")
-        out.append((result.images * 255).round().clip(0, 255).astype(np.uint8))
-    return np.concatenate(out) if out else np.zeros((0, 1, 1, 3), np.uint8)
+    return generate_from_embeddings(pipe, embeds, seeds, steps=steps, guidance=guidance, batch_size=batch_size)
 
 
 @torch.no_grad()
