@@ -16,6 +16,7 @@ CASES = {
         "erase",
     ),
     "eigen_experiments.py": (["--parts", "iris"], "iris"),
+    "uce_square.py": (["--objects", "circle,square", "--n", "1", "--tune-n", "1", "--parts", "where,tune"], "report"),
     "erasure_table.py": (["--quick"], "rows"),
     "cad_speed.py": (["--steps", "3", "--repeats", "1"], "speedup"),
     "cad_quality.py": (["--n", "1", "--ratios", "0.1", "--subsets", "3"], "erase_pearson_r"),
