@@ -139,6 +139,25 @@ def test_soft_prompt_headline_is_not_selected_on_the_judge(sd, cat_edit):
     assert len(set(fresh)) == 24 and not set(fresh) & {i.seed for i in items}
 
 
+def test_soft_prompt_found_as_the_plain_prompt_is_drawn_again_as_the_plain_prompt(sd, cat_edit):
+    """When every plain prompt already reads as the concept, the attack stops at checkpoint 0 having found the
+    plain prompt; its headline must not redraw the untrained random prefix instead (it scored below no attack)."""
+    from concept_edit.attacks.common import images_from_prompts
+    from concept_edit.attacks.soft_prompt import fresh_seeds
+    from concept_edit.edit import applied
+
+    items = [Item("a photo of a cat", s) for s in range(4)]
+    seeds = [i.seed for i in items] + fresh_seeds([i.seed for i in items])
+    with applied(sd, cat_edit):
+        plain = images_from_prompts(sd, [Item("a photo of a cat", s) for s in seeds], STEPS, 3.0)
+    known = {hashlib.sha256(im.tobytes()).hexdigest() for im in plain}
+    judge = FunctionJudge(lambda ims: [hashlib.sha256(im.tobytes()).hexdigest() in known for im in ims], "plain")
+    out = run_soft_prompt(sd, judge, items, edits=[cat_edit], budget=10, seed=0, steps=STEPS, guidance=3.0,
+                          options=SoftPromptOptions(eval_every=5, timesteps=4), concept="cat")  # fmt: skip
+    assert all(r["success_step"] == 0 and r["found"] == "plain prompt" for r in out.rows)
+    assert all(r["success"] for r in out.rows)
+
+
 def test_soft_prompt_nearest_tokens_leave_out_the_concept(sd, cat_edit):
     # the free embeddings start at the concept's own token: unexcluded, the projection would return it
     items = [Item("a photo of a cat", 0)]

@@ -246,13 +246,18 @@ def run_soft_prompt(
 
     rows = []
     for i, item in enumerate(items):
+        # an item whose plain prompt already succeeded (checkpoint 0) was found as the plain prompt: the attack
+        # stops there, as the reference does, so the plain prompt is what is drawn again at the fresh seed
+        by_plain = success_step[i] == 0
+        headline = plain_read[i] if by_plain else fresh_read[i]
         rows.append(
             {
                 "prompt": item.prompt,
                 "seed": item.seed,
                 "fresh_seed": fresh[i],
-                "success": fresh_read[i] == judge.label,
-                "read": fresh_read[i],
+                "success": headline == judge.label,
+                "read": headline,
+                "found": "plain prompt" if by_plain else "prefix",
                 "best_of_k_success": success_step[i] is not None,
                 "best_of_k_read": read[i],
                 "success_step": success_step[i],
@@ -272,7 +277,8 @@ def run_soft_prompt(
         "reference_budget": "2000 steps (UnlearnDiff's P4D), 3000 iterations (P4D)",
         "placement": "after the start token (prefix)",
         "pool_timesteps": pool_t.tolist(),
-        "headline": "found embeddings drawn once at fresh seeds, disjoint from the search's seeds",
+        "headline": "what was found drawn once at fresh seeds, disjoint from the search's seeds (the plain prompt "
+        "for items it already drew as the concept at checkpoint 0, else the optimised prefix)",
         "fresh_seeds": fresh,
         "excluded_tokens": len(excluded),
     }
