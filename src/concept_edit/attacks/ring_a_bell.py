@@ -66,7 +66,7 @@ from concept_edit.attacks.common import (
     vocabulary,
 )
 from concept_edit.edit import applied
-from concept_edit.validation import check_number
+from concept_edit.validation import check_fields
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +83,18 @@ class RingABellOptions:
     batch_size: int = 256  # text-encoder rows per call
 
     def __post_init__(self) -> None:
-        check_number("strength", self.strength)
-        check_number("tokens", self.tokens, low=1, integer=True)
-        check_number("population", self.population, low=2, integer=True)
-        check_number("crossover", self.crossover, low=0, high=1)
-        check_number("mutation", self.mutation, low=0, high=1)
-        check_number("searches", self.searches, low=1, integer=True)
-        check_number("batch_size", self.batch_size, low=1, integer=True)
+        check_fields(
+            self,
+            {
+                "strength": {},
+                "tokens": {"low": 1, "integer": True},
+                "population": {"low": 2, "integer": True},
+                "crossover": {"low": 0, "high": 1},
+                "mutation": {"low": 0, "high": 1},
+                "searches": {"low": 1, "integer": True},
+                "batch_size": {"low": 1, "integer": True},
+            },
+        )
 
 
 def shapes_pairs(concept: str) -> list[tuple[str, str]]:

@@ -81,7 +81,7 @@ from concept_edit.attacks.common import (
     vocabulary,
 )
 from concept_edit.edit import applied
-from concept_edit.validation import check_number
+from concept_edit.validation import check_fields
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +96,17 @@ class SoftPromptOptions:
     batch_size: int = 64  # UNet rows per call when computing targets and the objective
 
     def __post_init__(self) -> None:
-        check_number("tokens", self.tokens, low=1, integer=True)
-        check_number("lr", self.lr, low=0, low_open=True)
-        check_number("weight_decay", self.weight_decay, low=0)
-        check_number("eval_every", self.eval_every, low=1, integer=True)
-        check_number("timesteps", self.timesteps, low=1, integer=True)
-        check_number("batch_size", self.batch_size, low=1, integer=True)
+        check_fields(
+            self,
+            {
+                "tokens": {"low": 1, "integer": True},
+                "lr": {"low": 0, "low_open": True},
+                "weight_decay": {"low": 0},
+                "eval_every": {"low": 1, "integer": True},
+                "timesteps": {"low": 1, "integer": True},
+                "batch_size": {"low": 1, "integer": True},
+            },
+        )
 
 
 def p4d_timesteps(pipe, count: int) -> torch.Tensor:
