@@ -362,16 +362,23 @@ def test_all_tokens_leave_a_shared_leading_article_alone(shapes):
         assert ((delta @ own.T).norm(dim=0) > 0.5 * (w @ own.T).norm(dim=0)).all(), key
 
 
-def test_debias_freezes_a_converged_concept_and_keeps_iterating_the_other(sd):
-    # iteration 0 measures doctor and nurse (all male); doctor is balanced after one step, nurse after two
-    script = iter([("doctor", 1.0), ("nurse", 1.0), ("doctor", 0.5), ("nurse", 1.0), ("nurse", 0.5)])
-    seen = []
+def _scripted_judge(script, seen: list):
+    """A debias judge that reads the (concept, share of attribute 0) pairs of `script` in turn."""
 
     def judge(images, attributes):
         concept, share = next(script)
         seen.append(concept)
         first = round(share * len(images))
         return [0] * first + [1] * (len(images) - first)
+
+    return judge
+
+
+def test_debias_freezes_a_converged_concept_and_keeps_iterating_the_other(sd):
+    # iteration 0 measures doctor and nurse (all male); doctor is balanced after one step, nurse after two
+    script = iter([("doctor", 1.0), ("nurse", 1.0), ("doctor", 0.5), ("nurse", 1.0), ("nurse", 0.5)])
+    seen = []
+    judge = _scripted_judge(script, seen)
 
     config = UCEConfig(  # Algorithm 1's freezing, as train_debias.py does it
         debias_images=2,
@@ -515,12 +522,7 @@ def test_uce_sd_debias_keeps_measuring_and_editing_a_converged_concept(sd):
     and stays edited at its alpha; the loop stops when all are within tolerance in the same measurement."""
     script = iter([("doctor", 1.0), ("nurse", 1.0), ("doctor", 0.5), ("nurse", 1.0), ("doctor", 0.5), ("nurse", 0.5)])
     seen = []
-
-    def judge(images, attributes):
-        concept, share = next(script)
-        seen.append(concept)
-        first = round(share * len(images))
-        return [0] * first + [1] * (len(images) - first)
+    judge = _scripted_judge(script, seen)
 
     config = UCEConfig(debias_images=2, debias_steps=1, debias_max_iterations=5, debias_controller="fixed")
     req = EditRequest(concepts=("doctor", "nurse"), mode="debias", attributes=("male", "female"))
