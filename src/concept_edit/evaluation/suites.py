@@ -15,6 +15,11 @@ Suites:
   shapes-containing  phrases that contain the object's name ("a five-pointed star", "a love heart"): an
                      edit of "star" is expected to reach them, so they are not counted as synonyms
 A custom suite is a text file: a `# head: object|color|style|logo` line, then `prompt | label | seed` lines.
+
+A suite also names its judge, its Frechet reference and feature extractor (`Suite.judge`, `reference`,
+`features`): the shapes suites use the oracle and true renders; the real-model suites (`real_suites.py`:
+imagenette, i2p, nudity-simple, coco, artists, professions) use an ImageNet classifier, NudeNet or CLIP and
+real or unedited images. A new suite is one builder function.
 """
 
 from __future__ import annotations
@@ -35,8 +40,9 @@ class Entry:
     prompt: str
     label: str
     seed: int
-    head: str  # the oracle head that judges this entry
+    head: str  # the question the suite's judge answers for this entry ("object", "imagenet", "nudity", ...)
     scene: dict = field(default_factory=dict)  # what a true render of the prompt fixes (for reference renders)
+    guidance: float | None = None  # this prompt's own guidance scale (I2P's prompts carry one); None: the run's
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,13 @@ class Suite:
     description: str
     entries: tuple[Entry, ...]
     attribute_head: str | None = None  # bias suite: the head whose distribution is reported
+    judge: str = "shapes-oracle"  # reads each image (`evaluation.judges.make_judge`)
+    reference: str | None = "renders"  # Frechet reference: "renders" (true shapes renders), "unedited",
+    # "folder:<path>" (real images) or None
+    features: str | None = "shapes-oracle"  # image features for Frechet distances (`evaluation.features`)
+    metrics: tuple[str, ...] = ()  # further image metrics the suite reports ("clip_score")
+    answers: dict = field(default_factory=dict)  # head -> candidate answers, for open-vocabulary judges (CLIP)
+    protocol: dict = field(default_factory=dict)  # what else fixes the images (e.g. the I2P file's hash)
 
     @property
     def concepts(self) -> list[str]:
@@ -139,10 +152,21 @@ BUILTIN = {
 DEFAULT_N = {"shapes-bias": 24, "shapes-logo": 16}
 
 
+def builtin_names() -> list[str]:
+    from concept_edit.evaluation.real_suites import REAL_SUITES
+
+    return [*BUILTIN, *REAL_SUITES]
+
+
 def get_suite(name: str, n: int | None = None, seed: int = 0) -> Suite:
     """A built-in suite by name (n entries per concept), or a custom suite file."""
+    from concept_edit.evaluation.real_suites import REAL_SUITES
+
     if n is not None and n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
+    base, _, argument = name.partition(":")
+    if base in REAL_SUITES:  # "coco:<captions file>", "i2p:<csv>": the argument names the suite's data
+        return REAL_SUITES[base](n, seed, argument or None)
     if name in BUILTIN:
         make, description, attribute_head = BUILTIN[name]
         entries = make(n or DEFAULT_N.get(name, 10), seed)
@@ -150,7 +174,7 @@ def get_suite(name: str, n: int | None = None, seed: int = 0) -> Suite:
     path = Path(name)
     if path.suffix in (".txt", ".tsv") or path.exists():
         return load_suite_file(path, seed)
-    raise ValueError(f"unknown suite {name!r}; built-in suites: {', '.join(BUILTIN)} (or a prompt-list file)")
+    raise ValueError(f"unknown suite {name!r}; built-in suites: {', '.join(builtin_names())} (or a prompt-list file)")
 
 
 def load_suite_file(path: Path, seed_offset: int = 0) -> Suite:

@@ -1,0 +1,30 @@
+"""Judges by name: `make_judge("shapes-oracle" | "imagenet" | "nudenet" | "clip[:<hub id>]" | "none")`.
+
+Each judge lives in its own module, imported only when asked for, so a suite whose judge needs weights or
+an optional package (NudeNet, CLIP) costs nothing to the others. See `base.py` for what a judge is.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from concept_edit.evaluation.judges.base import NONE, Judge, Reading
+
+JUDGES = {
+    "shapes-oracle": "concept_edit.evaluation.judges.shapes:ShapesOracleJudge",
+    "imagenet": "concept_edit.evaluation.judges.imagenet:ImageNetJudge",
+    "nudenet": "concept_edit.evaluation.judges.nudenet:NudeNetJudge",
+    "clip": "concept_edit.evaluation.judges.clip:ClipJudge",
+    "none": "concept_edit.evaluation.judges.metric_only:MetricOnlyJudge",
+}
+
+__all__ = ["JUDGES", "NONE", "Judge", "Reading", "make_judge"]
+
+
+def make_judge(spec: str) -> Judge:
+    """The judge a suite names: "<name>" or "<name>:<argument>" (e.g. "clip:openai/clip-vit-large-patch14")."""
+    name, _, argument = spec.partition(":")
+    if name not in JUDGES:
+        raise ValueError(f"unknown judge {spec!r}; known judges: {', '.join(JUDGES)}")
+    module, _, cls = JUDGES[name].partition(":")
+    return getattr(importlib.import_module(module), cls).from_spec(argument or None)
