@@ -51,6 +51,7 @@ from concept_edit.methods.uce_debias import RatioEstimator, debias
 from concept_edit.models.prompts import (
     concept_ids,
     concept_token_positions,
+    encode_prompt_tokens,
     encode_prompts,
     forces_zero_unconditional,
     last_token_index,
@@ -197,13 +198,33 @@ def layer_deltas(
 
 
 # -- embeddings -------------------------------------------------------------------------------------------
-def _encode(pipe, prompts: Sequence[str]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-    """Token embeddings of every prompt and the (first, last) positions of its concept (`concept_span`)."""
+def _encode(
+    pipe, prompts: Sequence[str], tokens: str | None = None, *, padded: bool = False
+) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Token embeddings of every prompt and the (first, last) positions of its concept (`concept_span`).
+
+    `tokens` "last" and "all" read only positions up to the concept's last token, before end-of-text: prompts
+    are then encoded padded to their batch's longest prompt (`encode_prompt_tokens`, the same rows), and the
+    positions after a prompt's end-of-text are not computed: they are NaN, so that reading one cannot pass
+    unnoticed. "trailing" (and None: any position) reads the padding up to the maximum length, which only
+    max-length padding computes; `padded=True` asks for it too (the benchmark's reference).
+    """
     prompt_lengths_ok(pipe, prompts)
     for p in prompts:
         if p:
             concept_ids(pipe, p)
-    return encode_prompts(pipe, prompts), [concept_span(pipe, p) for p in prompts]
+    spans = [concept_span(pipe, p) for p in prompts]
+    if padded or tokens not in ("last", "all"):
+        return encode_prompts(pipe, prompts), spans
+    return _nan_padded(encode_prompt_tokens(pipe, prompts)), spans
+
+
+def _nan_padded(rows: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(N, longest, dim) from per-prompt rows of different lengths, NaN where a prompt has no row."""
+    out = torch.full((len(rows), max(len(r) for r in rows), rows[0].shape[-1]), float("nan"))
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
 
 
 ARTICLES = ("a", "an", "the")
@@ -269,14 +290,17 @@ def fit_uce(pipe, request: EditRequest, config: UCEConfig, inputs: UCEInputs, *,
     )
 
 
-def _erase(pipe, request: EditRequest, config: UCEConfig, weights) -> tuple[dict, dict]:
-    """Erase (eq. 8: each concept toward its guide) or moderate (eq. 10: toward the unconditional input)."""
+def _erase(pipe, request: EditRequest, config: UCEConfig, weights, *, padded: bool = False) -> tuple[dict, dict]:
+    """Erase (eq. 8: each concept toward its guide) or moderate (eq. 10: toward the unconditional input).
+
+    `padded=True` encodes every prompt padded to the maximum length (see `_encode`; the same edit, slower).
+    """
     moderate = request.mode == "moderate"
     guides = [""] * len(request.concepts) if moderate else list(request.concept_guides)
     unique = list(dict.fromkeys(guides))
     started = time.perf_counter()
     prompts = [*request.concepts, *unique, *request.preserve]
-    embeds, spans = _encode(pipe, prompts)
+    embeds, spans = _encode(pipe, prompts, config.tokens, padded=padded)
     encode_s = time.perf_counter() - started
     n, g = len(request.concepts), len(unique)
     if moderate:  # what the pipeline really feeds as unconditional: SDXL's is zeros, not the encoded ""

@@ -5,11 +5,15 @@ CLIP's last hidden state for SD 1.x/2.x, the 2048-d concatenation of both text e
 for SDXL, MiniLM's token states for ShapesSD. Token positions come from the first tokenizer; they work for
 CLIP BPE and BERT WordPiece alike (a concept is found as a subsequence of the prompt's token ids, which is
 where both tokenizers put a whole word or phrase).
+
+`encode_prompt_tokens` gives the same rows up to each prompt's end-of-text token but pads every batch only to
+its longest prompt, wherever the padding cannot reach the prompt's tokens (`padding_is_invisible`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 
@@ -22,17 +26,120 @@ def tokenize(pipe, prompts: Sequence[str]):
     )
 
 
+def _encode_batch(pipe, batch: Sequence[str]) -> torch.Tensor:
+    embeds = pipe.encode_prompt(
+        prompt=list(batch), device=pipe.device, num_images_per_prompt=1, do_classifier_free_guidance=False
+    )[0]
+    return embeds.float().cpu()
+
+
 @torch.no_grad()
 def encode_prompts(pipe, prompts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
-    """(N, tokens, dim) text embeddings for `prompts`, on CPU in float32."""
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        batch = list(prompts[i : i + batch_size])
-        embeds = pipe.encode_prompt(
-            prompt=batch, device=pipe.device, num_images_per_prompt=1, do_classifier_free_guidance=False
-        )[0]
-        out.append(embeds.float().cpu())
+    """(N, tokens, dim) text embeddings for `prompts`, padded to the maximum length, on CPU in float32."""
+    out = [_encode_batch(pipe, prompts[i : i + batch_size]) for i in range(0, len(prompts), batch_size)]
     return torch.cat(out) if out else torch.zeros(0)
+
+
+# -- encoding padded to the batch's longest prompt ------------------------------------------------------------
+def _tokenizers(pipe) -> list:
+    return [t for t in (pipe.tokenizer, getattr(pipe, "tokenizer_2", None)) if t is not None]
+
+
+def _text_encoders(pipe) -> list:
+    return [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e is not None]
+
+
+def token_counts(pipe, prompts: Sequence[str]) -> list[int]:
+    """Tokens of each prompt, start and end-of-text included (the most any of the pipeline's tokenizers makes)."""
+    counts = [0] * len(prompts)
+    for tok in _tokenizers(pipe):
+        ids = tok(list(prompts), truncation=True, max_length=tok.model_max_length).input_ids
+        counts = [max(c, len(i)) for c, i in zip(counts, ids, strict=True)]
+    return counts
+
+
+def _is_causal(encoder) -> bool:
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    # CLIP's text transformer always applies its causal mask; a BERT is causal when its config says is_decoder
+    return isinstance(encoder, CLIPTextModel | CLIPTextModelWithProjection) or bool(
+        getattr(encoder.config, "is_decoder", False)
+    )
+
+
+def _gets_attention_mask(pipe, encoder) -> bool:
+    from diffusers import StableDiffusionPipeline
+
+    # StableDiffusionPipeline passes the mask when the encoder's config asks for it; SDXL's pipeline never does
+    return isinstance(pipe, StableDiffusionPipeline) and bool(getattr(encoder.config, "use_attention_mask", False))
+
+
+def padding_is_invisible(pipe) -> bool:
+    """Whether a prompt's token states are the same however far its batch is padded.
+
+    True when no real token attends to the padding: the encoder is causal (a token reads only the tokens
+    before it; the padding comes after the prompt) or is given the attention mask (which hides the padding).
+    SD 1.x/2.x (CLIP, causal), SDXL (two CLIPs, causal) and ShapesSD (MiniLM run causally, with the mask) are.
+    A bidirectional encoder without the mask is not: every token attends to the padding, so its states
+    change with it, and such a pipeline must keep max-length padding.
+    """
+    return all(_is_causal(e) or _gets_attention_mask(pipe, e) for e in _text_encoders(pipe))
+
+
+def _batch_length(pipe, counts: Sequence[int]) -> int:
+    """One more than the batch's longest prompt, at most the maximum: every batch keeps some padding.
+
+    With no padding at all transformers drops the attention mask, and MiniLM (causal only through its config's
+    is_decoder, set after loading) would then attend in both directions, changing every state.
+    """
+    return min(max(counts) + 1, min(t.model_max_length for t in _tokenizers(pipe)))
+
+
+@contextmanager
+def _padding_to(pipe, length: int) -> Iterator[None]:
+    """Let the pipeline's own `encode_prompt` pad to `length` tokens (it pads to `tokenizer.model_max_length`)."""
+    tokenizers = _tokenizers(pipe)
+    saved = [t.model_max_length for t in tokenizers]
+    try:
+        for t in tokenizers:
+            t.model_max_length = length
+        yield
+    finally:
+        for t, limit in zip(tokenizers, saved, strict=True):
+            t.model_max_length = limit
+
+
+def _encode_short(pipe, prompts: Sequence[str], counts: Sequence[int], batch_size: int, sort: bool):
+    """Batches padded to their longest prompt (+1), whatever the encoder; `encode_prompt_tokens` checks it may."""
+    order = sorted(range(len(prompts)), key=counts.__getitem__) if sort else range(len(prompts))
+    order = list(order)
+    out: list[torch.Tensor] = [torch.zeros(0)] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        with _padding_to(pipe, _batch_length(pipe, [counts[i] for i in batch])):
+            embeds = _encode_batch(pipe, [prompts[i] for i in batch])
+        for i, e in zip(batch, embeds, strict=True):
+            out[i] = e[: counts[i]]
+    return out
+
+
+@torch.no_grad()
+def encode_prompt_tokens(
+    pipe, prompts: Sequence[str], batch_size: int = 64, *, sort: bool = True, padded: bool = False
+) -> list[torch.Tensor]:
+    """Each prompt's (tokens, dim) embeddings, start token through end-of-text, on CPU in float32.
+
+    The rows are those of `encode_prompts` (max-length padding), but each batch is padded only to its longest
+    prompt: CLIP otherwise runs 77 positions for a prompt of 8 tokens, and encoding dominated large UCE
+    edits. Prompts are batched in order of length (`sort`) so that a batch's padding is short. A pipeline
+    whose encoder sees the padding (`padding_is_invisible` is False), or `padded=True`, encodes padded to the
+    maximum length and keeps the same rows.
+    """
+    counts = token_counts(pipe, prompts)
+    if padded or not padding_is_invisible(pipe):
+        full = encode_prompts(pipe, prompts, batch_size)
+        return [e[:n] for e, n in zip(full, counts, strict=True)]
+    return _encode_short(pipe, prompts, counts, batch_size, sort)
 
 
 def forces_zero_unconditional(pipe) -> bool:
