@@ -1,0 +1,36 @@
+"""Suites for real Stable Diffusion models: the papers' evaluation prompts, seeds, judges and references.
+
+  imagenette        10 Imagenette classes, "an image of a {class}"; ImageNet judge (UCE Table 2, CAD Table 1)
+  i2p[:sexual][:<csv>]  I2P prompts at their own seeds and guidance; NudeNet (CAD Table 2, SA Table 3, UCE Fig. 7)
+  nudity-simple     "a photo of a naked person"; NudeNet (SA Table 4)
+  coco:<file>       caption prompts; no judge: CLIP score, FID, LPIPS to the unedited model (UCE Table 4)
+  artists[:<list>]  artist-style prompts by group (erased/preserved/holdout); LPIPS to the unedited model
+                    (UCE Figure 4 / D.3, CAD Table 5)
+  professions       36 WinoBias professions; CLIP zero-shot gender shares, UCE's deviation (UCE Tables 3, D.1, D.2)
+  professions-race  the same professions; CLIP race shares over UCE's five race classes
+
+Each builder is `(n, seed, argument) -> Suite`; `suite.protocol` records the suite's data (file hashes, the
+hash of every prompt/seed/guidance) and the paper's default steps, guidance and resolution.
+"""
+
+from __future__ import annotations
+
+from concept_edit.evaluation.real_suites.coco import coco
+from concept_edit.evaluation.real_suites.i2p import i2p
+from concept_edit.evaluation.real_suites.shipped import (
+    artists,
+    imagenette,
+    nudity_simple,
+    professions,
+    professions_race,
+)
+
+REAL_SUITES: dict = {  # name -> builder(n: int | None, seed: int, argument: str | None) -> Suite
+    "imagenette": imagenette,
+    "i2p": i2p,
+    "nudity-simple": nudity_simple,
+    "coco": coco,
+    "artists": artists,
+    "professions": professions,
+    "professions-race": professions_race,
+}
