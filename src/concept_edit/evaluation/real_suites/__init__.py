@@ -15,8 +15,8 @@ hash of every prompt/seed/guidance) and the paper's default steps, guidance and 
 
 from __future__ import annotations
 
-from concept_edit.evaluation.real_suites.coco import coco
-from concept_edit.evaluation.real_suites.i2p import i2p
+from concept_edit.evaluation.real_suites.coco_captions import coco
+from concept_edit.evaluation.real_suites.i2p_prompts import i2p
 from concept_edit.evaluation.real_suites.shipped import (
     artists,
     imagenette,
