@@ -4,7 +4,8 @@
   head ("red", "blue" -> colour head; "a red heart" works too); each image gets the most probable of the
   given attributes, or -1 when the oracle reads it as showing none on that head (no object, a blend);
 * `ClipZeroShotClassifier` — CLIP zero-shot over the attribute texts, as the UCE paper and code do for
-  real models (default `openai/clip-vit-base-patch32`; needs the weights in the Hugging Face cache).
+  real models (default `openai/clip-vit-base-patch32`; needs the weights in the Hugging Face cache; loaded by
+  `judges/clip.py`, which the suites' CLIP judge uses too).
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from concept_edit.evaluation.judges.clip import DEFAULT_CLIP, load_clip
 from concept_edit.models.loading import model_info
-
-DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 
 
 class OracleAttributeClassifier:
@@ -65,17 +65,8 @@ class ClipZeroShotClassifier:
 
     @classmethod
     def from_pretrained(cls, model_id: str = DEFAULT_CLIP) -> ClipZeroShotClassifier:
-        from transformers import CLIPModel, CLIPProcessor
-
-        try:
-            return cls(
-                CLIPModel.from_pretrained(model_id, use_safetensors=True), CLIPProcessor.from_pretrained(model_id)
-            )
-        except OSError as err:
-            raise ValueError(
-                f"cannot load the CLIP classifier {model_id!r}: {str(err).splitlines()[0]}. Download it "
-                f"first (`hf download {model_id}`) or pass --classifier oracle for ShapesSD"
-            ) from None
+        # the one CLIP loader (`judges/clip.py`): same cache, same offline error as the CLIP judge
+        return cls(*load_clip(model_id, "CLIP classifier", " or pass --classifier oracle for ShapesSD"))
 
     def __call__(self, images, attributes: Sequence[str]) -> list[int]:
         import torch
