@@ -1,0 +1,132 @@
+"""The ImageNet judge: top-1 of an ImageNet-1k ResNet-50, as UCE Table 2 and CAD Table 1 measure object
+erasure (accuracy of the erased Imagenette class vs the other classes; CAD: "the pre-trained ResNet50").
+
+transformers' `ResNetForImageClassification` with its `AutoImageProcessor` (default "microsoft/resnet-50",
+`make_judge("imagenet:<hub id>")` for another ImageNet-1k classifier): no torchvision, since transformers
+falls back to its PIL image processors when torchvision is absent. Head "imagenet": an entry's label is an
+ImageNet class name, any of the comma-separated synonyms of the model's `id2label` ("chain saw" or
+"chainsaw" for 491), case-insensitive; the answer is the top-1 class, named as the suite names it when it
+is one of the suite's labels, otherwise by its first synonym. So accuracy is top-1 over all 1000 classes,
+not over the ten Imagenette classes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from concept_edit.evaluation.judges.base import Reading
+
+DEFAULT_RESNET = "microsoft/resnet-50"
+HEAD = "imagenet"
+BATCH = 32
+# The ten Imagenette classes and their ImageNet-1k indices; checked against every model's id2label.
+IMAGENETTE = {
+    "tench": 0,
+    "English springer": 217,
+    "cassette player": 482,
+    "chain saw": 491,
+    "church": 497,
+    "French horn": 566,
+    "garbage truck": 569,
+    "gas pump": 571,
+    "golf ball": 574,
+    "parachute": 701,
+}
+
+
+def load_resnet(model_id: str = DEFAULT_RESNET):
+    """(model, image processor) from the Hugging Face cache or the hub; offline and not cached: one ValueError."""
+    from transformers import AutoImageProcessor, ResNetForImageClassification
+
+    try:
+        model = ResNetForImageClassification.from_pretrained(model_id)
+        processor = AutoImageProcessor.from_pretrained(model_id)
+    except OSError as err:
+        raise ValueError(
+            f"cannot load the ImageNet classifier {model_id!r}: {str(err).splitlines()[0]}. Download it first "
+            f"on a machine with internet (`hf download {model_id}`); it is then read from the Hugging Face cache"
+        ) from None
+    return model.eval(), processor
+
+
+def synonyms(name: str) -> list[str]:
+    """The names of one id2label entry ("chain saw, chainsaw" -> ["chain saw", "chainsaw"]), lower case."""
+    return [s.strip().lower() for s in name.split(",") if s.strip()]
+
+
+class ImageNetJudge:
+    name = "imagenet"
+
+    def __init__(self, model=None, processor=None, model_id: str | None = None) -> None:
+        if model is None:
+            model, processor = load_resnet(model_id or DEFAULT_RESNET)
+        self.model, self.processor = model, processor
+        self.model_id = model_id or getattr(model.config, "name_or_path", "") or "in-memory"
+        self.id2label = {int(k): v for k, v in model.config.id2label.items()}
+        for label, index in IMAGENETTE.items():
+            if label.lower() not in synonyms(self.id2label.get(index, "")):
+                raise ValueError(
+                    f"{self.model_id!r} does not use ImageNet-1k's labels: id2label[{index}] is "
+                    f"{self.id2label.get(index)!r}, not {label!r}; the ImageNet judge needs an ImageNet-1k classifier"
+                )
+
+    @classmethod
+    def from_spec(cls, argument: str | None) -> ImageNetJudge:
+        return cls(model_id=argument or DEFAULT_RESNET)
+
+    def protocol(self) -> dict:
+        from importlib.metadata import version
+
+        return {"judge": self.name, "weights": self.model_id, "top": 1, "transformers": version("transformers")}
+
+    def index_of(self, label: str) -> int:
+        """The class index an entry label names; ValueError when it names none or several (ImageNet has two
+        "crane"s and two "maillot"s)."""
+        hits = [i for i, name in self.id2label.items() if label.lower() in synonyms(name)]
+        if len(hits) != 1:
+            what = "no ImageNet class" if not hits else f"several ImageNet classes ({hits})"
+            raise ValueError(f"label {label!r} names {what}; use a name from the model's id2label")
+        return hits[0]
+
+    def check(self, suite) -> None:
+        if suite.attribute_head:
+            raise ValueError(f"the ImageNet judge reads no attribute; {suite.name} asks for {suite.attribute_head!r}")
+        for entry in suite.entries:
+            if entry.head not in (HEAD, ""):
+                raise ValueError(f"the ImageNet judge answers head {HEAD!r}, not {entry.head!r} ({entry.prompt!r})")
+            if entry.head:
+                self.index_of(entry.label)
+
+    def top1(self, images) -> tuple[np.ndarray, np.ndarray]:
+        """(class index, its softmax probability) per image."""
+        import torch
+
+        indices, probs = [], []
+        with torch.no_grad():
+            for start in range(0, len(images), BATCH):
+                pixels = self.processor(images=list(images[start : start + BATCH]), return_tensors="pt")
+                p = self.model(pixel_values=pixels["pixel_values"]).logits.softmax(-1)
+                best = p.max(-1)
+                indices.append(best.indices.numpy())
+                probs.append(best.values.double().numpy())
+        return np.concatenate(indices), np.concatenate(probs)
+
+    def answer(self, index: int, suite_names: dict[int, str]) -> str:
+        """The top-1 class named as the suite names it, else by its first synonym."""
+        if index in suite_names:
+            return suite_names[index]
+        return self.id2label[index].split(",")[0].strip()
+
+    def read(self, images: np.ndarray, suite) -> Reading:
+        suite_names = {self.index_of(e.label): e.label for e in suite.entries if e.head}
+        indices, probs = self.top1(images)
+        labels = [
+            self.answer(int(i), suite_names) if e.head else None for i, e in zip(indices, suite.entries, strict=True)
+        ]
+        details = [
+            {"class_index": int(i), "probability": round(float(p), 4)} for i, p in zip(indices, probs, strict=True)
+        ]
+        return Reading(labels=labels, details=details)
+
+    def summary(self, reading: Reading, suite) -> dict:
+        return {}
