@@ -4,8 +4,11 @@
 * attribute distribution and UCE's deviation Delta = |p_desired - p_actual| / p_desired, averaged over
   attributes (for two attributes this is exactly the paper's Delta);
 * Frechet distance between Gaussian fits of two feature sets (FID's formula; here on the oracle's features);
-* image change between paired images: LPIPS when the `lpips` package and its weights are available,
-  otherwise the cosine distance of oracle features, reported under that name.
+* image change between paired images: LPIPS (UCE Table 4, Figure 4; CAD Table 5) when the `lpips` package
+  and its AlexNet weights are available (the `eval` extra: lpips needs torchvision), otherwise the cosine
+  distance of a feature extractor's features (CLIP for real models, the oracle's for ShapesSD), reported
+  under that name ("clip-feature-cosine-distance", "oracle-feature-cosine-distance") so it is never
+  mistaken for LPIPS.
 """
 
 from __future__ import annotations
@@ -105,8 +108,10 @@ def cosine_distance(features_a: np.ndarray, features_b: np.ndarray) -> np.ndarra
     return 1 - num / np.maximum(den, 1e-12)
 
 
-def image_change(before: np.ndarray, after: np.ndarray, oracle=None) -> dict[str, float | str]:
-    """Mean perceptual change between paired (N, H, W, 3) uint8 image sets: LPIPS, or oracle-feature distance."""
+def image_change(before: np.ndarray, after: np.ndarray, oracle=None, *, features=None) -> dict[str, float | str]:
+    """Mean perceptual change between paired (N, H, W, 3) uint8 image sets: LPIPS if available, else the
+    cosine distance of `features` (a `evaluation.features.FeatureExtractor`), else of the shapes oracle's
+    features (`oracle`, loaded when not given: the fallback of the shapes world)."""
     lpips_model = _lpips()
     if lpips_model is not None:
         import torch
@@ -114,9 +119,16 @@ def image_change(before: np.ndarray, after: np.ndarray, oracle=None) -> dict[str
         def prep(x):
             return torch.from_numpy(x).permute(0, 3, 1, 2).float() / 127.5 - 1
 
-        with torch.no_grad():
-            value = lpips_model(prep(before), prep(after)).mean().item()
-        return {"metric": "lpips", "mean": value}
+        with torch.no_grad():  # in batches: a thousand 512 px pairs would not fit at once
+            values = [
+                lpips_model(prep(before[i : i + 16]), prep(after[i : i + 16])).flatten()
+                for i in range(0, len(before), 16)
+            ]
+        return {"metric": "lpips", "mean": torch.cat(values).mean().item()}
+    if features is not None:
+        distances = cosine_distance(features(before), features(after))
+        name = features.name.removeprefix("shapes-")  # "shapes-oracle" features: the oracle's metric name
+        return {"metric": f"{name}-feature-cosine-distance", "mean": float(distances.mean())}
     if oracle is None:
         from concept_edit.shapes.oracle import Oracle
 
@@ -131,6 +143,6 @@ def _lpips():
         import lpips
 
         return lpips.LPIPS(net="alex", verbose=False)
-    except Exception as err:  # noqa: BLE001 - missing package or weights: fall back, and say so
-        log.debug("LPIPS unavailable (%s); using oracle feature distance", err)
+    except Exception as err:  # noqa: BLE001 - missing package, broken torchvision or no weights: fall back
+        log.debug("LPIPS unavailable (%s); using a feature cosine distance", err)
         return None
