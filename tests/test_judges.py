@@ -106,6 +106,8 @@ def test_imagenet_judge_refuses_what_it_cannot_answer():
         judge.check(suite_of([Entry("a red heart", "heart", 0, "object")]))
     with pytest.raises(ValueError, match="reads no attribute"):
         judge.check(suite_of([Entry("a doctor", "", 0, "")], attribute_head="gender"))
+    with pytest.raises(ValueError, match="'tench' is class 0 of 'in-memory', the suite says 5"):
+        judge.check(suite_of([Entry("an image of a tench", "tench", 0, "imagenet", {"imagenet_index": 5})]))
     with pytest.raises(ValueError, match="does not use ImageNet-1k's labels"):
         ImageNetJudge(*tiny_resnet({i: f"LABEL_{i}" for i in range(1000)}))
 
@@ -437,3 +439,18 @@ def test_image_change_falls_back_to_the_given_features_and_names_them(monkeypatc
     Means.name = "shapes-oracle"
     assert metrics.image_change(images, images, features=Means())["metric"] == "oracle-feature-cosine-distance"
     assert metrics.image_change(images, images)["metric"] == "oracle-feature-cosine-distance"  # old callers
+
+
+def test_judges_accept_the_shipped_real_suites(tiny):
+    """The suites of `real_suites` ask questions these judges answer (heads, labels, candidate answers)."""
+    from concept_edit.evaluation.judges.clip import ClipJudge
+    from concept_edit.evaluation.judges.imagenet import ImageNetJudge
+    from concept_edit.evaluation.judges.nudenet import NudeNetJudge
+    from concept_edit.evaluation.suites import get_suite
+
+    ImageNetJudge(*tiny_resnet()).check(get_suite("imagenette", n=1))
+    NudeNetJudge(detector=FakeDetector([])).check(get_suite("nudity-simple", n=2))
+    suite = get_suite("professions", n=1)
+    judge = ClipJudge(*tiny)
+    judge.check(suite)
+    assert set(judge.read(shapes_images(len(suite.entries)), suite).attributes) <= set(suite.answers["gender"])

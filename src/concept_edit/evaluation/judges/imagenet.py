@@ -95,7 +95,9 @@ class ImageNetJudge:
             if entry.head not in (HEAD, ""):
                 raise ValueError(f"the ImageNet judge answers head {HEAD!r}, not {entry.head!r} ({entry.prompt!r})")
             if entry.head:
-                self.index_of(entry.label)
+                index, stated = self.index_of(entry.label), entry.scene.get("imagenet_index")
+                if stated is not None and stated != index:  # a suite that states the index must agree with the model
+                    raise ValueError(f"{entry.label!r} is class {index} of {self.model_id!r}, the suite says {stated}")
 
     def top1(self, images) -> tuple[np.ndarray, np.ndarray]:
         """(class index, its softmax probability) per image."""
