@@ -150,7 +150,7 @@ def test_report_contains_tables_and_images(shapes, two_image_suite):
     results, _ = evaluate(shapes, get_suite(str(two_image_suite)), target="circle", progress=False)
     results["_file"] = "r.json"
     page = build_report([results])
-    assert "Accuracy per concept" in page and "<img class='pix'" in page and "<img class='chart'" in page
+    assert "Per concept (the judge" in page and "<img class='pix'" in page and "<img class='chart'" in page
 
 
 def test_bad_evaluation_input_writes_nothing(tmp_path, capsys, two_image_suite):

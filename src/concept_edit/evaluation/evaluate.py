@@ -1,13 +1,21 @@
-"""Run a suite on a (possibly edited) shapes-world model and measure what it draws.
+"""Run a suite on a (possibly edited) model and measure what it draws, with the suite's judge.
+
+One path for every model: the suite names its judge (the shapes oracle, an ImageNet classifier, NudeNet,
+CLIP zero-shot, or none), its Frechet feature extractor and its reference images (`suites.py`,
+`judges/`, `features.py`, `references.py`).
 
 The results dictionary always has `suite`, `model`, `edits`, `seed`, `per_concept` (concept ->
-{accuracy, n, ci95, none_share}) and `mean_accuracy`; `none_share` (with `none_ci95`) is the share of images
-the oracle read as showing no object/colour/style at all on the head that judges them (an erased concept
-that became noise, rather than another object); with a target, `target_accuracy` and `others_accuracy`; for the bias
-suite, `distribution` (concept -> {attribute -> share}) and `deviation` (concept -> UCE's Delta). It also
-holds the Frechet distance of oracle features to true renders of the same prompts (the FID analogue),
-the image change against the unedited model on the same prompts and seeds when that is known, and a few
-sample images per concept (base64 PNG) for the report.
+{accuracy, n, ci95, none_share} where the judge answers; {n} only for a metric-only suite) and
+`mean_accuracy` (None for a metric-only suite), and `protocol` (what fixed the images and the judge: two
+results are comparable only with equal protocols). `none_share` (with `none_ci95`) is the share of judged
+images the judge read as showing none of its answers (an erased concept that became noise, rather than
+another object); with a target, `target_accuracy` and `others_accuracy`; for a suite with an attribute
+head, `distribution` (concept -> {attribute -> share}) and `deviation` (concept -> UCE's Delta). It also
+holds the Frechet distance of the suite's features to its reference images (`frechet_to_renders` for true
+shapes renders, `frechet_to_real` for a folder of real images) and to the unedited model's images, the image
+change against the unedited model on the same prompts and seeds when that is known (overall and per
+concept), the judge's own summary (`judge_summary`; NudeNet: detections per body part), and a few sample
+images per concept (base64 PNG) for the report.
 """
 
 from __future__ import annotations
@@ -23,11 +31,11 @@ from PIL import Image
 
 from concept_edit.edit import Edit, applied
 from concept_edit.evaluation import metrics
+from concept_edit.evaluation.judges import NONE, make_judge
+from concept_edit.evaluation.references import check_reference, folder_images, shapes_renders
 from concept_edit.evaluation.suites import Entry, Suite
 from concept_edit.generation import generate, to_array
 from concept_edit.models.loading import model_info
-from concept_edit.shapes.oracle import HEADS, NONE, Oracle
-from concept_edit.shapes.world import COLORS, OBJECTS, STYLES, Scene, logo, render
 
 log = logging.getLogger(__name__)
 REQUIRED_KEYS = ("suite", "model", "edits", "seed", "per_concept", "mean_accuracy")
@@ -46,110 +54,217 @@ def evaluate(
     guidance: float | None = None,
     progress: bool = True,
     allow_repeat: bool = False,
+    judge=None,
+    features: str | None = "suite",
+    reference: str | None = "suite",
+    store=None,
+    batch_size: int = 32,
 ) -> tuple[dict, np.ndarray]:
-    """Generate every suite entry (with `edits` applied), judge it with the oracle, compute the metrics.
+    """Generate every suite entry (with `edits` applied), judge it, compute the metrics.
 
     Returns (results, images). The image change is measured against `baseline_images` (the unedited
     model's images for the same entries) or, when edits are given and `compute_baseline`, against a fresh
-    unedited generation.
+    unedited generation. `judge`, `features` and `reference` override the suite's ("suite": keep it);
+    `store` (an `ImageStore`) keeps every generated image so a second run, or an interrupted one, draws only
+    what is missing.
     """
     info = model_info(pipe)
-    if info.world != "shapes":
+    features = suite.features if features == "suite" else features
+    reference = suite.reference if reference == "suite" else reference
+    if suite.judge == "shapes-oracle" and info.world != "shapes":
         raise ValueError(
             f"the {suite.name} suite is judged by the shapes-world oracle; {info.spec!r} is not a shapes-world model"
         )
+    if reference == "renders" and info.world != "shapes":
+        raise ValueError(f"true renders exist for the shapes world only; {info.spec!r} needs another --reference")
     if target is not None and target not in suite.concepts:
         raise ValueError(
             f"target {target!r} is not a concept of {suite.name}; its concepts: {', '.join(suite.concepts)}"
         )
-    check_suite(pipe, suite)
+    check_reference(reference)
+    judge = judge or make_judge(suite.judge)
+    check_suite(pipe, suite, judge)
+    extractor = _extractor(features)
     steps = info.default_steps if steps is None else steps
     guidance = info.default_guidance if guidance is None else guidance
-    prompts = [e.prompt for e in suite.entries]
-    seeds = [e.seed for e in suite.entries]
-    with applied(pipe, *edits, allow_repeat=allow_repeat):
-        images = to_array(generate(pipe, prompts, seeds, steps=steps, guidance=guidance, progress=progress))
-    oracle = Oracle.load()
-    reading = oracle.read(images)
-    predicted = [_prediction(reading, i, e) for i, e in enumerate(suite.entries)]
-    expected = [e.label for e in suite.entries]
-    per_concept = metrics.per_concept_accuracy(predicted, expected)
+
+    def draw(with_edits: Sequence[Edit]) -> np.ndarray:
+        return _generate(pipe, suite, with_edits, steps, guidance, store, batch_size, progress, allow_repeat)
+
+    images = draw(edits)
+    reading = judge.read(images, suite)
+    predicted, expected = reading.labels, [e.label for e in suite.entries]
+    judged = [i for i, p in enumerate(predicted) if p is not None]
+    per_concept = metrics.per_concept_accuracy([predicted[i] for i in judged], [expected[i] for i in judged])
     results: dict = {
         "suite": suite.name,
         "model": info.spec,
         "edits": [e.source or e.name for e in edits],
-        "seed": min(seeds),  # the suite's first seed: its seeds decide the images, not a separate one
-        "seeds": [min(seeds), max(seeds)],
+        "seed": min(e.seed for e in suite.entries),  # the suite's first seed: its seeds decide the images
+        "seeds": [min(e.seed for e in suite.entries), max(e.seed for e in suite.entries)],
         "steps": steps,
         "guidance": guidance,
         "per_concept": {k: {key: v[key] for key in ("accuracy", "n", "ci95")} for k, v in per_concept.items()},
-        "mean_accuracy": float(np.mean([v["accuracy"] for v in per_concept.values()])),
+        "mean_accuracy": float(np.mean([v["accuracy"] for v in per_concept.values()])) if per_concept else None,
     }
-    results.update(_none_shares(results["per_concept"], predicted, expected))
-    if target is not None:
+    for concept in suite.concepts:  # metric-only entries: the concept still has its n
+        results["per_concept"].setdefault(concept, {"n": expected.count(concept)})
+    if judged:
+        judged_pred, judged_exp = [predicted[i] for i in judged], [expected[i] for i in judged]
+        results.update(_none_shares(results["per_concept"], judged_pred, judged_exp))
+    if target is not None and per_concept:
         results["target"] = target
         results["target_accuracy"], results["others_accuracy"] = metrics.target_and_others(per_concept, target)
+    elif target is not None:
+        results["target"] = target
     if suite.attribute_head:
-        results.update(_bias_metrics(suite, reading))
+        results.update(_bias_metrics(suite, reading.attributes, suite.answers.get(suite.attribute_head)))
+    summary = judge.summary(reading, suite)
+    if summary:
+        results["judge_summary"] = summary
     results["suite_version"] = suite.version
     results["edit_names"] = [e.name for e in edits]
-    # Frechet distances are biased by the sample size (128-d features): compare runs with the same n only.
-    results["frechet_samples"] = len(images)
-    if len(images) >= 2:  # a Gaussian fit needs two images at least
-        renders = oracle.read(_renders(suite)).features
-        results["frechet_to_renders"] = metrics.frechet_distance(reading.features, renders)
     if baseline_images is None and edits and compute_baseline:
-        baseline_images = to_array(generate(pipe, prompts, seeds, steps=steps, guidance=guidance, progress=progress))
-    if baseline_images is not None:
-        results["image_change"] = metrics.image_change(baseline_images, images, oracle)
-        if len(images) >= 2:
-            baseline = oracle.read(baseline_images).features
-            results["frechet_to_unedited"] = metrics.frechet_distance(reading.features, baseline)
+        baseline_images = draw(())
+    results.update(_image_metrics(suite, images, baseline_images, extractor, reference, info.resolution))
+    results["protocol"] = protocol(suite, info, steps, guidance, judge, extractor, reference)
     results["per_prompt"] = _per_prompt(suite.entries, predicted)
     results["samples"] = _samples(suite.entries, images, predicted, samples_per_concept)
     return results, images
 
 
-def check_suite(pipe, suite: Suite) -> None:
-    """Before generating: every label is one the oracle can read, every prompt fits the text encoder."""
+def check_suite(pipe, suite: Suite, judge=None) -> None:
+    """Before generating: every entry asks a question its judge can answer, every prompt fits the encoder."""
     from concept_edit.models.prompts import prompt_lengths_ok
 
-    for entry in suite.entries:
-        known = ("logo", "no logo") if entry.head == "logo" else HEADS[entry.head]
-        if entry.label not in known:
-            raise ValueError(
-                f"suite {suite.name}: label {entry.label!r} (prompt {entry.prompt!r}) is not a {entry.head} the "
-                f"oracle knows; choose one of {', '.join(known)}"
-            )
+    (judge or make_judge(suite.judge)).check(suite)
     try:
         prompt_lengths_ok(pipe, list(dict.fromkeys(e.prompt for e in suite.entries)))
     except ValueError as err:
         raise ValueError(f"suite {suite.name}: {err}") from None
 
 
-def _prediction(reading, i: int, entry: Entry) -> str:
-    if entry.head == "logo":
-        return "logo" if reading.logo_prob[i] > 0.5 else "no logo"
-    return reading.labels(entry.head)[i]
+def protocol(suite: Suite, info, steps: int, guidance: float, judge, extractor, reference) -> dict:
+    """Everything that fixes the images and their reading; results with different protocols are not compared."""
+    import diffusers
+    import torch
+    import transformers
+
+    from concept_edit import __version__
+
+    guidances = sorted({e.guidance for e in suite.entries if e.guidance is not None})
+    return {
+        "suite": suite.name,
+        "suite_version": suite.version,
+        "entries": len(suite.entries),
+        "seeds": [min(e.seed for e in suite.entries), max(e.seed for e in suite.entries)],
+        "steps": steps,
+        "guidance": guidance,
+        "per_prompt_guidance": guidances or None,
+        "resolution": info.resolution,
+        "judge": judge.protocol(),
+        "features": extractor.protocol() if extractor is not None else None,
+        "reference": reference,
+        **({"suite_protocol": suite.protocol} if suite.protocol else {}),
+        "versions": {
+            "concept_edit": __version__,
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__,
+        },
+    }
+
+
+def _extractor(spec: str | None):
+    if spec is None:
+        return None
+    from concept_edit.evaluation.features import make_features
+
+    return make_features(spec)
+
+
+def _generate(pipe, suite, edits, steps, guidance, store, batch_size, progress, allow_repeat) -> np.ndarray:
+    """Every entry's image, in order; entries with their own guidance (I2P) are drawn at it."""
+    entries = suite.entries
+    scales = [guidance if e.guidance is None else e.guidance for e in entries]
+    out: list[np.ndarray | None] = [None] * len(entries)
+    with applied(pipe, *edits, allow_repeat=allow_repeat):
+        for scale in dict.fromkeys(scales):
+            idx = [i for i, s in enumerate(scales) if s == scale]
+            prompts, seeds = [entries[i].prompt for i in idx], [entries[i].seed for i in idx]
+            if store is not None:
+                drawn = store.generate(
+                    pipe,
+                    prompts,
+                    seeds,
+                    edits=edits,
+                    steps=steps,
+                    guidance=scale,
+                    batch_size=batch_size,
+                    progress=progress,
+                )
+            else:
+                drawn = to_array(
+                    generate(
+                        pipe, prompts, seeds, steps=steps, guidance=scale, batch_size=batch_size, progress=progress
+                    )
+                )
+            for i, image in zip(idx, drawn, strict=True):
+                out[i] = image
+    return np.stack(out)
+
+
+def _image_metrics(suite, images, baseline, extractor, reference, resolution) -> dict:
+    """Frechet distances to the reference and the unedited images, and the image change (overall, per concept)."""
+    out: dict = {"frechet_samples": len(images)}  # Frechet is biased by n: compare runs with the same n only
+    feats = extractor(images) if extractor is not None and len(images) >= 2 else None
+    if feats is not None and reference == "renders":
+        out["frechet_to_renders"] = metrics.frechet_distance(feats, extractor(shapes_renders(suite.entries)))
+    elif feats is not None and reference and reference.startswith("folder:"):
+        real, read = folder_images(reference.partition(":")[2], resolution)
+        out["frechet_to_real"] = metrics.frechet_distance(feats, extractor(real))
+        out["reference_images"] = read
+    if baseline is None:
+        return out
+    out["image_change"] = _image_change(baseline, images, extractor)
+    if feats is not None:
+        out["frechet_to_unedited"] = metrics.frechet_distance(feats, extractor(baseline))
+    labels = [e.label for e in suite.entries]
+    out["image_change_per_concept"] = {
+        c: _image_change(baseline[idx], images[idx], extractor)["mean"]
+        for c in suite.concepts
+        for idx in [np.array([i for i, label in enumerate(labels) if label == c])]
+    }
+    return out
+
+
+def _image_change(before: np.ndarray, after: np.ndarray, extractor) -> dict:
+    oracle = getattr(extractor, "oracle", None)
+    return metrics.image_change(before, after, oracle)
 
 
 def _none_shares(per_concept: dict, predicted: Sequence[str], expected: Sequence[str]) -> dict:
     """Adds each concept's share of "none" readings to its row; returns the overall share and its interval."""
     for concept, row in per_concept.items():
         idx = [i for i, e in enumerate(expected) if e == concept]
+        if not idx:  # a concept the judge was not asked about
+            continue
         row["none_share"] = sum(predicted[i] == NONE for i in idx) / len(idx)
     count = sum(p == NONE for p in predicted)
     low, high = metrics.wilson(count, len(predicted))
     return {"none_share": count / len(predicted), "none_ci95": [round(low, 4), round(high, 4)]}
 
 
-def _bias_metrics(suite: Suite, reading) -> dict:
-    attributes = list(HEADS[suite.attribute_head])
-    labels = reading.labels(suite.attribute_head)
+def _bias_metrics(suite: Suite, attributes: Sequence[str | None], answers=None) -> dict:
+    if answers is None:
+        from concept_edit.evaluation.judges.shapes import ShapesOracleJudge
+
+        answers = ShapesOracleJudge.answers(suite.attribute_head)
+    answers = list(answers)
     dist, dev = {}, {}
     for concept in suite.concepts:
         idx = [i for i, e in enumerate(suite.entries) if e.label == concept]
-        dist[concept] = metrics.distribution([labels[i] for i in idx], attributes)
+        dist[concept] = metrics.distribution([attributes[i] for i in idx], answers)
         dev[concept] = metrics.deviation(dist[concept])
     return {
         "attribute": suite.attribute_head,
@@ -157,21 +272,6 @@ def _bias_metrics(suite: Suite, reading) -> dict:
         "deviation": dev,
         "mean_deviation": float(np.mean(list(dev.values()))),
     }
-
-
-def _renders(suite: Suite) -> np.ndarray:
-    """A true render for every entry: its named attributes, the rest drawn uniformly from its seed."""
-    out = []
-    for entry in suite.entries:
-        if entry.scene.get("logo"):
-            out.append(logo())
-            continue
-        rng = np.random.default_rng([entry.seed, 7])
-        obj = entry.scene.get("obj") or (entry.label if entry.label in OBJECTS else OBJECTS[rng.integers(8)])
-        color = entry.scene.get("color") or (entry.label if entry.label in COLORS else list(COLORS)[rng.integers(8)])
-        style = entry.scene.get("style") or (entry.label if entry.label in STYLES else STYLES[rng.integers(6)])
-        out.append(render(Scene(obj, color, style, int(rng.integers(2**31)))))
-    return np.stack(out)
 
 
 def _per_prompt(entries: Sequence[Entry], predicted: Sequence[str]) -> dict[str, dict]:
@@ -210,18 +310,22 @@ def check_results(results: dict, source: str = "results") -> None:
     if not isinstance(results["per_concept"], dict) or not results["per_concept"]:
         raise ValueError(f"{source}: 'per_concept' must map each concept to its accuracy")
     for concept, row in results["per_concept"].items():
-        if not isinstance(row, dict) or not _is_share(row.get("accuracy")) or not isinstance(row.get("n"), int):
-            raise ValueError(f"{source}: per_concept[{concept!r}] needs an accuracy in [0, 1] and an integer n")
+        if not isinstance(row, dict) or not isinstance(row.get("n"), int):
+            raise ValueError(f"{source}: per_concept[{concept!r}] needs an integer n")
+        if "accuracy" in row and not _is_share(row["accuracy"]):
+            raise ValueError(f"{source}: per_concept[{concept!r}] accuracy must be in [0, 1]")
+    if results["mean_accuracy"] is None and any("accuracy" in row for row in results["per_concept"].values()):
+        raise ValueError(f"{source}: 'mean_accuracy' is null but some concepts have an accuracy")
     for key in ("mean_accuracy", "target_accuracy", "others_accuracy", "none_share"):
-        if key in results and not _is_share(results[key]):
+        if results.get(key) is not None and not _is_share(results[key]):
             raise ValueError(f"{source}: {key!r} must be a number in [0, 1], got {results[key]!r}")
-    for key in ("frechet_to_renders", "frechet_to_unedited", "mean_deviation"):
+    for key in ("frechet_to_renders", "frechet_to_real", "frechet_to_unedited", "mean_deviation"):
         if key in results and not _is_number(results[key]):
             raise ValueError(f"{source}: {key!r} must be a finite number, got {results[key]!r}")
     for key in ("edits", "edit_names"):
         if key in results and not isinstance(results[key], list):
             raise ValueError(f"{source}: {key!r} must be a list")
-    for key in ("samples", "per_prompt", "deviation", "distribution", "image_change"):
+    for key in ("samples", "per_prompt", "deviation", "distribution", "image_change", "protocol", "judge_summary"):
         if key in results and not isinstance(results[key], dict):
             raise ValueError(f"{source}: {key!r} must be a JSON object")
 

@@ -31,7 +31,9 @@ th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
 """
 
 
-def load_results(paths: Sequence[str | Path]) -> list[dict]:
+def load_results(paths: Sequence[str | Path], allow_mixed_protocols: bool = False) -> list[dict]:
+    """Read and check results files; refuse two evaluation runs of one suite whose protocols differ (other
+    seeds, steps, judge or its version: their numbers are not comparable) unless `allow_mixed_protocols`."""
     runs = []
     for path in paths:
         try:
@@ -50,7 +52,33 @@ def load_results(paths: Sequence[str | Path]) -> list[dict]:
         runs.append(data)
     if not runs:
         raise ValueError("no results files given")
+    if not allow_mixed_protocols:
+        check_protocols(runs)
     return runs
+
+
+def comparable_protocol(run: dict) -> dict | None:
+    """The part of a run's protocol that must match within a table (package versions are shown, not compared)."""
+    protocol = run.get("protocol")
+    return None if protocol is None else {k: v for k, v in protocol.items() if k != "versions"}
+
+
+def check_protocols(runs: Sequence[dict]) -> None:
+    """ValueError naming both files when two evaluation runs of one suite were made with different protocols."""
+    first: dict[str, dict] = {}
+    for run in runs:
+        protocol = comparable_protocol(run)
+        if protocol is None or is_probe(run) or is_erasure_table(run):
+            continue
+        seen = first.setdefault(run["suite"], run)
+        other = comparable_protocol(seen)
+        if other != protocol:
+            differ = sorted(k for k in other.keys() | protocol.keys() if other.get(k) != protocol.get(k))
+            raise ValueError(
+                f"{seen['_file']} and {run['_file']} evaluate suite {run['suite']} with different protocols "
+                f"({', '.join(differ)} differ): their figures are not comparable. Re-run one, or pass "
+                "--allow-mixed-protocols to put them in one table anyway"
+            )
 
 
 def run_label(run: dict) -> str:
@@ -100,11 +128,11 @@ def check_erasure_table(data: dict, source: str) -> None:
             raise ValueError(f"{source}: rows[{i}] needs a method and a concept (an erasure_table.py --json line)")
 
 
-def write_report(paths: Sequence[str | Path], out: str | Path) -> Path:
+def write_report(paths: Sequence[str | Path], out: str | Path, allow_mixed_protocols: bool = False) -> Path:
     out = Path(out)
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; give an .html file name")
-    runs = load_results(paths)
+    runs = load_results(paths, allow_mixed_protocols)
     write_text(out, build_report(runs))
     return out
 
@@ -125,6 +153,7 @@ def _summary_html(group: list[dict]) -> str:
         ("others accuracy", lambda r: r.get("others_accuracy")),
         ("read as none", lambda r: r.get("none_share")),
         ("Frechet to renders", lambda r: r.get("frechet_to_renders")),
+        ("Frechet to real images", lambda r: r.get("frechet_to_real")),
         ("Frechet to unedited", lambda r: r.get("frechet_to_unedited")),
         ("image change", lambda r: (r.get("image_change") or {}).get("mean")),
         ("mean deviation", lambda r: r.get("mean_deviation")),
@@ -141,7 +170,42 @@ def _summary_html(group: list[dict]) -> str:
         if metric
         else ""
     )
-    return f"<table><tr><th>run</th>{head}</tr>{rows}</table>{note}"
+    return f"<table><tr><th>run</th>{head}</tr>{rows}</table>{note}{_protocol_note(group)}{_judge_summaries(group)}"
+
+
+def _protocol_note(group: list[dict]) -> str:
+    protocols = [r["protocol"] for r in group if r.get("protocol")]
+    if not protocols:
+        return ""
+    p = protocols[0]
+    judge = ", ".join(f"{k} {v}" for k, v in (p.get("judge") or {}).items())
+    text = f"protocol: {p['entries']} images, seeds {p['seeds'][0]}–{p['seeds'][1]}, {p['steps']} steps, "
+    text += f"guidance {p['guidance']}, {p['resolution']} px; judge: {judge}"
+    if any(comparable_protocol(r) != comparable_protocol(group[0]) for r in group if r.get("protocol")):
+        text += " — <b>the runs' protocols differ (allowed by the user): compare with care</b>"
+    return f"<p class='note'>{html.escape(text) if '<b>' not in text else text}</p>"
+
+
+def _judge_summaries(group: list[dict]) -> str:
+    runs = [r for r in group if r.get("judge_summary")]
+    if not runs:
+        return ""
+    keys = list(dict.fromkeys(k for r in runs for k in r["judge_summary"]))
+    rows = "".join(
+        f"<tr><td>{html.escape(run_label(r))}</td>"
+        + "".join(f"<td>{_fmt(_scalar(r['judge_summary'].get(k)))}</td>" for k in keys)
+        + "</tr>"
+        for r in runs
+    )
+    heads = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
+    return f"<h3>The judge's figures</h3><table><tr><th>run</th>{heads}</tr>{rows}</table>"
+
+
+def _scalar(value):
+    """Numbers as they are; a nested figure (counts per class) as compact text."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items())
+    return value
 
 
 def _concept_table(group: list[dict]) -> str:
@@ -153,13 +217,16 @@ def _concept_table(group: list[dict]) -> str:
         for r in group:
             v = r["per_concept"].get(concept)
             none = f" none {v['none_share']:.2f}" if v and v.get("none_share") else ""
-            cells.append(
-                f"<td>{_fmt(v['accuracy'], 2)} <span class='note'>{_interval(v)} n={v['n']}{none}</span></td>"
-                if v
-                else "<td>–</td>"
-            )
+            change = (r.get("image_change_per_concept") or {}).get(concept)
+            change = f" change {change:.3f}" if change is not None else ""
+            if v and "accuracy" in v:
+                note = f"{_interval(v)} n={v['n']}{none}{change}"
+                cells.append(f"<td>{_fmt(v['accuracy'], 2)} <span class='note'>{note}</span></td>")
+            else:
+                cells.append(f"<td>– <span class='note'>n={v['n']}{change}</span></td>" if v else "<td>–</td>")
         rows.append(f"<tr><td>{html.escape(concept)}</td>{''.join(cells)}</tr>")
-    return f"<h3>Accuracy per concept</h3><table><tr><th>concept</th>{head}</tr>{''.join(rows)}</table>"
+    title = "Per concept (the judge's accuracy; image change against the unedited model)"
+    return f"<h3>{title}</h3><table><tr><th>concept</th>{head}</tr>{''.join(rows)}</table>"
 
 
 def _figure_png(fig) -> str:
@@ -186,7 +253,7 @@ def _accuracy_chart(group: list[dict]) -> str:
         ax.bar(x + i * width - 0.4 + width / 2, values, width, label=run_label(r))
     ax.set_xticks(x, concepts, rotation=30, ha="right")
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("oracle accuracy")
+    ax.set_ylabel("judge accuracy")
     ax.legend(fontsize=8, loc="lower right")
     return _figure_png(fig)
 
@@ -232,7 +299,7 @@ def _grids(group: list[dict]) -> str:
         return ""
     out = [
         "<h3>Samples: same prompts and seeds in every run</h3>",
-        "<p class='note'>Outlined in red: the oracle does not see the expected concept (hover for its reading).</p>",
+        "<p class='note'>Outlined in red: the judge does not see the expected concept (hover for its reading).</p>",
     ]
     concepts = list(dict.fromkeys(c for r in group for c in r.get("samples", {})))
     for concept in concepts:
@@ -252,8 +319,8 @@ def _grids(group: list[dict]) -> str:
                 if sample is None:
                     cells.append("<span class='pix'></span>")
                     continue
-                correct = sample["predicted"] == concept
-                alt = f"{key[0]} seed {key[1]}" + ("" if correct else f" (oracle: {sample['predicted']})")
+                correct = sample["predicted"] in (concept, None)  # None: a metric-only judge gave no reading
+                alt = f"{key[0]} seed {key[1]}" + ("" if correct else f" (judge: {sample['predicted']})")
                 cells.append(_img(sample["png"], alt, "pix" if correct else "pix wrong"))
             out.append(f"<div class='row'><span class='lab'>{html.escape(run_label(r))}</span>{''.join(cells)}</div>")
     return "\n".join(out)
@@ -273,7 +340,7 @@ def summary_table(runs: list[dict]) -> str:
     col = max(24, *(min(len(label), 28) for label in labels))
     lines = [f"{'concept':<{width}}  " + "  ".join(f"{label[:28]:>{col}}" for label in labels)]
     for c in concepts:
-        cells = [f"{_with_interval(r['per_concept'][c]) if c in r['per_concept'] else '-':>{col}}" for r in runs]
+        cells = [f"{_with_interval(r['per_concept'].get(c)):>{col}}" for r in runs]
         lines.append(f"{c:<{width}}  " + "  ".join(cells))
     rows = [
         ("mean accuracy", "mean_accuracy"),
@@ -281,11 +348,12 @@ def summary_table(runs: list[dict]) -> str:
         ("others accuracy", "others_accuracy"),
         ("read as none", "none_share"),
         ("Frechet to renders", "frechet_to_renders"),
+        ("Frechet to real images", "frechet_to_real"),
         ("mean deviation", "mean_deviation"),
     ]
     for name, key in rows:
-        if any(key in r for r in runs):
-            cells = [f"{r[key]:>{col}.3f}" if key in r else f"{'-':>{col}}" for r in runs]
+        if any(r.get(key) is not None for r in runs):
+            cells = [f"{r[key]:>{col}.3f}" if r.get(key) is not None else f"{'-':>{col}}" for r in runs]
             lines.append(f"{name:<{width}}  " + "  ".join(cells))
     for c in dict.fromkeys(c for r in runs for c in r.get("deviation", {})):  # bias suite: each concept's delta
         cells = [f"{r['deviation'][c]:>{col}.3f}" if c in r.get("deviation", {}) else f"{'-':>{col}}" for r in runs]
@@ -303,5 +371,9 @@ def _interval(row: dict) -> str:
     return f"[{low:.2f}, {high:.2f}]"
 
 
-def _with_interval(row: dict) -> str:
+def _with_interval(row: dict | None) -> str:
+    if row is None:
+        return "-"
+    if "accuracy" not in row:  # a metric-only suite: no accuracy to show
+        return f"n={row['n']}"
     return f"{row['accuracy']:.2f} {_interval(row)} n={row['n']}"
