@@ -17,6 +17,7 @@ import logging
 import math
 import warnings
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 from scipy import linalg
@@ -137,6 +138,7 @@ def image_change(before: np.ndarray, after: np.ndarray, oracle=None, *, features
     return {"metric": "oracle-feature-cosine-distance", "mean": float(distances.mean())}
 
 
+@lru_cache(maxsize=1)  # evaluate calls image_change once per concept: build the network once
 def _lpips():
     """An LPIPS model if the package and its network weights are available offline, else None."""
     try:
