@@ -226,6 +226,10 @@ def _image_metrics(suite, images, baseline, extractor, reference, resolution) ->
         out["reference_images"] = read
     if baseline is None:
         return out
+    if extractor is None and metrics._lpips() is None and not _is_shapes(images):
+        log.warning("no image change: LPIPS is not installed (concept-edit[eval]) and the suite names no features")
+        out["image_change_unavailable"] = "LPIPS not installed (pip install concept-edit[eval]) and no --features"
+        return out
     out["image_change"] = _image_change(baseline, images, extractor)
     if feats is not None:
         out["frechet_to_unedited"] = metrics.frechet_distance(feats, extractor(baseline))
@@ -238,9 +242,14 @@ def _image_metrics(suite, images, baseline, extractor, reference, resolution) ->
     return out
 
 
+def _is_shapes(images: np.ndarray) -> bool:
+    """32 px images: the shapes oracle's features are a fallback image-change metric for them."""
+    return images.shape[1:3] == (32, 32)
+
+
 def _image_change(before: np.ndarray, after: np.ndarray, extractor) -> dict:
-    oracle = getattr(extractor, "oracle", None)
-    return metrics.image_change(before, after, oracle)
+    """LPIPS when installed (the papers' metric), else the suite's feature distance (the oracle's for ShapesSD)."""
+    return metrics.image_change(before, after, features=extractor)
 
 
 def _none_shares(per_concept: dict, predicted: Sequence[str], expected: Sequence[str]) -> dict:

@@ -1,0 +1,123 @@
+"""The one evaluation path on a model that is not the shapes world: a judge of the suite's choosing, a
+metric-only suite, real reference images, per-prompt guidance, and the protocol the report compares."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from concept_edit.evaluation.evaluate import evaluate
+from concept_edit.evaluation.judges import Reading
+from concept_edit.evaluation.report import build_report, load_results
+from concept_edit.evaluation.suites import Entry, Suite
+from concept_edit.io import write_json
+
+
+class BrightnessJudge:
+    """Answers "bright" or "dark" from the mean pixel: a judge whose answers a test can predict."""
+
+    name = "brightness"
+
+    def protocol(self) -> dict:
+        return {"judge": self.name, "threshold": 127}
+
+    def check(self, suite) -> None:
+        if any(e.head != "brightness" for e in suite.entries):
+            raise ValueError("the brightness judge answers the 'brightness' head only")
+
+    def read(self, images, suite) -> Reading:
+        return Reading(labels=["bright" if im.mean() > 127 else "dark" for im in images])
+
+    def summary(self, reading, suite) -> dict:
+        return {"bright_images": sum(label == "bright" for label in reading.labels)}
+
+
+def _suite(head="brightness", judge="none", **kw) -> Suite:
+    entries = (Entry("a cat", "bright", 0, head), Entry("a dog", "dark", 1, head), Entry("a cat", "bright", 2, head))
+    return Suite("toy", 1, "toy suite", entries, judge=judge, reference=None, features=None, **kw)
+
+
+def test_a_judge_the_suite_names_reads_every_image(sd):
+    results, images = evaluate(sd, _suite(), judge=BrightnessJudge(), progress=False)
+    expected = ["bright" if im.mean() > 127 else "dark" for im in images]
+    correct = sum(e == label for e, label in zip(expected, ["bright", "dark", "bright"], strict=True))
+    per = results["per_concept"]
+    assert per["bright"]["n"] == 2 and per["dark"]["n"] == 1
+    assert per["bright"]["accuracy"] * 2 + per["dark"]["accuracy"] == correct
+    assert results["judge_summary"] == {"bright_images": expected.count("bright")}
+    assert results["protocol"]["judge"] == {"judge": "brightness", "threshold": 127}
+
+
+def test_a_metric_only_suite_has_no_accuracy_but_its_counts(sd):
+    results, _ = evaluate(sd, _suite(head=""), progress=False)
+    assert results["mean_accuracy"] is None
+    assert results["per_concept"] == {"bright": {"n": 2}, "dark": {"n": 1}}
+    assert "none_share" not in results and "frechet_to_renders" not in results
+
+
+def test_the_shapes_oracle_and_true_renders_are_refused_for_another_model(sd):
+    with pytest.raises(ValueError, match="not a shapes-world model"):
+        evaluate(sd, _suite(judge="shapes-oracle"), progress=False)
+    with pytest.raises(ValueError, match="true renders exist for the shapes world only"):
+        evaluate(sd, _suite(), reference="renders", progress=False)
+
+
+def test_a_judge_that_cannot_answer_is_refused_before_generating(sd, monkeypatch):
+    import concept_edit.generation as generation
+
+    monkeypatch.setattr(generation, "_draw", lambda *a, **k: pytest.fail("generated before checking the judge"))
+    with pytest.raises(ValueError, match="answers the 'brightness' head only"):
+        evaluate(sd, _suite(head="object"), judge=BrightnessJudge(), progress=False)
+
+
+def test_per_prompt_guidance_is_used(sd, monkeypatch):
+    import importlib
+
+    module = importlib.import_module("concept_edit.evaluation.evaluate")
+    seen = []
+    real = module.generate
+
+    def spy(pipe, prompts, seeds, *, guidance, **kw):
+        seen.append((tuple(seeds), guidance))
+        return real(pipe, prompts, seeds, guidance=guidance, **kw)
+
+    monkeypatch.setattr(module, "generate", spy)
+    suite = _suite()
+    entries = [dataclasses.replace(e, guidance=g) for e, g in zip(suite.entries, (3.0, None, 3.0), strict=True)]
+    results, _ = evaluate(sd, dataclasses.replace(suite, entries=tuple(entries)), guidance=5.0, progress=False)
+    assert sorted(seen) == [((0, 2), 3.0), ((1,), 5.0)]
+    assert results["protocol"]["per_prompt_guidance"] == [3.0]
+
+
+def test_folder_reference_skips_unreadable_files(shapes, tmp_path):
+    from concept_edit.evaluation.suites import get_suite
+    from concept_edit.shapes.world import Scene, render
+
+    folder = tmp_path / "real"
+    folder.mkdir()
+    for i, obj in enumerate(("circle", "star", "heart")):
+        Image.fromarray(render(Scene(obj, "red", "plain", i))).save(folder / f"{i}.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    suite = get_suite("shapes-objects", n=1)
+    results, _ = evaluate(shapes, suite, reference=f"folder:{folder}", progress=False)
+    assert results["reference_images"] == {"folder": str(folder), "read": 3, "skipped": 1}
+    assert np.isfinite(results["frechet_to_real"]) and "frechet_to_renders" not in results
+    with pytest.raises(ValueError, match="does not exist"):
+        evaluate(shapes, suite, reference=f"folder:{tmp_path / 'missing'}", progress=False)
+
+
+def test_the_report_refuses_two_protocols_of_one_suite_unless_asked(sd, tmp_path):
+    first, _ = evaluate(sd, _suite(head=""), steps=1, progress=False)
+    second, _ = evaluate(sd, _suite(head=""), steps=2, progress=False)
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path, results in zip(paths, (first, second), strict=True):
+        write_json(path, results)
+    with pytest.raises(ValueError, match="different protocols \\(steps differ\\)"):
+        load_results(paths)
+    page = build_report(load_results(paths, allow_mixed_protocols=True))
+    assert "protocols differ" in page
+    same = load_results([paths[0], paths[0]])
+    assert len(same) == 2
