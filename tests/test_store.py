@@ -1,0 +1,179 @@
+"""The image store: generate once, read back, resume, catch damaged files, shard across processes."""
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from concept_edit.edit import DenseDelta, Edit, applied, applied_edits
+from concept_edit.evaluation.store import ImageStore, edit_identity, generate_stored
+from concept_edit.generation import generate, to_array
+
+PROMPTS = ["a photo of a cat", "a red car", "a blue house", "a dog", "a tree", "a bird painting"]
+SEEDS = [0, 1, 2, 3, 4, 5]
+RUN = {"steps": 2, "guidance": 5.0, "batch_size": 4, "progress": False}
+TARGET = "unet.mid_block.attentions.0.transformer_blocks.0.attn2.to_k.weight"
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """The batch size of every pipeline call; set `calls.fail_at` to raise KeyboardInterrupt on that call."""
+
+    class Calls(list):
+        fail_at: int | None = None
+
+    record = Calls()
+    original = StableDiffusionPipeline.__call__
+
+    def counted(self, *args, **kwargs):
+        if record.fail_at is not None and len(record) == record.fail_at:
+            raise KeyboardInterrupt
+        record.append(len(kwargs["prompt"]))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(StableDiffusionPipeline, "__call__", counted)
+    return record
+
+
+def _edit(pipe) -> Edit:
+    delta = torch.randn(
+        pipe.unet.get_parameter(TARGET.removeprefix("unet.")).shape, generator=torch.Generator().manual_seed(0)
+    )
+    return Edit.create(
+        pipe, [DenseDelta(TARGET, delta)], method="test", config={}, request={"concepts": ["cat"]}, seed=0
+    )
+
+
+def test_second_call_reads_back_without_generating(sd, tmp_path, calls):
+    first = generate_stored(sd, PROMPTS, SEEDS, store=tmp_path, **RUN)
+    assert calls == [4, 2] and first.shape == (6, 16, 16, 3) and first.dtype == np.uint8
+    plain = to_array(generate(sd, PROMPTS, SEEDS, steps=2, guidance=5.0, batch_size=4))
+    assert np.array_equal(first, plain)  # what generate draws, in the order asked
+    again = generate_stored(sd, PROMPTS, SEEDS, store=tmp_path, **RUN)
+    assert calls == [4, 2, 4, 2]  # only the plain generate above drew
+    assert np.array_equal(again, first)
+    reordered = generate_stored(sd, PROMPTS[::-1] + PROMPTS[:1], SEEDS[::-1] + SEEDS[:1], store=tmp_path, **RUN)
+    assert len(calls) == 4 and np.array_equal(reordered, np.concatenate([first[::-1], first[:1]]))
+
+
+def test_other_steps_or_edits_are_generated_not_reused(sd, tmp_path, calls):
+    base = generate_stored(sd, PROMPTS, SEEDS, store=tmp_path, **RUN)
+    three = generate_stored(sd, PROMPTS, SEEDS, store=tmp_path, **{**RUN, "steps": 3})
+    assert calls == [4, 2, 4, 2] and not np.array_equal(three, base)
+    edit = _edit(sd)
+    edited = generate_stored(sd, PROMPTS, SEEDS, store=tmp_path, edits=[edit], **RUN)
+    assert calls[4:] == [4, 2] and not np.array_equal(edited, base)
+    assert applied_edits(sd) == []  # applied inside, reverted after
+    with applied(sd, edit):
+        assert np.array_equal(edited, to_array(generate(sd, PROMPTS, SEEDS, steps=2, guidance=5.0, batch_size=4)))
+    del calls[:]
+    saved = Edit.load(edit.save(tmp_path / "edit.safetensors"))
+    assert edit_identity(saved) == edit_identity(edit)  # the same edit, in memory or from its file
+    assert np.array_equal(generate_stored(sd, PROMPTS, SEEDS, store=tmp_path, edits=[saved], **RUN), edited)
+    assert np.array_equal(generate_stored(sd, PROMPTS, SEEDS, store=tmp_path, **RUN), base)
+    assert calls == []
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(sd, tmp_path, calls, caplog):
+    calls.fail_at = 1  # the second batch is interrupted
+    with pytest.raises(KeyboardInterrupt), caplog.at_level(logging.WARNING):
+        generate_stored(sd, PROMPTS, SEEDS, store=tmp_path / "a", **RUN)
+    assert "run the same command again to resume" in caplog.text
+    assert calls == [4] and len(list((tmp_path / "a" / "images").iterdir())) == 4
+    calls.fail_at = None
+    resumed = generate_stored(sd, PROMPTS, SEEDS, store=tmp_path / "a", **RUN)
+    assert calls == [4, 2]  # only the two missing images
+    assert np.array_equal(resumed, generate_stored(sd, PROMPTS, SEEDS, store=tmp_path / "b", **RUN))
+
+
+def test_damaged_png_and_index_line_are_generated_again(sd, tmp_path, calls, caplog):
+    first = generate_stored(sd, PROMPTS, SEEDS, store=tmp_path, **RUN)
+    store = ImageStore(tmp_path)
+    entries = [e for es in store.index().values() for e in es]
+    png = {e["seed"]: store.image_path(e["key"]) for e in entries}
+    png[1].write_bytes(png[1].read_bytes()[:40])  # a truncated PNG
+    png[2].write_bytes(png[3].read_bytes())  # a whole PNG, but not the image the index names
+    png[5].unlink()
+    index = store.index_path(0)
+    lines = index.read_text().splitlines(keepends=True)
+    damaged = next(i for i, line in enumerate(lines) if '"seed": 4' in line)
+    lines[damaged] = lines[damaged][:30] + "\n"  # an index line cut short
+    index.write_text("".join(lines) + lines[0][:25])  # and an unfinished line at the end, as a crash leaves
+    del calls[:]
+    with caplog.at_level(logging.WARNING):
+        again = generate_stored(sd, PROMPTS, SEEDS, store=tmp_path, **RUN)
+    assert calls == [4]  # seeds 1, 2, 4 and 5, nothing else
+    assert f"{png[1]} (prompt 'a red car', seed 1) is damaged" in caplog.text
+    assert f"{png[5]} (prompt 'a bird painting', seed 5) cannot be read (FileNotFoundError)" in caplog.text
+    assert f"{png[2]} (prompt 'a blue house', seed 2) is damaged" in caplog.text
+    assert "index.0.jsonl: 2 damaged line(s) ignored" in caplog.text
+    assert np.array_equal(again, first)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert np.array_equal(generate_stored(sd, PROMPTS, SEEDS, store=tmp_path, **RUN), first)
+    assert calls == [4] and caplog.text == ""  # the index was repaired: no warning the second time
+
+
+def test_two_processes_draw_what_one_process_draws(sd, tmp_path, calls):
+    one = generate_stored(sd, PROMPTS, SEEDS, store=tmp_path / "one", **RUN)
+    del calls[:]
+    for rank in (0, 1):
+        out = generate_stored(sd, PROMPTS, SEEDS, store=tmp_path / "two", process_index=rank, num_processes=2, **RUN)
+        assert out is None
+    assert calls == [3, 3]
+    shards = [ImageStore(tmp_path / "two")._read_index(ImageStore(tmp_path / "two").index_path(r))[0] for r in (0, 1)]
+    assert [[e["seed"] for e in shard] for shard in shards] == [[0, 2, 4], [1, 3, 5]]
+    read = generate_stored(sd, PROMPTS, SEEDS, store=tmp_path / "two", **RUN)
+    assert calls == [3, 3]  # the reader generated nothing
+    # Other batch compositions: equal up to float noise (measured: identical bytes on this pipeline on CPU).
+    assert np.abs(read.astype(int) - one.astype(int)).max() <= 1
+
+
+def test_another_models_images_are_not_reused(sd, other_sd, tmp_path, calls):
+    mine = generate_stored(sd, PROMPTS, SEEDS, store=tmp_path, **RUN)
+    theirs = generate_stored(other_sd, PROMPTS, SEEDS, store=tmp_path, **RUN)  # same spec name, other weights
+    assert calls == [4, 2, 4, 2] and not np.array_equal(mine, theirs)
+    assert np.array_equal(theirs, to_array(generate(other_sd, PROMPTS, SEEDS, steps=2, guidance=5.0, batch_size=4)))
+
+
+def test_per_entry_guidance_and_cost_message(sd, tmp_path, calls, caplog):
+    guidances = [1.0, 5.0, None, 1.0, 5.0, 1.0]  # None: the default guidance
+    with caplog.at_level(logging.INFO, logger="concept_edit"):
+        out = generate_stored(sd, PROMPTS, SEEDS, store=tmp_path, guidances=guidances, **{**RUN, "batch_size": 2})
+    assert "6 to generate: 6 images x 2 steps (x 2 for the 3 with guidance) = 18 UNet evaluations" in caplog.text
+    assert "first batch: 2 images" in caplog.text
+    assert calls == [2, 1, 2, 1]  # batches of equal guidance: 3 images at 1.0, then 3 at 5.0
+    for i, g in enumerate([1.0, 5.0, 5.0, 1.0, 5.0, 1.0]):
+        assert np.array_equal(
+            out[i], to_array(generate(sd, PROMPTS[i : i + 1], SEEDS[i : i + 1], steps=2, guidance=g))[0]
+        )
+
+
+def test_refusals(sd, tmp_path):
+    with applied(sd, _edit(sd)), pytest.raises(ValueError, match="already has edits applied"):
+        generate_stored(sd, PROMPTS, SEEDS, store=tmp_path, **RUN)
+    with pytest.raises(ValueError, match="6 prompts but 5 seeds"):
+        generate_stored(sd, PROMPTS, SEEDS[:5], store=tmp_path, **RUN)
+    with pytest.raises(ValueError, match="process_index"):
+        generate_stored(sd, PROMPTS, SEEDS, store=tmp_path, process_index=2, num_processes=2, **RUN)
+
+
+def test_another_python_process_finds_the_same_keys(sd, tmp_path, calls, clip_tokenizer_dir):
+    """What one process stores, another reads: no key may depend on the process (hash seed, object ids)."""
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; from tiny_models import tiny_sd; "
+        "from concept_edit.evaluation.store import generate_stored; "
+        f"generate_stored(tiny_sd(Path(sys.argv[2])), {PROMPTS!r}, {SEEDS!r}, store=sys.argv[3], **{RUN!r})"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "12345", "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-c", script, str(Path(__file__).parent), str(clip_tokenizer_dir), str(tmp_path)]
+    subprocess.run(args, env=env, check=True, capture_output=True)
+    images = generate_stored(sd, PROMPTS, SEEDS, store=tmp_path, **RUN)
+    assert calls == []
+    assert np.array_equal(images, to_array(generate(sd, PROMPTS, SEEDS, steps=2, guidance=5.0, batch_size=4)))
