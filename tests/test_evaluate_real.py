@@ -121,3 +121,16 @@ def test_the_report_refuses_two_protocols_of_one_suite_unless_asked(sd, tmp_path
     assert "protocols differ" in page
     same = load_results([paths[0], paths[0]])
     assert len(same) == 2
+
+
+def test_a_suite_that_asks_for_the_clip_score_gets_it_per_concept(sd, monkeypatch):
+    import concept_edit.evaluation.judges.clip as clip
+
+    def fake_score(images, prompts, model=None):  # a known answer per prompt
+        return np.array([40.0 if p == "a dog" else 10.0 for p in prompts])
+
+    monkeypatch.setattr(clip, "clip_score", fake_score)
+    results, _ = evaluate(sd, _suite(head="", metrics=("clip_score",)), progress=False)
+    assert results["clip_score_per_concept"] == {"bright": 10.0, "dark": 40.0}
+    assert results["clip_score"] == 20.0
+    assert "CLIP score" in build_report([{**results, "_file": "r.json"}])

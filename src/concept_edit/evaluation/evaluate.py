@@ -127,6 +127,8 @@ def evaluate(
     if baseline_images is None and edits and compute_baseline:
         baseline_images = draw(())
     results.update(_image_metrics(suite, images, baseline_images, extractor, reference, info.resolution))
+    if "clip_score" in suite.metrics:
+        results.update(_clip_scores(suite, images))
     results["protocol"] = protocol(suite, info, steps, guidance, judge, extractor, reference)
     results["per_prompt"] = _per_prompt(suite.entries, predicted)
     results["samples"] = _samples(suite.entries, images, predicted, samples_per_concept)
@@ -240,6 +242,18 @@ def _image_metrics(suite, images, baseline, extractor, reference, resolution) ->
         for idx in [np.array([i for i, label in enumerate(labels) if label == c])]
     }
     return out
+
+
+def _clip_scores(suite: Suite, images: np.ndarray) -> dict:
+    """CLIP score of each image against its own prompt (UCE Table 4), averaged overall and per concept."""
+    from concept_edit.evaluation.judges.clip import clip_score
+
+    scores = clip_score(images, [e.prompt for e in suite.entries])
+    labels = [e.label for e in suite.entries]
+    per_concept = {
+        c: float(np.mean([s for s, label in zip(scores, labels, strict=True) if label == c])) for c in suite.concepts
+    }
+    return {"clip_score": float(scores.mean()), "clip_score_per_concept": per_concept}
 
 
 def _is_shapes(images: np.ndarray) -> bool:

@@ -156,6 +156,7 @@ def _summary_html(group: list[dict]) -> str:
         ("Frechet to real images", lambda r: r.get("frechet_to_real")),
         ("Frechet to unedited", lambda r: r.get("frechet_to_unedited")),
         ("image change", lambda r: (r.get("image_change") or {}).get("mean")),
+        ("CLIP score", lambda r: r.get("clip_score")),
         ("mean deviation", lambda r: r.get("mean_deviation")),
     ]
     cols = [c for c in cols if any(c[1](r) is not None for r in group)]
@@ -349,6 +350,7 @@ def summary_table(runs: list[dict]) -> str:
         ("read as none", "none_share"),
         ("Frechet to renders", "frechet_to_renders"),
         ("Frechet to real images", "frechet_to_real"),
+        ("CLIP score", "clip_score"),
         ("mean deviation", "mean_deviation"),
     ]
     for name, key in rows:

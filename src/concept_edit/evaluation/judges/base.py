@@ -28,7 +28,7 @@ NONE = "none"
 class Reading:
     labels: list[str | None]  # per image: the answer to its entry's question, NONE, or None (not judged)
     attributes: list[str | None] | None = None  # per image: the answer on the suite's attribute head (bias suites)
-    details: list[dict] = field(default_factory=list)  # per image, judge-specific (NudeNet: {part: score})
+    details: list[dict] = field(default_factory=list)  # per image, judge-specific (NudeNet: {part: [scores]})
 
 
 @runtime_checkable
