@@ -134,3 +134,21 @@ def test_a_suite_that_asks_for_the_clip_score_gets_it_per_concept(sd, monkeypatc
     assert results["clip_score_per_concept"] == {"bright": 10.0, "dark": 40.0}
     assert results["clip_score"] == 20.0
     assert "CLIP score" in build_report([{**results, "_file": "r.json"}])
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--judge", "oracle-of-delphi", "unknown judge"),
+        ("--features", "vgg", "unknown feature extractor"),
+        ("--reference", "folder:/no/such/folder", "does not exist"),
+        ("--reference", "the moon", "unknown reference"),
+    ],
+)
+def test_evaluate_cli_overrides_are_checked_before_anything_is_drawn(tmp_path, capsys, flag, value, message):
+    from concept_edit.cli import main
+
+    out = tmp_path / "r.json"
+    args = ["evaluate", "--model", "shapes", "--suite", "shapes-objects", "--n", "1", flag, value, "--out", str(out)]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err and not out.exists()

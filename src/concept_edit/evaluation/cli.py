@@ -19,7 +19,12 @@ def add_verbs(verbs) -> None:
     ev = verbs.add_parser("evaluate", help="run an evaluation suite and write a results JSON")
     add_model_args(ev)
     add_edit_args(ev)
-    ev.add_argument("--suite", required=True, help="a built-in suite (shapes-objects, ...) or a prompt-list file")
+    ev.add_argument(
+        "--suite",
+        required=True,
+        help="a built-in suite (shapes-objects, ..., imagenette, i2p[:csv], nudity-simple, coco:FILE, artists, "
+        "professions) or a prompt-list file",
+    )
     ev.add_argument("--n", type=number("--n", low=1, integer=True), help="images per concept (default: the suite's)")
     ev.add_argument("--seed", type=seed_type(), default=0, help="added to the suite's seeds (0: the suite's own)")
     ev.add_argument("--target", default=None, help="report this concept's accuracy against the others' mean")
@@ -27,6 +32,19 @@ def add_verbs(verbs) -> None:
         "--no-baseline",
         action="store_true",
         help="with --edit: skip generating the unedited images (no image change / Frechet to unedited)",
+    )
+    ev.add_argument(
+        "--judge", default=None, help="replace the suite's judge (shapes-oracle, imagenet, nudenet, clip, none)"
+    )
+    ev.add_argument(
+        "--features",
+        default=None,
+        help="Frechet / image-change features instead of the suite's: inception, clip[:HUB_ID], shapes-oracle, none",
+    )
+    ev.add_argument(
+        "--reference",
+        default=None,
+        help="Frechet reference instead of the suite's: unedited, renders (ShapesSD), folder:PATH (real images), none",
     )
     add_generation_args(ev)
     ev.add_argument("--out", required=True, help="results .json file")
@@ -36,6 +54,11 @@ def add_verbs(verbs) -> None:
     rep = verbs.add_parser("report", help="write a self-contained HTML report from results files")
     rep.add_argument("results", nargs="+", help="results .json files")
     rep.add_argument("--out", required=True, help="report .html file")
+    rep.add_argument(
+        "--allow-mixed-protocols",
+        action="store_true",
+        help="put runs of one suite made with different seeds, steps or judges in one table (marked as such)",
+    )
     add_force(rep)
     rep.set_defaults(func=cmd_report)
 
@@ -61,9 +84,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         raise ValueError(f"target {args.target!r} is not a concept of {suite.name}: {', '.join(suite.concepts)}")
     edits = load_edits(args.edit)
     pipe = load_model(args)
+    judge = None
+    if args.judge is not None:
+        from concept_edit.evaluation.judges import make_judge
+
+        judge = make_judge(args.judge)
     results, _ = evaluate(
         pipe,
         suite,
+        judge=judge,
+        features=_override(args.features),
+        reference=_override(args.reference),
         edits=edits,
         target=args.target,
         compute_baseline=not args.no_baseline,
@@ -76,12 +107,19 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def _override(value: str | None) -> str | None:
+    """None: keep the suite's choice; 'none': no features / reference at all."""
+    if value is None:
+        return "suite"
+    return None if value == "none" else value
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from concept_edit.cli_support import check_output
     from concept_edit.evaluation.report import write_report
 
     check_output(args.out, force=args.force, suffix=".html", inputs=args.results)
-    print(f"wrote {write_report(args.results, args.out)}")
+    print(f"wrote {write_report(args.results, args.out, allow_mixed_protocols=args.allow_mixed_protocols)}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
