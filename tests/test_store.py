@@ -51,6 +51,7 @@ def _edit(pipe) -> Edit:
 
 
 def test_second_call_reads_back_without_generating(sd, tmp_path, calls):
+    sd_name = "StableDiffusionPipeline"  # a pipeline built by hand is named after its class
     first = generate_stored(sd, PROMPTS, SEEDS, store=tmp_path, **RUN)
     assert calls == [4, 2] and first.shape == (6, 16, 16, 3) and first.dtype == np.uint8
     plain = to_array(generate(sd, PROMPTS, SEEDS, steps=2, guidance=5.0, batch_size=4))
@@ -60,6 +61,18 @@ def test_second_call_reads_back_without_generating(sd, tmp_path, calls):
     assert np.array_equal(again, first)
     reordered = generate_stored(sd, PROMPTS[::-1] + PROMPTS[:1], SEEDS[::-1] + SEEDS[:1], store=tmp_path, **RUN)
     assert len(calls) == 4 and np.array_equal(reordered, np.concatenate([first[::-1], first[:1]]))
+    assert generate_stored(sd, [], [], store=tmp_path, **RUN).shape == (0, 16, 16, 3)
+    entry = next(e for es in ImageStore(tmp_path).index().values() for e in es if e["seed"] == 2)
+    assert (entry["prompt"], entry["guidance"], entry["model"], entry["edits"]) == ("a blue house", 5.0, sd_name, [])
+    assert entry["protocol"] | {"scheduler_config": "?"} == {
+        "steps": 2,
+        "resolution": 16,
+        "scheduler": "DDIMScheduler",
+        "scheduler_config": "?",
+        "dtype": "float32",
+        "noise": "cpu",
+    }
+    assert entry["drawn_with"]["attention"] == ["AttnProcessor2_0"]  # PyTorch SDPA, diffusers' default
 
 
 def test_other_steps_or_edits_are_generated_not_reused(sd, tmp_path, calls):

@@ -142,6 +142,9 @@ def generate_stored(
     store = store if isinstance(store, ImageStore) else ImageStore(store)
     batch_size = check_number("batch_size", batch_size, low=1, integer=True)
     items = _items(pipe, prompts, seeds, edits, steps, guidance, guidances)
+    if not items:
+        size = model_info(pipe).resolution
+        return np.zeros((0, size, size, 3), np.uint8)
     group = _group(process_index, num_processes)
     if group.wait is not None and pipe.device.type == "cuda" and pipe.device != group.device:
         raise ValueError(
@@ -194,7 +197,7 @@ def _fill(pipe, store: ImageStore, missing: list[dict], rank: int, batch_size: i
                 seconds = (time.perf_counter() - started) / _evaluations(batch) * _evaluations(rest)
                 _say(
                     f"first batch: {len(batch)} images in {time.perf_counter() - started:.1f} s; about "
-                    f"{_duration(seconds)} for the remaining {len(rest)}",
+                    f"{_duration(seconds)} for the remaining {len(rest)} (less if the first batch paid for warm-up)",
                     progress,
                 )
     except KeyboardInterrupt:
