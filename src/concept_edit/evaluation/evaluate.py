@@ -85,8 +85,9 @@ def evaluate(
     judge = judge or make_judge(suite.judge)
     check_suite(pipe, suite, judge)
     extractor = _extractor(features)
-    steps = info.default_steps if steps is None else steps
-    guidance = info.default_guidance if guidance is None else guidance
+    # The paper's steps and guidance when the suite pins them (imagenette: UCE's 100 steps), else the model's.
+    steps = suite.protocol.get("steps", info.default_steps) if steps is None else steps
+    guidance = suite.protocol.get("guidance", info.default_guidance) if guidance is None else guidance
 
     def draw(with_edits: Sequence[Edit]) -> np.ndarray:
         return _generate(pipe, suite, with_edits, steps, guidance, store, batch_size, progress, allow_repeat)
@@ -129,7 +130,7 @@ def evaluate(
     results.update(_image_metrics(suite, images, baseline_images, extractor, reference, info.resolution))
     if "clip_score" in suite.metrics:
         results.update(_clip_scores(suite, images))
-    results["protocol"] = protocol(suite, info, steps, guidance, judge, extractor, reference)
+    results["protocol"] = protocol(pipe, suite, info, steps, guidance, judge, extractor, reference)
     results["per_prompt"] = _per_prompt(suite.entries, predicted)
     results["samples"] = _samples(suite.entries, images, predicted, samples_per_concept)
     return results, images
@@ -146,7 +147,7 @@ def check_suite(pipe, suite: Suite, judge=None) -> None:
         raise ValueError(f"suite {suite.name}: {err}") from None
 
 
-def protocol(suite: Suite, info, steps: int, guidance: float, judge, extractor, reference) -> dict:
+def protocol(pipe, suite: Suite, info, steps: int, guidance: float, judge, extractor, reference) -> dict:
     """Everything that fixes the images and their reading; results with different protocols are not compared."""
     import diffusers
     import torch
@@ -164,6 +165,7 @@ def protocol(suite: Suite, info, steps: int, guidance: float, judge, extractor, 
         "guidance": guidance,
         "per_prompt_guidance": guidances or None,
         "resolution": info.resolution,
+        "scheduler": type(getattr(pipe, "scheduler", None)).__name__,
         "judge": judge.protocol(),
         "features": extractor.protocol() if extractor is not None else None,
         "reference": reference,
