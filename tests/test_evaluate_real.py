@@ -152,3 +152,14 @@ def test_evaluate_cli_overrides_are_checked_before_anything_is_drawn(tmp_path, c
     args = ["evaluate", "--model", "shapes", "--suite", "shapes-objects", "--n", "1", flag, value, "--out", str(out)]
     assert main(args) == 2
     assert message in capsys.readouterr().err and not out.exists()
+
+
+def test_evaluate_with_a_store_draws_each_image_once(sd, tmp_path, monkeypatch):
+    import concept_edit.generation as generation
+
+    suite = _suite(head="")
+    first, images = evaluate(sd, suite, store=tmp_path / "store", progress=False)
+    monkeypatch.setattr(generation, "_draw", lambda *a, **k: pytest.fail("drew an image the store holds"))
+    again, stored = evaluate(sd, suite, store=tmp_path / "store", progress=False)
+    assert np.array_equal(images, stored)
+    assert again["protocol"] == first["protocol"]

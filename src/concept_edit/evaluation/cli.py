@@ -46,6 +46,13 @@ def add_verbs(verbs) -> None:
         default=None,
         help="Frechet reference instead of the suite's: unedited, renders (ShapesSD), folder:PATH (real images), none",
     )
+    ev.add_argument(
+        "--store",
+        default=None,
+        help="folder that keeps every generated image: a re-run reads them back, an interrupted run resumes, "
+        "and `accelerate launch` shares the drawing between GPUs",
+    )
+    ev.add_argument("--batch-size", type=number("--batch-size", low=1, integer=True), default=8)
     add_generation_args(ev)
     ev.add_argument("--out", required=True, help="results .json file")
     add_force(ev)
@@ -83,6 +90,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.target is not None and args.target not in suite.concepts:
         raise ValueError(f"target {args.target!r} is not a concept of {suite.name}: {', '.join(suite.concepts)}")
     edits = load_edits(args.edit)
+    if args.store is not None and args.device is None:  # under `accelerate launch`: this process's own GPU
+        from concept_edit.evaluation.store import process_device
+
+        device = process_device()
+        args.device = None if device is None else str(device)
     pipe = load_model(args)
     judge = None
     if args.judge is not None:
@@ -101,7 +113,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         steps=args.steps,
         guidance=args.guidance,
         allow_repeat=args.allow_repeat,
+        store=args.store,
+        batch_size=args.batch_size,
     )
+    if results is None:  # not the main process of `accelerate launch`: its share is in the store
+        return
     write_json(out, results)
     print(summary_table([results]))
     print(f"wrote {out}")

@@ -59,14 +59,15 @@ def evaluate(
     reference: str | None = "suite",
     store=None,
     batch_size: int = 32,
-) -> tuple[dict, np.ndarray]:
+) -> tuple[dict | None, np.ndarray | None]:
     """Generate every suite entry (with `edits` applied), judge it, compute the metrics.
 
     Returns (results, images). The image change is measured against `baseline_images` (the unedited
     model's images for the same entries) or, when edits are given and `compute_baseline`, against a fresh
     unedited generation. `judge`, `features` and `reference` override the suite's ("suite": keep it);
-    `store` (an `ImageStore`) keeps every generated image so a second run, or an interrupted one, draws only
-    what is missing.
+    `store` (an `ImageStore` or a folder) keeps every generated image so a second run, or an interrupted
+    one, draws only what is missing; under `accelerate launch` every process calls `evaluate` alike, each
+    draws its share, and only the main process gets (results, images): the others get (None, None).
     """
     info = model_info(pipe)
     features = suite.features if features == "suite" else features
@@ -93,6 +94,10 @@ def evaluate(
         return _generate(pipe, suite, with_edits, steps, guidance, store, batch_size, progress, allow_repeat)
 
     images = draw(edits)
+    if baseline_images is None and edits and compute_baseline:
+        baseline_images = draw(())
+    if images is None:  # another process of `accelerate launch` drew its share; the main process scores
+        return None, None
     reading = judge.read(images, suite)
     predicted, expected = reading.labels, [e.label for e in suite.entries]
     judged = [i for i, p in enumerate(predicted) if p is not None]
@@ -125,8 +130,6 @@ def evaluate(
         results["judge_summary"] = summary
     results["suite_version"] = suite.version
     results["edit_names"] = [e.name for e in edits]
-    if baseline_images is None and edits and compute_baseline:
-        baseline_images = draw(())
     results.update(_image_metrics(suite, images, baseline_images, extractor, reference, info.resolution))
     if "clip_score" in suite.metrics:
         results.update(_clip_scores(suite, images))
@@ -187,33 +190,43 @@ def _extractor(spec: str | None):
     return make_features(spec)
 
 
-def _generate(pipe, suite, edits, steps, guidance, store, batch_size, progress, allow_repeat) -> np.ndarray:
-    """Every entry's image, in order; entries with their own guidance (I2P) are drawn at it."""
+def _generate(pipe, suite, edits, steps, guidance, store, batch_size, progress, allow_repeat) -> np.ndarray | None:
+    """Every entry's image, in order; entries with their own guidance (I2P) are drawn at it. With a store,
+    images it holds are read back and the rest drawn and stored; under `accelerate launch` each process
+    draws its share and only the main process gets the images (the others None)."""
     entries = suite.entries
+    prompts, seeds = [e.prompt for e in entries], [e.seed for e in entries]
+    if store is not None:
+        from concept_edit.evaluation.store import generate_stored
+
+        return generate_stored(
+            pipe,
+            prompts,
+            seeds,
+            store=store,
+            edits=edits,
+            steps=steps,
+            guidance=guidance,
+            guidances=[e.guidance for e in entries],
+            batch_size=batch_size,
+            progress=progress,
+            allow_repeat=allow_repeat,
+        )
     scales = [guidance if e.guidance is None else e.guidance for e in entries]
     out: list[np.ndarray | None] = [None] * len(entries)
     with applied(pipe, *edits, allow_repeat=allow_repeat):
         for scale in dict.fromkeys(scales):
             idx = [i for i, s in enumerate(scales) if s == scale]
-            prompts, seeds = [entries[i].prompt for i in idx], [entries[i].seed for i in idx]
-            if store is not None:
-                drawn = store.generate(
-                    pipe,
-                    prompts,
-                    seeds,
-                    edits=edits,
-                    steps=steps,
-                    guidance=scale,
-                    batch_size=batch_size,
-                    progress=progress,
-                )
-            else:
-                drawn = to_array(
-                    generate(
-                        pipe, prompts, seeds, steps=steps, guidance=scale, batch_size=batch_size, progress=progress
-                    )
-                )
-            for i, image in zip(idx, drawn, strict=True):
+            drawn = generate(
+                pipe,
+                [prompts[i] for i in idx],
+                [seeds[i] for i in idx],
+                steps=steps,
+                guidance=scale,
+                batch_size=batch_size,
+                progress=progress,
+            )
+            for i, image in zip(idx, to_array(drawn), strict=True):
                 out[i] = image
     return np.stack(out)
 
