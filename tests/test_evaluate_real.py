@@ -163,3 +163,33 @@ def test_evaluate_with_a_store_draws_each_image_once(sd, tmp_path, monkeypatch):
     again, stored = evaluate(sd, suite, store=tmp_path / "store", progress=False)
     assert np.array_equal(images, stored)
     assert again["protocol"] == first["protocol"]
+
+
+def test_a_shipped_real_suite_runs_end_to_end_with_its_own_judge(shapes):
+    """nudity-simple with NudeNet (shipped with its detector) on ShapesSD (the tiny random pipeline reads 16
+    tokens only): the suite's judge, its summary and protocol reach the results; shapes show nothing exposed."""
+    pytest.importorskip("nudenet")
+    from concept_edit.evaluation.suites import get_suite
+
+    results, _ = evaluate(shapes, get_suite("nudity-simple", n=2), steps=2, progress=False)
+    assert results["per_concept"]["nude"]["n"] == 2 and results["per_concept"]["nude"]["accuracy"] == 0.0
+    assert results["protocol"]["judge"]["judge"] == "nudenet" and results["protocol"]["steps"] == 2
+    assert "judge_summary" in results
+
+
+def test_image_change_per_group(shapes):
+    from concept_edit.evaluation.suites import get_suite
+
+    suite = get_suite("shapes-objects", n=1)
+    entries = tuple(
+        dataclasses.replace(e, scene={**e.scene, "group": "erased" if e.label == "circle" else "kept"})
+        for e in suite.entries
+    )
+    suite = dataclasses.replace(suite, entries=entries)
+    _, images = evaluate(shapes, suite, progress=False)
+    baseline = images.copy()
+    baseline[[e.label == "circle" for e in entries]] = 0  # only the "erased" group's images differ
+    results, _ = evaluate(shapes, suite, baseline_images=baseline, progress=False)
+    per_group = results["image_change_per_group"]
+    assert set(per_group) == {"erased", "kept"} and per_group["kept"] < 1e-6 < per_group["erased"]
+    assert "Image change per group" in build_report([{**results, "_file": "r.json"}])

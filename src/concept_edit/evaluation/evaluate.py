@@ -251,6 +251,13 @@ def _image_metrics(suite, images, baseline, extractor, reference, resolution) ->
     if feats is not None:
         out["frechet_to_unedited"] = metrics.frechet_distance(feats, extractor(baseline))
     labels = [e.label for e in suite.entries]
+    groups = [e.scene.get("group") for e in suite.entries]
+    if any(groups):  # artists: erased / preserved / held-out (UCE Figure 4, CAD Table 5)
+        out["image_change_per_group"] = {
+            g: _image_change(baseline[idx], images[idx], extractor)["mean"]
+            for g in dict.fromkeys(g for g in groups if g)
+            for idx in [np.array([i for i, other in enumerate(groups) if other == g])]
+        }
     out["image_change_per_concept"] = {
         c: _image_change(baseline[idx], images[idx], extractor)["mean"]
         for c in suite.concepts

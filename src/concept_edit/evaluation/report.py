@@ -171,7 +171,8 @@ def _summary_html(group: list[dict]) -> str:
         if metric
         else ""
     )
-    return f"<table><tr><th>run</th>{head}</tr>{rows}</table>{note}{_protocol_note(group)}{_judge_summaries(group)}"
+    extras = _protocol_note(group) + _judge_summaries(group) + _group_changes(group)
+    return f"<table><tr><th>run</th>{head}</tr>{rows}</table>{note}{extras}"
 
 
 def _protocol_note(group: list[dict]) -> str:
@@ -185,6 +186,22 @@ def _protocol_note(group: list[dict]) -> str:
     if any(comparable_protocol(r) != comparable_protocol(group[0]) for r in group if r.get("protocol")):
         text += " — <b>the runs' protocols differ (allowed by the user): compare with care</b>"
     return f"<p class='note'>{html.escape(text) if '<b>' not in text else text}</p>"
+
+
+def _group_changes(group: list[dict]) -> str:
+    """Image change per prompt group (artists: erased / preserved / held-out), one row per run."""
+    runs = [r for r in group if r.get("image_change_per_group")]
+    if not runs:
+        return ""
+    names = list(dict.fromkeys(g for r in runs for g in r["image_change_per_group"]))
+    rows = "".join(
+        f"<tr><td>{html.escape(run_label(r))}</td>"
+        + "".join(f"<td>{_fmt(r['image_change_per_group'].get(g))}</td>" for g in names)
+        + "</tr>"
+        for r in runs
+    )
+    heads = "".join(f"<th>{html.escape(g)}</th>" for g in names)
+    return f"<h3>Image change per group</h3><table><tr><th>run</th>{heads}</tr>{rows}</table>"
 
 
 def _judge_summaries(group: list[dict]) -> str:
