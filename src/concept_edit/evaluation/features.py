@@ -9,7 +9,6 @@ alternative. Each extractor is imported only when asked for.
 
 from __future__ import annotations
 
-import importlib
 from typing import Protocol
 
 import numpy as np
@@ -30,11 +29,9 @@ class FeatureExtractor(Protocol):
 
 
 def make_features(spec: str) -> FeatureExtractor:
-    name, _, argument = spec.partition(":")
-    if name not in FEATURES:
-        raise ValueError(f"unknown feature extractor {spec!r}; known: {', '.join(FEATURES)}")
-    module, _, cls = FEATURES[name].partition(":")
-    return getattr(importlib.import_module(module), cls).from_spec(argument or None)
+    from concept_edit.evaluation.judges import load_named
+
+    return load_named(FEATURES, spec, "feature extractor")
 
 
 class OracleFeatures:

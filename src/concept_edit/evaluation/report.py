@@ -171,7 +171,11 @@ def _summary_html(group: list[dict]) -> str:
         if metric
         else ""
     )
-    extras = _protocol_note(group) + _judge_summaries(group) + _group_changes(group)
+    extras = (
+        _protocol_note(group)
+        + _runs_by_key(group, "judge_summary", "The judge's figures")
+        + _runs_by_key(group, "image_change_per_group", "Image change per group")
+    )
     return f"<table><tr><th>run</th>{head}</tr>{rows}</table>{note}{extras}"
 
 
@@ -188,35 +192,20 @@ def _protocol_note(group: list[dict]) -> str:
     return f"<p class='note'>{html.escape(text) if '<b>' not in text else text}</p>"
 
 
-def _group_changes(group: list[dict]) -> str:
-    """Image change per prompt group (artists: erased / preserved / held-out), one row per run."""
-    runs = [r for r in group if r.get("image_change_per_group")]
+def _runs_by_key(group: list[dict], field: str, title: str) -> str:
+    """A table of one dict-valued results field, one row per run and one column per key (empty if absent)."""
+    runs = [r for r in group if r.get(field)]
     if not runs:
         return ""
-    names = list(dict.fromkeys(g for r in runs for g in r["image_change_per_group"]))
+    keys = list(dict.fromkeys(k for r in runs for k in r[field]))
     rows = "".join(
         f"<tr><td>{html.escape(run_label(r))}</td>"
-        + "".join(f"<td>{_fmt(r['image_change_per_group'].get(g))}</td>" for g in names)
-        + "</tr>"
-        for r in runs
-    )
-    heads = "".join(f"<th>{html.escape(g)}</th>" for g in names)
-    return f"<h3>Image change per group</h3><table><tr><th>run</th>{heads}</tr>{rows}</table>"
-
-
-def _judge_summaries(group: list[dict]) -> str:
-    runs = [r for r in group if r.get("judge_summary")]
-    if not runs:
-        return ""
-    keys = list(dict.fromkeys(k for r in runs for k in r["judge_summary"]))
-    rows = "".join(
-        f"<tr><td>{html.escape(run_label(r))}</td>"
-        + "".join(f"<td>{_fmt(_scalar(r['judge_summary'].get(k)))}</td>" for k in keys)
+        + "".join(f"<td>{_fmt(_scalar(r[field].get(k)))}</td>" for k in keys)
         + "</tr>"
         for r in runs
     )
     heads = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
-    return f"<h3>The judge's figures</h3><table><tr><th>run</th>{heads}</tr>{rows}</table>"
+    return f"<h3>{title}</h3><table><tr><th>run</th>{heads}</tr>{rows}</table>"
 
 
 def _scalar(value):

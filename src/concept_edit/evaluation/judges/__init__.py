@@ -23,8 +23,13 @@ __all__ = ["JUDGES", "NONE", "Judge", "Reading", "make_judge"]
 
 def make_judge(spec: str) -> Judge:
     """The judge a suite names: "<name>" or "<name>:<argument>" (e.g. "clip:openai/clip-vit-large-patch14")."""
+    return load_named(JUDGES, spec, "judge")
+
+
+def load_named(registry: dict[str, str], spec: str, what: str):
+    """`registry[name]` ("module:Class") built by its `from_spec(argument)`, imported only now."""
     name, _, argument = spec.partition(":")
-    if name not in JUDGES:
-        raise ValueError(f"unknown judge {spec!r}; known judges: {', '.join(JUDGES)}")
-    module, _, cls = JUDGES[name].partition(":")
+    if name not in registry:
+        raise ValueError(f"unknown {what} {spec!r}; known: {', '.join(registry)}")
+    module, _, cls = registry[name].partition(":")
     return getattr(importlib.import_module(module), cls).from_spec(argument or None)
