@@ -178,7 +178,7 @@ def debias(pipe, request, config, weights, estimator: RatioEstimator, seed: int,
     n_c, n_p, n_a = len(concepts), len(request.preserve), len(attributes)
     desired = np.array(request.desired_ratios)
     prompts = [attribute_prompt(c, a, variant.prompt) for c in concepts for a in attributes]
-    embeds, spans = _encode(pipe, [*concepts, *request.preserve, *prompts])
+    embeds, spans = _encode(pipe, [*concepts, *request.preserve, *prompts], config.tokens)
     aligned = []
     for i in range(n_c):
         first = n_c + n_p + i * n_a
