@@ -128,3 +128,23 @@ def test_shapes_sd_training_script_runs_two_steps_and_resumes(tmp_path):
     with pytest.raises(SystemExit, match="--resume"):
         train_shapes_sd.main(args)  # refuses to overwrite a run
     train_shapes_sd.main([*args, "--resume"])  # every stage done: re-exports only
+
+
+def test_minilm_is_causal_even_for_a_prompt_that_fills_every_token(shapes):
+    """No padding means no attention mask: MiniLM must still be causal (it was not when is_decoder was set
+    after loading: a 32-token prompt was encoded in both directions, 1.3 off at its first tokens)."""
+    import torch
+
+    tok, encoder = shapes.tokenizer, shapes.text_encoder
+    ids = tok(
+        ["a red circle on a striped background " * 6],
+        padding="max_length",
+        truncation=True,
+        max_length=tok.model_max_length,
+        return_tensors="pt",
+    ).input_ids
+    assert (ids != tok.pad_token_id).all()  # the prompt fills every position
+    with torch.no_grad():
+        full = encoder(ids).last_hidden_state[:, :4]
+        prefix = encoder(ids[:, :4]).last_hidden_state
+    torch.testing.assert_close(full, prefix, atol=1e-5, rtol=1e-5)

@@ -46,6 +46,9 @@ def minilm_bidirectional(shapes):
     """ShapesSD with MiniLM as pretrained (bidirectional) and no attention mask: every token sees the padding."""
     shapes.text_encoder.config.is_decoder = False
     shapes.text_encoder.config.use_attention_mask = False
+    for module in shapes.text_encoder.modules():
+        if hasattr(module, "is_causal"):
+            module.is_causal = False
     return shapes
 
 

