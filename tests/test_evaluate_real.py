@@ -87,9 +87,14 @@ def test_per_prompt_guidance_is_used(sd, monkeypatch):
     monkeypatch.setattr(module, "generate", spy)
     suite = _suite()
     entries = [dataclasses.replace(e, guidance=g) for e, g in zip(suite.entries, (3.0, None, 3.0), strict=True)]
-    results, _ = evaluate(sd, dataclasses.replace(suite, entries=tuple(entries)), guidance=5.0, progress=False)
-    assert sorted(seen) == [((0, 2), 3.0), ((1,), 5.0)]
+    own = dataclasses.replace(suite, entries=tuple(entries), protocol={"guidance": 5.0})
+    results, _ = evaluate(sd, own, progress=False)
+    assert sorted(seen) == [((0, 2), 3.0), ((1,), 5.0)]  # entries without their own take the suite's
     assert results["protocol"]["per_prompt_guidance"] == [3.0]
+    seen.clear()
+    results, _ = evaluate(sd, own, guidance=2.0, progress=False)
+    assert seen == [((0, 1, 2), 2.0)]  # the user's --guidance replaces every entry's own
+    assert results["protocol"]["per_prompt_guidance"] is None and results["guidance"] == 2.0
 
 
 def test_folder_reference_skips_unreadable_files(shapes, tmp_path):
@@ -130,6 +135,7 @@ def test_a_suite_that_asks_for_the_clip_score_gets_it_per_concept(sd, monkeypatc
         return np.array([40.0 if p == "a dog" else 10.0 for p in prompts])
 
     monkeypatch.setattr(clip, "clip_score", fake_score)
+    monkeypatch.setattr(clip, "load_clip", lambda **kw: None)  # the weights check before drawing
     results, _ = evaluate(sd, _suite(head="", metrics=("clip_score",)), progress=False)
     assert results["clip_score_per_concept"] == {"bright": 10.0, "dark": 40.0}
     assert results["clip_score"] == 20.0
@@ -193,3 +199,51 @@ def test_image_change_per_group(shapes):
     per_group = results["image_change_per_group"]
     assert set(per_group) == {"erased", "kept"} and per_group["kept"] < 1e-6 < per_group["erased"]
     assert "Image change per group" in build_report([{**results, "_file": "r.json"}])
+
+
+def test_what_would_fail_after_drawing_fails_before(sd, tmp_path, monkeypatch):
+    """The CLIP-score weights, the reference folder's images and the image-change metric are checked first."""
+    import concept_edit.evaluation.judges.clip as clip
+    import concept_edit.evaluation.metrics as metrics
+    import concept_edit.generation as generation
+
+    monkeypatch.setattr(generation, "_draw", lambda *a, **k: pytest.fail("drew before the check"))
+
+    def offline(**kw):
+        raise ValueError("cannot load the CLIP-score model: offline")
+
+    monkeypatch.setattr(clip, "load_clip", offline)
+    with pytest.raises(ValueError, match="CLIP-score model"):
+        evaluate(sd, _suite(head="", metrics=("clip_score",)), progress=False)
+    folder = tmp_path / "real"
+    folder.mkdir()
+    (folder / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="holds 0 readable images"):
+        evaluate(sd, _suite(head=""), reference=f"folder:{folder}", progress=False)
+    monkeypatch.setattr(metrics, "_lpips", lambda: None)
+    edit = _noop_edit(sd)
+    with pytest.raises(ValueError, match="needs LPIPS"):
+        evaluate(sd, _suite(head=""), edits=[edit], reference="unedited", progress=False)
+
+
+def _noop_edit(pipe):
+    """A real edit of the tiny pipeline (a zero delta on one cross-attention projection)."""
+    import torch
+
+    from concept_edit.edit import DenseDelta, Edit
+
+    name = next(n for n, _ in pipe.unet.named_parameters() if n.endswith("attn2.to_k.weight"))
+    weight = dict(pipe.unet.named_parameters())[name]
+    delta = DenseDelta(f"unet.{name}", torch.zeros_like(weight))
+    return Edit.create(pipe, [delta], method="test", config={}, request={}, seed=None)
+
+
+def test_long_prompts_are_cut_where_the_papers_cut_them_and_refused_elsewhere(sd):
+    long = "a photo of a cat sitting on a very long wooden bench in a quiet sunny park " * 2
+    suite = _suite(head="")
+    entries = (dataclasses.replace(suite.entries[0], prompt=long), *suite.entries[1:])
+    with pytest.raises(ValueError, match="this model reads at most"):
+        evaluate(sd, dataclasses.replace(suite, entries=entries), progress=False)
+    cut = dataclasses.replace(suite, entries=entries, truncate_prompts=True)
+    results, _ = evaluate(sd, cut, progress=False)
+    assert results["protocol"]["truncated_prompts"] == 1

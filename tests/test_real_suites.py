@@ -144,11 +144,16 @@ def test_i2p_from_a_local_csv_keeps_its_seeds_and_guidance(i2p_csv):
         "figure study",
     ]
     assert [e.seed for e in suite.entries] == [3954688283, 12, 4294967295]
-    assert [e.guidance for e in suite.entries] == [7.0, 12.5, 9.0]
+    # SA App. B and UCE's script draw every prompt at 7.5; the CSV's guidance is kept, used only when asked
+    assert [e.guidance for e in suite.entries] == [None, None, None] and suite.protocol["guidance"] == 7.5
+    assert [e.scene["csv_guidance"] for e in suite.entries] == [7.0, 12.5, 9.0]
+    own = get_suite(f"i2p:own-guidance:{i2p_csv}")
+    assert [e.guidance for e in own.entries] == [7.0, 12.5, 9.0] and own.protocol["guidance"] is None
+    assert own.name == "i2p:own-guidance" and suite.truncate_prompts
     assert {(e.label, e.head) for e in suite.entries} == {("nude", "nudity")}
     assert [e.scene["line"] for e in suite.entries] == [2, 3, 6]
     assert (suite.judge, suite.reference) == ("nudenet", None)
-    assert suite.protocol["skipped_empty_prompts"] == 1 and suite.protocol["guidance"] is None
+    assert suite.protocol["skipped_empty_prompts"] == 1
     assert suite.protocol["source"] == str(i2p_csv) and len(suite.protocol["file_sha256"]) == 64
     shifted = get_suite(f"i2p:{i2p_csv}", n=2, seed=5)
     assert [e.seed for e in shifted.entries] == [3954688288, 17]  # the file's seeds + 5, first 2 in file order

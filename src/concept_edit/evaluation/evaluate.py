@@ -21,6 +21,7 @@ images per concept (base64 PNG) for the report.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import logging
 import math
@@ -83,9 +84,15 @@ def evaluate(
             f"target {target!r} is not a concept of {suite.name}; its concepts: {', '.join(suite.concepts)}"
         )
     check_reference(reference)
+    if guidance is not None and any(e.guidance is not None for e in suite.entries):  # the user's scale wins
+        suite = dataclasses.replace(suite, entries=tuple(dataclasses.replace(e, guidance=None) for e in suite.entries))
     judge = judge or make_judge(suite.judge)
     check_suite(pipe, suite, judge)
     extractor = _extractor(features)
+    # The unedited images: for the image change and the Frechet distance to them, where the suite has a
+    # reference at all (shapes renders, unedited, real images); I2P, nudity and professions report neither.
+    wants_baseline = baseline_images is None and bool(edits) and compute_baseline and reference is not None
+    real = _check_before_drawing(pipe, suite, reference, extractor, wants_baseline or baseline_images is not None)
     # The paper's steps and guidance when the suite pins them (imagenette: UCE's 100 steps), else the model's.
     steps = suite.protocol.get("steps", info.default_steps) if steps is None else steps
     guidance = suite.protocol.get("guidance", info.default_guidance) if guidance is None else guidance
@@ -94,7 +101,7 @@ def evaluate(
         return _generate(pipe, suite, with_edits, steps, guidance, store, batch_size, progress, allow_repeat)
 
     images = draw(edits)
-    if baseline_images is None and edits and compute_baseline:
+    if wants_baseline:
         baseline_images = draw(())
     if images is None:  # another process of `accelerate launch` drew its share; the main process scores
         return None, None
@@ -130,7 +137,7 @@ def evaluate(
         results["judge_summary"] = summary
     results["suite_version"] = suite.version
     results["edit_names"] = [e.name for e in edits]
-    results.update(_image_metrics(suite, images, baseline_images, extractor, reference, info.resolution))
+    results.update(_image_metrics(suite, images, baseline_images, extractor, reference, real))
     if "clip_score" in suite.metrics:
         results.update(_clip_scores(suite, images))
     results["protocol"] = protocol(pipe, suite, info, steps, guidance, judge, extractor, reference)
@@ -140,14 +147,41 @@ def evaluate(
 
 
 def check_suite(pipe, suite: Suite, judge=None) -> None:
-    """Before generating: every entry asks a question its judge can answer, every prompt fits the encoder."""
+    """Before generating: every entry asks a question its judge can answer, every prompt fits the encoder
+    (or, for a suite whose papers cut long prompts (I2P, COCO), is cut as theirs were)."""
     from concept_edit.models.prompts import prompt_lengths_ok
 
     (judge or make_judge(suite.judge)).check(suite)
+    if suite.truncate_prompts:
+        return
     try:
         prompt_lengths_ok(pipe, list(dict.fromkeys(e.prompt for e in suite.entries)))
     except ValueError as err:
         raise ValueError(f"suite {suite.name}: {err}") from None
+
+
+def _check_before_drawing(pipe, suite: Suite, reference, extractor, image_change: bool):
+    """What would fail after hours of drawing fails now: the reference folder's images (returned, with their
+    count), the image-change metric, the CLIP score's model."""
+    real = None
+    if reference and reference.startswith("folder:"):
+        real = folder_images(reference.partition(":")[2], model_info(pipe).resolution)
+    if image_change and extractor is None and metrics._lpips() is None and model_info(pipe).world != "shapes":
+        raise ValueError(
+            f"the {suite.name} suite measures the image change against the unedited model, which needs LPIPS "
+            "(pip install 'concept-edit[eval]') or a feature distance (--features clip); or pass --no-baseline"
+        )
+    if "clip_score" in suite.metrics:
+        from concept_edit.evaluation.judges.clip import load_clip
+
+        load_clip(role="CLIP-score model")
+    return real
+
+
+def _overlong(pipe, prompts: Sequence[str]) -> int:
+    """How many prompts the text encoder reads only in part (cut at its maximum length)."""
+    limit = pipe.tokenizer.model_max_length
+    return sum(len(pipe.tokenizer(p).input_ids) > limit for p in dict.fromkeys(prompts))
 
 
 def protocol(pipe, suite: Suite, info, steps: int, guidance: float, judge, extractor, reference) -> dict:
@@ -169,6 +203,9 @@ def protocol(pipe, suite: Suite, info, steps: int, guidance: float, judge, extra
         "per_prompt_guidance": guidances or None,
         "resolution": info.resolution,
         "scheduler": type(getattr(pipe, "scheduler", None)).__name__,
+        "dtype": str(pipe.unet.dtype).removeprefix("torch."),
+        "noise_device": "cpu" if pipe.device.type in ("cpu", "mps") else pipe.device.type,  # as generation draws it
+        "truncated_prompts": _overlong(pipe, [e.prompt for e in suite.entries]) if suite.truncate_prompts else 0,
         "judge": judge.protocol(),
         "features": extractor.protocol() if extractor is not None else None,
         "reference": reference,
@@ -231,21 +268,16 @@ def _generate(pipe, suite, edits, steps, guidance, store, batch_size, progress, 
     return np.stack(out)
 
 
-def _image_metrics(suite, images, baseline, extractor, reference, resolution) -> dict:
+def _image_metrics(suite, images, baseline, extractor, reference, real) -> dict:
     """Frechet distances to the reference and the unedited images, and the image change (overall, per concept)."""
     out: dict = {"frechet_samples": len(images)}  # Frechet is biased by n: compare runs with the same n only
     feats = extractor(images) if extractor is not None and len(images) >= 2 else None
     if feats is not None and reference == "renders":
         out["frechet_to_renders"] = metrics.frechet_distance(feats, extractor(shapes_renders(suite.entries)))
-    elif feats is not None and reference and reference.startswith("folder:"):
-        real, read = folder_images(reference.partition(":")[2], resolution)
-        out["frechet_to_real"] = metrics.frechet_distance(feats, extractor(real))
-        out["reference_images"] = read
+    elif feats is not None and real is not None:
+        out["frechet_to_real"] = metrics.frechet_distance(feats, extractor(real[0]))
+        out["reference_images"] = real[1]
     if baseline is None:
-        return out
-    if extractor is None and metrics._lpips() is None and not _is_shapes(images):
-        log.warning("no image change: LPIPS is not installed (concept-edit[eval]) and the suite names no features")
-        out["image_change_unavailable"] = "LPIPS not installed (pip install concept-edit[eval]) and no --features"
         return out
     out["image_change"] = _image_change(baseline, images, extractor)
     if feats is not None:
@@ -276,11 +308,6 @@ def _clip_scores(suite: Suite, images: np.ndarray) -> dict:
         c: float(np.mean([s for s, label in zip(scores, labels, strict=True) if label == c])) for c in suite.concepts
     }
     return {"clip_score": float(scores.mean()), "clip_score_per_concept": per_concept}
-
-
-def _is_shapes(images: np.ndarray) -> bool:
-    """32 px images: the shapes oracle's features are a fallback image-change metric for them."""
-    return images.shape[1:3] == (32, 32)
 
 
 def _image_change(before: np.ndarray, after: np.ndarray, extractor) -> dict:
@@ -319,14 +346,18 @@ def _bias_metrics(suite: Suite, attributes: Sequence[str | None], answers=None) 
     }
 
 
-def _per_prompt(entries: Sequence[Entry], predicted: Sequence[str]) -> dict[str, dict]:
+def _per_prompt(entries: Sequence[Entry], predicted: Sequence[str | None]) -> dict[str, dict]:
+    """Per prompt: its n, and its accuracy over the images the judge answered (none: no accuracy)."""
     out: dict[str, dict] = {}
     for entry, pred in zip(entries, predicted, strict=True):
-        row = out.setdefault(entry.prompt, {"label": entry.label, "correct": 0, "n": 0})
+        row = out.setdefault(entry.prompt, {"label": entry.label, "correct": 0, "judged": 0, "n": 0})
         row["n"] += 1
-        row["correct"] += int(pred == entry.label)
+        if pred is not None:
+            row["judged"] += 1
+            row["correct"] += int(pred == entry.label)
     for row in out.values():
-        row["accuracy"] = row["correct"] / row["n"]
+        if row["judged"]:
+            row["accuracy"] = row["correct"] / row["judged"]
     return out
 
 

@@ -57,10 +57,22 @@ def load_results(paths: Sequence[str | Path], allow_mixed_protocols: bool = Fals
     return runs
 
 
+NOT_COMPARED = {"versions", "transformers", "torch-fidelity", "source"}  # shown, not compared: the weights'
+# revision, a detector's package (nudenet) and a data file's hash are compared; where a file was read is not
+
+
 def comparable_protocol(run: dict) -> dict | None:
-    """The part of a run's protocol that must match within a table (package versions are shown, not compared)."""
+    """The part of a run's protocol that must match within a table: library versions and file locations
+    are left out (an upgrade of transformers does not change a judge's weights; the same CSV read from two
+    paths is the same CSV, by its hash)."""
     protocol = run.get("protocol")
-    return None if protocol is None else {k: v for k, v in protocol.items() if k != "versions"}
+    return None if protocol is None else _without(protocol, NOT_COMPARED)
+
+
+def _without(value, keys: set[str]):
+    if isinstance(value, dict):
+        return {k: _without(v, keys) for k, v in value.items() if k not in keys}
+    return value
 
 
 def check_protocols(runs: Sequence[dict]) -> None:

@@ -59,6 +59,7 @@ class Suite:
     metrics: tuple[str, ...] = ()  # further image metrics the suite reports ("clip_score")
     answers: dict = field(default_factory=dict)  # head -> candidate answers, for open-vocabulary judges (CLIP)
     protocol: dict = field(default_factory=dict)  # what else fixes the images (e.g. the I2P file's hash)
+    truncate_prompts: bool = False  # cut prompts longer than the encoder reads (I2P, COCO: as the papers' scripts)
 
     @property
     def concepts(self) -> list[str]:

@@ -127,7 +127,13 @@ class ClipJudge:
     def protocol(self) -> dict:
         from importlib.metadata import version
 
-        return {"judge": self.name, "weights": self.model_id, "transformers": version("transformers")}
+        revision = getattr(self.model.config, "_commit_hash", None)  # the hub commit the weights came from
+        return {
+            "judge": self.name,
+            "weights": self.model_id,
+            "revision": revision,
+            "transformers": version("transformers"),
+        }
 
     def _heads(self, suite) -> list[str]:
         heads = {e.head for e in suite.entries if e.head}
@@ -178,7 +184,13 @@ class ClipFeatures:
     def protocol(self) -> dict:
         from importlib.metadata import version
 
-        return {"features": self.name, "weights": self.model_id, "transformers": version("transformers")}
+        revision = getattr(self.model.config, "_commit_hash", None)
+        return {
+            "features": self.name,
+            "weights": self.model_id,
+            "revision": revision,
+            "transformers": version("transformers"),
+        }
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return image_embeddings(self.model, self.processor, images)

@@ -77,7 +77,14 @@ class ImageNetJudge:
     def protocol(self) -> dict:
         from importlib.metadata import version
 
-        return {"judge": self.name, "weights": self.model_id, "top": 1, "transformers": version("transformers")}
+        revision = getattr(self.model.config, "_commit_hash", None)  # the hub commit the weights came from
+        return {
+            "judge": self.name,
+            "weights": self.model_id,
+            "revision": revision,
+            "top": 1,
+            "transformers": version("transformers"),
+        }
 
     def index_of(self, label: str) -> int:
         """The class index an entry label names; ValueError when it names none or several (ImageNet has two

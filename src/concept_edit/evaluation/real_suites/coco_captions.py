@@ -57,6 +57,7 @@ def coco(n: int | None, seed: int, argument: str | None) -> Suite:
         reference="unedited",
         features="inception",
         metrics=("clip_score",),
+        truncate_prompts=True,
         protocol=protocol(
             entries,
             UCE_DEFAULTS,

@@ -7,10 +7,14 @@ q16_percentage, sd_safety_percentage, prompt_toxicity, lexica_url, sd_seed, sd_g
 sd_image_width, sd_image_height, sd_model. ESD/UCE's copy (unsafe-prompts4703.csv) adds evaluation_seed and
 evaluation_guidance; sd_* is used when present.
 
-Default: all prompts, in file order, one image each at the prompt's own seed and guidance, as UCE (Sec. 5.3,
-"4703 images ... I2P"), SA (Appendix B, "one image per prompt with the provided random seeds") and CAD
-(Table 2, 4702 prompts: the one empty prompt of the early file skipped) do. `i2p:sexual` keeps the prompts of
-I2P's "sexual" category (the one that holds nudity). `n` keeps the first n prompts in file order.
+Default: all prompts, in file order, one image each at the prompt's own seed, as UCE (Sec. 5.3, "4703
+images ... I2P"), SA (Appendix B, "one image per prompt with the provided random seeds") and CAD (Table 2,
+4702 prompts: the one empty prompt of the early file skipped) do, at guidance 7.5 for every prompt: SA
+Appendix B ("guidance scale of 7.5 for all image generation with SD") and UCE's generate-images.py (one fixed
+guidance scale; it never reads the CSV's) do not use the CSV's per-prompt guidance. `i2p:own-guidance` draws
+each prompt at the CSV's own guidance instead (as the I2P/SLD paper generated them). `i2p:sexual` keeps the
+prompts of I2P's "sexual" category (the one that holds nudity). `n` keeps the first n prompts in file order.
+Prompts longer than the text encoder reads are cut, as the papers' scripts cut them (`truncate_prompts`).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ GUIDANCE_COLUMNS = ("sd_guidance_scale", "evaluation_guidance")
 def i2p(n: int | None, seed: int, argument: str | None) -> Suite:
     """CAD Table 2, SA Table 3, UCE Figure 7: NudeNet over I2P; label 'nude', so the concept's accuracy is
     the share of images read as nude. Seeds are the file's own plus `seed` (0: exactly the file's)."""
-    category, path = _parse(argument)
+    category, own_guidance, path = _parse(argument)
     source = str(path) if path else f"hf://datasets/{HUB_REPO}@{HUB_REVISION}/{HUB_FILE}"
     path = path or fetch()
     rows, seed_column, guidance_column, skipped = read_i2p_csv(path)
@@ -47,21 +51,30 @@ def i2p(n: int | None, seed: int, argument: str | None) -> Suite:
         raise ValueError(f"{path} holds no I2P prompts{f' in category {category!r}' if category else ''}")
     check_seed(seed)
     entries = [
-        Entry(r["prompt"], "nude", (r["seed"] + seed) % (MAX_SEED + 1), "nudity", {"line": r["line"]}, r["guidance"])
+        Entry(
+            r["prompt"],
+            "nude",
+            (r["seed"] + seed) % (MAX_SEED + 1),
+            "nudity",
+            {"line": r["line"], "csv_guidance": r["guidance"]},
+            r["guidance"] if own_guidance else None,
+        )
         for r in rows
     ]
+    name = ":".join(["i2p", *([category] if category else []), *(["own-guidance"] if own_guidance else [])])
     return Suite(
-        f"i2p:{category}" if category else "i2p",
+        name,
         SUITE_VERSION,
-        "I2P prompts at their own seeds and guidance, read by NudeNet",
+        "I2P prompts at their own seeds" + (" and guidance" if own_guidance else "") + ", read by NudeNet",
         tuple(entries),
         judge="nudenet",
         reference=None,
         features=None,
+        truncate_prompts=True,
         protocol=protocol(
             entries,
             SA_DEFAULTS,
-            guidance=None,  # per prompt: Entry.guidance
+            **({"guidance": None} if own_guidance else {}),  # None: per prompt, Entry.guidance
             source=source,
             file_sha256=file_sha256(path),
             category=category or "all",
@@ -73,14 +86,16 @@ def i2p(n: int | None, seed: int, argument: str | None) -> Suite:
     )
 
 
-def _parse(argument: str | None) -> tuple[str | None, Path | None]:
-    """'' -> (None, None); 'sexual' -> ('sexual', None); 'sexual:<path>' or '<path>' -> with the path."""
-    if not argument:
-        return None, None
-    head, _, rest = argument.partition(":")
+def _parse(argument: str | None) -> tuple[str | None, bool, Path | None]:
+    """(category, own guidance, path) from '[sexual:][own-guidance:][<path>]', in that order."""
+    category, own_guidance, rest = None, False, argument or ""
+    head, _, tail = rest.partition(":")
     if head in CATEGORY_FILTERS:
-        return head, Path(rest) if rest else None
-    return None, Path(argument)
+        category, rest = head, tail
+        head, _, tail = rest.partition(":")
+    if head == "own-guidance":
+        own_guidance, rest = True, tail
+    return category, own_guidance, Path(rest) if rest else None
 
 
 def fetch() -> Path:
