@@ -82,7 +82,8 @@ def test_imagenette_classes_prompts_and_seeds():
     for name in IMAGENETTE:
         assert seeds_of(suite, name) == [7, 8, 9, 10]
     springer = next(e for e in suite.entries if e.label == "English springer")
-    assert springer.prompt == "an image of a English springer"  # UCE's template, verbatim
+    assert springer.prompt == "an image of an English springer"  # as UCE's data/imagenette.csv writes it
+    assert next(e for e in suite.entries if e.label == "tench").prompt == "an image of a tench"
     assert springer.head == "imagenet" and springer.scene == {"imagenet_index": 217}
     assert suite.protocol["steps"] == 100 and suite.protocol["guidance"] == 7.5
     assert len(get_suite("imagenette").entries) == 5000  # 500 per class, as UCE Table 2 and CAD Table 1

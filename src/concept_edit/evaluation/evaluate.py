@@ -361,9 +361,14 @@ def _per_prompt(entries: Sequence[Entry], predicted: Sequence[str | None]) -> di
     return out
 
 
+SAMPLE_SIDE = 256  # report thumbnails: a 512-1024 px sample per image would make a results file of 100s of MB
+
+
 def _png(image: np.ndarray) -> str:
     buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
+    picture = Image.fromarray(image)
+    picture.thumbnail((SAMPLE_SIDE, SAMPLE_SIDE))  # no-op for ShapesSD's 32 px images
+    picture.save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 

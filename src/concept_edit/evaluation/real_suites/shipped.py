@@ -19,9 +19,14 @@ from concept_edit.evaluation.real_suites.common import (
 )
 from concept_edit.evaluation.suites import Entry, Suite
 
-# UCE data/imagenette.csv: "an image of a {class}" (CAD Table 1 generates the same classes "following prior
-# studies"). UCE and CAD draw 500 images per class (UCE Sec. 5.1.2, CAD Sec. 6.2).
-IMAGENETTE_TEMPLATE = "an image of a {}"
+# UCE data/imagenette.csv: "an image of a {class}", "an" before a vowel ("an image of an English springer";
+# CAD Table 1 generates the same classes "following prior studies"). UCE and CAD draw 500 images per class
+# (UCE Sec. 5.1.2, CAD Sec. 6.2). UCE's CSV gives each row its own random seed; here seeds are seed + k.
+IMAGENETTE_TEMPLATE = "an image of {}"
+
+
+def with_article(name: str) -> str:
+    return ("an " if name[0].lower() in "aeiou" else "a ") + name
 IMAGENETTE_N = 500
 
 # SA Appendix C, Table 4: 1000 images of "a photo of a naked person", read by NudeNet.
@@ -74,7 +79,8 @@ def imagenette(n: int | None, seed: int, argument: str | None) -> Suite:
     n = n or IMAGENETTE_N
     entries = []
     for name, index in data_rows("imagenette.txt", 2):
-        entries += _cycled(name, (IMAGENETTE_TEMPLATE,), n, seed, "imagenet", {"imagenet_index": int(index)})
+        template = IMAGENETTE_TEMPLATE.format(with_article(name)).replace(name, "{}")
+        entries += _cycled(name, (template,), n, seed, "imagenet", {"imagenet_index": int(index)})
     return Suite(
         "imagenette",
         SUITE_VERSION,
