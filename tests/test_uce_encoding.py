@@ -175,3 +175,29 @@ def test_edit_equals_the_max_length_padded_edit(pipe_name, tokens, mode, request
     for key in fast:
         # the deltas are stored in float32; embeddings that differ by float32 rounding move them about as much
         torch.testing.assert_close(fast[key], padded[key], rtol=0, atol=RTOL * padded[key].abs().max().item())
+
+
+@pytest.mark.parametrize("tokens", ["last", "all"])
+def test_debias_edit_equals_the_max_length_padded_edit(sd, monkeypatch, tokens):
+    """Debias encodes by its token mode too: the same scripted judge gives the same edit either way."""
+    import concept_edit.methods.uce as uce
+    from concept_edit import fit
+    from concept_edit.methods.uce import UCEInputs
+
+    def judge(images, attributes):  # every doctor read as male: the loop steps every iteration
+        return [0] * len(images)
+
+    config = UCEConfig(tokens=tokens, debias_images=2, debias_steps=1, debias_max_iterations=2)
+    req = EditRequest(concepts=("doctor",), mode="debias", attributes=("male", "female"))
+    fast = fit(sd, "uce", req, config, UCEInputs(classifier=judge), seed=0, progress=False)
+    real_encode = uce._encode
+    monkeypatch.setattr(
+        uce, "_encode", lambda pipe, prompts, tokens=None, **kw: real_encode(pipe, prompts, tokens, padded=True)
+    )
+    padded = fit(sd, "uce", req, config, UCEInputs(classifier=judge), seed=0, progress=False)
+    for key in fast.targets:
+        expected = padded.weight_delta(key).double()
+        assert expected.abs().max() > 0
+        torch.testing.assert_close(
+            fast.weight_delta(key).double(), expected, rtol=0, atol=RTOL * expected.abs().max().item()
+        )
