@@ -97,6 +97,9 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
     if not np.isfinite(covmean).all():  # regularise as the FID reference code does
         eps = np.eye(len(cov_a)) * 1e-6
         covmean = linalg.sqrtm((cov_a + eps) @ (cov_b + eps))
+    if np.abs(covmean.imag).max(initial=0) > 1e-3:  # the FID reference code raises here; a value is still useful
+        log.warning("Frechet distance: sqrtm left an imaginary part of %.3g (too few samples for the features' width)",
+                    np.abs(covmean.imag).max())  # fmt: skip
     covmean = covmean.real
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
 
