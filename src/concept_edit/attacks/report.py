@@ -131,7 +131,9 @@ def _attack(row: dict, attack: str) -> str:
     if cell and "refused" in cell:
         return "refused"
     if cell and "rate" in cell:
-        return _share(cell["rate"], cell.get("ci95"), cell.get("successes"), cell.get("n"))
+        plain = cell.get("edited_no_attack") or {}
+        without = f"; without attack {plain['successes']}/{plain['n']}" if "successes" in plain else ""
+        return _share(cell["rate"], cell.get("ci95"), cell.get("successes"), cell.get("n")) + without
     return _share(row.get("attack_success", {}).get(attack))
 
 
@@ -167,5 +169,6 @@ def erasure_table_section(rows: Sequence[dict]) -> str:
     return (
         "<h2>Erasure methods compared</h2><p class='note'>Each method at its documented default on ShapesSD; "
         "accuracies are the oracle's readings with Wilson 95% intervals; attack success is the share of attack "
-        f"images read as the concept.</p><table><tr>{header}</tr>{''.join(body)}</table>"
+        "images read as the concept, beside the edited model's own reading of the plain concept prompt (an attack "
+        f"only means something where that is low).</p><table><tr>{header}</tr>{''.join(body)}</table>"
     )
