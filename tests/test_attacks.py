@@ -343,7 +343,7 @@ def test_cli_refuses_bad_budgets_and_options_before_any_work(tmp_path, capsys, e
 def test_cli_says_what_judge_a_real_model_needs(tmp_path, capsys, sd_folder):
     code, out = _probe_cli(tmp_path, "--attack", "paraphrase", model=sd_folder)
     err = capsys.readouterr().err
-    assert code == 2 and "needs a judge" in err and "NudeNet" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "needs a judge" in err and "--judge nudenet" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
 
 
@@ -440,3 +440,48 @@ def test_erasure_table_appends_rows_resumes_and_records_refusals(tmp_path, monke
     table.main()  # resumes: both rows are in the file, nothing is fitted again
     assert calls == [("uce", "circle"), ("eigen", "circle")] and len(table.read_rows(rows_file)) == 2
     assert not (tmp_path / "rows.jsonl.tmp").exists()
+
+
+class _PixelNudeNet:
+    """An evaluation judge on the 'nudity' head, as NudeNet answers: 'nude' for images brighter than a cut."""
+
+    name = "nudenet"
+
+    def __init__(self, cut: float) -> None:
+        self.cut = cut
+
+    def check(self, suite) -> None:
+        from concept_edit.evaluation.judges.nudenet import NudeNetJudge
+
+        NudeNetJudge(detector=object()).check(suite)  # the real judge's own check of the question asked
+
+    def read(self, images, suite):
+        from concept_edit.evaluation.judges import Reading
+
+        return Reading(labels=["nude" if im.mean() > self.cut else "safe" for im in images])
+
+
+def test_real_models_are_probed_with_a_suite_judge(sd, cat_edit):
+    from concept_edit.attacks.common import SuiteJudge
+
+    judge = SuiteJudge("nudenet", "nudity", judge=_PixelNudeNet(-1))  # every image "nude"
+    assert judge.read(np.zeros((3, 4, 4, 3), np.uint8)) == ["nude"] * 3 and judge.label == "nude"
+    results = probe(sd, "nudity", "paraphrase", edits=[cat_edit], judge=judge, prompts=["a dog", "a red car"],
+                    budget=4, n=2, steps=STEPS)  # fmt: skip
+    assert results["attack_success_rate"] == 1.0 and results["judge"].startswith("nudenet, nudity reads 'nude'")
+    never = SuiteJudge("nudenet", "nudity", judge=_PixelNudeNet(256))
+    with pytest.raises(ValueError, match="would measure nothing"):
+        probe(sd, "nudity", "paraphrase", edits=[cat_edit], judge=never, prompts=["a dog"], budget=2, n=2, steps=STEPS)
+    with pytest.raises(ValueError, match="--judge nudenet or imagenet"):
+        SuiteJudge("clip", "a man")
+
+
+def test_cli_real_model_without_a_judge_says_which_to_give(tmp_path, capsys, sd_folder):
+    from concept_edit.cli import main
+
+    out = tmp_path / "r.json"
+    args = ["probe", "--model", str(sd_folder), "--concept", "nudity", "--attack", "paraphrase", "--out", str(out)]
+    assert main(args) == 2
+    assert "--judge nudenet" in capsys.readouterr().err and not out.exists()
+    assert main([*args[:-2], "--judge", "clip", "--out", str(out)]) == 2
+    assert "--judge nudenet or imagenet" in capsys.readouterr().err and not out.exists()

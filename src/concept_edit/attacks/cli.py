@@ -70,6 +70,11 @@ def add_verbs(verbs) -> None:
         default=0.5,
         help="refuse when the unedited model draws the concept in fewer of its own images (default 0.5)",
     )
+    p.add_argument(
+        "--judge",
+        default=None,
+        help="real models: nudenet (the concept is nudity) or imagenet[:HUB_ID] (the concept is an ImageNet class)",
+    )
     p.add_argument("--out", required=True, help="results .json file")
     add_force(p)
     p.set_defaults(func=cmd_probe)
@@ -122,9 +127,15 @@ def cmd_probe(args: argparse.Namespace) -> None:
     out = check_output(args.out, force=args.force, suffix=".json", inputs=[*edit_inputs(args.edit), *files])
     budget = check_budget(args.attack, args.budget)
     options = _options(args)
-    if args.model != SHAPES:
+    judge = None
+    if args.judge is not None:
+        from concept_edit.attacks.common import SuiteJudge
+
+        judge = SuiteJudge(args.judge, args.concept)  # weights and the class name checked before the model loads
+    elif args.model != SHAPES:
         raise ValueError(needs_judge_message(args.model, args.concept))
-    oracle_head(args.concept)  # a concept the oracle cannot read is refused before the model loads
+    else:
+        oracle_head(args.concept)  # a concept the oracle cannot read is refused before the model loads
     prompts = list(read_list_file(args.prompts)) if args.prompts is not None else None
     if prompts is not None and not prompts:
         raise ValueError(f"{args.prompts} holds no prompts")
@@ -136,6 +147,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
         args.concept,
         args.attack,
         edits=edits,
+        judge=judge,
         budget=budget,
         n=args.n,
         seed=args.seed,

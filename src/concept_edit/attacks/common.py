@@ -78,6 +78,37 @@ def oracle_head(concept: str) -> tuple[str, str]:
     )
 
 
+class SuiteJudge(Judge):
+    """A judge of the evaluation suites (`concept_edit.evaluation.judges`) asked one question of every image:
+    NudeNet ("nudity": the concept is read when it answers "nude"), the ImageNet classifier ("imagenet": the
+    concept is an ImageNet class name). What a real model's attack is judged by, as its suite judges it."""
+
+    HEADS = {"nudenet": ("nudity", "nude"), "imagenet": ("imagenet", None)}
+
+    def __init__(self, spec: str, concept: str, judge=None) -> None:
+        from concept_edit.evaluation.judges import make_judge
+
+        name = spec.partition(":")[0]
+        if name not in self.HEADS:
+            raise ValueError(f"probe reads real models with --judge {' or '.join(self.HEADS)}, not {spec!r}")
+        self.head, label = self.HEADS[name]
+        self.label = label or concept.strip()
+        self._judge = judge or make_judge(spec)
+        self._judge.check(self._suite(1))  # an ImageNet class it does not know is refused before any drawing
+        self.description = f"{spec}, {self.head} reads {self.label!r}"
+
+    def _suite(self, n: int):
+        from concept_edit.evaluation.suites import Entry, Suite
+
+        entries = tuple(Entry("", self.label, 0, self.head) for _ in range(n))
+        return Suite("probe", 1, "one question per image", entries, judge=self._judge.name, reference=None)
+
+    def read(self, images: np.ndarray) -> list[str]:
+        if not len(images):
+            return []
+        return [label or "other" for label in self._judge.read(images, self._suite(len(images))).labels]
+
+
 class FunctionJudge(Judge):
     """A judge from a function of the (N, H, W, 3) uint8 images returning one bool per image (tests, notebooks)."""
 

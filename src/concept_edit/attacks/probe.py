@@ -91,8 +91,8 @@ def default_judge(pipe, concept: str) -> Judge:
 def needs_judge_message(model: str, concept: str) -> str:
     return (
         f"probe needs a judge that reads {concept!r} in {model}'s images; the shapes oracle reads only ShapesSD "
-        "(--model shapes). A real model needs NudeNet for nudity, an ImageNet classifier for objects, or a style "
-        "classifier: not available in concept-edit yet. In Python, pass judge=FunctionJudge(your_classifier)"
+        "(--model shapes). Give --judge nudenet (nudity) or --judge imagenet (an ImageNet class) with the "
+        "concept's own prompts (--prompts FILE); in Python, judge=SuiteJudge(...) or FunctionJudge(your_classifier)"
     )
 
 
