@@ -25,7 +25,11 @@ def add_verbs(verbs) -> None:
         help="a built-in suite (shapes-objects, ..., imagenette, i2p[:csv], nudity-simple, coco:FILE, artists, "
         "professions) or a prompt-list file",
     )
-    ev.add_argument("--n", type=number("--n", low=1, integer=True), help="images per concept (default: the suite's)")
+    ev.add_argument(
+        "--n",
+        type=number("--n", low=1, integer=True),
+        help="images per concept (i2p, coco: the first n prompts; default: the suite's)",
+    )
     ev.add_argument("--seed", type=seed_type(), default=0, help="added to the suite's seeds (0: the suite's own)")
     ev.add_argument("--target", default=None, help="report this concept's accuracy against the others' mean")
     ev.add_argument(
@@ -52,7 +56,9 @@ def add_verbs(verbs) -> None:
         help="folder that keeps every generated image: a re-run reads them back, an interrupted run resumes, "
         "and `accelerate launch` shares the drawing between GPUs",
     )
-    ev.add_argument("--batch-size", type=number("--batch-size", low=1, integer=True), default=8)
+    ev.add_argument(
+        "--batch-size", type=number("--batch-size", low=1, integer=True), default=8, help="images per pipeline call"
+    )
     add_generation_args(ev)
     ev.add_argument("--out", required=True, help="results .json file")
     add_force(ev)
