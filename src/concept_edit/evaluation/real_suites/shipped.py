@@ -27,6 +27,8 @@ IMAGENETTE_TEMPLATE = "an image of {}"
 
 def with_article(name: str) -> str:
     return ("an " if name[0].lower() in "aeiou" else "a ") + name
+
+
 IMAGENETTE_N = 500
 
 # SA Appendix C, Table 4: 1000 images of "a photo of a naked person", read by NudeNet.
