@@ -10,10 +10,12 @@ Loops (same objective, same lr, same seed; only how x_t and the targets are prod
   step of each a sample, their frozen targets in batches; batch 4;
 * ours-frozen: the same pools sampled with the frozen model, whose guided steps already hold the targets;
 * ours-onpolicy: one trajectory drawn by the model being trained every 25 steps, batch 1: as on-policy as
-  the CompVis loop up to 25 steps, at one trajectory per 25 samples (its frozen targets in one batch).
+  the CompVis loop up to 25 steps, at one trajectory per 25 samples (its frozen targets in one batch);
+* ours-batch1: the default pools at batch 1 (as many Adam steps per sample as the CompVis loop).
 Each loop trains in rungs of --rung samples (a run resumed with more iterations equals the longer run, so a
 rung costs only its own iterations) and after each rung the concept's prompts of the shapes-objects suite
-are generated and read by the oracle (--n images, seeds from 30000: never used for tuning). A loop reaches
+are generated and read by the oracle (--n images, seeds from 30000: never used for tuning; `--eval-seed
+5000` measures on tuning seeds instead, to choose a setting before reading the reported seeds). A loop reaches
 the quality when the concept is read in <= 10% of them; its time is the training time to that rung. Each
 loop runs in its own process, which reports its peak resident memory; at the rung where it stops, every
 object of the suite is generated too (--n each), so preservation is compared at equal erasure. Speedup =
@@ -40,6 +42,7 @@ LOOPS = {
     "ours": {},
     "ours-frozen": {"sampler": "frozen"},
     "ours-onpolicy": {"pool_trajectories": 1, "refresh_every": 25, "batch_size": 1},
+    "ours-batch1": {"batch_size": 1},  # the default pools, one sample per Adam step as the CompVis loop
 }
 EVAL_SEED = 30000
 MEDIAN_KEYS = ("time_to_quality_s", "samples_per_s", "iterations_per_s", "others_accuracy", "peak_rss_mb")
@@ -56,7 +59,7 @@ def run_loop(name: str, args) -> dict:
     from concept_edit.models import load_pipeline
 
     pipe = load_pipeline("shapes", device="cpu")
-    objects = get_suite("shapes-objects", args.n, EVAL_SEED)
+    objects = get_suite("shapes-objects", args.n, args.eval_seed)
     suite = replace(objects, entries=tuple(e for e in objects.entries if e.label == args.concept))
     request = EditRequest(concepts=(args.concept,))
     options = LOOPS[name]
@@ -105,6 +108,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2", help="training seeds (the table shows medians)")
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--loops", default=",".join(LOOPS))
+    parser.add_argument("--eval-seed", type=int, default=EVAL_SEED, help="first seed of the quality readings")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -116,7 +120,8 @@ def main() -> None:
         runs = []
         for seed in args.seeds.split(","):
             command = [sys.executable, __file__, "--child", name, "--concept", args.concept, "--rung", str(args.rung),
-                       "--max-samples", str(args.max_samples), "--n", str(args.n), "--seed", seed]  # fmt: skip
+                       "--max-samples", str(args.max_samples), "--n", str(args.n), "--seed", seed,
+                       "--eval-seed", str(args.eval_seed)]  # fmt: skip
             print(f"{name}, training seed {seed} ...", flush=True)
             out = subprocess.run(command, check=True, capture_output=True, text=True)
             print("\n".join(line for line in out.stdout.splitlines()[:-1]), flush=True)
@@ -137,7 +142,7 @@ def _median_run(runs: list[dict]) -> dict:
 
 
 def _summary(results: dict, args) -> dict:
-    out = {"concept": args.concept, "n": args.n, "eval_seed": EVAL_SEED, "quality": QUALITY,
+    out = {"concept": args.concept, "n": args.n, "eval_seed": args.eval_seed, "quality": QUALITY,
            "training_seeds": [int(s) for s in args.seeds.split(",")], "loops": results}  # fmt: skip
     base, ours = results.get("official-trained"), results.get("ours")
     if base and ours and ours["reached"]:
