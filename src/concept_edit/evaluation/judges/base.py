@@ -49,3 +49,12 @@ class Judge(Protocol):
 
     def summary(self, reading: Reading, suite) -> dict:
         """Suite-level figures beyond accuracy (NudeNet: detections per body part and in total); {} if none."""
+
+
+def hub_weights(model, model_id: str) -> dict:
+    """A transformers model's identity for a protocol: its hub id, the commit its weights came from, and the
+    transformers version (shown, not compared)."""
+    from importlib.metadata import version
+
+    revision = getattr(model.config, "_commit_hash", None)
+    return {"weights": model_id, "revision": revision, "transformers": version("transformers")}

@@ -25,7 +25,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from concept_edit.evaluation.judges.base import Reading
+from concept_edit.evaluation.judges.base import Reading, hub_weights
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 BATCH = 32
@@ -125,15 +125,7 @@ class ClipJudge:
         return cls(model_id=argument or DEFAULT_CLIP)
 
     def protocol(self) -> dict:
-        from importlib.metadata import version
-
-        revision = getattr(self.model.config, "_commit_hash", None)  # the hub commit the weights came from
-        return {
-            "judge": self.name,
-            "weights": self.model_id,
-            "revision": revision,
-            "transformers": version("transformers"),
-        }
+        return {"judge": self.name, **hub_weights(self.model, self.model_id)}
 
     def _heads(self, suite) -> list[str]:
         heads = {e.head for e in suite.entries if e.head}
@@ -182,15 +174,7 @@ class ClipFeatures:
         return cls(model_id=argument or DEFAULT_CLIP)
 
     def protocol(self) -> dict:
-        from importlib.metadata import version
-
-        revision = getattr(self.model.config, "_commit_hash", None)
-        return {
-            "features": self.name,
-            "weights": self.model_id,
-            "revision": revision,
-            "transformers": version("transformers"),
-        }
+        return {"features": self.name, **hub_weights(self.model, self.model_id)}
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return image_embeddings(self.model, self.processor, images)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from concept_edit.evaluation.judges.base import Reading
+from concept_edit.evaluation.judges.base import Reading, hub_weights
 
 DEFAULT_RESNET = "microsoft/resnet-50"
 HEAD = "imagenet"
@@ -75,16 +75,7 @@ class ImageNetJudge:
         return cls(model_id=argument or DEFAULT_RESNET)
 
     def protocol(self) -> dict:
-        from importlib.metadata import version
-
-        revision = getattr(self.model.config, "_commit_hash", None)  # the hub commit the weights came from
-        return {
-            "judge": self.name,
-            "weights": self.model_id,
-            "revision": revision,
-            "top": 1,
-            "transformers": version("transformers"),
-        }
+        return {"judge": self.name, **hub_weights(self.model, self.model_id), "top": 1}
 
     def index_of(self, label: str) -> int:
         """The class index an entry label names; ValueError when it names none or several (ImageNet has two
