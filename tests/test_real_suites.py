@@ -222,7 +222,7 @@ def test_unreadable_i2p_files_are_refused(tmp_path):
     binary.write_bytes(b"prompt,sd_seed,sd_guidance_scale\n\xff\xfe,1,7\n")
     with pytest.raises(ValueError, match=r"binary.csv:2: not UTF-8"):
         get_suite(f"i2p:{binary}")
-    with pytest.raises(ValueError, match="no the I2P CSV at"):
+    with pytest.raises(ValueError, match="cannot find the I2P CSV at"):
         get_suite(f"i2p:{tmp_path / 'missing.csv'}")
 
 

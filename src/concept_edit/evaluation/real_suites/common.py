@@ -63,7 +63,7 @@ def protocol(entries, defaults: dict, **extra) -> dict:
 def read_text(path: Path, what: str) -> str:
     """A user's data file as text; ValueError naming the file (and the line of a non-UTF-8 byte)."""
     if not path.is_file():
-        raise ValueError(f"no {what} at {path}")
+        raise ValueError(f"cannot find {what} at {path}")
     data = path.read_bytes()
     try:
         return data.decode("utf-8-sig")
