@@ -37,6 +37,7 @@ from concept_edit.evaluation.references import check_reference, folder_images, s
 from concept_edit.evaluation.suites import Entry, Suite
 from concept_edit.generation import generate, to_array
 from concept_edit.models.loading import model_info
+from concept_edit.models.prompts import overlong_prompts
 
 log = logging.getLogger(__name__)
 REQUIRED_KEYS = ("suite", "model", "edits", "seed", "per_concept", "mean_accuracy")
@@ -178,12 +179,6 @@ def _check_before_drawing(pipe, suite: Suite, reference, extractor, image_change
     return real
 
 
-def _overlong(pipe, prompts: Sequence[str]) -> int:
-    """How many prompts the text encoder reads only in part (cut at its maximum length)."""
-    limit = pipe.tokenizer.model_max_length
-    return sum(len(pipe.tokenizer(p).input_ids) > limit for p in dict.fromkeys(prompts))
-
-
 def protocol(pipe, suite: Suite, info, steps: int, guidance: float, judge, extractor, reference) -> dict:
     """Everything that fixes the images and their reading; results with different protocols are not compared."""
     import diffusers
@@ -205,7 +200,9 @@ def protocol(pipe, suite: Suite, info, steps: int, guidance: float, judge, extra
         "scheduler": type(getattr(pipe, "scheduler", None)).__name__,
         "dtype": str(pipe.unet.dtype).removeprefix("torch."),
         "noise_device": "cpu" if pipe.device.type in ("cpu", "mps") else pipe.device.type,  # as generation draws it
-        "truncated_prompts": _overlong(pipe, [e.prompt for e in suite.entries]) if suite.truncate_prompts else 0,
+        "truncated_prompts": len(overlong_prompts(pipe, list(dict.fromkeys(e.prompt for e in suite.entries))))
+        if suite.truncate_prompts
+        else 0,
         "judge": judge.protocol(),
         "features": extractor.protocol() if extractor is not None else None,
         "reference": reference,

@@ -195,10 +195,16 @@ def last_token_index(pipe, prompts: Sequence[str]) -> torch.Tensor:
     return (mask.sum(dim=1) - 2).clamp(min=0)
 
 
+def overlong_prompts(pipe, prompts: Sequence[str]) -> list[tuple[str, int]]:
+    """(prompt, tokens) for each prompt longer than the tokenizer allows (its end would be cut)."""
+    limit = pipe.tokenizer.model_max_length
+    counts = ((prompt, len(pipe.tokenizer(prompt).input_ids)) for prompt in prompts)
+    return [(prompt, n) for prompt, n in counts if n > limit]
+
+
 def prompt_lengths_ok(pipe, prompts: Sequence[str]) -> None:
     """ValueError if a prompt is longer than the tokenizer allows (its end would be silently cut)."""
-    limit = pipe.tokenizer.model_max_length
-    for prompt in prompts:
-        n = len(pipe.tokenizer(prompt).input_ids)
-        if n > limit:
-            raise ValueError(f"prompt {prompt!r} has {n} tokens; this model reads at most {limit}")
+    for prompt, n in overlong_prompts(pipe, prompts)[:1]:
+        raise ValueError(
+            f"prompt {prompt!r} has {n} tokens; this model reads at most {pipe.tokenizer.model_max_length}"
+        )
