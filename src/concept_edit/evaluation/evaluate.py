@@ -167,7 +167,7 @@ def _check_before_drawing(pipe, suite: Suite, reference, extractor, image_change
     real = None
     if reference and reference.startswith("folder:"):
         real = folder_images(reference.partition(":")[2], model_info(pipe).resolution)
-    if image_change and extractor is None and metrics._lpips() is None and model_info(pipe).world != "shapes":
+    if image_change and extractor is None and not metrics.lpips_available() and model_info(pipe).world != "shapes":
         raise ValueError(
             f"the {suite.name} suite measures the image change against the unedited model, which needs LPIPS "
             "(pip install 'concept-edit[eval]') or a feature distance (--features clip); or pass --no-baseline"

@@ -142,6 +142,11 @@ def image_change(before: np.ndarray, after: np.ndarray, oracle=None, *, features
 
 
 @lru_cache(maxsize=1)  # evaluate calls image_change once per concept: build the network once
+def lpips_available() -> bool:
+    """Whether `image_change` can measure LPIPS here (the `lpips` package, a working torchvision, its weights)."""
+    return _lpips() is not None
+
+
 def _lpips():
     """An LPIPS model if the package and its network weights are available offline, else None."""
     try:
