@@ -335,19 +335,19 @@ def test_esd_edit_checkpoint_and_resume_from_the_cli(sd_folder, tmp_path, capsys
     # Ctrl-C: exit 130, a checkpoint and no edit; the same command refuses to clobber it; --resume finishes the
     # run and gives the edit an uninterrupted run gives
     other = tmp_path / "resumed"
-    real_loss, calls = esd._Trainer.loss, []
+    real_predict, calls = esd._Trainer.predict, []
 
-    def loss_then_ctrl_c(self, batch):
+    def predict_then_ctrl_c(self, batch):
         calls.append(1)
         if len(calls) == 2:
             os.kill(os.getpid(), signal.SIGINT)
-        return real_loss(self, batch)
+        return real_predict(self, batch)
 
-    monkeypatch.setattr(esd._Trainer, "loss", loss_then_ctrl_c)
+    monkeypatch.setattr(esd._Trainer, "predict", predict_then_ctrl_c)
     code, _, err = run([*base[:-1], other], capsys)
     assert code == 130 and "--resume" in err
     assert sorted(p.name for p in other.iterdir()) == ["edit.checkpoint.safetensors"]
-    monkeypatch.setattr(esd._Trainer, "loss", real_loss)
+    monkeypatch.setattr(esd._Trainer, "predict", real_predict)
     code, _, err = run([*base[:-1], other], capsys)
     assert code == 2 and "--resume" in err
     code, _, _ = run([*base[:-1], other, "--resume"], capsys)

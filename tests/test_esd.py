@@ -85,13 +85,92 @@ def test_pool_targets_are_the_esd_formula_of_the_original_model(sd, sampler, anc
 
 
 def test_official_loop_samples_have_the_same_targets(sd):
-    cfg = config(pool_trajectories=0, batch_size=3, sampling_steps=5, eta=1.5)
+    cfg = config(schedule="official", batch_size=3, sampling_steps=5, eta=1.5)
     cm, tuned, trainer = trainer_for(sd, EditRequest(concepts=("cat",)), cfg, esd.variant_parameters(sd, "kv"))
     perturb(tuned.parameters)
     batch = trainer.official_samples(seed=0, step=0)
     cm.__exit__(None, None, None)
     base, concept = direct(sd, batch.latents, batch.timesteps, ""), direct(sd, batch.latents, batch.timesteps, "cat")
     torch.testing.assert_close(batch.targets, base - 1.5 * (concept - base), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("sampler", ["frozen", "trained"])
+def test_stream_trajectories_are_guided_ddim_and_targets_the_formula(sd, monkeypatch, sampler):
+    """Three trajectories in flight, spread over the schedule; each iteration's (x_t, t) is the next latent of
+    the plain guided DDIM trajectory of its own noise (the trained sampler at a vanishing lr: the same model),
+    and its target is the formula on the original model."""
+    steps, p = 4, 3
+    cfg = config(schedule="stream", sampler=sampler, batch_size=p, sampling_steps=steps, iterations=6, lr=1e-12)
+    seen = []
+    real_predict = esd._Trainer.predict
+
+    def record(self, batch):
+        seen.append(batch)
+        return real_predict(self, batch)
+
+    monkeypatch.setattr(esd._Trainer, "predict", record)
+    fit(sd, "esd", EditRequest(concepts=("cat",)), cfg, seed=2, progress=False)
+    noises = torch.cat([torch.randn((1, 4, 8, 8), generator=step_generator(2, i, 4)) for i in range(6)])
+    paths = [reference_trajectory(sd, "cat", noises[i : i + 1], steps, cfg.sampling_guidance) for i in range(6)]
+    from diffusers import DDIMScheduler
+
+    schedule = DDIMScheduler.from_config(sd.scheduler.config)
+    schedule.set_timesteps(steps)
+    timesteps = schedule.timesteps
+    starts = [0, 1, 2]  # trajectory i pre-rolled to step i K / P
+    slots = {0: 0, 1: 1, 2: 2}  # slot -> trajectory number; a finished one is replaced by the next number
+    position = dict(enumerate(starts))
+    started, checked = p, set()
+    for batch in seen:
+        for slot in range(p):
+            k = position[slot]
+            checked.add(slots[slot])
+            torch.testing.assert_close(batch.latents[slot], paths[slots[slot]][k][0], atol=1e-4, rtol=1e-4)
+            assert batch.timesteps[slot] == timesteps[k]
+            position[slot] += 1
+            if position[slot] == steps:
+                slots[slot], position[slot], started = started, 0, started + 1
+        base = direct(sd, batch.latents, batch.timesteps, "")
+        concept = direct(sd, batch.latents, batch.timesteps, "cat")
+        torch.testing.assert_close(batch.targets, base - (concept - base), atol=1e-5, rtol=1e-4)
+    assert len(seen) == 6 and checked == set(range(6))  # three trajectories restarted along the way
+
+
+def test_stream_trained_sampler_steps_with_the_weights_of_each_iteration(sd, monkeypatch):
+    """At a real lr, each next latent is the guided DDIM step taken with the weights the iteration trained
+    (before its update), not the original ones."""
+    import copy
+
+    from diffusers import DDIMScheduler
+
+    cfg = config(schedule="stream", sampler="trained", batch_size=1, sampling_steps=4, iterations=4, lr=3e-2)
+    seen = []
+    real_predict = esd._Trainer.predict
+
+    def record(self, batch):
+        seen.append((batch, {n: p.detach().clone() for n, p in self.unet.named_parameters() if p.requires_grad}))
+        return real_predict(self, batch)
+
+    monkeypatch.setattr(esd._Trainer, "predict", record)
+    fit(sd, "esd", EditRequest(concepts=("cat",)), cfg, seed=0, progress=False)
+    scheduler = DDIMScheduler.from_config(sd.scheduler.config)
+    scheduler.set_timesteps(4)
+    cond, uncond = sd.encode_prompt(["cat"], "cpu", 1, True, [""])
+
+    def guided_step(unet, x, t):
+        with torch.no_grad():
+            eps_u, eps_c = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample.chunk(2)
+        return scheduler.step(eps_u + cfg.sampling_guidance * (eps_c - eps_u), t, x).prev_sample
+
+    moved = []
+    for (batch, weights), (following, _) in zip(seen, seen[1:], strict=False):
+        trained = copy.deepcopy(sd.unet)
+        trained.load_state_dict(weights, strict=False)
+        x, t = batch.latents, batch.timesteps[0]
+        expected = guided_step(trained, x, t)
+        torch.testing.assert_close(following.latents, expected, atol=1e-4, rtol=1e-4)
+        moved.append((guided_step(sd.unet, x, t) - expected).abs().max().item())
+    assert len(moved) == 3 and moved[0] < 1e-5 and min(moved[1:]) > 1e-3  # iteration 0 trains the original
 
 
 @pytest.mark.parametrize("kind", ["dense", "low_rank"])
@@ -172,28 +251,33 @@ def test_several_concepts_train_in_one_run(sd):
     assert edit.manifest["request"]["concepts"] == ["cat", "dog"]
 
 
-@pytest.mark.parametrize(("sampler", "pool"), [("frozen", 2), ("trained", 2), ("frozen", 0)])
-def test_resume_after_ctrl_c_equals_an_uninterrupted_run(sd, tmp_path, monkeypatch, sampler, pool):
+@pytest.mark.parametrize(
+    ("sampler", "schedule"),
+    [("frozen", "pool"), ("trained", "pool"), ("frozen", "official"), ("trained", "stream"), ("frozen", "stream")],
+)
+def test_resume_after_ctrl_c_equals_an_uninterrupted_run(sd, tmp_path, monkeypatch, sampler, schedule):
+    """Interrupted at iteration 4 of 7: a pool refreshed at 3 and stream trajectories restarted before and
+    after the interruption (K = 3) must all be restored."""
     request = EditRequest(concepts=("cat",))
-    cfg = config(iterations=5, refresh_every=3, sampler=sampler, pool_trajectories=pool, batch_size=2)
+    cfg = config(iterations=7, refresh_every=3, sampler=sampler, batch_size=2, schedule=schedule)
     whole = fit(sd, "esd", request, cfg, seed=3, progress=False)
 
     ckpt = tmp_path / "run.ckpt"
     calls = {"n": 0}
-    real_loss = esd._Trainer.loss
+    real_predict = esd._Trainer.predict
 
-    def loss_then_ctrl_c(self, batch):
+    def predict_then_ctrl_c(self, batch):
         calls["n"] += 1
-        if calls["n"] == 4:  # during iteration 4 (pool refreshed at 3, so it must be restored)
+        if calls["n"] == 4:  # during iteration 4 (pool refreshed at 3 / a trajectory restarted: must be restored)
             os.kill(os.getpid(), signal.SIGINT)
-        return real_loss(self, batch)
+        return real_predict(self, batch)
 
-    monkeypatch.setattr(esd._Trainer, "loss", loss_then_ctrl_c)
+    monkeypatch.setattr(esd._Trainer, "predict", predict_then_ctrl_c)
     inputs = make_inputs("esd", checkpoint=ckpt, checkpoint_every=100)
     with pytest.raises(Interrupted):
         fit(sd, "esd", request, cfg, inputs, seed=3, progress=False)
     assert ckpt.exists()
-    monkeypatch.setattr(esd._Trainer, "loss", real_loss)
+    monkeypatch.setattr(esd._Trainer, "predict", real_predict)
     resumed = fit(sd, "esd", request, cfg, make_inputs("esd", checkpoint=ckpt, resume=True), seed=3, progress=False)
     assert resumed.manifest["stats"] == whole.manifest["stats"]
     for a, b in zip(whole.changes(), resumed.changes(), strict=True):
@@ -279,13 +363,13 @@ def test_lora_on_a_half_precision_model_trains_float32_adapters(sd):
 
 def test_an_interrupted_run_restores_the_pipeline(sd, tmp_path, monkeypatch):
     before = unet_state(sd)
-    real_loss = esd._Trainer.loss
+    real_predict = esd._Trainer.predict
 
-    def loss_then_ctrl_c(self, batch):
+    def predict_then_ctrl_c(self, batch):
         os.kill(os.getpid(), signal.SIGINT)
-        return real_loss(self, batch)
+        return real_predict(self, batch)
 
-    monkeypatch.setattr(esd._Trainer, "loss", loss_then_ctrl_c)
+    monkeypatch.setattr(esd._Trainer, "predict", predict_then_ctrl_c)
     cfg = config(gradient_checkpointing=True)
     with pytest.raises(Interrupted):
         fit(sd, "esd", EditRequest(concepts=("cat",)), cfg, make_inputs("esd", checkpoint=tmp_path / "c"), seed=0)

@@ -3,12 +3,13 @@ denoiser so that the concept's conditional prediction follows negative guidance 
 knowledge, with no data.
 
 The page asks for P_theta(x) ∝ P*(x) / P*(c|x)^eta; by Bayes and Tweedie this becomes the regression
-target (restated in paper 000, eq. 10-11, and paper 002, eq. 4)
+target (ESD's own; paper 000 writes its eta = 0 case as eq. 11, after classifier-free guidance, eq. 10)
 
     eps_theta(x_t, c, t)  <-  eps*(x_t, t) - eta (eps*(x_t, c, t) - eps*(x_t, t))
 
 where eps* is the frozen original model. x_t is the model's own sample for c: guided DDIM from noise for
-k of K steps, k uniform (the official scripts: `sampling_steps` 50, guidance 3). With an anchor (the
+k of K steps, k uniform (the official scripts: `sampling_steps` 50, guidance 3; here 50 too, or a shipped
+world's own default: 25 for ShapesSD). With an anchor (the
 request's guide) the unconditional branch is replaced by the anchor's prediction, eps*(x_t, a) - eta
 (eps*(x_t, c) - eps*(x_t, a)), which steers c toward a. `eta = 0` with no anchor is the eigen paper's
 cross-attention fine-tuning, eq. 11: eps_theta(x_t, c, t) <- eps*(x_t, t).
@@ -20,25 +21,37 @@ LoRA adapters instead and the edit holds their low-rank factors.
 
 Where x_t comes from (`sampler`):
 * `trained` (default; the original CompVis `train-esd.py`): x_t is sampled with the model being trained, so
-  the trajectories follow the erasure as it proceeds; the frozen predictions are then extra calls (made in
-  batches over a whole pool). On ShapesSD (tuning seeds 5000+) it left "circle" in 0 of 16 prompts at 150,
-  300 and 450 iterations, where `frozen` left 1-5 of 16 at every length from 50 to 600 (and 2-6 at lr 3e-4,
-  1-3 at eta 2); a trained-sampler iteration costs ~1.6x a frozen one (`esd_speed_seed0.json`): better at
-  equal time, so it is the default;
+  the trajectories follow the erasure as it proceeds; the frozen predictions are then extra calls. With
+  the pool schedule on ShapesSD (tuning seeds 5000+) it left "circle" in 0 of 16 prompts at 150, 300 and 450
+  iterations, where `frozen` left 1-5 of 16 at every length from 50 to 600 (and 2-6 at lr 3e-4, 1-3 at
+  eta 2), and the fresh-trajectory loop needed 40 samples with it against 320 with `frozen`
+  (`esd_speed_frozen_default.json`): better at equal time, so it is the default;
 * `frozen` (the official diffusers script `esd_sd.py`): x_t is sampled with the original model. Guided DDIM
   at step k has already computed eps*(x_t, c) and eps*(x_t, "") to take that step, at exactly the x_t and t
   ESD trains on, so the target costs nothing more (an anchor adds one prediction per step).
 
-How samples are drawn (`pool_trajectories`):
-* P > 0 (default): every `refresh_every` iterations, P trajectories are sampled in one batch and *every*
-  step of each becomes a training sample (x_t, t, c, target); each iteration trains on `batch_size`
-  samples drawn uniformly from this pool. The official loop draws k uniformly from 0..K-1 and samples one
-  trajectory to it, so each pool sample has exactly its distribution (same noise law, same k law); what
-  changes is that samples of one pool share trajectories (they are correlated) and, with the `trained`
-  sampler, come from weights up to `refresh_every` iterations old. With refresh_every * batch_size ~=
-  P * K each sample is used about once, as in the official loop;
-* 0: the official loop itself: each iteration samples `batch_size` fresh trajectories one by one, each
-  to its own random step, and calls the frozen model twice more at x_t (kept as the baseline that
+How samples are drawn (`schedule`):
+* `stream` (default): P trajectories are in flight, P = `batch_size` and at least one per concept (slot i
+  draws concept i mod n). Each iteration trains on every one of them at its current (x_t, t), then advances
+  each by one guided DDIM step; a finished trajectory restarts from fresh noise in its slot. With the
+  `trained` sampler that step is taken with this iteration's weights (before the update) and its
+  conditional prediction is the training forward's own output, so x_t costs one unconditional call per
+  sample and the target two frozen ones, where the CompVis loop spends ~K/2 guided steps per sample.
+  Trajectory i starts pre-rolled to step i K / P, so a batch spreads over the schedule.
+  How this differs from the official loop, which draws k ~ U{0..K-1} and fresh noise for every sample:
+  k is not drawn but swept, from noise to clean, so gradients come in cycles of K iterations and k is
+  uniform only over whole sweeps; a run of N iterations starts N P / K independent noises, not N (ESD-x on
+  ShapesSD at its defaults: 8; at SD's K = 50 and 200 iterations: 4); with the `trained` sampler x_t at
+  step k was drawn by the weights of the last k iterations, not all by the current ones. With the `frozen`
+  sampler each trajectory is exactly the official x_t law, step by step;
+* `pool`: every `refresh_every` iterations, `pool_trajectories` trajectories are sampled in one batch and
+  *every* step of each becomes a training sample (x_t, t, c, target); each iteration trains on `batch_size`
+  samples drawn uniformly from this pool. Each pool sample has the official distribution (same noise law,
+  k uniform); samples of one pool share trajectories (they are correlated) and, with the `trained` sampler,
+  come from weights up to `refresh_every` iterations old. With refresh_every * batch_size ~= P * K each
+  sample is used about once, as in the official loop;
+* `official`: the official loop itself: each iteration samples `batch_size` fresh trajectories one by one,
+  each to its own random step, and calls the frozen model twice more at x_t (kept as the baseline that
   `benchmarks/esd_speed.py` times).
 
 One copy of the model is kept, plus a copy of the trained tensors only: the frozen model is the same UNet
@@ -56,8 +69,11 @@ Choices, and where they follow which official script (rohitgandikota/erasing):
   sampling and in the target, where `esd_sdxl.py` encodes "" for the target's null branch.
 Several concepts train in one run: each trajectory is drawn for one of them, in turn.
 The official scripts use batch 1, Adam and lr 1e-5 (CompVis, 1000 iterations) or 5e-5 (diffusers,
-200 iterations); eta 1 (CompVis) or 2 (diffusers). The defaults here are set for ShapesSD on a CPU
-(`benchmarks/esd_quality.py`); for Stable Diffusion start from the official values.
+200 iterations); eta 1 (CompVis) or 2 (diffusers). The defaults here (stream, batch 1; lr and iterations by
+variant) were chosen for ShapesSD on its tuning seeds: ESD-x at lr 1e-3 took circle to 0/16 in 40
+iterations but cost the other objects 6-27 points by 150, at 3e-4 it reached 0-1/16 by 80 iterations and
+kept them within 2-4 points up to 200 (`benchmarks/esd_quality.py` reports the defaults on other seeds).
+For Stable Diffusion start from the official values.
 """
 
 from __future__ import annotations
@@ -84,8 +100,11 @@ log = logging.getLogger(__name__)
 
 VARIANTS = ("x", "u", "all", "kv")
 SAMPLERS = ("frozen", "trained")
+SCHEDULES = ("stream", "pool", "official")
 PRECISIONS = ("fp32", "bf16")
-DEFAULT_LR = {"x": 1e-3, "kv": 1e-3, "u": 3e-5, "all": 3e-5}  # chosen on ShapesSD, tuning seeds 5000+
+# chosen on ShapesSD (tuning seeds 5000+) for the stream schedule at batch 1; the paper trains 1000 iterations
+DEFAULT_LR = {"x": 3e-4, "kv": 3e-4, "u": 1e-5, "all": 1e-5}
+DEFAULT_ITERATIONS = {"x": 200, "kv": 200, "u": 1000, "all": 1000}
 OFFICIAL_STEPS = 50  # DDIM steps of a trajectory in both official scripts
 
 
@@ -93,20 +112,26 @@ OFFICIAL_STEPS = 50  # DDIM steps of a trajectory in both official scripts
 class ESDConfig:
     variant: str = field(default="x", metadata={"help": "parameters to train: x (cross-attn), u, all, kv"})
     eta: float = field(default=1.0, metadata={"help": "negative guidance scale eta (0: eigen paper eq. 11)"})
-    iterations: int = field(default=300, metadata={"help": "optimizer steps"})
-    lr: float | None = field(
-        default=None, metadata={"help": "Adam learning rate (default: 1e-3 for x/kv, 3e-5 for u/all; official SD 1e-5)"}
+    iterations: int | None = field(
+        default=None, metadata={"help": "optimizer steps (default: 200 for x/kv, 1000 for u/all as the paper)"}
     )
-    batch_size: int = field(default=4, metadata={"help": "samples (x_t, t) per optimizer step (official: 1)"})
+    lr: float | None = field(
+        default=None, metadata={"help": "Adam learning rate (default: 3e-4 for x/kv, 1e-5 for u/all; official SD 1e-5)"}
+    )
+    batch_size: int = field(
+        default=1, metadata={"help": "samples (x_t, t) per optimizer step; with stream, trajectories in flight"}
+    )
     sampling_steps: int | None = field(
         default=None, metadata={"help": "DDIM steps K of a trajectory (50 as official; ShapesSD: its own 25)"}
     )
     sampling_guidance: float = field(default=3.0, metadata={"help": "guidance scale when sampling x_t"})
     sampler: str = field(default="trained", metadata={"help": "model that samples x_t: trained | frozen"})
-    pool_trajectories: int = field(
-        default=8, metadata={"help": "trajectories per pool refresh (0: the official loop, one fresh each step)"}
-    )
+    pool_trajectories: int = field(default=8, metadata={"help": "trajectories per pool refresh (pool schedule)"})
     refresh_every: int = field(default=50, metadata={"help": "iterations between pool refreshes"})
+    schedule: str = field(
+        default="stream",
+        metadata={"help": "stream (trajectories in flight) | pool (refreshed pools) | official (fresh per sample)"},
+    )
     lora_rank: int = field(default=0, metadata={"help": "train LoRA adapters of this rank (0: full fine-tuning)"})
     lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default: the rank)"})
     precision: str = field(default="fp32", metadata={"help": "fp32 | bf16 (autocast; fp32 master weights)"})
@@ -117,18 +142,19 @@ class ESDConfig:
             self,
             {
                 "eta": {"low": 0},
-                "iterations": {"low": 1, "integer": True},
+                "iterations": {"low": 1, "integer": True, "optional": True},
                 "lr": {"low": 0, "low_open": True, "optional": True},
                 "batch_size": {"low": 1, "integer": True},
                 "sampling_steps": {"low": 1, "integer": True, "optional": True},
                 "sampling_guidance": {"low": 0},
-                "pool_trajectories": {"low": 0, "integer": True},
+                "pool_trajectories": {"low": 1, "integer": True},
                 "refresh_every": {"low": 1, "integer": True},
                 "lora_rank": {"low": 0, "integer": True},
                 "lora_alpha": {"low": 0, "low_open": True, "optional": True},
             },
         )
-        for name, allowed in (("variant", VARIANTS), ("sampler", SAMPLERS), ("precision", PRECISIONS)):
+        choices = (("variant", VARIANTS), ("sampler", SAMPLERS), ("schedule", SCHEDULES), ("precision", PRECISIONS))
+        for name, allowed in choices:
             check_choice(name, getattr(self, name), allowed)
 
     @property
@@ -138,6 +164,11 @@ class ESDConfig:
         if self.lr is not None:
             return self.lr
         return DEFAULT_LR[self.variant]
+
+    @property
+    def total_iterations(self) -> int:
+        """`iterations`, or the variant's default (ESD-u moves far more weights, at a far smaller step)."""
+        return self.iterations if self.iterations is not None else DEFAULT_ITERATIONS[self.variant]
 
 
 @dataclass(frozen=True)
@@ -193,6 +224,20 @@ class _Pool:
         return dataclasses.asdict(self)
 
 
+@dataclass
+class _Stream:
+    """Trajectories in flight: latents x at DDIM step `steps` (index into the schedule), concept, and how many
+    trajectories have been started (the next one's number seeds its noise)."""
+
+    latents: torch.Tensor
+    steps: torch.Tensor
+    concepts: torch.Tensor
+    started: torch.Tensor
+
+    def state_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 class _Trainer:
     """Everything one ESD run needs besides the weights: conditioning, the DDIM schedule, the frozen view."""
 
@@ -241,6 +286,9 @@ class _Trainer:
     def frozen_targets(self, x, t, concepts, eps_c=None, eps_u=None) -> torch.Tensor:
         """The ESD target at (x, t); reuses the frozen eps_c / eps_u when the sampler already computed them."""
         t = t.expand(len(x)) if t.ndim == 0 else t
+        if eps_c is None and eps_u is None and bool(self.anchor_empty.all()):  # both branches in one call
+            cond = Conditions.cat([self._rows(concepts, "uncond"), self._rows(concepts, "concept")])
+            eps_u, eps_c = self.eps(torch.cat([x, x]), torch.cat([t, t]), cond, frozen=True).chunk(2)
         if eps_c is None:
             eps_c = self.eps(x, t, self._rows(concepts, "concept"), frozen=True)
         plain = self.anchor_empty.to(concepts.device)[concepts]  # rows whose base is the unconditional branch
@@ -278,7 +326,7 @@ class _Trainer:
         if frozen:
             targets = torch.cat([part[3] for part in parts])
         else:  # the trained model drew the trajectories: the frozen targets in batches over all of its steps
-            chunk = max(2 * p, 64)
+            chunk = max(p, 32)  # both frozen branches in one call: 2 * chunk UNet rows
             targets = torch.cat([
                 self.frozen_targets(latents[i : i + chunk], timesteps[i : i + chunk], rows[i : i + chunk])
                 for i in range(0, len(latents), chunk)
@@ -304,9 +352,69 @@ class _Trainer:
             parts.append((x, t.reshape(1), concept, self.frozen_targets(x, t, concept, eps_c)))
         return _Pool(*[torch.cat(column) for column in zip(*parts, strict=True)])
 
+    def predict(self, batch: _Pool) -> torch.Tensor:
+        """The trained model's eps(x_t, c, t) for a batch, with gradients."""
+        return self.eps(batch.latents, batch.timesteps, self._rows(batch.concepts, "concept"), frozen=False)
+
     def loss(self, batch: _Pool) -> torch.Tensor:
-        pred = self.eps(batch.latents, batch.timesteps, self._rows(batch.concepts, "concept"), frozen=False)
-        return torch.nn.functional.mse_loss(pred, batch.targets)
+        return torch.nn.functional.mse_loss(self.predict(batch), batch.targets)
+
+    # --- stream: trajectories in flight, each advanced one step per iteration -------------------------------
+
+    @property
+    def stream_width(self) -> int:
+        """Trajectories in flight: `batch_size`, and at least one per concept (slot i keeps concept i mod n)."""
+        return max(self.config.batch_size, len(self.concepts))
+
+    @torch.no_grad()
+    def start_stream(self, seed: int) -> _Stream:
+        """P trajectories, trajectory i pre-rolled to step i K / P so that their steps are spread over the
+        schedule from the first iteration (drawn with the weights as they are: the original ones)."""
+        p, k = self.stream_width, len(self.timesteps)
+        stream = _Stream(
+            latents=torch.cat([self.noise(1, step_generator(seed, i, 4)) for i in range(p)]),
+            steps=torch.tensor([i * k // p for i in range(p)], device=self.device),
+            concepts=(torch.arange(p) % len(self.concepts)).to(self.device),
+            started=torch.tensor(p),
+        )
+        frozen = self.config.sampler == "frozen"
+        for step in range(int(stream.steps.max())):
+            rows = stream.steps > step
+            x = stream.latents[rows]
+            stream.latents[rows] = self.guided_step(x, self.timesteps[step], stream.concepts[rows], frozen=frozen)[0]
+        return stream
+
+    @torch.no_grad()
+    def stream_batch(self, stream: _Stream) -> tuple[_Pool, tuple | None]:
+        """The current (x_t, t) of every trajectory in flight with its ESD target; with the frozen sampler also
+        the frozen (eps_c, eps_u) that its next guided step reuses."""
+        x, concepts = stream.latents.clone(), stream.concepts.clone()  # the stream moves on in place
+        t = self.timesteps[stream.steps]
+        if self.config.sampler != "frozen":
+            return _Pool(x, t, concepts, self.frozen_targets(x, t, concepts)), None
+        cond = Conditions.cat([self._rows(concepts, "uncond"), self._rows(concepts, "concept")])
+        eps_u, eps_c = self.eps(torch.cat([x, x]), torch.cat([t, t]), cond, frozen=True).chunk(2)
+        return _Pool(x, t, concepts, self.frozen_targets(x, t, concepts, eps_c, eps_u)), (eps_c, eps_u)
+
+    @torch.no_grad()
+    def advance_stream(self, stream: _Stream, batch: _Pool, eps_c, eps_u, seed: int) -> None:
+        """One guided DDIM step for every trajectory in flight (rows at different timesteps); a finished
+        trajectory is replaced by fresh noise for the same slot (so the same concept).
+
+        With the trained sampler eps_c is the training forward's own prediction (this iteration's weights,
+        before the update) and only eps_u costs a call, so the trajectories are drawn by the model as it is
+        trained, one step per iteration."""
+        if eps_u is None:
+            eps_u = self.eps(batch.latents, batch.timesteps, self._rows(batch.concepts, "uncond"), frozen=False)
+        guided = eps_u + self.config.sampling_guidance * (eps_c - eps_u)
+        for i, t in enumerate(batch.timesteps):
+            stream.latents[i] = self.scheduler.step(guided[i : i + 1], t, batch.latents[i : i + 1]).prev_sample[0]
+        stream.steps += 1
+        for i in torch.nonzero(stream.steps == len(self.timesteps)).flatten().tolist():
+            number = int(stream.started)
+            stream.latents[i] = self.noise(1, step_generator(seed, number, 4))[0]
+            stream.steps[i] = 0
+            stream.started += 1
 
 
 def _frozen_view(unet, tuning, lora: bool, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
@@ -364,6 +472,8 @@ def fit_esd(pipe, request: EditRequest, config: ESDConfig, inputs: ESDInputs, *,
         trainer = _Trainer(pipe, request, config, unet, _frozen_view(unet, tuned, lora, copy_dtype))
         optimizer = torch.optim.Adam(tuned.parameters, lr=config.learning_rate)
         state = {"pool": None, "losses": []}
+        streaming = config.schedule == "stream"
+        state_cls = _Stream if streaming else _Pool
         start = 0
         if inputs.resume:
             saved = load_checkpoint(inputs.checkpoint, run_config)
@@ -372,16 +482,33 @@ def fit_esd(pipe, request: EditRequest, config: ESDConfig, inputs: ESDInputs, *,
                     p.copy_(value)
             optimizer.load_state_dict(saved["optimizer"])
             if saved["pool"]:  # checkpoints load on the CPU
-                state["pool"] = _Pool(**{k: v.to(trainer.device) for k, v in saved["pool"].items()})
+                state["pool"] = state_cls(**{k: v.to(trainer.device) for k, v in saved["pool"].items()})
             trainer.frozen_calls = saved["frozen_calls"]
             state["losses"] = list(saved["losses"])
             start = saved["step"]
-            if start > config.iterations:
-                raise ValueError(f"the checkpoint is at iteration {start}, past --iterations {config.iterations}")
+            if start > config.total_iterations:
+                raise ValueError(f"the checkpoint is at iteration {start}, past --iterations {config.total_iterations}")
             log.info("resumed ESD from %s at iteration %d", inputs.checkpoint, start)
 
+        def stream_step_fn(step: int) -> dict[str, float]:
+            if state["pool"] is None:
+                state["pool"] = trainer.start_stream(seed)
+            stream = state["pool"]
+            batch, frozen_eps = trainer.stream_batch(stream)
+            optimizer.zero_grad(set_to_none=True)
+            pred = trainer.predict(batch)
+            loss = torch.nn.functional.mse_loss(pred, batch.targets)
+            loss.backward()
+            eps_c, eps_u = frozen_eps if frozen_eps is not None else (pred.detach(), None)
+            trainer.advance_stream(stream, batch, eps_c, eps_u, seed)  # before the update: this iteration's weights
+            optimizer.step()
+            state["losses"].append(loss.item())
+            return {"loss": state["losses"][-1]}
+
         def step_fn(step: int) -> dict[str, float]:
-            if config.pool_trajectories == 0:
+            if streaming:
+                return stream_step_fn(step)
+            if config.schedule == "official":
                 batch = trainer.official_samples(seed, step)
             else:
                 if state["pool"] is None or step % config.refresh_every == 0:
@@ -410,17 +537,17 @@ def fit_esd(pipe, request: EditRequest, config: ESDConfig, inputs: ESDInputs, *,
         if config.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         try:
-            run_steps(total=config.iterations, start=start, step_fn=step_fn, save_fn=save_fn,
+            run_steps(total=config.total_iterations, start=start, step_fn=step_fn, save_fn=save_fn,
                       every=inputs.checkpoint_every, desc="esd", progress=progress,
                       checkpointing=inputs.checkpoint is not None)  # fmt: skip
         finally:
             if config.gradient_checkpointing and not checkpointing:
                 unet.disable_gradient_checkpointing()
-    log.info("esd: %d iterations in %.1f s", config.iterations, time.perf_counter() - started)
+    log.info("esd: %d iterations in %.1f s", config.total_iterations, time.perf_counter() - started)
     losses = state["losses"]
     tail = losses[-max(1, len(losses) // 10) :]
     stats = {
-        "iterations": config.iterations,
+        "iterations": config.total_iterations,
         "lr": config.learning_rate,
         "final_loss": sum(tail) / len(tail),
         "frozen_unet_rows": trainer.frozen_calls,
