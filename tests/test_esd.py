@@ -173,6 +173,22 @@ def test_stream_trained_sampler_steps_with_the_weights_of_each_iteration(sd, mon
     assert len(moved) == 3 and moved[0] < 1e-5 and min(moved[1:]) > 1e-3  # iteration 0 trains the original
 
 
+def test_stream_keeps_one_trajectory_per_concept_in_flight(sd):
+    """Several concepts at batch 1: one slot per concept, and a restarted trajectory keeps its slot's concept,
+    so every concept trains in every iteration (none is starved when few trajectories fit in a run)."""
+    request = EditRequest(concepts=("cat", "dog", "bird"))
+    cfg = config(schedule="stream", batch_size=1, sampling_steps=3)
+    cm, _, trainer = trainer_for(sd, request, cfg, esd.variant_parameters(sd, "kv"))
+    stream = trainer.start_stream(seed=0)
+    assert stream.concepts.tolist() == [0, 1, 2] and stream.steps.tolist() == [0, 1, 2]
+    for _ in range(4):
+        batch, _ = trainer.stream_batch(stream)
+        assert sorted(batch.concepts.tolist()) == [0, 1, 2]
+        trainer.advance_stream(stream, batch, torch.zeros_like(batch.latents), None, seed=0)
+    assert stream.concepts.tolist() == [0, 1, 2] and int(stream.started) == 3 + 4
+    cm.__exit__(None, None, None)
+
+
 @pytest.mark.parametrize("kind", ["dense", "low_rank"])
 def test_frozen_view_gives_the_original_model_after_the_weights_moved(sd, kind):
     request = EditRequest(concepts=("cat",))

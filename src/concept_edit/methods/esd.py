@@ -21,11 +21,11 @@ LoRA adapters instead and the edit holds their low-rank factors.
 
 Where x_t comes from (`sampler`):
 * `trained` (default; the original CompVis `train-esd.py`): x_t is sampled with the model being trained, so
-  the trajectories follow the erasure as it proceeds; the frozen predictions are then extra calls. With
-  the pool schedule on ShapesSD (tuning seeds 5000+) it left "circle" in 0 of 16 prompts at 150, 300 and 450
-  iterations, where `frozen` left 1-5 of 16 at every length from 50 to 600 (and 2-6 at lr 3e-4, 1-3 at
-  eta 2), and the fresh-trajectory loop needed 40 samples with it against 320 with `frozen`
-  (`esd_speed_frozen_default.json`): better at equal time, so it is the default;
+  the trajectories follow the erasure as it proceeds; the frozen predictions are then extra calls. On
+  ShapesSD it erases circle in far fewer samples: with the stream, 50 samples (median of 3 seeds) against
+  275-375 with `frozen`, which is cheaper per sample but slower to the same erasure
+  (`benchmarks/results/esd_speed.json`); with pools on the tuning seeds it left circle in 0 of 16 prompts
+  at 150-450 iterations where `frozen` left 1-5 of 16 at any length. So it is the default;
 * `frozen` (the official diffusers script `esd_sd.py`): x_t is sampled with the original model. Guided DDIM
   at step k has already computed eps*(x_t, c) and eps*(x_t, "") to take that step, at exactly the x_t and t
   ESD trains on, so the target costs nothing more (an anchor adds one prediction per step).
