@@ -211,8 +211,15 @@ def esd_target(eps_concept: torch.Tensor, eps_base: torch.Tensor, eta: float) ->
     return eps_base - eta * (eps_concept - eps_base)
 
 
+class _Tensors:
+    """A dataclass of tensors that a checkpoint saves as a dict (the pool or the stream)."""
+
+    def state_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 @dataclass
-class _Pool:
+class _Pool(_Tensors):
     """Training samples: latents x_t, timesteps t, concept index, target."""
 
     latents: torch.Tensor
@@ -220,12 +227,9 @@ class _Pool:
     concepts: torch.Tensor
     targets: torch.Tensor
 
-    def state_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 @dataclass
-class _Stream:
+class _Stream(_Tensors):
     """Trajectories in flight: latents x at DDIM step `steps` (index into the schedule), concept, and how many
     trajectories have been started (the next one's number seeds its noise)."""
 
@@ -233,9 +237,6 @@ class _Stream:
     steps: torch.Tensor
     concepts: torch.Tensor
     started: torch.Tensor
-
-    def state_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 class _Trainer:
