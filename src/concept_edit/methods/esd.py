@@ -276,10 +276,16 @@ class _Trainer:
         return out.float()
 
     @torch.no_grad()
+    def both_branches(self, x, t, concepts: torch.Tensor, *, frozen: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(eps_uncond, eps_concept) at (x, t) in one UNet call of 2N rows; t a scalar or one per row."""
+        cond = Conditions.cat([self._rows(concepts, "uncond"), self._rows(concepts, "concept")])
+        both = self.eps(torch.cat([x, x]), t if t.ndim == 0 else torch.cat([t, t]), cond, frozen=frozen)
+        return both.chunk(2)
+
+    @torch.no_grad()
     def guided_step(self, x, t, concepts: torch.Tensor, *, frozen: bool):
         """One guided DDIM step for rows of concepts; also the sampler's own (eps_c, eps_uncond)."""
-        cond = Conditions.cat([self._rows(concepts, "uncond"), self._rows(concepts, "concept")])
-        eps_u, eps_c = self.eps(torch.cat([x, x]), t, cond, frozen=frozen).chunk(2)
+        eps_u, eps_c = self.both_branches(x, t, concepts, frozen=frozen)
         guided = eps_u + self.config.sampling_guidance * (eps_c - eps_u)
         return self.scheduler.step(guided, t, x).prev_sample, eps_c, eps_u
 
@@ -288,8 +294,7 @@ class _Trainer:
         """The ESD target at (x, t); reuses the frozen eps_c / eps_u when the sampler already computed them."""
         t = t.expand(len(x)) if t.ndim == 0 else t
         if eps_c is None and eps_u is None and bool(self.anchor_empty.all()):  # both branches in one call
-            cond = Conditions.cat([self._rows(concepts, "uncond"), self._rows(concepts, "concept")])
-            eps_u, eps_c = self.eps(torch.cat([x, x]), torch.cat([t, t]), cond, frozen=True).chunk(2)
+            eps_u, eps_c = self.both_branches(x, t, concepts, frozen=True)
         if eps_c is None:
             eps_c = self.eps(x, t, self._rows(concepts, "concept"), frozen=True)
         plain = self.anchor_empty.to(concepts.device)[concepts]  # rows whose base is the unconditional branch
@@ -357,9 +362,6 @@ class _Trainer:
         """The trained model's eps(x_t, c, t) for a batch, with gradients."""
         return self.eps(batch.latents, batch.timesteps, self._rows(batch.concepts, "concept"), frozen=False)
 
-    def loss(self, batch: _Pool) -> torch.Tensor:
-        return torch.nn.functional.mse_loss(self.predict(batch), batch.targets)
-
     # --- stream: trajectories in flight, each advanced one step per iteration -------------------------------
 
     @property
@@ -393,8 +395,7 @@ class _Trainer:
         t = self.timesteps[stream.steps]
         if self.config.sampler != "frozen":
             return _Pool(x, t, concepts, self.frozen_targets(x, t, concepts)), None
-        cond = Conditions.cat([self._rows(concepts, "uncond"), self._rows(concepts, "concept")])
-        eps_u, eps_c = self.eps(torch.cat([x, x]), torch.cat([t, t]), cond, frozen=True).chunk(2)
+        eps_u, eps_c = self.both_branches(x, t, concepts, frozen=True)
         return _Pool(x, t, concepts, self.frozen_targets(x, t, concepts, eps_c, eps_u)), (eps_c, eps_u)
 
     @torch.no_grad()
@@ -491,25 +492,12 @@ def fit_esd(pipe, request: EditRequest, config: ESDConfig, inputs: ESDInputs, *,
                 raise ValueError(f"the checkpoint is at iteration {start}, past --iterations {config.total_iterations}")
             log.info("resumed ESD from %s at iteration %d", inputs.checkpoint, start)
 
-        def stream_step_fn(step: int) -> dict[str, float]:
-            if state["pool"] is None:
-                state["pool"] = trainer.start_stream(seed)
-            stream = state["pool"]
-            batch, frozen_eps = trainer.stream_batch(stream)
-            optimizer.zero_grad(set_to_none=True)
-            pred = trainer.predict(batch)
-            loss = torch.nn.functional.mse_loss(pred, batch.targets)
-            loss.backward()
-            eps_c, eps_u = frozen_eps if frozen_eps is not None else (pred.detach(), None)
-            trainer.advance_stream(stream, batch, eps_c, eps_u, seed)  # before the update: this iteration's weights
-            optimizer.step()
-            state["losses"].append(loss.item())
-            return {"loss": state["losses"][-1]}
-
         def step_fn(step: int) -> dict[str, float]:
             if streaming:
-                return stream_step_fn(step)
-            if config.schedule == "official":
+                if state["pool"] is None:
+                    state["pool"] = trainer.start_stream(seed)
+                batch, frozen_eps = trainer.stream_batch(state["pool"])
+            elif config.schedule == "official":
                 batch = trainer.official_samples(seed, step)
             else:
                 if state["pool"] is None or step % config.refresh_every == 0:
@@ -520,8 +508,12 @@ def fit_esd(pipe, request: EditRequest, config: ESDConfig, inputs: ESDInputs, *,
                 pick = torch.as_tensor(rng.choice(size, min(config.batch_size, size), replace=False))
                 batch = _Pool(*(getattr(pool, f.name)[pick.to(pool.latents.device)] for f in dataclasses.fields(pool)))
             optimizer.zero_grad(set_to_none=True)
-            loss = trainer.loss(batch)
+            pred = trainer.predict(batch)
+            loss = torch.nn.functional.mse_loss(pred, batch.targets)
             loss.backward()
+            if streaming:  # before the update: the step is drawn with this iteration's weights
+                eps_c, eps_u = frozen_eps if frozen_eps is not None else (pred.detach(), None)
+                trainer.advance_stream(state["pool"], batch, eps_c, eps_u, seed)
             optimizer.step()
             state["losses"].append(loss.item())
             return {"loss": state["losses"][-1]}
