@@ -94,6 +94,33 @@ def test_official_loop_samples_have_the_same_targets(sd):
     torch.testing.assert_close(batch.targets, base - 1.5 * (concept - base), atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("script, negative_guidance", [("diffusers", 2.0), ("diffusers", 3.5), ("compvis", 1.0)])
+def test_an_official_scripts_negative_guidance_gives_that_scripts_target(sd, script, negative_guidance):
+    """The diffusers script's target is eps_c - eta_d (eps_c - eps_0) (its default 2 is the paper's 1); CompVis
+    writes eps_0 - eta (eps_c - eps_0). Each converted eta trains toward that script's own target."""
+    eta = esd.eta_from_official(negative_guidance, script)
+    cfg = config(schedule="official", batch_size=2, sampling_steps=4, eta=eta)
+    cm, _, trainer = trainer_for(sd, EditRequest(concepts=("cat",)), cfg, esd.variant_parameters(sd, "kv"))
+    batch = trainer.official_samples(seed=0, step=0)
+    cm.__exit__(None, None, None)
+    null, concept = direct(sd, batch.latents, batch.timesteps, ""), direct(sd, batch.latents, batch.timesteps, "cat")
+    if script == "diffusers":
+        official = concept - negative_guidance * (concept - null)
+    else:
+        official = null - negative_guidance * (concept - null)
+    torch.testing.assert_close(batch.targets, official, atol=1e-5, rtol=1e-4)
+    assert (concept - null).abs().max() > 1e-3  # the two conventions differ on this model: the check can fail
+    if (script, negative_guidance) == ("diffusers", 2.0):
+        assert eta == 1.0  # the official default is the paper's eta = 1, this project's default
+
+
+def test_official_negative_guidance_below_the_paper_range_is_refused():
+    with pytest.raises(ValueError, match="eta -0.5 < 0"):
+        esd.eta_from_official(0.5, "diffusers")
+    with pytest.raises(ValueError, match="script"):
+        esd.eta_from_official(1.0, "kohya")
+
+
 @pytest.mark.parametrize("sampler", ["frozen", "trained"])
 def test_stream_trajectories_are_guided_ddim_and_targets_the_formula(sd, monkeypatch, sampler):
     """Three trajectories in flight, spread over the schedule; each iteration's (x_t, t) is the next latent of

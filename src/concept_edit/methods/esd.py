@@ -14,9 +14,10 @@ request's guide) the unconditional branch is replaced by the anchor's prediction
 (eps*(x_t, c) - eps*(x_t, a)), which steers c toward a. `eta = 0` with no anchor is the eigen paper's
 cross-attention fine-tuning, eq. 11: eps_theta(x_t, c, t) <- eps*(x_t, t).
 
-Variants (which Linear/Conv2d weights and biases train, as the official `esd_sd.py` selects them; norm
-layers never train): `x` cross-attention (ESD-x), `u` everything else (ESD-u), `all`, `kv` cross-attention
-to_k/to_v only (the official `esd-x-strict`). With `lora_rank` > 0 the chosen modules' weights get peft
+Variants (which Linear/Conv2d weights and biases train, as the official diffusers script `esd_sd.py` selects
+them, so norm layers never train; the CompVis `train-esd.py` selects by `named_parameters` and its `noxattn`
+(ESD-u) and `full` also train the GroupNorm/LayerNorm weights): `x` cross-attention (ESD-x), `u` everything
+else (ESD-u), `all`, `kv` cross-attention to_k/to_v only (the official `esd-x-strict`). With `lora_rank` > 0 the chosen modules' weights get peft
 LoRA adapters instead and the edit holds their low-rank factors.
 
 Where x_t comes from (`sampler`):
@@ -69,11 +70,19 @@ Choices, and where they follow which official script (rohitgandikota/erasing):
   sampling and in the target, where `esd_sdxl.py` encodes "" for the target's null branch.
 Several concepts train in one run: each trajectory is drawn for one of them, in turn.
 The official scripts use batch 1, Adam and lr 1e-5 (CompVis, 1000 iterations) or 5e-5 (diffusers,
-200 iterations); eta 1 (CompVis) or 2 (diffusers). The defaults here (stream, batch 1; lr and iterations by
+200 iterations). Their negative guidance is written two ways, and `eta` here is always the paper's:
+* CompVis `train-esd.py`: target e_0 - eta (e_p - e_0), i.e. eps*(x_t, "") - eta (eps*(x_t, c) - eps*(x_t, "")),
+  the paper's form; its default `--negative_guidance 1` is the paper's eta = 1;
+* diffusers `esd_sd.py` / `esd_sdxl.py` without `--erase_from`: target eps*(x_t, c) - eta_d (eps*(x_t, c) -
+  eps*(x_t, "")) = eps*(x_t, "") - (eta_d - 1)(eps*(x_t, c) - eps*(x_t, "")), so its eta_d is the paper's
+  eta + 1 and its default `--negative_guidance 2` is the paper's eta = 1 (`eta_from_official` converts).
+  With `--erase_from a` its target eps*(x_t, a) - eta_d (eps*(x_t, c) - eps*(x_t, "")) has no paper form.
+The defaults here (stream, batch 1; lr and iterations by
 variant) were chosen for ShapesSD on its tuning seeds: ESD-x at lr 1e-3 took circle to 0/16 in 40
 iterations but cost the other objects 6-27 points by 150, at 3e-4 it reached 0-1/16 by 80 iterations and
 kept them within 2-4 points up to 200 (`benchmarks/esd_quality.py` reports the defaults on other seeds).
-For Stable Diffusion start from the official values.
+For Stable Diffusion start from the official lr and iterations; the default eta (1) is the paper's and
+both official scripts' default, not the diffusers script's number 2 taken into the paper's formula.
 """
 
 from __future__ import annotations
@@ -111,7 +120,7 @@ OFFICIAL_STEPS = 50  # DDIM steps of a trajectory in both official scripts
 @dataclass(frozen=True)
 class ESDConfig:
     variant: str = field(default="x", metadata={"help": "parameters to train: x (cross-attn), u, all, kv"})
-    eta: float = field(default=1.0, metadata={"help": "negative guidance scale eta (0: eigen paper eq. 11)"})
+    eta: float = field(default=1.0, metadata={"help": "negative guidance eta, the paper's (CompVis --negative_guidance N: N; diffusers esd_sd.py N: N - 1; 0: eigen paper eq. 11)"})
     iterations: int | None = field(
         default=None, metadata={"help": "optimizer steps (default: 200 for x/kv, 1000 for u/all as the paper)"}
     )
@@ -209,6 +218,21 @@ def variant_parameters(pipe, variant: str, *, weights_only: bool = False) -> lis
 def esd_target(eps_concept: torch.Tensor, eps_base: torch.Tensor, eta: float) -> torch.Tensor:
     """The ESD regression target eps*(x_t, base) - eta (eps*(x_t, c) - eps*(x_t, base))."""
     return eps_base - eta * (eps_concept - eps_base)
+
+
+OFFICIAL_SCRIPTS = ("compvis", "diffusers")
+
+
+def eta_from_official(negative_guidance: float, script: str) -> float:
+    """The paper's eta for an official script's `--negative_guidance` (see the module docstring).
+
+    CompVis `train-esd.py` writes the paper's form, so the value carries over; the diffusers scripts subtract
+    eta_d (eps_c - eps_0) from eps_c instead of from eps_0, which is the paper's eta = eta_d - 1."""
+    check_choice("script", script, OFFICIAL_SCRIPTS)
+    eta = negative_guidance - 1 if script == "diffusers" else negative_guidance
+    if eta < 0:
+        raise ValueError(f"--negative_guidance {negative_guidance} of the {script} script is eta {eta} < 0 here")
+    return eta
 
 
 class _Tensors:
