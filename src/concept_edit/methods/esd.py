@@ -17,8 +17,8 @@ cross-attention fine-tuning, eq. 11: eps_theta(x_t, c, t) <- eps*(x_t, t).
 Variants (which Linear/Conv2d weights and biases train, as the official diffusers script `esd_sd.py` selects
 them, so norm layers never train; the CompVis `train-esd.py` selects by `named_parameters` and its `noxattn`
 (ESD-u) and `full` also train the GroupNorm/LayerNorm weights): `x` cross-attention (ESD-x), `u` everything
-else (ESD-u), `all`, `kv` cross-attention to_k/to_v only (the official `esd-x-strict`). With `lora_rank` > 0 the chosen modules' weights get peft
-LoRA adapters instead and the edit holds their low-rank factors.
+else (ESD-u), `all`, `kv` cross-attention to_k/to_v only (the official `esd-x-strict`). With `lora_rank` > 0
+the chosen modules' weights get peft LoRA adapters instead and the edit holds their low-rank factors.
 
 Where x_t comes from (`sampler`):
 * `trained` (default; the original CompVis `train-esd.py`): x_t is sampled with the model being trained, so
@@ -120,7 +120,13 @@ OFFICIAL_STEPS = 50  # DDIM steps of a trajectory in both official scripts
 @dataclass(frozen=True)
 class ESDConfig:
     variant: str = field(default="x", metadata={"help": "parameters to train: x (cross-attn), u, all, kv"})
-    eta: float = field(default=1.0, metadata={"help": "negative guidance eta, the paper's (CompVis --negative_guidance N: N; diffusers esd_sd.py N: N - 1; 0: eigen paper eq. 11)"})
+    eta: float = field(
+        default=1.0,
+        metadata={
+            "help": "negative guidance eta, the paper's (CompVis --negative_guidance N: N; diffusers esd_sd.py "
+            "N: N - 1; 0: eigen paper eq. 11)"
+        },
+    )
     iterations: int | None = field(
         default=None, metadata={"help": "optimizer steps (default: 200 for x/kv, 1000 for u/all as the paper)"}
     )
