@@ -48,6 +48,52 @@ def _cell(value) -> str:
     return f"<td>{html.escape(str(value))}</td>"
 
 
+ATTACKS_TEST = (
+    "whether an erased concept comes back: each attack looks for prompts the edit was not given (paraphrase: "
+    "other wordings; soft-prompt: free token embeddings optimised against the edit; ring-a-bell: a concept vector "
+    "added to the prompt), and the judge reads each image it draws."
+)
+PROBE_DEFINITIONS = {
+    "attack success": "the share of the attack's images the judge reads as the erased concept, k/n, with its "
+    "Wilson 95% interval (lower: the erasure holds).",
+    "no attack": "the same share for the edited model on the concept's own prompts: an attack only adds something "
+    "where this is low.",
+    "unedited model": "the same share before the edit (the concept was there to erase).",
+    "budget": "how much search the attack was given; the papers' budgets are larger, so the rates are lower bounds.",
+}
+TABLE_DEFINITIONS = {
+    "target": "the erased concept's accuracy on its suite (the share of its images the oracle reads as it), "
+    "[95% interval], and before the edit.",
+    "others": "the mean accuracy of the suite's other concepts, which the edit should keep, and before the edit.",
+    "synonyms": "the erased object's accuracy on its true synonyms (shapes-paraphrase: wordings the edit was not "
+    "given).",
+    "Frechet to renders": "Fréchet distance of oracle features to true renders of the same prompts (lower: closer).",
+    "image change": "mean distance of each image to the unedited model's image of the same prompt and seed.",
+    "… success": "the share of that attack's images read as the concept (k/n, [95% interval]), beside the edited "
+    "model's reading of the plain concept prompts without the attack.",
+}
+
+
+def _definitions(items: dict[str, str]) -> str:
+    body = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in items.items())
+    return f"<dl class='defs'>{body}</dl>"
+
+
+def probe_sentence(run: dict) -> str:
+    """One sentence per probe run: the attack, the model and edit, and what the judge read, with intervals."""
+    from concept_edit.evaluation.report import describe  # here: evaluation.report imports this module
+
+    who = describe(run["model"], run.get("edit_names") or [])
+    k, n = run.get("successes"), run.get("n")
+    counts = f"{k}/{n} of its images" if k is not None else f"{run['attack_success_rate']:.2f} of its images"
+    text = (
+        f"the judge read {counts} as {run['concept']!r} ({_share(run['attack_success_rate'], run.get('ci95'))}), "
+        f"against {_share(run['edited_no_attack'].get('rate'), run['edited_no_attack'].get('ci95'))} without the "
+        f"attack and {_share(run['unedited'].get('rate'), run['unedited'].get('ci95'))} in the unedited model"
+    )
+    return f"<b>{html.escape(run['attack'])} attack on {html.escape(who)}</b>: {html.escape(text)}."
+
+
 def probe_section(runs: Sequence[dict]) -> str:
     """HTML: a table of every probe run, then the first prompts each attack tried or found."""
     if not runs:
@@ -75,14 +121,15 @@ def probe_section(runs: Sequence[dict]) -> str:
         )
     parts = [
         "<h2>Attacks</h2>",
-        "<p class='note'>Share of attack images the judge reads as the erased concept (Wilson 95% interval); "
-        "'no attack' is the edited model on the concept's own prompts, 'unedited' the model before the edit.</p>",
+        f"<p class='tests'>What it tests: {html.escape(ATTACKS_TEST)}</p>",
+        "<ul class='lead'>" + "".join(f"<li>{probe_sentence(run)}</li>" for run in runs) + "</ul>",
         f"<table>{head}{''.join(rows)}</table>",
+        _definitions(PROBE_DEFINITIONS),
     ]
     for run in runs:
         judge = run.get("judge", "")
         parts.append(f"<h3>{html.escape(run['attack'])} on {html.escape(repr(run['concept']))}</h3>")
-        parts.append(f"<p class='note'>judge: {html.escape(str(judge))}</p>")
+        parts.append(f"<p class='note'>the judge: {html.escape(str(judge))}</p>")
         extra = []
         if "discrete_success_rate" in run:
             extra.append(f"nearest-token prompts succeed {run['discrete_success_rate']:.2f}")
@@ -126,15 +173,29 @@ def probe_section(runs: Sequence[dict]) -> str:
     return "\n".join(parts)
 
 
+def _two(main: str, below: str = "") -> str:
+    """A table cell: the figure on one line, its counts and interval in small print below."""
+    small = f"<br><span class='note'>{html.escape(below)}</span>" if below else ""
+    return f"<td><span class='nw'>{html.escape(main)}</span>{small}</td>"
+
+
 def _attack(row: dict, attack: str) -> str:
     cell = (row.get("attacks") or {}).get(attack)
     if cell and "refused" in cell:
-        return "refused"
+        return _two("refused")
     if cell and "rate" in cell:
         plain = cell.get("edited_no_attack") or {}
-        without = f"; without attack {plain['successes']}/{plain['n']}" if "successes" in plain else ""
-        return _share(cell["rate"], cell.get("ci95"), cell.get("successes"), cell.get("n")) + without
-    return _share(row.get("attack_success", {}).get(attack))
+        counts = f"{cell['successes']}/{cell['n']}" if "successes" in cell and "n" in cell else ""
+        without = f"no attack {plain['successes']}/{plain['n']}" if "successes" in plain else ""
+        return _two(_share(cell["rate"], cell.get("ci95")), "; ".join(t for t in (counts, without) if t))
+    return _two(_share(row.get("attack_success", {}).get(attack)))
+
+
+def _with_before(row: dict, key: str, cell_key: str) -> str:
+    """'0.25 [0.10, 0.49]' with 'before 1.00' below, from an erasure-table row."""
+    before = (row.get(f"{cell_key}_before") or {}).get("accuracy")
+    below = f"before {before:.2f}" if isinstance(before, int | float) else ""
+    return _two(_share(row.get(key), (row.get(cell_key) or {}).get("ci95")), below)
 
 
 def erasure_table_section(rows: Sequence[dict]) -> str:
@@ -150,25 +211,32 @@ def erasure_table_section(rows: Sequence[dict]) -> str:
             cells = [r.get("method", ""), r.get("concept", ""), f"refused: {r['refused']}"]
             body.append("<tr>" + "".join(_cell(c) for c in cells) + "</tr>")
             continue
-        target, others = r.get("target") or {}, r.get("others") or {}
         change = r.get("image_change") or {}
+        synonyms = r.get("paraphrase") or {}
         cells = [
-            r.get("method", ""),
-            r.get("concept", ""),
-            _share(r.get("target_accuracy"), target.get("ci95")),
-            _share(r.get("others_accuracy"), others.get("ci95")),
-            _share((r.get("paraphrase") or {}).get("accuracy")),
-            f"{r['frechet_to_renders']:.1f}" if isinstance(r.get("frechet_to_renders"), int | float) else "–",
-            f"{change['mean']:.3f}" if isinstance(change.get("mean"), int | float) else "–",
+            _cell(r.get("method", "")),
+            _cell(r.get("concept", "")),
+            _with_before(r, "target_accuracy", "target"),
+            _with_before(r, "others_accuracy", "others"),
+            _two(
+                _share(synonyms.get("accuracy")), f"{_interval(synonyms)} n={synonyms['n']}" if "n" in synonyms else ""
+            ),
+            _cell(f"{r['frechet_to_renders']:.1f}" if isinstance(r.get("frechet_to_renders"), int | float) else "–"),
+            _cell(f"{change['mean']:.3f}" if isinstance(change.get("mean"), int | float) else "–"),
             *[_attack(r, a) for a in attacks],
-            r.get("fit_s", ""),
-            f"{r['edit_bytes'] / 1024:.0f}" if isinstance(r.get("edit_bytes"), int) else "",
+            _cell(r.get("fit_s", "")),
+            _cell(f"{r['edit_bytes'] / 1024:.0f}" if isinstance(r.get("edit_bytes"), int) else ""),
         ]
-        body.append("<tr>" + "".join(_cell(c) for c in cells) + "</tr>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
     header = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     return (
-        "<h2>Erasure methods compared</h2><p class='note'>Each method at its documented default on ShapesSD; "
-        "accuracies are the oracle's readings with Wilson 95% intervals; attack success is the share of attack "
-        "images read as the concept, beside the edited model's own reading of the plain concept prompt (an attack "
-        f"only means something where that is low).</p><table><tr>{header}</tr>{''.join(body)}</table>"
+        "<h2>Erasure methods compared</h2><p class='tests'>What it tests: each erasure method at its documented "
+        "default on ShapesSD, one row per erased concept: how much of the concept is gone, what the other concepts "
+        "keep, and whether attacks bring it back (the oracle reads every image).</p>"
+        f"<table class='wide'><tr>{header}</tr>{''.join(body)}</table>{_definitions(TABLE_DEFINITIONS)}"
     )
+
+
+def _interval(cell: dict) -> str:
+    ci = cell.get("ci95")
+    return f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
