@@ -315,7 +315,7 @@ def test_a_colon_in_a_concept_flag_is_part_of_the_concept(sd_folder, tmp_path, c
     assert request["concepts"] == ["cat: dog"] and request["guide"] is None
 
 
-ESD_FAST = ["--iterations", "3", "--pool-trajectories", "2", "--sampling-steps", "3", "--lr", "0.003"]
+ESD_FAST = ["--iterations", "3", "--sampling-steps", "3", "--lr", "0.003"]
 
 
 def test_esd_edit_checkpoint_and_resume_from_the_cli(sd_folder, tmp_path, capsys, monkeypatch):
@@ -373,3 +373,33 @@ def test_bad_esd_input_is_one_line_and_writes_nothing(sd_folder, tmp_path, capsy
     )
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_the_light_copies_match_the_code_they_stand_for():
+    """The CLI reads these without torch; each equals the list the heavy code checks against."""
+    from concept_edit import cli_support
+    from concept_edit.amnesia import models as amnesia_models
+    from concept_edit.cad import ablation, attribution
+    from concept_edit.edit import changes
+    from concept_edit.methods import uce_debias
+    from concept_edit.methods.options import amnesia, cad, uce
+
+    assert tuple(uce_debias.VARIANTS) == uce.DEBIAS_VARIANTS and uce_debias.CONTROLLERS == uce.DEBIAS_CONTROLLERS
+    assert tuple(changes.KINDS) == cli_support.CHANGE_KINDS
+    assert attribution.GROUPS is cad.GROUPS and ablation.SCOPES is cad.SCOPES
+    assert amnesia_models.GROUPS is amnesia.GROUPS
+
+
+def test_a_method_is_described_before_its_code_is_imported():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from concept_edit.methods import available_methods, get_method\n"
+        "assert available_methods() == ['amnesia', 'cad', 'eigen', 'esd', 'uce'], available_methods()\n"
+        "m = get_method('esd'); assert m.config_cls.__name__ == 'ESDConfig' and m.modes == ('erase',)\n"
+        "assert 'concept_edit.methods.esd' not in sys.modules and 'torch' not in sys.modules\n"
+        "assert m.fit.__name__ == 'fit_esd' and 'concept_edit.methods.esd' in sys.modules\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -8,23 +8,56 @@ with ce.applied(pipe, edit):
     ...
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from concept_edit._lazy import lazy_package
+
 __version__ = "0.1.0"
 
-from concept_edit.edit import (  # noqa: E402
-    ActivationProjection,
-    DenseDelta,
-    Edit,
-    EditError,
-    LowRankDelta,
-    SparseSet,
-    applied,
-    apply,
-    compose,
-    revert,
-    trainable,
+# each public name imports its module (torch, diffusers) when first read: `import concept_edit` stays light
+lazy_package(
+    __name__,
+    {
+        "ActivationProjection": "concept_edit.edit",
+        "DenseDelta": "concept_edit.edit",
+        "Edit": "concept_edit.edit",
+        "EditError": "concept_edit.edit",
+        "EditRequest": "concept_edit.methods",
+        "LowRankDelta": "concept_edit.edit",
+        "ModelLoadError": "concept_edit.models",
+        "SparseSet": "concept_edit.edit",
+        "applied": "concept_edit.edit",
+        "apply": "concept_edit.edit",
+        "available_methods": "concept_edit.methods",
+        "compose": "concept_edit.edit",
+        "fit": "concept_edit.methods",
+        "get_method": "concept_edit.methods",
+        "load_pipeline": "concept_edit.models",
+        "make_config": "concept_edit.methods",
+        "make_inputs": "concept_edit.methods",
+        "revert": "concept_edit.edit",
+        "trainable": "concept_edit.edit",
+    },
 )
-from concept_edit.methods import EditRequest, available_methods, fit, get_method, make_config, make_inputs  # noqa: E402
-from concept_edit.models import ModelLoadError, load_pipeline  # noqa: E402
+
+if TYPE_CHECKING:
+    from concept_edit.edit import (
+        ActivationProjection,
+        DenseDelta,
+        Edit,
+        EditError,
+        LowRankDelta,
+        SparseSet,
+        applied,
+        apply,
+        compose,
+        revert,
+        trainable,
+    )
+    from concept_edit.methods import EditRequest, available_methods, fit, get_method, make_config, make_inputs
+    from concept_edit.models import ModelLoadError, load_pipeline
 
 __all__ = [
     "ActivationProjection",
@@ -32,8 +65,8 @@ __all__ = [
     "Edit",
     "EditError",
     "EditRequest",
-    "ModelLoadError",
     "LowRankDelta",
+    "ModelLoadError",
     "SparseSet",
     "__version__",
     "applied",

@@ -11,6 +11,7 @@ tracebacks.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import signal
@@ -33,7 +34,7 @@ from concept_edit.cli_support import (
     number,
     seed_type,
 )
-from concept_edit.stopping import Interrupted
+from concept_edit.stopping import Interrupted, Terminated
 
 log = logging.getLogger("concept_edit")
 
@@ -78,10 +79,21 @@ def _dataclass_options(parser, cls: type) -> list[str]:
         else:
             metavar = "PATH" if kind is Path else None
             parser.add_argument(
-                flag, dest=f.name, type=kind, default=argparse.SUPPRESS, metavar=metavar, help=help_text
+                flag,
+                dest=f.name,
+                type=_path if kind is Path else kind,
+                default=argparse.SUPPRESS,
+                metavar=metavar,
+                help=help_text,
             )
         names.append(f.name)
     return names
+
+
+def _path(text: str) -> Path:
+    if not text.strip():  # Path("") would be the current folder
+        raise argparse.ArgumentTypeError("empty path: give a file or folder name")
+    return Path(text)
 
 
 def _values(args: argparse.Namespace, names: list[str]) -> dict:
@@ -165,7 +177,17 @@ def cmd_edit(args: argparse.Namespace) -> None:
         import torch
 
         edit = edit.astype(getattr(torch, args.store_dtype))
-    edit.save(target)
+    try:
+        edit.save(target)
+    except OSError as err:
+        import errno
+
+        if err.errno != errno.ENOSPC or checkpoint is None or not checkpoint.exists():
+            raise
+        raise ValueError(
+            f"the disk is full: could not write {target}; the finished training is kept in its checkpoint "
+            f"{checkpoint}: free space and run the same command with --resume"
+        ) from None
     if checkpoint is not None:
         checkpoint.unlink(missing_ok=True)  # the run is finished: its edit replaces its checkpoint
     kinds = ", ".join(sorted(set(edit.kinds)))
@@ -180,15 +202,29 @@ def cmd_edit(args: argparse.Namespace) -> None:
 
 
 def _checkpoint_path(args: argparse.Namespace, method, target: Path, values: dict) -> Path | None:
-    """A training method's checkpoint: --checkpoint, else beside the edit it will become; refuse to clobber one."""
-    if "checkpoint" not in {f.name for f in dataclasses.fields(method.inputs_cls)}:
+    """A training method's checkpoint: --checkpoint, else beside the edit it will become. Refused before any work
+    when it is not this method's checkpoint, would clobber one, or is (part of) the output or a cache."""
+    from concept_edit.training import check_checkpoint_slot, paths_overlap
+    from concept_edit.validation import check_number
+
+    names = {f.name for f in dataclasses.fields(method.inputs_cls)}
+    fisher = values.get("fisher")
+    if fisher is not None and paths_overlap(Path(fisher), target):
+        raise ValueError(f"--fisher {fisher} is the output {target} (or holds it); give the Fisher cache its own path")
+    if "checkpoint" not in names:
         return None
+    check_number("--checkpoint-every", values.get("checkpoint_every", 1), low=1, integer=True)
+    given = "checkpoint" in values
     path = Path(values.setdefault("checkpoint", target.parent / f"{target.stem}.checkpoint.safetensors"))
-    if path.exists() and not values.get("resume") and not args.force:
-        raise ValueError(
-            f"an interrupted run left a checkpoint at {path}: pass --resume to continue it, or --force to start over"
-        )
-    return path
+    partials = []
+    if args.method == "amnesia":
+        from concept_edit.methods.amnesia import fisher_checkpoint
+
+        partials = [(fisher_checkpoint(path), "amnesia-fisher")]
+        if fisher is not None and paths_overlap(Path(fisher), path):
+            raise ValueError(f"--fisher {fisher} and --checkpoint {path} overlap; give them separate paths")
+    return check_checkpoint_slot(path, args.method, resume=bool(values.get("resume")), force=args.force,
+                                 outputs=[target] if given else [], partials=partials)  # fmt: skip
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -233,29 +269,42 @@ def cmd_attention(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from concept_edit.export import export_pipeline
+    from concept_edit.export import export_pipeline, keep_complete_output, stop_signals
 
     check_output(args.out, force=args.force, folder=True, inputs=[args.model])
     edits = load_edits(args.edit)
     if not args.allow_repeat and len({e.identity for e in edits}) < len(edits):
         raise ValueError("the same edit is given twice; pass --allow-repeat to apply it twice")
-    out = export_pipeline(load_model(args), edits, args.out, args.model, force=args.force)
-    print(f"wrote diffusers pipeline to {out}")
+    pipe = load_model(args)
+    with stop_signals():  # one watch from the first file written to the line saying it is done
+        out = export_pipeline(pipe, edits, args.out, args.model, force=args.force)
+        print(f"wrote diffusers pipeline to {out}", flush=True)
+        keep_complete_output()
 
 
 def cmd_export_lora(args: argparse.Namespace) -> None:
-    from concept_edit.lora_export import export_lora
+    from concept_edit.export import keep_complete_output, stop_signals
+    from concept_edit.lora_export import lora_tensors, write_lora
 
     out = check_output(args.out, force=args.force, suffix=".safetensors", inputs=edit_inputs(args.edit))
     edits = load_edits(args.edit)
-    report = export_lora(load_model(args), edits, out, rank=args.rank, max_error=args.max_error,
-                         skip_biases=args.skip_biases, fmt=args.format)  # fmt: skip
+    pipe = load_model(args)
+    tensors, report = lora_tensors(pipe, edits, rank=args.rank, max_error=args.max_error, skip_biases=args.skip_biases,
+                                   allow_dropped_biases=args.allow_dropped_biases, fmt=args.format)  # fmt: skip
     ranks = sorted({m["rank"] for m in report.modules.values()})
     worst = max(m["relative_error"] for m in report.modules.values())
-    print(f"wrote {out}: {len(report.modules)} LoRA pairs ({args.format} keys), rank {'-'.join(map(str, ranks))}, "
-          f"relative error {report.relative_error:.3g} overall, {worst:.3g} at worst")  # fmt: skip
-    for target, share in report.dropped_biases.items():
-        print(f"dropped the bias change of {target}: {share:.3g} of that bias's norm")
+    with stop_signals():  # one watch from the file's first byte to the lines saying it is done
+        write_lora(pipe, edits, tensors, report, out, fmt=args.format)
+        print(f"wrote {out}: {len(report.modules)} LoRA pairs ({args.format} keys), rank "
+              f"{'-'.join(map(str, ranks))}, relative error {report.relative_error:.3g} overall, {worst:.3g} at "
+              "worst per tensor")  # fmt: skip
+        if report.dropped_biases:
+            print(f"dropped {len(report.dropped_biases)} bias change(s): {report.dropped_share:.3g} of the edit's "
+                  "change (||dropped|| / ||edit||); the LoRA is the edit without them")  # fmt: skip
+        for target, share in report.dropped_biases.items():
+            print(f"  {target}: change {share:.3g} of that bias's norm")
+        sys.stdout.flush()
+        keep_complete_output()
 
 
 def cmd_compose(args: argparse.Namespace) -> None:
@@ -277,15 +326,15 @@ def cmd_compose(args: argparse.Namespace) -> None:
 def cmd_inspect(args: argparse.Namespace) -> None:
     import json
 
-    from concept_edit.edit import Edit
+    from concept_edit.cli_support import read_manifest
 
-    edit = Edit.load(args.edit)
-    manifest = dict(edit.manifest)
-    counts = {kind: edit.kinds.count(kind) for kind in sorted(set(edit.kinds))}
+    manifest = read_manifest(args.edit)  # the file's header only: no torch, no tensor read
+    changes = manifest.pop("changes")
+    kinds = [c.get("kind") for c in changes]
     if args.full:
-        manifest["changes"] = [{k: v for k, v in e.info.items() if k != "tensors"} for e in edit.entries]
+        manifest["changes"] = [{k: v for k, v in c.items() if k != "tensors"} for c in changes]
     else:
-        manifest["changes"] = ", ".join(f"{n} {kind}" for kind, n in counts.items())
+        manifest["changes"] = ", ".join(f"{kinds.count(kind)} {kind}" for kind in sorted(set(kinds)))
         manifest.get("stats", {}).pop("history", None)
     print(json.dumps(manifest, indent=2))
 
@@ -316,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    verbs.add_parser("methods", help="list the editing methods").set_defaults(func=cmd_methods)
+    verbs.add_parser("methods", help="list the editing methods").set_defaults(func=cmd_methods, light=True)
 
     edit = verbs.add_parser("edit", help="compute an edit and write it to an edit file")
     per_method = edit.add_subparsers(dest="method", required=True, metavar="METHOD")
@@ -388,11 +437,19 @@ def build_parser() -> argparse.ArgumentParser:
     lora.add_argument("--rank", type=number("--rank", low=1, integer=True),
                       help="rank of every LoRA pair (default: low-rank changes keep theirs; dense ones get the "
                            "smallest rank within --max-error)")  # fmt: skip
-    lora.add_argument("--format", choices=("diffusers", "kohya"), default="diffusers",
-                      help="diffusers (pipe.load_lora_weights) or kohya keys (ComfyUI, AUTOMATIC1111)")  # fmt: skip
+    lora.add_argument("--format", choices=("kohya", "diffusers"), default="kohya",
+                      help="kohya (default): keys that ComfyUI, AUTOMATIC1111, kohya's scripts and diffusers load "
+                           "(SDXL in kohya's LDM layout); diffusers: peft keys for diffusers only (ComfyUI and "
+                           "AUTOMATIC1111 ignore it)")  # fmt: skip
     lora.add_argument("--max-error", type=number("--max-error", low=0, high=0.999), default=0.01,
-                      help="largest relative error a compressed tensor may have (default: 0.01)")  # fmt: skip
-    lora.add_argument("--skip-biases", action="store_true", help="drop bias changes (a LoRA cannot hold them)")
+                      help="largest relative error a compressed tensor, or the bias changes --skip-biases drops, "
+                           "may have (default: 0.01)")  # fmt: skip
+    lora.add_argument("--skip-biases", action="store_true",
+                      help="drop bias changes (a LoRA cannot hold them) when they are at most --max-error of the "
+                           "edit's change; the share dropped is printed and stored")  # fmt: skip
+    lora.add_argument("--allow-dropped-biases", action="store_true",
+                      help="drop bias changes however large a share of the edit they are (the LoRA is then "
+                           "not the same edit)")  # fmt: skip
     lora.add_argument("--out", required=True, help="the LoRA .safetensors file")
     add_force(lora)
     lora.set_defaults(func=cmd_export_lora)
@@ -408,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     insp = verbs.add_parser("inspect", help="print an edit's manifest")
     insp.add_argument("edit")
     insp.add_argument("--full", action="store_true", help="include every tensor and the debias history")
-    insp.set_defaults(func=cmd_inspect)
+    insp.set_defaults(func=cmd_inspect, light=True)
 
     _add_evaluation_verbs(verbs)
     return parser
@@ -441,18 +498,47 @@ def _quiet_libraries() -> None:
         pass
 
 
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread so that every `finally` removes its temporary files."""
-
-
 def _on_sigterm(signum, frame) -> None:
     raise Terminated
+
+
+def _outputs(args: argparse.Namespace) -> list:
+    """What a verb writes (--out, --checkpoint, --fisher, --store), to lock; none on the non-main processes of
+    `accelerate launch`, which share the main process's outputs."""
+    import os
+
+    if os.environ.get("RANK", "0") not in ("", "0"):
+        return []
+    paths = []
+    for name in ("out", "checkpoint", "fisher", "store"):
+        value = getattr(args, name, None)
+        if value is not None and not str(value).strip():
+            raise ValueError(f"--{name} is empty: give a path")
+        if value is None:
+            continue
+        if name == "out" and getattr(args, "func", None) in (cmd_edit, cmd_compose):
+            from concept_edit.edit.file import resolve_edit_path
+
+            value = resolve_edit_path(value, for_writing=True)  # `e` and `e/edit.safetensors` are one output
+        paths.append(value)
+    return paths
 
 
 def _describe(err: Exception) -> str:
     if isinstance(err, OSError) and err.filename is not None:
         return f"{err.strerror or type(err).__name__}: {err.filename}"
     return str(err)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush does not fail on the closed pipe again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real stdout (a test's capture): nothing to flush
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -463,18 +549,29 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as stop:  # --help, --version, or a usage error already printed as one line
         return int(stop.code or 0)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    _quiet_libraries()
+    if not getattr(args, "light", False):  # verbs that read no model never import diffusers
+        _quiet_libraries()
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
-        args.func(args)
+        lock = contextlib.nullcontext()
+        if outputs := _outputs(args):  # (concept_edit.io imports torch: only for a verb that writes)
+            from concept_edit.io import output_lock
+
+            lock = output_lock(*outputs)  # one run at a time per output
+        with lock:
+            args.func(args)
+        sys.stdout.flush()  # a closed pipe is found here, not in the interpreter's last flush
     except Interrupted as stop:  # a training method wrote its checkpoint first
         print(f"\nconcept-edit: {stop}", file=sys.stderr)
-        return 130
+        return stop.status
     except (KeyboardInterrupt, Terminated) as stop:
         what = "terminated" if isinstance(stop, Terminated) else "interrupted"
         print(f"\nconcept-edit: {what}: {args.verb} stopped before it finished; nothing was written", file=sys.stderr)
         return 143 if isinstance(stop, Terminated) else 130
+    except BrokenPipeError:  # the reader went away (`concept-edit inspect e | head -1`): stop quietly, as `cat` does
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, what a shell reports for a command its pipe's reader stopped
     except (ValueError, OSError) as err:  # bad input (EditError and ModelLoadError are ValueErrors)
         if args.verbose:
             traceback.print_exc()

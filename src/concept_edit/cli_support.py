@@ -7,8 +7,12 @@ other.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import struct
 from pathlib import Path
+
+from concept_edit.edit.manifest import CHANGE_KINDS, EDIT_FILENAME, META_KEY, check_manifest
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -121,3 +125,60 @@ def edit_inputs(paths) -> list[Path]:
         except EditError:
             continue  # reported when the edit is loaded
     return files
+
+
+def read_manifest(path: str | Path) -> dict:
+    """An edit file's manifest, read from its safetensors header alone (no torch): for `inspect`.
+
+    `path` is found as `concept_edit.edit.resolve_edit_path` finds it, and the manifest is checked as
+    `Edit.load` checks it, without the tensors' dtypes and sizes (checked when the edit is applied). ValueError,
+    one line naming the file, for a file that is not an edit.
+    """
+    path = Path(path)
+    source = path if path.suffix == ".safetensors" else path / EDIT_FILENAME
+    if path.suffix != ".safetensors" and path.exists() and not path.is_dir():
+        raise ValueError(f"{path} is a file, not a folder; give a folder or a .safetensors file name")
+    if not source.is_file():
+        raise ValueError(f"no edit at {path} (looked for {source})")
+    try:
+        with open(source, "rb") as f:
+            size = struct.unpack("<Q", f.read(8))[0]
+            if size > os.path.getsize(source) - 8:
+                raise ValueError("the header is longer than the file")
+            header = json.loads(f.read(size))
+        meta = header.get("__metadata__") or {}
+    except (struct.error, ValueError, AttributeError, OSError) as err:
+        raise ValueError(f"{source} is not a readable edit file (truncated or not safetensors): {err}") from None
+    if not isinstance(meta, dict) or META_KEY not in meta:
+        raise ValueError(f"{source} is a safetensors file but not a concept-edit edit (it has no manifest)")
+    try:
+        manifest = json.loads(meta[META_KEY])
+    except (TypeError, json.JSONDecodeError):
+        raise ValueError(f"{source}: the edit manifest is not valid JSON") from None
+    try:
+        _check_manifest(manifest, set(header) - {"__metadata__"})
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
+    return manifest
+
+
+def _check_manifest(manifest, tensors: set[str]) -> None:
+    """The checks `Edit.load` makes of the manifest, and the fields of each change entry (not the tensors)."""
+    check_manifest(manifest)
+    for info in manifest["changes"]:
+        if not isinstance(info, dict):
+            raise ValueError(f"a change entry must be a JSON object, got {type(info).__name__}")
+        kind, target = info.get("kind"), info.get("target")
+        if kind not in CHANGE_KINDS:
+            raise ValueError(
+                f"unknown change kind {kind!r} for {target!r}; this library knows {', '.join(CHANGE_KINDS)}"
+            )
+        shape = info.get("shape")
+        if kind != "activation" and (
+            not isinstance(shape, list) or not shape or not all(isinstance(n, int) and n > 0 for n in shape)
+        ):
+            raise ValueError(f"change for {target}: 'shape' must be a list of positive integers, got {shape!r}")
+        parts = info.get("tensors")
+        names = [e.get("name") for e in parts.values() if isinstance(e, dict)] if isinstance(parts, dict) else []
+        if not names or any(n not in tensors for n in names):
+            raise ValueError(f"change for {target}: its tensors are not all in the file")

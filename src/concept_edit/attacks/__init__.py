@@ -8,10 +8,33 @@
 See `concept_edit.attacks.probe` for the results dictionary.
 """
 
-from concept_edit.attacks.common import FunctionJudge, Judge, OracleJudge
-from concept_edit.attacks.probe import ATTACKS, DEFAULT_BUDGET, probe
-from concept_edit.attacks.ring_a_bell import RingABellOptions
-from concept_edit.attacks.soft_prompt import SoftPromptOptions
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from concept_edit._lazy import lazy_package
+
+# each public name imports its module (torch, diffusers) when first read: `import concept_edit` stays light
+lazy_package(
+    __name__,
+    {
+        "ATTACKS": "concept_edit.attacks.budgets",
+        "DEFAULT_BUDGET": "concept_edit.attacks.budgets",
+        "FunctionJudge": "concept_edit.attacks.common",
+        "Judge": "concept_edit.attacks.common",
+        "OracleJudge": "concept_edit.attacks.common",
+        "RingABellOptions": "concept_edit.attacks.ring_a_bell",
+        "SoftPromptOptions": "concept_edit.attacks.soft_prompt",
+        "probe": "concept_edit.attacks.probe",
+    },
+)
+
+if TYPE_CHECKING:
+    from concept_edit.attacks.budgets import ATTACKS, DEFAULT_BUDGET
+    from concept_edit.attacks.common import FunctionJudge, Judge, OracleJudge
+    from concept_edit.attacks.probe import probe
+    from concept_edit.attacks.ring_a_bell import RingABellOptions
+    from concept_edit.attacks.soft_prompt import SoftPromptOptions
 
 __all__ = [
     "ATTACKS",

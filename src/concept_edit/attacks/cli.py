@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 def add_verbs(verbs) -> None:
-    from concept_edit.attacks.probe import ATTACKS, BUDGET_UNIT, DEFAULT_BUDGET
+    from concept_edit.attacks.budgets import ATTACKS, BUDGET_UNIT, DEFAULT_BUDGET
     from concept_edit.cli_support import (
         add_edit_args,
         add_force,
@@ -136,6 +136,10 @@ def cmd_probe(args: argparse.Namespace) -> None:
         raise ValueError(needs_judge_message(args.model, args.concept))
     else:
         oracle_head(args.concept)  # a concept the oracle cannot read is refused before the model loads
+    if not args.edit:  # after the option checks, before any file is read
+        from concept_edit.attacks.budgets import NEEDS_EDIT
+
+        raise ValueError(NEEDS_EDIT.format(edits="--edit"))
     prompts = list(read_list_file(args.prompts)) if args.prompts is not None else None
     if prompts is not None and not prompts:
         raise ValueError(f"{args.prompts} holds no prompts")

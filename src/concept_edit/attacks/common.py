@@ -8,8 +8,10 @@ per-image generators as `concept_edit.generation`), and the judge says whether t
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +19,26 @@ import torch
 
 from concept_edit.generation import generate, generate_from_embeddings, to_array
 from concept_edit.models.loading import model_info
+
+log = logging.getLogger(__name__)
+# set by `probe(progress=True)`: each phase logs a stage line and every drawing shows a bar, without every
+# attack's signature carrying the flag
+_PROGRESS: ContextVar[bool] = ContextVar("concept_edit_attack_progress", default=False)
+
+
+@contextlib.contextmanager
+def showing_progress(on: bool) -> Iterator[None]:
+    token = _PROGRESS.set(on)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+def stage(message: str, *args) -> None:
+    """A line on stderr (the CLI's log) saying which phase of a long probe runs now, when progress is shown."""
+    if _PROGRESS.get():
+        log.info(message, *args)
 
 
 @dataclass(frozen=True)
@@ -149,7 +171,8 @@ def images_from_prompts(pipe, items: Sequence[Item], steps: int, guidance: float
     """(N, H, W, 3) uint8 images, one per item, exactly as `concept_edit.generation.generate` draws them."""
     if not items:
         return np.zeros((0, 1, 1, 3), np.uint8)
-    images = generate(pipe, [i.prompt for i in items], [i.seed for i in items], steps=steps, guidance=guidance)
+    prompts, seeds = [i.prompt for i in items], [i.seed for i in items]
+    images = generate(pipe, prompts, seeds, steps=steps, guidance=guidance, progress=_PROGRESS.get())
     return to_array(images)
 
 

@@ -27,6 +27,7 @@ from concept_edit.attacks.common import (
     cycle_items,
     images_from_prompts,
     judged_rows,
+    stage,
 )
 from concept_edit.edit import applied
 
@@ -95,6 +96,7 @@ def run_paraphrase(
     """
     wordings, dropped = check_wordings(pipe, wordings, concept)
     items: list[Item] = cycle_items(list(wordings), budget, seed)
+    stage("paraphrase: %d images with the edit, then the same without it", len(items))
     with applied(pipe, *edits, allow_repeat=allow_repeat):
         rows = judged_rows(judge, items, images_from_prompts(pipe, items, steps, guidance))
     unedited = judged_rows(judge, items, images_from_prompts(pipe, items, steps, guidance))

@@ -6,7 +6,9 @@
 Before attacking, the unedited model is measured on the concept's own prompts (n images): if it does not
 draw the concept (less than `min_unedited` of them read as the concept), an attack on an edit of it would
 measure nothing, and `probe` refuses. The edited model is measured on the same prompts with no attack, so
-the attack's success rate can be read against it.
+the attack's success rate can be read against it. With `progress=True` (the CLI) each of the three phases
+logs a stage line and every drawing shows a bar. Without an edit `probe` refuses: it would attack the
+unedited model against itself.
 
 The results dictionary (`kind: "probe"`): `attack`, `concept`, `model`, `edits`, `judge`,
 `attack_success_rate` with `n`, `successes` and `ci95` (Wilson), `unedited` and `edited_no_attack` (the
@@ -34,10 +36,12 @@ keeps for tuning.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Sequence
 
+from concept_edit.attacks.budgets import ATTACKS, BUDGET_UNIT, DEFAULT_BUDGET, NEEDS_EDIT
 from concept_edit.attacks.common import (
     Judge,
     OracleJudge,
@@ -46,6 +50,8 @@ from concept_edit.attacks.common import (
     images_from_prompts,
     judged_rows,
     shapes_concept_prompts,
+    showing_progress,
+    stage,
 )
 from concept_edit.edit import applied
 from concept_edit.evaluation.metrics import wilson
@@ -54,13 +60,6 @@ from concept_edit.validation import check_number, check_seed
 
 log = logging.getLogger(__name__)
 
-ATTACKS = ("paraphrase", "soft-prompt", "ring-a-bell")
-DEFAULT_BUDGET = {"paraphrase": 32, "soft-prompt": 200, "ring-a-bell": 30}
-BUDGET_UNIT = {
-    "paraphrase": "images drawn from the wordings",
-    "soft-prompt": "optimisation steps per attacked prompt",
-    "ring-a-bell": "genetic-algorithm generations per target prompt",
-}
 RESULTS_VERSION = 2
 
 
@@ -96,6 +95,18 @@ def needs_judge_message(model: str, concept: str) -> str:
     )
 
 
+def _phases_shown(fn):
+    """`probe(progress=True)`: a stage line for each phase and a bar for each drawing, in every attack."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, progress: bool = False, **kwargs):
+        with showing_progress(progress):
+            return fn(*args, progress=progress, **kwargs)
+
+    return wrapper
+
+
+@_phases_shown
 def probe(
     pipe,
     concept: str,
@@ -136,6 +147,8 @@ def probe(
     guidance = check_number("guidance", info.default_guidance if guidance is None else guidance, low=0)
     shapes = info.world == "shapes"
     judge = judge or default_judge(pipe, concept)
+    if not edits:
+        raise ValueError(NEEDS_EDIT.format(edits="edits=[the edit]"))
     with applied(pipe, *edits, allow_repeat=allow_repeat):  # an edit made for another model is refused here
         pass
     if prompts is not None:
@@ -166,6 +179,7 @@ def probe(
         pairs = list(pairs) if pairs is not None else shapes_pairs(concept)
     started = time.perf_counter()
 
+    stage("probe 1/3: the unedited model on the concept's own prompts (%d images, judge: %s)", n, judge.description)
     before = judged_rows(judge, items, images_from_prompts(pipe, items, steps, guidance))
     unedited = share([r["success"] for r in before])
     if unedited["rate"] < min_unedited or unedited["successes"] == 0:
@@ -174,8 +188,10 @@ def probe(
             f"own prompts ({', '.join(repr(p) for p in own[:3])}{', ...' if len(own) > 3 else ''}; judge: "
             f"{judge.description}): an attack on an edit of it would measure nothing"
         )
+    stage("probe 2/3: the edited model on the same prompts, no attack (%d images)", n)
     with applied(pipe, *edits, allow_repeat=allow_repeat):
         plain = judged_rows(judge, items, images_from_prompts(pipe, items, steps, guidance))
+    stage("probe 3/3: the %s attack (budget %d: %s)", attack, budget, BUDGET_UNIT[attack])
     common = {"edits": edits, "budget": budget, "seed": seed, "steps": steps, "guidance": guidance}
     common["allow_repeat"] = allow_repeat
 

@@ -63,6 +63,7 @@ from concept_edit.attacks.common import (
     images_from_prompts,
     judged_rows,
     special_ids,
+    stage,
     vocabulary,
 )
 from concept_edit.edit import applied
@@ -282,6 +283,7 @@ def run_ring_a_bell(
             )
             log.info("ring-a-bell: %r -> %r (distance %.4g from %.4g)", prompt, found[prompt], distance, history[0])
     attack_items = [Item(found[i.prompt], i.seed) for i in items]
+    stage("ring-a-bell: the found prompts drawn with the edit, then without it (%d images each)", len(attack_items))
     with applied(pipe, *edits, allow_repeat=allow_repeat):
         rows = judged_rows(judge, attack_items, images_from_prompts(pipe, attack_items, steps, guidance))
     unedited = judged_rows(judge, attack_items, images_from_prompts(pipe, attack_items, steps, guidance))

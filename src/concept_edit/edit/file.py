@@ -37,6 +37,7 @@ from concept_edit.edit.changes import (
     change_from_parts,
     check_info,
 )
+from concept_edit.edit.manifest import EDIT_FILENAME, FORMAT, META_KEY, check_manifest
 from concept_edit.edit.state import check_base_unchanged, combine, current_digest, sha256
 from concept_edit.io import save_tensors
 from concept_edit.models.loading import model_info
@@ -44,10 +45,6 @@ from concept_edit.models.targets import get_parameter
 
 log = logging.getLogger(__name__)
 
-FORMAT = "concept-edit/2"
-EDIT_FILENAME = "edit.safetensors"
-META_KEY = "concept_edit"
-REQUIRED = {"format": str, "method": str, "base_hash": str, "changes": list}
 SAFETENSORS_DTYPES = {
     "F64": "float64",
     "F32": "float32",
@@ -87,7 +84,10 @@ class StoredChange:
                 raise EditError(
                     f"{self.path}: tensor {part!r} of {self.target} fails its checksum; the file is corrupted"
                 )
-        return change_from_parts(self.info, parts)
+        try:
+            return change_from_parts(self.info, parts)
+        except EditError as err:  # with several --edit, say which file holds the bad values
+            raise EditError(f"{self.path}: {err}") from None
 
 
 # -- the edit ---------------------------------------------------------------------------------------------------
@@ -241,20 +241,7 @@ class Edit:
 
 
 def _check_manifest(source: Path, manifest: Any) -> None:
-    if not isinstance(manifest, dict):
-        raise EditError(f"{source}: the edit manifest must be a JSON object")
-    if manifest.get("format") == "concept-edit/1":
-        raise EditError(f"{source} was written by concept-edit 0.1 (format concept-edit/1); create the edit again")
-    if manifest.get("format") != FORMAT:
-        raise EditError(f"{source}: unsupported edit format {manifest.get('format')!r} (expected {FORMAT})")
-    for key, kind in REQUIRED.items():
-        if not isinstance(manifest.get(key), kind):
-            raise EditError(f"{source}: the manifest field {key!r} is missing or not a {kind.__name__}")
-    if not manifest["changes"]:
-        raise EditError(f"{source}: the edit lists no change")
-    for key, kind in (("concepts", list), ("stats", dict), ("config", dict), ("request", dict)):
-        if key in manifest and not isinstance(manifest[key], kind):
-            raise EditError(f"{source}: the manifest field {key!r} must be a {kind.__name__}")
+    check_manifest(manifest, EditError, f"{source}: ")
 
 
 def _check_stored_info(info: Any, header: dict) -> None:

@@ -93,6 +93,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     suite_file = [args.suite] if Path(args.suite).exists() else []
     out = check_output(args.out, force=args.force, suffix=".json", inputs=[*edit_inputs(args.edit), *suite_file])
     suite = get_suite(args.suite, args.n, args.seed)
+    _check_measures_something(args, suite)
     if args.target is not None and args.target not in suite.concepts:
         raise ValueError(f"target {args.target!r} is not a concept of {suite.name}: {', '.join(suite.concepts)}")
     edits = load_edits(args.edit)
@@ -127,6 +128,19 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     write_json(out, results)
     print(summary_table([results]))
     print(f"wrote {out}")
+
+
+def _check_measures_something(args: argparse.Namespace, suite) -> None:
+    """Refuse a run whose results file would hold no metric: no judge, and nothing to compare the images with."""
+    reference = suite.reference if args.reference is None else _override(args.reference)
+    compared = bool(args.edit) and not args.no_baseline
+    if (args.judge or suite.judge) != "none" or suite.metrics:
+        return
+    if reference is None or (reference == "unedited" and not compared):
+        raise ValueError(
+            f"the {suite.name} suite has no judge: it measures an edit's image change against the unedited "
+            "model, so it needs --edit (without --no-baseline); or give --judge to read the images"
+        )
 
 
 def _override(value: str | None) -> str | None:

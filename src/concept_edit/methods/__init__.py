@@ -1,12 +1,16 @@
-"""Concept-editing methods. Importing this package registers every method."""
+"""Concept-editing methods, dispatched through the registry.
 
-from concept_edit.methods import amnesia, cad, eigen, esd, uce  # noqa: F401 - registers each method
+The built-in methods are described by their options modules (`concept_edit.methods.options`, light to import);
+a method's training code (torch, diffusers) is imported the first time it is run.
+"""
+
 from concept_edit.methods.registry import (
     MODES,
     EditRequest,
     Method,
     NoInputs,
     available_methods,
+    describe,
     fit,
     get_method,
     input_field,
@@ -22,6 +26,7 @@ __all__ = [
     "Method",
     "NoInputs",
     "available_methods",
+    "describe",
     "fit",
     "get_method",
     "input_field",

@@ -15,6 +15,7 @@ The request says what to edit. The CLI and `concept_edit.fit` dispatch only thro
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -134,40 +135,93 @@ class NoInputs:
 
 @dataclass(frozen=True)
 class Method:
+    """A registered method. A built-in one is described by its light options module (`describe`) and its fit
+    code, which imports torch and diffusers, is imported the first time `fit` is read."""
+
     name: str
     config_cls: type
-    fit: Callable[..., Any]
     modes: tuple[str, ...]
     summary: str
     inputs_cls: type = NoInputs
     class_conditional: bool = False  # also trains the digits models (not text-to-image), as Selective Amnesia does
+    module: str | None = None  # the module whose `@register(name)` supplies the fit function
+    fit_function: Callable[..., Any] | None = None
+
+    @property
+    def fit(self) -> Callable[..., Any]:
+        if self.fit_function is not None:
+            return self.fit_function
+        importlib.import_module(self.module)
+        loaded = _REGISTRY[self.name].fit_function
+        if loaded is None:
+            raise RuntimeError(f"{self.module} did not register a fit function for method {self.name!r}")
+        return loaded
 
 
 _REGISTRY: dict[str, Method] = {}
+# the built-in methods' options modules (light): importing one describes its method
+BUILT_IN = ("amnesia", "cad", "eigen", "esd", "uce")
+_described = False
 
 
-def register(
+def _describe_built_ins() -> None:
+    global _described
+    if not _described:
+        _described = True
+        for name in BUILT_IN:
+            importlib.import_module(f"concept_edit.methods.options.{name}")
+
+
+def describe(
     name: str,
     config_cls: type,
     modes: Sequence[str],
     summary: str,
     inputs_cls: type = NoInputs,
     class_conditional: bool = False,
+    *,
+    module: str,
+) -> None:
+    """Describe a method whose fit function `module` registers with `@register(name)` when it is imported."""
+    known = _REGISTRY.get(name)
+    fit_function = known.fit_function if known is not None else None
+    _REGISTRY[name] = Method(
+        name, config_cls, tuple(modes), summary, inputs_cls, class_conditional, module, fit_function
+    )
+
+
+def register(
+    name: str,
+    config_cls: type | None = None,
+    modes: Sequence[str] | None = None,
+    summary: str | None = None,
+    inputs_cls: type = NoInputs,
+    class_conditional: bool = False,
 ):
-    """Decorator for a method's fit function."""
+    """Decorator for a method's fit function: `@register(name)` for a method already described (a built-in
+    one), else `@register(name, config_cls, modes, summary, ...)`."""
 
     def wrap(fit: Callable[..., Any]) -> Callable[..., Any]:
-        _REGISTRY[name] = Method(name, config_cls, fit, tuple(modes), summary, inputs_cls, class_conditional)
+        if config_cls is None:
+            if name not in _REGISTRY:
+                raise ValueError(f"method {name!r} is not described: give its config class, modes and summary")
+            _REGISTRY[name] = dataclasses.replace(_REGISTRY[name], fit_function=fit)
+        else:
+            _REGISTRY[name] = Method(
+                name, config_cls, tuple(modes or ()), summary or "", inputs_cls, class_conditional, None, fit
+            )
         return fit
 
     return wrap
 
 
 def available_methods() -> list[str]:
+    _describe_built_ins()
     return sorted(_REGISTRY)
 
 
 def get_method(name: str) -> Method:
+    _describe_built_ins()
     if name not in _REGISTRY:
         raise ValueError(f"unknown method {name!r}; available: {', '.join(available_methods())}")
     return _REGISTRY[name]
@@ -199,7 +253,7 @@ def fit(pipe, method: str, request: EditRequest, config=None, inputs=None, *, se
 
     spec = get_method(method)
     if getattr(pipe, "kind", None) in ("vae", "ddpm") and not spec.class_conditional:
-        usable = ", ".join(m for m in available_methods() if _REGISTRY[m].class_conditional)
+        usable = ", ".join(m for m in available_methods() if get_method(m).class_conditional)
         raise ValueError(f"{method} edits text-to-image pipelines; the digits models take {usable}")
     if request.mode not in spec.modes:
         raise ValueError(f"{method} does not support mode {request.mode!r}; it supports {', '.join(spec.modes)}")
@@ -209,6 +263,10 @@ def fit(pipe, method: str, request: EditRequest, config=None, inputs=None, *, se
     inputs = inputs if inputs is not None else spec.inputs_cls()
     if not isinstance(inputs, spec.inputs_cls):
         raise ValueError(f"{method} takes inputs {spec.inputs_cls.__name__}, not a {type(inputs).__name__}")
+    from concept_edit.models.prompts import check_request_texts
+
+    # one check of every text the encoder will read, for every method, before any work
+    check_request_texts(pipe, request, getattr(config, "concept_texts", ()))
     state = state_of(pipe)
     before, depth = versions(pipe), len(state.stack)
     state.fit_versions.append(before)

@@ -9,6 +9,7 @@ from safetensors only unless `allow_pickle=True`. The loaded pipeline carries a 
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from concept_edit.hub import hub_unreachable, offline_note
 
 log = logging.getLogger(__name__)
 SHAPES = "shapes"
@@ -85,6 +88,7 @@ def load_pipeline(
         pipe = load_shapes_pipeline(device=device, dtype=dtype)
         info = ModelInfo(SHAPES, "shapes", DEFAULT_STEPS, DEFAULT_GUIDANCE, IMAGE_SIZE)
     else:
+        _refuse_typo(spec)
         pipe = _load_diffusers(spec, dtype, allow_pickle)
         pipe.to(device)
         guess = model_info(pipe)
@@ -116,6 +120,16 @@ def _check_device(device: str | torch.device) -> torch.device:
     elif device.type not in ("cpu", "cuda", "mps"):
         raise ModelLoadError(f"device {str(device)!r} is not supported; use cpu, cuda, cuda:N or mps")
     return device
+
+
+def _refuse_typo(spec: str) -> None:
+    """A spec close to a built-in name ('shape', 'Shapes', 'digits') and naming no folder is a typo, not a hub id:
+    say so before any hub lookup (which would end, minutes later offline, in 'not in the cache')."""
+    if "/" in spec or Path(spec).expanduser().exists():
+        return
+    close = difflib.get_close_matches(spec.lower(), [SHAPES, *DIGITS], n=2, cutoff=0.7)
+    if close:
+        raise ModelLoadError(f"unknown model {spec!r}: did you mean {' or '.join(repr(c) for c in close)}?")
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -151,16 +165,12 @@ def _load_diffusers(spec: str, dtype: torch.dtype, allow_pickle: bool):
     try:
         return DiffusionPipeline.from_pretrained(spec, local_files_only=True, **kwargs)
     except (OSError, ValueError) as cached_err:
-        if _offline():
+        if hub_unreachable():  # offline (or HF_HUB_OFFLINE): say so at once, not after minutes of retries
             raise _explain(spec, cached_err, allow_pickle, offline=True) from None
     try:
         return DiffusionPipeline.from_pretrained(spec, **kwargs)
     except Exception as err:  # noqa: BLE001 - hub/network errors come in many types; all mean "cannot load"
         raise _explain(spec, err, allow_pickle, offline=True) from None
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
 def _explain(
@@ -186,8 +196,8 @@ def _explain(
     if offline:
         return ModelLoadError(
             f"cannot load model {spec!r}: there is no local folder of that name, it is not in the local Hugging "
-            f"Face cache and the hub could not be reached. Download it first on a machine with internet "
-            f"(`hf download {spec}`), or pass a local diffusers folder. ({type(err).__name__})"
+            f"Face cache and the hub could not be reached{offline_note()}. Download it first on a machine with "
+            f"internet (`hf download {spec}`), or pass a local diffusers folder. ({type(err).__name__})"
         )
     return ModelLoadError(f"cannot load model {spec!r}: {text.splitlines()[0] if text else type(err).__name__}")
 

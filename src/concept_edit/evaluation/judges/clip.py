@@ -26,6 +26,7 @@ from functools import lru_cache
 import numpy as np
 
 from concept_edit.evaluation.judges.base import Reading, hub_weights
+from concept_edit.hub import cache_only, first_line, offline_note
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 BATCH = 32
@@ -35,7 +36,9 @@ BATCH = 32
 def _cached(model_id: str):
     from transformers import CLIPModel, CLIPProcessor
 
-    return CLIPModel.from_pretrained(model_id, use_safetensors=True).eval(), CLIPProcessor.from_pretrained(model_id)
+    local = cache_only()  # offline: the cache or one error at once, not minutes of retries
+    model = CLIPModel.from_pretrained(model_id, use_safetensors=True, **local).eval()
+    return model, CLIPProcessor.from_pretrained(model_id, **local)
 
 
 def load_clip(model_id: str = DEFAULT_CLIP, role: str = "CLIP model", alternative: str = ""):
@@ -45,8 +48,8 @@ def load_clip(model_id: str = DEFAULT_CLIP, role: str = "CLIP model", alternativ
         return _cached(model_id)
     except OSError as err:
         raise ValueError(
-            f"cannot load the {role} {model_id!r}: {str(err).splitlines()[0]}. Download it first "
-            f"(`hf download {model_id}`){alternative}"
+            f"cannot load the {role} {model_id!r}: {first_line(err)}{offline_note()}. Download it "
+            f"first (`hf download {model_id}`){alternative}"
         ) from None
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from concept_edit.evaluation.judges.base import Reading, hub_weights
+from concept_edit.hub import cache_only, first_line, offline_note
 
 DEFAULT_RESNET = "microsoft/resnet-50"
 HEAD = "imagenet"
@@ -39,12 +40,13 @@ def load_resnet(model_id: str = DEFAULT_RESNET):
     from transformers import AutoImageProcessor, ResNetForImageClassification
 
     try:
-        model = ResNetForImageClassification.from_pretrained(model_id)
-        processor = AutoImageProcessor.from_pretrained(model_id)
+        local = cache_only()  # offline: the cache or one error at once, not minutes of retries
+        model = ResNetForImageClassification.from_pretrained(model_id, **local)
+        processor = AutoImageProcessor.from_pretrained(model_id, **local)
     except OSError as err:
         raise ValueError(
-            f"cannot load the ImageNet classifier {model_id!r}: {str(err).splitlines()[0]}. Download it first "
-            f"on a machine with internet (`hf download {model_id}`); it is then read from the Hugging Face cache"
+            f"cannot load the ImageNet classifier {model_id!r}: {first_line(err)}{offline_note()}. Download it "
+            f"first on a machine with internet (`hf download {model_id}`); it is then read from the Hugging Face cache"
         ) from None
     return model.eval(), processor
 

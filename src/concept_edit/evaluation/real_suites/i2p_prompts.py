@@ -103,11 +103,15 @@ def fetch() -> Path:
     try:
         from huggingface_hub import hf_hub_download
 
-        return Path(hf_hub_download(HUB_REPO, HUB_FILE, repo_type="dataset", revision=HUB_REVISION))
+        from concept_edit.hub import cache_only
+
+        return Path(hf_hub_download(HUB_REPO, HUB_FILE, repo_type="dataset", revision=HUB_REVISION, **cache_only()))
     except Exception as err:  # offline, not cached, hub unreachable, package missing: all mean the same to the user
+        from concept_edit.hub import offline_note
+
         raise ValueError(
             f"the I2P prompts ({HUB_REPO}/{HUB_FILE}) are not in the Hugging Face cache and could not be "
-            f"fetched ({type(err).__name__}). Download them once, online, with:\n  {DOWNLOAD_COMMAND}\n"
+            f"fetched ({type(err).__name__}{offline_note()}). Download them once, online, with:\n  {DOWNLOAD_COMMAND}\n"
             f"or give a local copy of the CSV as the suite argument: i2p:<path to {HUB_FILE}>"
         ) from None
 
