@@ -10,8 +10,10 @@ pickle.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -99,10 +101,16 @@ def save_tensors(
     """safetensors save through `atomic_path` (tensors made contiguous and unshared first)."""
     clean = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(clean, str(tmp), metadata=metadata)
+        try:
+            save_file(clean, str(tmp), metadata=metadata)
+        except Exception as err:  # safetensors reports a full disk as SafetensorError "... (os error 28)"
+            code = re.search(r"os error (\d+)", str(err))
+            if code is None:
+                raise
+            raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from None
 
 
-def save_tree(path: str | os.PathLike, tree: Any) -> None:
+def save_tree(path: str | os.PathLike, tree: Any, metadata: dict[str, str] | None = None) -> None:
     """Save a nested dict/list of tensors and JSON values (e.g. an optimizer state_dict) without pickle."""
     tensors: dict[str, torch.Tensor] = {}
 
@@ -122,7 +130,7 @@ def save_tree(path: str | os.PathLike, tree: Any) -> None:
         return node
 
     skeleton = encode(tree)
-    save_tensors(path, tensors, metadata={"tree": json.dumps(skeleton)})
+    save_tensors(path, tensors, metadata={**(metadata or {}), "tree": json.dumps(skeleton)})
 
 
 def load_tree(path: str | os.PathLike) -> Any:
@@ -142,3 +150,80 @@ def load_tree(path: str | os.PathLike) -> Any:
         return node
 
     return decode(skeleton)
+
+
+# -- one run per output ----------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def output_lock(*paths: str | os.PathLike | None) -> Iterator[None]:
+    """Hold an exclusive lock on each output (a file or folder) for the block: `<path>.lock` beside it.
+
+    A second run that would write one of the same paths is refused at once (ValueError naming the holder's
+    pid) instead of silently replacing the first run's result. The lock file is created with any missing
+    parent folders (so a folder that cannot be written is found before any work) and removed, with the
+    folders it created, when the block ends. None entries are skipped.
+    """
+    with contextlib.ExitStack() as stack:
+        seen = set()
+        for path in paths:
+            if path is None:
+                continue
+            if not str(path).strip():
+                raise ValueError("an output path is empty; give a file or folder name")
+            path = Path(os.path.realpath(path))  # `e/../e` and a symlinked folder are the same output
+            if path not in seen:
+                seen.add(path)
+                stack.enter_context(_lock_one(path))
+        yield
+
+
+@contextlib.contextmanager
+def _lock_one(path: Path) -> Iterator[None]:
+    import fcntl
+
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"cannot write {path}: {parent} is a file, not a folder")
+    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    lock = path.with_name(path.name + ".lock")
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise ValueError(
+                    f"{path} is being written by another run (pid {holder}); wait for it to finish"
+                ) from None
+            try:  # the holder may have removed the file between our open and our lock: lock the new one
+                same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+    except OSError as err:
+        _remove_empty(created)
+        reason = "the disk is full" if err.errno == errno.ENOSPC else err.strerror or type(err).__name__
+        raise ValueError(f"cannot write {path}: {reason} ({lock.parent})") from None
+    except BaseException:
+        _remove_empty(created)
+        raise
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)  # closing releases the lock, after the file is gone: no one can lock a stale file
+        _remove_empty(created)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders a lock created (deepest first) that the run left empty."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()

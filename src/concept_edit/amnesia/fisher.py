@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from concept_edit.training import load_checkpoint, run_steps, save_checkpoint
+from concept_edit.training import Diverged, load_checkpoint, run_steps, save_checkpoint
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -148,26 +148,30 @@ def estimate_fisher(
     """F = (1 / count) * sum over steps of `squared_gradients(step)` (each the sum of its samples' g^2).
 
     With `checkpoint`, partial sums are saved every few steps and on Ctrl-C, and `resume` continues them.
+    A non-finite squared gradient stops the estimate at that step (`Diverged`).
     """
     total = [torch.zeros_like(p, dtype=torch.float32) for p in params]
     start = 0
     config = {"fisher": run_config or {}}
     if resume and checkpoint is not None and Path(checkpoint).exists():
-        saved = load_checkpoint(checkpoint, config)
+        saved = load_checkpoint(checkpoint, config, "amnesia-fisher")
         total = [t.to(p.device) for t, p in zip(saved["sums"], params, strict=True)]
         start = saved["step"]
 
     def step_fn(step: int) -> dict[str, float]:
-        torch._foreach_add_(total, squared_gradients(step))
+        squares = squared_gradients(step)
+        if not all(bool(torch.isfinite(s).all()) for s in squares):
+            raise Diverged(f"{desc}: the gradient of sample step {step + 1} is not finite: the model's loss overflows")
+        torch._foreach_add_(total, squares)
         return {}
 
     def save_fn(step: int) -> None:
         if checkpoint is not None:
-            save_checkpoint(checkpoint, step, config, sums=[t.detach() for t in total])
+            save_checkpoint(checkpoint, step, config, kind="amnesia-fisher", sums=[t.detach() for t in total])
 
     every = max(1, steps // 20)
     run_steps(total=steps, start=start, step_fn=step_fn, save_fn=save_fn, every=every, desc=desc,
-              progress=progress, checkpointing=checkpoint is not None)  # fmt: skip
+              progress=progress, checkpointing=checkpoint is not None, checkpoint_file=checkpoint)  # fmt: skip
     for p in params:
         p.grad = None
     return torch._foreach_div(total, float(count))
