@@ -180,7 +180,8 @@ def shapes(n: int, seed: int, eval_seed: int) -> list[dict]:
     rows = [_shapes_row("unedited", "", base, "circle")]
     print(_shapes_line(rows[-1]), flush=True)
     for eraser, layers, k, centre in SHAPES_ROWS:
-        config = make_config("eigen", layers=LAYER_SETS[layers], k=k, eraser=eraser, centre=centre)
+        svd = {"k": k, "centre": centre} if eraser == "svd" else {}  # LEACE refuses the svd-only options
+        config = make_config("eigen", layers=LAYER_SETS[layers], eraser=eraser, **svd)
         edit = fit(pipe, "eigen", EditRequest(concepts=("circle",)), config, seed=seed, progress=False)
         result, _ = evaluate(pipe, suite, edits=[edit], target="circle", baseline_images=base_images, progress=False)
         label = eraser if eraser == "leace" else f"svd k={k}" + (" centred" if centre else "")

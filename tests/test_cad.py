@@ -19,8 +19,10 @@ from concept_edit.training import Interrupted, step_generator
 FAST = {"samples": 2, "steps": 4, "batch_size": 3}
 
 
-def config(**options):
-    return make_config("cad", **{**FAST, **options})
+def config(*, amplify: bool = False, **options):
+    """FAST; amplify samples nothing, so it gets no `samples` (refused there: it would do nothing)."""
+    fast = {k: v for k, v in FAST.items() if not (amplify and k == "samples")}
+    return make_config("cad", **{**fast, **options})
 
 
 def independent_erase_gradients(pipe, prompt: str, names, *, trajectories: int, steps: int, guidance: float, seed: int):
@@ -58,8 +60,11 @@ def test_scores_are_weight_times_an_independent_gradient(sd, modules):
     expected = {name: result.weights[name].detach().double() * grads[name] for name in names}
     scale = max(e.abs().max() for e in expected.values())  # some weights barely matter: one scale for all
     assert scale > 0
+    # float32 on both sides, batched (5) against one trajectory at a time: different conv kernels and sum orders
+    # differ by up to ~1.5e-5 of the largest score (seen with one thread); a wrong formula (a missing weight
+    # factor, 1/count, guidance or sign) is off by the order of the scores themselves
     for name in names:
-        torch.testing.assert_close(result.scores[name].double(), expected[name], atol=1e-5 * scale, rtol=1e-4)
+        torch.testing.assert_close(result.scores[name].double(), expected[name], atol=1e-4 * scale, rtol=1e-4)
     assert {p.requires_grad for p in sd.unet.parameters()} == {True}  # flags as they were (tiny model: all True)
     assert all(p.grad is None for p in sd.unet.parameters())
 
@@ -151,10 +156,10 @@ def test_amplify_on_a_folder_skips_unreadable_files_and_lowers_the_loss(sd, tmp_
     request = EditRequest(concepts=("cat",), mode="amplify")
     inputs = make_inputs("cad", images=str(folder))
     with caplog.at_level("WARNING"):
-        result = attribute(sd, request, config(), inputs, seed=0, progress=False)
+        result = attribute(sd, request, config(amplify=True), inputs, seed=0, progress=False)
     assert "1 of 4 image files" in caplog.text
     assert len(result.samples) == 3 * 4  # every image at every DDIM step
-    edit = fit(sd, "cad", request, config(ablate_ratio=0.02), inputs, seed=0, progress=False)
+    edit = fit(sd, "cad", request, config(amplify=True, ablate_ratio=0.02), inputs, seed=0, progress=False)
     before = attribution_module.objective_value(sd, result.samples, result.cond, "amplify")
     with torch.no_grad(), applied(sd, edit):
         after = attribution_module.objective_value(sd, result.samples, result.cond, "amplify")
@@ -217,7 +222,7 @@ def test_amplify_composes_on_top_of_an_erasing_edit(sd):
 
     uce = fit(sd, "uce", EditRequest(concepts=("cat",)), seed=0, progress=False)
     apply(sd, uce)
-    amplify = fit(sd, "cad", EditRequest(concepts=("cat",), mode="amplify"), config(ablate_ratio=0.05),
+    amplify = fit(sd, "cad", EditRequest(concepts=("cat",), mode="amplify"), config(amplify=True, ablate_ratio=0.05),
                   make_inputs("cad", images="shapes:circle:2"), seed=0, progress=False)  # fmt: skip
     revert(sd)
     from concept_edit.edit.apply import applied_edits
@@ -251,9 +256,9 @@ def test_bad_options_are_one_clear_error(options, message):
 
 def test_bad_inputs_write_nothing(sd, tmp_path):
     with pytest.raises(ValueError, match="amplify needs images"):
-        fit(sd, "cad", EditRequest(concepts=("cat",), mode="amplify"), config())
+        fit(sd, "cad", EditRequest(concepts=("cat",), mode="amplify"), config(amplify=True))
     with pytest.raises(ValueError, match="none readable"):
-        fit(sd, "cad", EditRequest(concepts=("cat",), mode="amplify"), config(),
+        fit(sd, "cad", EditRequest(concepts=("cat",), mode="amplify"), config(amplify=True),
             make_inputs("cad", images=str(write_images(tmp_path / "bad", n=0, broken=2))))  # fmt: skip
     with pytest.raises(ValueError, match="applies to amplify only"):
         fit(sd, "cad", EditRequest(concepts=("cat",)), config(), make_inputs("cad", images="shapes:circle"))
@@ -280,7 +285,7 @@ def test_cli_attribute_then_edit_from_the_scores_and_check(sd_folder, tmp_path, 
     out = capsys.readouterr().out
     assert code == 0 and "Pearson r" in out and png.exists() and png.with_suffix(".json").exists()
     # amplify on top of the erasing edit: --edit applies it first
-    amp = ["--mode", "amplify", "--images", "shapes:circle:2", *fast, "--out", str(tmp_path / "amp")]
+    amp = ["--mode", "amplify", "--images", "shapes:circle:2", "--steps", "3", "--out", str(tmp_path / "amp")]
     code = main(["edit", "cad", "--model", str(sd_folder), "--edit", str(edit_dir), "--concept", "cat", *amp])
     assert code == 0 and (tmp_path / "amp" / "edit.safetensors").exists()
 
@@ -311,8 +316,8 @@ def test_amplify_scores_are_weight_times_an_independent_gradient_of_minus_the_lo
 
     pixels = torch.rand((2, 3, 32, 32), generator=torch.Generator().manual_seed(0)) * 2 - 1
     request = EditRequest(concepts=("cat",), mode="amplify")
-    result = attribute(sd, request, config(), make_inputs("cad", images=ConceptImages(pixels, "test")), seed=5,
-                       progress=False)  # fmt: skip
+    inputs = make_inputs("cad", images=ConceptImages(pixels, "test"))
+    result = attribute(sd, request, config(amplify=True), inputs, seed=5, progress=False)
     scheduler = DDIMScheduler.from_config(sd.scheduler.config)
     scheduler.set_timesteps(4)
     cond = sd.encode_prompt(["cat"], "cpu", 1, False)[0]

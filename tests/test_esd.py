@@ -16,7 +16,11 @@ FAST = {"iterations": 2, "pool_trajectories": 2, "sampling_steps": 3, "refresh_e
 
 
 def config(**options):
-    return make_config("esd", **{**FAST, **options})
+    """FAST, with the pool's options only for the pool schedule (elsewhere they do nothing and are refused)."""
+    merged = {**FAST, **options}
+    if merged.get("schedule", "stream") != "pool":
+        merged = {k: v for k, v in merged.items() if k not in ("pool_trajectories", "refresh_every")}
+    return make_config("esd", **merged)
 
 
 def direct(pipe, x, t, prompt):
@@ -61,7 +65,7 @@ def perturb(parameters, scale=0.05):
 @pytest.mark.parametrize("eta", [1.0, 0.0, 2.5])
 def test_pool_targets_are_the_esd_formula_of_the_original_model(sd, sampler, anchor, eta):
     request = EditRequest(concepts=("cat",), guide=anchor)
-    cfg = config(eta=eta, pool_trajectories=3, sampling_steps=4, sampler=sampler)
+    cfg = config(eta=eta, pool_trajectories=3, sampling_steps=4, sampler=sampler, schedule="pool")
     cm, tuned, trainer = trainer_for(sd, request, cfg, esd.variant_parameters(sd, "x"))
     torch.manual_seed(0)
     perturb(tuned.parameters)  # training has moved the weights: the targets must still be the original model's
@@ -282,7 +286,8 @@ def test_lora_stores_low_rank_factors_of_the_chosen_weights(sd):
 
 def test_several_concepts_train_in_one_run(sd):
     request = EditRequest(concepts=("cat", "dog"), guides=("a", "photo"))
-    cm, _, trainer = trainer_for(sd, request, config(pool_trajectories=4), esd.variant_parameters(sd, "kv"))
+    cfg = config(pool_trajectories=4, schedule="pool")
+    cm, _, trainer = trainer_for(sd, request, cfg, esd.variant_parameters(sd, "kv"))
     pool = trainer.sample_pool(seed=0, refresh=0)
     cm.__exit__(None, None, None)
     assert set(pool.concepts.tolist()) == {0, 1}

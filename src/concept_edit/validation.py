@@ -7,7 +7,9 @@ a black image or a silent default.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Sequence
 from typing import Any
 
 MAX_SEED = 2**32 - 1  # numpy's range; torch's 64-bit seeds overflow when derived seeds are computed from them
@@ -53,3 +55,16 @@ def check_fields(obj: Any, rules: dict[str, dict]) -> None:
     """Apply `check_number` to dataclass fields: {field name: check_number keyword arguments}."""
     for field_name, rule in rules.items():
         check_number(field_name, getattr(obj, field_name), **rule)
+
+
+def check_unused(obj: Any, names: Sequence[str], why: str) -> None:
+    """ValueError for the first dataclass field of `names` set away from its default: it would do nothing (`why`).
+
+    An option that is silently ignored in some mode (LoRA's alpha without LoRA, a pool option with another
+    schedule) lets the user believe it took effect; a value equal to the default changes nothing either way.
+    """
+    defaults = {f.name: f.default for f in dataclasses.fields(obj)}
+    for name in names:
+        value = getattr(obj, name)
+        if value != defaults[name]:
+            raise ValueError(f"{name} {value!r} does nothing: {why}; leave it out")

@@ -20,12 +20,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from concept_edit.methods.options.amnesia import GROUPS  # noqa: F401 - re-exported
 from concept_edit.models.conditioning import Conditions, predict_noise
 from concept_edit.models.loading import model_info
 from concept_edit.models.targets import cross_attention_layers, denoiser
 from concept_edit.training import step_generator
 
-GROUPS = ("all", "x", "u")
 OFFICIAL_SD_STEPS = 50  # DDIM steps of the official sampling (appendix B.2)
 
 

@@ -77,6 +77,7 @@ from concept_edit.attacks.common import (
     latents_from_prompts,
     nearest_tokens,
     prompt_ids,
+    stage,
     token_embeddings,
     vocabulary,
 )
@@ -193,6 +194,10 @@ def run_soft_prompt(
                 total += float(((pred.cpu() - targets[:, j]) ** 2).mean())
         return total / len(watch)
 
+    def diverged(step: int, what: str) -> ValueError:
+        # the model is fine (checkpoint 0 drew it); what overflowed is the optimised prefix
+        return ValueError(f"soft-prompt: the attack diverged at step {step} ({what}); lower --lr (got {opts.lr})")
+
     def checkpoint(step: int) -> None:
         todo = [i for i in range(n) if success_step[i] is None]
         if not todo:
@@ -203,6 +208,8 @@ def run_soft_prompt(
             else:
                 idx = torch.tensor(todo)
                 embeds = encode_ids(pipe, ids[idx], mask[idx], free.detach()[idx.to(device)])
+                if not bool(torch.isfinite(embeds).all()):
+                    raise diverged(step, "its embeddings encode to NaN or infinite values")
                 images = images_from_embeddings(pipe, embeds, [items[i].seed for i in todo], steps, guidance)
         for i, label in zip(todo, judge.read(images), strict=True):
             read[i] = label
@@ -224,6 +231,8 @@ def run_soft_prompt(
             latents = x_t[torch.arange(n), j].to(device, pipe.unet.dtype)
             pred = _noise_prediction(pipe, latents, pool_t[j].to(device), embeds)
             loss = ((pred - targets[torch.arange(n), j].to(device)) ** 2).flatten(1).mean(1).sum()
+            if not bool(torch.isfinite(loss)):
+                raise diverged(step, "its loss is NaN or infinite")
             (grad,) = torch.autograd.grad(loss, [free])
             free.grad = grad
             optimizer.step()
@@ -243,6 +252,7 @@ def run_soft_prompt(
         fresh = fresh_seeds([i.seed for i in items])
         fresh_items = [Item(item.prompt, s) for item, s in zip(items, fresh, strict=True)]
         embeds = encode_ids(pipe, ids, mask, found.to(device))
+        stage("soft-prompt: what was found drawn at fresh seeds (%d images, and as nearest tokens, plain, unedited)", n)
         fresh_read = judge.read(images_from_embeddings(pipe, embeds, fresh, steps, guidance))
         discrete_items = [Item(text, s) for text, s in zip(discrete, fresh, strict=True)]
         discrete_read = judge.read(images_from_prompts(pipe, discrete_items, steps, guidance))

@@ -23,8 +23,7 @@ import math
 import torch
 
 from concept_edit.edit.changes import SparseSet
-
-SCOPES = ("row", "tensor")
+from concept_edit.methods.options.cad import SCOPES
 
 
 def per_row_count(ratio: float, length: int, minimum: int = 1) -> int:

@@ -30,12 +30,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from concept_edit.methods.options.cad import GROUPS
 from concept_edit.models.conditioning import Conditions, predict_noise
 from concept_edit.models.loading import model_info
 from concept_edit.models.targets import denoiser
 from concept_edit.training import step_generator
 
-GROUPS = ("ff", "attn1", "attn2", "residual")
 OBJECTIVES = ("erase", "amplify")
 
 

@@ -23,6 +23,10 @@ from concept_edit.validation import check_choice
 SITES = ("output", "input")
 
 
+class NonFiniteActivations(ValueError):
+    """A recorded activation was NaN or infinite: one such value makes every statistic of its layer NaN."""
+
+
 @dataclass
 class LayerStatistics:
     """One layer's running sums: per class the Gram matrix, the sum and the count of its feature vectors."""
@@ -88,6 +92,8 @@ class ActivationStatistics:
             stats = self.per_layer[layer] = LayerStatistics(dim, len(self.classes))
         if stats.dim != dim:
             raise ValueError(f"{layer}: features of size {dim}, earlier batches had {stats.dim}")
+        if not bool(torch.isfinite(x).all()):  # found here, not as a LinAlgError from the eigensolver later
+            raise NonFiniteActivations(f"the activations at {layer} are NaN or infinite")
         x = x.reshape(x.shape[0], -1, dim)
         labels = torch.as_tensor(labels).reshape(-1)
         if len(labels) == 1 and len(x) != 1:

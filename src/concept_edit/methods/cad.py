@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler
 
-from concept_edit.cad.ablation import SCOPES, ablation_changes
+from concept_edit.cad.ablation import ablation_changes
 from concept_edit.cad.attribution import (
     GROUPS,
     Samples,
@@ -44,84 +44,17 @@ from concept_edit.cad.images import resolve_images
 from concept_edit.edit import Edit
 from concept_edit.edit.state import combine, current_digest
 from concept_edit.io import atomic_path
-from concept_edit.methods.registry import EditRequest, input_field, register
+from concept_edit.methods.options.cad import CADConfig, CADInputs  # noqa: F401 - re-exported
+from concept_edit.methods.registry import EditRequest, register
 from concept_edit.models.conditioning import Conditions, encode_conditions
 from concept_edit.models.loading import model_info
-from concept_edit.models.prompts import concept_ids
-from concept_edit.training import load_checkpoint, run_steps, save_checkpoint
-from concept_edit.validation import check_choice, check_fields
+from concept_edit.models.prompts import check_request_texts
+from concept_edit.training import Diverged, check_checkpoint, load_checkpoint, run_steps, save_checkpoint
+from concept_edit.validation import check_unused
 
 log = logging.getLogger(__name__)
 
 OFFICIAL_STEPS = 50
-
-
-@dataclass(frozen=True)
-class CADConfig:
-    ablate_ratio: float = field(
-        default=0.001, metadata={"help": "share of each row's entries to zero (as the official --ablate_ratio)"}
-    )
-    modules: tuple[str, ...] = field(
-        default=("ff",), metadata={"help": f"module groups to attribute and prune: {', '.join(GROUPS)} (default: ff)"}
-    )
-    scope: str = field(default="row", metadata={"help": "row: top entries per row (official) | tensor"})
-    row_minimum: int = field(
-        default=1, metadata={"help": "entries zeroed per row at least (default 1; 0: the official int(r * n))"}
-    )
-    samples: int = field(default=4, metadata={"help": "erase: trajectories generated per concept"})
-    steps: int | None = field(
-        default=None, metadata={"help": "DDIM steps of a trajectory (50 as official; ShapesSD: its own 25)"}
-    )
-    timesteps: int | None = field(
-        default=None, metadata={"help": "attribute at this many of the steps, evenly spaced (default: all)"}
-    )
-    guidance: float = field(default=3.0, metadata={"help": "erase: guidance scale when sampling (official: 3)"})
-    batch_size: int = field(default=8, metadata={"help": "samples per backward pass"})
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "modules", tuple(self.modules))
-        check_fields(
-            self,
-            {
-                "ablate_ratio": {"low": 0, "high": 1, "low_open": True},
-                "samples": {"low": 1, "integer": True},
-                "steps": {"low": 1, "integer": True, "optional": True},
-                "timesteps": {"low": 1, "integer": True, "optional": True},
-                "guidance": {"low": 0},
-                "batch_size": {"low": 1, "integer": True},
-                "row_minimum": {"low": 0, "high": 1, "integer": True},
-            },
-        )
-        if self.ablate_ratio >= 1:
-            raise ValueError(f"ablate_ratio must be < 1 (a share of each row), got {self.ablate_ratio}")
-        check_choice("scope", self.scope, SCOPES)
-        if not self.modules:
-            raise ValueError(f"modules: name at least one group ({', '.join(GROUPS)})")
-        for group in self.modules:
-            check_choice("modules", group, GROUPS)
-        if len(set(self.modules)) != len(self.modules):
-            raise ValueError(f"a module group is listed twice in {list(self.modules)}")
-
-    def attribution_options(self) -> dict:
-        """The options the scores depend on (not the ratio, scope or batch size), JSON-ready."""
-        options = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()
-                if k not in ("ablate_ratio", "scope", "row_minimum", "batch_size")}  # fmt: skip
-
-
-def _parse_images(text: str, pipe):
-    return resolve_images(text, model_info(pipe).resolution)
-
-
-@dataclass(frozen=True)
-class CADInputs:
-    images: object = input_field(
-        "amplify: a folder of images of the concept, or shapes:OBJECT[:N] (ShapesSD renders)", parse=_parse_images
-    )
-    scores: Path | None = input_field("a scores file from `concept-edit attribute`: prune from it (no attribution)")
-    checkpoint: Path | None = input_field("file that Ctrl-C and every --checkpoint-every batches write")
-    resume: bool = input_field("continue the attribution saved in --checkpoint", default=False)
-    checkpoint_every: int = input_field("backward batches between checkpoints", default=50)
 
 
 @dataclass
@@ -147,9 +80,7 @@ def _check(pipe, request: EditRequest, config: CADConfig, inputs: CADInputs) -> 
         raise ValueError(f"CAD erases or amplifies, not {request.mode}")
     if request.preserve:
         raise ValueError("CAD has no preservation term: the preserve list would be ignored; leave it out")
-    for text in (*request.concepts, *request.concept_guides):
-        if text:
-            concept_ids(pipe, text)
+    check_request_texts(pipe, request)  # `attribute` and `cad-check` come here without the registry's fit
     if request.mode == "amplify":
         if request.guide is not None or request.guides:
             raise ValueError("amplify takes no guide concept (its objective is the training loss on the images)")
@@ -159,6 +90,12 @@ def _check(pipe, request: EditRequest, config: CADConfig, inputs: CADInputs) -> 
             raise ValueError("amplify takes one concept (the images show it)")
     elif inputs.images is not None:
         raise ValueError("erase uses the model's own samples; --images applies to amplify only")
+    if request.mode == "amplify":
+        check_unused(config, ["samples", "guidance"], "amplify attributes on the given images and samples nothing")
+    steps = len(_scheduler(pipe, config).timesteps)
+    if config.timesteps is not None and config.timesteps > steps:
+        # refused rather than clamped: the manifest would record timesteps the attribution never used
+        raise ValueError(f"timesteps {config.timesteps} is more than the {steps} DDIM steps of a trajectory")
     if inputs.resume and (inputs.checkpoint is None or not Path(inputs.checkpoint).exists()):
         raise ValueError(f"--resume: there is no checkpoint at {inputs.checkpoint}")
 
@@ -167,6 +104,10 @@ def attribute(pipe, request: EditRequest, config: CADConfig, inputs: CADInputs, 
               progress: bool = True) -> Attribution:  # fmt: skip
     """The CAD scores of the chosen modules' weights for the request's concept(s) (eq. 3 with eq. 4 or 5)."""
     _check(pipe, request, config, inputs)
+    run_config = {"config": config.attribution_options(), "request": request.to_dict(), "seed": seed,
+                  "batch_size": config.batch_size}  # fmt: skip
+    if inputs.resume:  # before any sampling: the file is a CAD checkpoint of this attribution
+        check_checkpoint(inputs.checkpoint, "cad", run_config)
     weights = group_weights(pipe, config.modules)
     scheduler = _scheduler(pipe, config)
     steps = chosen_steps(len(scheduler.timesteps), config.timesteps)
@@ -184,11 +125,9 @@ def attribute(pipe, request: EditRequest, config: CADConfig, inputs: CADInputs, 
         cond = encode_conditions(pipe, [request.concepts[0]])
         samples = amplify_samples(pipe, images.pixels, 0, scheduler=scheduler, steps=steps, seed=seed)
     grads = {name: torch.zeros(w.shape, dtype=torch.float32, device=w.device) for name, w in weights.items()}
-    run_config = {"config": config.attribution_options(), "request": request.to_dict(), "seed": seed,
-                  "batch_size": config.batch_size}  # fmt: skip
     start = 0
     if inputs.resume:
-        saved = load_checkpoint(inputs.checkpoint, run_config)
+        saved = load_checkpoint(inputs.checkpoint, run_config, "cad")
         for name, value in saved["grads"].items():
             grads[name].copy_(value)
         start = saved["step"]
@@ -196,16 +135,19 @@ def attribute(pipe, request: EditRequest, config: CADConfig, inputs: CADInputs, 
 
     def step_fn(batch: int) -> dict[str, float]:
         add_batch_gradient(pipe, samples, cond, weights, objective, grads, batch=batch, batch_size=config.batch_size)
+        if not all(bool(torch.isfinite(g).all()) for g in grads.values()):
+            raise Diverged(f"cad: the attribution gradient is not finite after batch {batch + 1}")
         return {}
 
     def save_fn(batch: int) -> None:
         if inputs.checkpoint is not None:
-            save_checkpoint(inputs.checkpoint, batch, run_config, grads=grads)
+            save_checkpoint(inputs.checkpoint, batch, run_config, kind="cad", grads=grads)
 
     with gradients_for(pipe, weights):
         run_steps(total=batch_count(samples, config.batch_size), start=start, step_fn=step_fn, save_fn=save_fn,
                   every=inputs.checkpoint_every, desc=f"cad: attribution ({objective})", progress=progress,
-                  checkpointing=inputs.checkpoint is not None)  # fmt: skip
+                  checkpointing=inputs.checkpoint is not None, checkpoint_file=inputs.checkpoint,
+                  diverged_hint="; lower --guidance (the samples or the objective overflow)")  # fmt: skip
     return Attribution(scores_from(weights, grads), samples, cond, objective, weights)
 
 
@@ -269,15 +211,32 @@ def load_scores(path: str | Path, pipe, request: EditRequest, modules: tuple[str
     for name, w in weights.items():
         if tuple(scores[name].shape) != tuple(w.shape):
             raise ValueError(f"--scores: {name} has shape {tuple(scores[name].shape)} in {path}, {tuple(w.shape)} here")
+        if not bool(torch.isfinite(scores[name]).all()):
+            raise ValueError(f"--scores: {path} holds NaN or infinite scores (at {name}); recompute it")
     scored = {name: w for name, w in group_weights(pipe, GROUPS).items() if name in scores}
     if _weights_digest(pipe, scored) != meta["weights_hash"]:
         raise ValueError(f"--scores: {path} was computed on other weights than this model's (or with other edits)")
     return {name: scores[name] for name in weights}, weights, meta
 
 
+def _check_scores_options(config: CADConfig, saved: dict, path) -> None:
+    """Refuse an attribution option given with --scores that the file's scores were not computed with.
+
+    Pruning from a scores file runs no attribution: its options come from the file (and are recorded so), so
+    a different value given here would do nothing. (batch_size passes: it changes only how fast scores come.)
+    """
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    for name in ("samples", "steps", "timesteps", "guidance"):
+        value = getattr(config, name)
+        if value != defaults[name] and saved.get(name, defaults[name]) != value:
+            raise ValueError(
+                f"--scores: {path} was computed with {name} {saved.get(name, defaults[name])}; {name} {value} does "
+                "nothing when pruning from a scores file: leave it out"
+            )
+
+
 # -- the method ---------------------------------------------------------------------------------------------------
-@register("cad", CADConfig, modes=("erase", "amplify"), summary="zero the most attributed weights (CAD)",
-          inputs_cls=CADInputs)  # fmt: skip
+@register("cad")
 def fit_cad(pipe, request: EditRequest, config: CADConfig, inputs: CADInputs, *, seed: int = 0, progress: bool = True):
     """CAD-Erase / CAD-Amplify: attribute (or read the scores), then zero the top entries as a sparse edit."""
     _check(pipe, request, config, inputs)
@@ -286,18 +245,24 @@ def fit_cad(pipe, request: EditRequest, config: CADConfig, inputs: CADInputs, *,
             raise ValueError("--scores replaces attribution: --images and --resume do not apply")
         scores, weights, meta = load_scores(inputs.scores, pipe, request, config.modules)
         attribution_config, samples = meta["config"], meta["samples"]
+        _check_scores_options(config, attribution_config, inputs.scores)
     else:
         result = attribute(pipe, request, config, inputs, seed=seed, progress=progress)
         scores, weights = result.scores, result.weights
         attribution_config, samples = config.attribution_options(), len(result.samples)
+        bad = next((name for name, score in scores.items() if not bool(torch.isfinite(score).all())), None)
+        if bad is not None:
+            raise ValueError(
+                f"the attribution diverged: the scores of {bad} are NaN or infinite (sampling guidance "
+                f"{config.guidance}, steps {config.steps or len(_scheduler(pipe, config).timesteps)}); lower --guidance"
+            )
     changes, counts = ablation_changes(weights, scores, config.ablate_ratio, request.mode, config.scope,
                                        config.row_minimum)  # fmt: skip
     if not changes:
         sign = "positive" if request.mode == "erase" else "negative"
-        raise ValueError(
-            f"nothing to ablate: no weight has a {sign} score among the top entries (with --row-minimum 0 a ratio "
-            "below 1 / row length selects none)"
-        )
+        given = f"ablate_ratio {config.ablate_ratio}, scope {config.scope}, row_minimum {config.row_minimum}"
+        hint = "; with row_minimum 0 a ratio below 1 / row length selects no entry" if config.row_minimum == 0 else ""
+        raise ValueError(f"nothing to ablate: no weight has a {sign} score among the top entries ({given}){hint}")
     total = sum(w.numel() for w in weights.values())
     stats = {
         "zeroed": sum(counts.values()),

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -34,49 +33,14 @@ from concept_edit.edit import Edit
 from concept_edit.edit.file import get_module
 from concept_edit.eigen.erasers import fold as fold_projection
 from concept_edit.eigen.erasers import leace_eraser, svd_eraser
-from concept_edit.eigen.statistics import ActivationStatistics, recording
+from concept_edit.eigen.statistics import ActivationStatistics, NonFiniteActivations, recording
+from concept_edit.methods.options.eigen import ERASERS, EigenConfig  # noqa: F401 - re-exported
 from concept_edit.methods.registry import EditRequest, register
 from concept_edit.models.conditioning import encode_conditions, predict_noise
 from concept_edit.models.loading import model_info
 from concept_edit.models.prompts import concept_ids
 from concept_edit.models.targets import cross_attention_layers
 from concept_edit.training import step_generator
-from concept_edit.validation import check_choice, check_fields
-
-ERASERS = ("svd", "leace")
-
-
-@dataclass(frozen=True)
-class EigenConfig:
-    layers: tuple[str, ...] = field(
-        default=(), metadata={"help": "cross-attention layers: index (0: the first) or module path (default: all)"}
-    )
-    k: int = field(default=3, metadata={"help": "svd: directions removed per concept and layer (paper: 1, 3, 5)"})
-    eraser: str = field(default="svd", metadata={"help": "svd (the paper's eq. 4-6) | leace"})
-    centre: bool = field(
-        default=False, metadata={"help": "svd: project around the concept's mean (the paper does not)"}
-    )
-    samples: int = field(default=8, metadata={"help": "images generated per concept for the statistics"})
-    steps: int | None = field(default=None, metadata={"help": "denoising steps per image (default: the model's)"})
-    guidance: float | None = field(default=None, metadata={"help": "guidance scale (default: the model's)"})
-    fold: bool = field(default=False, metadata={"help": "store exact weight deltas of to_out.0 instead of hooks"})
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "layers", tuple(str(x) for x in self.layers))
-        check_fields(
-            self,
-            {
-                "k": {"low": 1, "integer": True},
-                "samples": {"low": 1, "integer": True},
-                "steps": {"low": 1, "integer": True, "optional": True},
-                "guidance": {"low": 0, "optional": True},
-            },
-        )
-        check_choice("eraser", self.eraser, ERASERS)
-        if self.eraser == "leace" and self.centre:
-            raise ValueError("centre applies to the svd eraser; LEACE always works around the mean")
-        if len(set(self.layers)) != len(self.layers):
-            raise ValueError(f"a layer is listed twice in {list(self.layers)}")
 
 
 def chosen_layers(pipe, layers: tuple[str, ...]) -> list[str]:
@@ -118,7 +82,7 @@ def record_prompts(pipe, stats: ActivationStatistics, prompts, config: EigenConf
     size = info.resolution // getattr(pipe, "vae_scale_factor", 8)
     n = config.samples
     with recording(stats, lambda path: get_module(pipe, path)) as rec:
-        for label, _prompt in enumerate(tqdm(prompts, desc="eigen: statistics", disable=not progress, leave=False)):
+        for label, prompt in enumerate(tqdm(prompts, desc="eigen: statistics", disable=not progress, leave=False)):
             scheduler.set_timesteps(steps, device=pipe.device)
             noise = torch.randn((n, unet.config.in_channels, size, size), generator=step_generator(seed, label, 7))
             x = (noise * scheduler.init_noise_sigma).to(pipe.device, unet.dtype)
@@ -128,7 +92,12 @@ def record_prompts(pipe, stats: ActivationStatistics, prompts, config: EigenConf
                 rec.enabled = False
                 eps_u = predict_noise(unet, model_in, t, empty)
                 rec.enabled, rec.labels = True, label
-                eps_c = predict_noise(unet, model_in, t, rows)
+                try:
+                    eps_c = predict_noise(unet, model_in, t, rows)
+                except NonFiniteActivations as err:
+                    raise ValueError(
+                        f"sampling {prompt!r} at guidance {guidance} diverged ({err}); lower --guidance"
+                    ) from None
                 x = scheduler.step(eps_u + guidance * (eps_c - eps_u), t, x).prev_sample
 
 
@@ -144,7 +113,7 @@ def _check(pipe, request: EditRequest, config: EigenConfig) -> None:
         raise ValueError("the svd eraser takes no preserved concepts (eq. 6 projects every prompt alike); use leace")
 
 
-@register("eigen", EigenConfig, modes=("erase",), summary="remove a concept's top singular directions (eigen)")
+@register("eigen")
 def fit_eigen(pipe, request: EditRequest, config: EigenConfig, inputs=None, *, seed: int = 0, progress: bool = True):
     _check(pipe, request, config)
     layers = chosen_layers(pipe, config.layers)

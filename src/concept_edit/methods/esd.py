@@ -89,108 +89,43 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from concept_edit.edit import trainable
-from concept_edit.methods.registry import EditRequest, input_field, register
+from concept_edit.methods.options.esd import (  # noqa: F401 - re-exported
+    DEFAULT_ITERATIONS,
+    DEFAULT_LR,
+    PRECISIONS,
+    SAMPLERS,
+    SCHEDULES,
+    VARIANTS,
+    ESDConfig,
+    ESDInputs,
+)
+from concept_edit.methods.registry import EditRequest, register
 from concept_edit.models.conditioning import Conditions, encode_conditions, predict_noise
 from concept_edit.models.loading import model_info
 from concept_edit.models.prompts import concept_ids
-from concept_edit.models.targets import cross_attention_layers, denoiser
-from concept_edit.training import load_checkpoint, run_steps, save_checkpoint, step_generator, step_rng
-from concept_edit.validation import check_choice, check_fields
+from concept_edit.models.targets import cross_attention_layers, denoiser, get_parameter
+from concept_edit.training import (
+    check_checkpoint,
+    load_checkpoint,
+    run_steps,
+    save_checkpoint,
+    step_generator,
+    step_rng,
+)
+from concept_edit.validation import check_choice
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("x", "u", "all", "kv")
-SAMPLERS = ("frozen", "trained")
-SCHEDULES = ("stream", "pool", "official")
-PRECISIONS = ("fp32", "bf16")
-# chosen on ShapesSD (tuning seeds 5000+) for the stream schedule at batch 1; the paper trains 1000 iterations
-DEFAULT_LR = {"x": 3e-4, "kv": 3e-4, "u": 1e-5, "all": 1e-5}
-DEFAULT_ITERATIONS = {"x": 200, "kv": 200, "u": 1000, "all": 1000}
 OFFICIAL_STEPS = 50  # DDIM steps of a trajectory in both official scripts
-
-
-@dataclass(frozen=True)
-class ESDConfig:
-    variant: str = field(default="x", metadata={"help": "parameters to train: x (cross-attn), u, all, kv"})
-    eta: float = field(
-        default=1.0,
-        metadata={
-            "help": "negative guidance eta, the paper's (CompVis --negative_guidance N: N; diffusers esd_sd.py "
-            "N: N - 1; 0: eigen paper eq. 11)"
-        },
-    )
-    iterations: int | None = field(
-        default=None, metadata={"help": "optimizer steps (default: 200 for x/kv, 1000 for u/all as the paper)"}
-    )
-    lr: float | None = field(
-        default=None, metadata={"help": "Adam learning rate (default: 3e-4 for x/kv, 1e-5 for u/all; official SD 1e-5)"}
-    )
-    batch_size: int = field(
-        default=1, metadata={"help": "samples (x_t, t) per optimizer step; with stream, trajectories in flight"}
-    )
-    sampling_steps: int | None = field(
-        default=None, metadata={"help": "DDIM steps K of a trajectory (50 as official; ShapesSD: its own 25)"}
-    )
-    sampling_guidance: float = field(default=3.0, metadata={"help": "guidance scale when sampling x_t"})
-    sampler: str = field(default="trained", metadata={"help": "model that samples x_t: trained | frozen"})
-    pool_trajectories: int = field(default=8, metadata={"help": "trajectories per pool refresh (pool schedule)"})
-    refresh_every: int = field(default=50, metadata={"help": "iterations between pool refreshes"})
-    schedule: str = field(
-        default="stream",
-        metadata={"help": "stream (trajectories in flight) | pool (refreshed pools) | official (fresh per sample)"},
-    )
-    lora_rank: int = field(default=0, metadata={"help": "train LoRA adapters of this rank (0: full fine-tuning)"})
-    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default: the rank)"})
-    precision: str = field(default="fp32", metadata={"help": "fp32 | bf16 (autocast; fp32 master weights)"})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations (saves memory)"})
-
-    def __post_init__(self) -> None:
-        check_fields(
-            self,
-            {
-                "eta": {"low": 0},
-                "iterations": {"low": 1, "integer": True, "optional": True},
-                "lr": {"low": 0, "low_open": True, "optional": True},
-                "batch_size": {"low": 1, "integer": True},
-                "sampling_steps": {"low": 1, "integer": True, "optional": True},
-                "sampling_guidance": {"low": 0},
-                "pool_trajectories": {"low": 1, "integer": True},
-                "refresh_every": {"low": 1, "integer": True},
-                "lora_rank": {"low": 0, "integer": True},
-                "lora_alpha": {"low": 0, "low_open": True, "optional": True},
-            },
-        )
-        choices = (("variant", VARIANTS), ("sampler", SAMPLERS), ("schedule", SCHEDULES), ("precision", PRECISIONS))
-        for name, allowed in choices:
-            check_choice(name, getattr(self, name), allowed)
-
-    @property
-    def learning_rate(self) -> float:
-        """`lr`, or the variant's default: training most of the UNet (u, all) needs a far smaller step than the
-        cross-attention (x, kv), as the official SDXL script also sets lr 1e-5 for every variant but x."""
-        if self.lr is not None:
-            return self.lr
-        return DEFAULT_LR[self.variant]
-
-    @property
-    def total_iterations(self) -> int:
-        """`iterations`, or the variant's default (ESD-u moves far more weights, at a far smaller step)."""
-        return self.iterations if self.iterations is not None else DEFAULT_ITERATIONS[self.variant]
-
-
-@dataclass(frozen=True)
-class ESDInputs:
-    checkpoint: Path | None = input_field("file that Ctrl-C and every --checkpoint-every iterations write")
-    resume: bool = input_field("continue the run saved in --checkpoint", default=False)
-    checkpoint_every: int = input_field("iterations between checkpoints", default=100)
 
 
 def variant_parameters(pipe, variant: str, *, weights_only: bool = False) -> list[str]:
@@ -481,10 +416,31 @@ def _check(pipe, request: EditRequest, config: ESDConfig) -> None:
             "load it in float32 (--dtype float32; use --precision bf16 for mixed precision) or train LoRA "
             "(--lora-rank)"
         )
+    if config.lora_rank > 0:
+        _check_lora_rank(pipe, config)
 
 
-@register("esd", ESDConfig, modes=("erase",), summary="fine-tune with negative guidance (ESD-x, ESD-u)",
-          inputs_cls=ESDInputs)  # fmt: skip
+def _check_lora_rank(pipe, config: ESDConfig) -> None:
+    """Refuse a LoRA rank above what any trained weight allows (min of its two sides), as export-lora does.
+
+    A rank past that adds factors that cannot change the weight and makes each step huge (rank 100000 on
+    128-384-wide layers: minutes per iteration). A rank above some layers' limit (ESD-u's 4-channel conv_out)
+    but within others' is allowed: those layers simply use all of their rank.
+    """
+    widest, where = 0, ""
+    for key in variant_parameters(pipe, config.variant, weights_only=True):
+        shape = get_parameter(pipe, key).shape
+        limit = min(shape[0], math.prod(shape[1:]))
+        if limit > widest:
+            widest, where = limit, f"{key} {tuple(shape)}"
+    if config.lora_rank > widest:
+        raise ValueError(
+            f"lora_rank {config.lora_rank} is larger than any trained weight allows: the widest, {where}, has rank "
+            f"at most {widest}"
+        )
+
+
+@register("esd")
 def fit_esd(pipe, request: EditRequest, config: ESDConfig, inputs: ESDInputs, *, seed: int = 0, progress: bool = True):
     """Train ESD on `pipe` for `request.concepts` and return the change as an `Edit` (pipeline restored)."""
     _check(pipe, request, config)
@@ -498,6 +454,8 @@ def fit_esd(pipe, request: EditRequest, config: ESDConfig, inputs: ESDInputs, *,
     # of any longer one: a checkpoint can be resumed with more iterations (not part of what must match)
     options = {k: v for k, v in dataclasses.asdict(config).items() if k != "iterations"}
     run_config = {"config": options, "request": request.to_dict(), "seed": seed}
+    if inputs.resume:  # before any work: the file is this method's checkpoint, of this run
+        check_checkpoint(inputs.checkpoint, "esd", run_config)
     with trainable(pipe, keys, kind="low_rank" if lora else "dense", rank=max(config.lora_rank, 1),
                    alpha=config.lora_alpha) as tuned:  # fmt: skip
         copy_dtype = torch.bfloat16 if config.precision == "bf16" else None
@@ -508,7 +466,7 @@ def fit_esd(pipe, request: EditRequest, config: ESDConfig, inputs: ESDInputs, *,
         state_cls = _Stream if streaming else _Pool
         start = 0
         if inputs.resume:
-            saved = load_checkpoint(inputs.checkpoint, run_config)
+            saved = load_checkpoint(inputs.checkpoint, run_config, "esd")
             with torch.no_grad():
                 for p, value in zip(tuned.parameters, saved["trained"], strict=True):
                     p.copy_(value)
@@ -553,7 +511,8 @@ def fit_esd(pipe, request: EditRequest, config: ESDConfig, inputs: ESDInputs, *,
                 return
             pool = state["pool"].state_dict() if state["pool"] is not None else None
             trained = [p.detach() for p in tuned.parameters]
-            save_checkpoint(inputs.checkpoint, step, run_config, trained=trained, optimizer=optimizer.state_dict(),
+            save_checkpoint(inputs.checkpoint, step, run_config, kind="esd", trained=trained,
+                            optimizer=optimizer.state_dict(),
                             pool=pool, losses=state["losses"], frozen_calls=trainer.frozen_calls)  # fmt: skip
 
         checkpointing = unet.is_gradient_checkpointing
@@ -562,7 +521,8 @@ def fit_esd(pipe, request: EditRequest, config: ESDConfig, inputs: ESDInputs, *,
         try:
             run_steps(total=config.total_iterations, start=start, step_fn=step_fn, save_fn=save_fn,
                       every=inputs.checkpoint_every, desc="esd", progress=progress,
-                      checkpointing=inputs.checkpoint is not None)  # fmt: skip
+                      checkpointing=inputs.checkpoint is not None, checkpoint_file=inputs.checkpoint,
+                      diverged_hint="; lower --lr, --eta or --sampling-guidance")  # fmt: skip
         finally:
             if config.gradient_checkpointing and not checkpointing:
                 unet.disable_gradient_checkpointing()

@@ -39,15 +39,13 @@ import dataclasses
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 
 from concept_edit.edit import DenseDelta, Edit, LowRankDelta
-from concept_edit.methods.registry import EditRequest, input_field, register
-from concept_edit.methods.uce_debias import CONTROLLERS as DEBIAS_CONTROLLERS
-from concept_edit.methods.uce_debias import VARIANTS as DEBIAS_VARIANTS
-from concept_edit.methods.uce_debias import RatioEstimator, debias
+from concept_edit.methods.options.uce import TOKEN_MODES, UCEConfig, UCEInputs  # noqa: F401 - re-exported
+from concept_edit.methods.registry import EditRequest, register
+from concept_edit.methods.uce_debias import debias
 from concept_edit.models.prompts import (
     concept_ids,
     concept_token_positions,
@@ -59,74 +57,11 @@ from concept_edit.models.prompts import (
     unconditional_embedding,
 )
 from concept_edit.models.targets import cross_attention_layers, get_parameter
-from concept_edit.validation import check_choice, check_fields
+from concept_edit.validation import check_unused
 
 log = logging.getLogger(__name__)
 
 CONDITION_LIMIT = {torch.float64: 1e10, torch.float32: 1e5}
-TOKEN_MODES = ("last", "trailing", "all")
-
-
-@dataclass(frozen=True)
-class UCEConfig:
-    erase_scale: float = field(default=1.0, metadata={"help": "weight s_e of the edit terms in eq. 6"})
-    preserve_scale: float = field(default=1.0, metadata={"help": "weight s_p of the preserve terms in eq. 6"})
-    lam: float = field(default=0.5, metadata={"help": "TIME's identity regulariser lambda (0: pure eq. 7)"})
-    edit_keys: bool = field(default=True, metadata={"help": "edit W_k as well as W_v (off: values only)"})
-    tokens: str = field(default="last", metadata={"help": "concept tokens to edit: last | trailing | all"})
-    float64: bool = field(default=True, metadata={"help": "accumulate and solve in float64"})
-    debias_variant: str = field(
-        default="uce_sd_debias",
-        metadata={"help": "debias: which official script's loop: train_debias_add | train_debias_main | uce_sd_debias"},
-    )
-    debias_controller: str = field(
-        default="secant", metadata={"help": "debias: alpha update: secant (fitted to the response) | fixed (step eta)"}
-    )
-    debias_step: float | None = field(
-        default=None,
-        metadata={"help": "debias: step eta, or the secant's first step (default: the variant's, 0.1 or 1)"},
-    )
-    debias_tolerance: float = field(default=0.05, metadata={"help": "debias: max |ratio error| to stop"})
-    debias_max_iterations: int = field(default=30, metadata={"help": "debias: max solve iterations"})
-    debias_images: int = field(default=10, metadata={"help": "debias: images per concept per measurement"})
-    debias_steps: int | None = field(default=None, metadata={"help": "debias: inference steps (model default)"})
-    debias_guidance: float | None = field(default=None, metadata={"help": "debias: guidance (model default)"})
-
-    def __post_init__(self) -> None:
-        check_fields(
-            self,
-            {
-                "erase_scale": {"low": 0, "low_open": True},
-                "preserve_scale": {"low": 0},
-                "lam": {"low": 0},
-                "debias_step": {"low": 0, "low_open": True, "optional": True},
-                "debias_tolerance": {"low": 0, "low_open": True, "high": 1},
-                "debias_max_iterations": {"low": 1, "integer": True},
-                "debias_images": {"low": 1, "integer": True},
-                "debias_steps": {"low": 1, "integer": True, "optional": True},
-                "debias_guidance": {"low": 0, "optional": True},
-            },
-        )
-        check_choice("tokens", self.tokens, TOKEN_MODES)
-        check_choice("debias_variant", self.debias_variant, tuple(DEBIAS_VARIANTS))
-        check_choice("debias_controller", self.debias_controller, DEBIAS_CONTROLLERS)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return torch.float64 if self.float64 else torch.float32
-
-
-def _parse_classifier(spec: str, pipe) -> RatioEstimator:
-    from concept_edit.evaluation.classifiers import make_classifier
-
-    return make_classifier(spec, pipe)
-
-
-@dataclass(frozen=True)
-class UCEInputs:
-    classifier: RatioEstimator | None = input_field(
-        "debias: the judge of generated images: 'oracle' (ShapesSD) or 'clip:<hub id>'", parse=_parse_classifier
-    )
 
 
 # -- the closed form -----------------------------------------------------------------------------------------
@@ -269,13 +204,7 @@ def _stack(rows: Sequence[torch.Tensor], dim: int) -> torch.Tensor:
 
 
 # -- the method ---------------------------------------------------------------------------------------------
-@register(
-    "uce",
-    UCEConfig,
-    modes=("erase", "moderate", "debias"),
-    summary="closed-form edit of cross-attention K/V (erase, moderate, debias; TIME/MEMIT special cases)",
-    inputs_cls=UCEInputs,
-)
+@register("uce")
 def fit_uce(pipe, request: EditRequest, config: UCEConfig, inputs: UCEInputs, *, seed: int = 0, progress: bool = True):
     """Compute a UCE edit for `request` on `pipe`; the pipeline is left unchanged."""
     weights = target_weights(pipe, config.edit_keys)
@@ -284,6 +213,10 @@ def fit_uce(pipe, request: EditRequest, config: UCEConfig, inputs: UCEInputs, *,
             raise ValueError("UCE debias needs a classifier of generated images (--classifier oracle | clip:<id>)")
         deltas, stats = debias(pipe, request, config, weights, inputs.classifier, seed, progress)
     else:
+        debias_options = [f.name for f in dataclasses.fields(config) if f.name.startswith("debias_")]
+        check_unused(config, debias_options, f"the debias_ options tune debias, and the mode is {request.mode}")
+        if not request.preserve:
+            check_unused(config, ["preserve_scale"], "it weighs the preserved concepts, and none is given")
         deltas, stats = _erase(pipe, request, config, weights)
     return Edit.create(
         pipe, deltas, method="uce", config=dataclasses.asdict(config), request=request.to_dict(), seed=seed, stats=stats

@@ -155,19 +155,60 @@ def unconditional_embedding(pipe, encoded_empty: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(encoded_empty) if forces_zero_unconditional(pipe) else encoded_empty
 
 
-def concept_ids(pipe, concept: str) -> list[int]:
+def concept_ids(pipe, concept: str, what: str = "concept") -> list[int]:
     """The token ids of `concept` on its own, without special tokens; ValueError if there are none."""
     tok = pipe.tokenizer
     ids = tok(concept, add_special_tokens=False).input_ids
     if not concept.strip() or not ids:
-        raise ValueError(f"concept {concept!r} tokenizes to nothing; give a word or phrase")
+        raise ValueError(f"{what} {concept!r} tokenizes to nothing; give a word or phrase")
     if tok.unk_token_id is not None and tok.unk_token_id in ids:
         unknown = [w for w in concept.split() if tok.unk_token_id in tok(w, add_special_tokens=False).input_ids]
         raise ValueError(
-            f"concept {concept!r} has text this model's tokenizer does not know ({' '.join(unknown) or concept!r} "
-            f"becomes {tok.unk_token}): the edit would change the unknown token, not the concept"
+            f"{what} {concept!r} has text this model's tokenizer does not know ({' '.join(unknown) or concept!r} "
+            f"becomes {tok.unk_token}): the edit would change the unknown token, not the {what}"
         )
     return list(ids)
+
+
+def check_text(pipe, text: str, what: str = "concept") -> None:
+    """ValueError unless the text encoder reads `text` as given: UTF-8, every token known, not cut at the end.
+
+    Every method's concepts, guides, surrogates and preserved concepts go through this before any work
+    (`concept_edit.methods.fit`): a tokenizer raises a TypeError on text holding undecodable bytes (a
+    non-UTF-8 command-line argument arrives surrogate-escaped), maps what it does not know to its unknown
+    token (the edit would then act on that token) and silently cuts a text longer than the encoder reads.
+    "" (the empty prompt, a guide) passes. A pipeline without a tokenizer (the digits models) gets the
+    UTF-8 check only.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise ValueError(f"{what} '{shown}' is not UTF-8 text; give it in UTF-8") from None
+    if not text or getattr(pipe, "tokenizer", None) is None:
+        return
+    concept_ids(pipe, text, what)
+    for tok in _tokenizers(pipe):
+        n = len(tok(text).input_ids)
+        if n > tok.model_max_length:
+            shown = text if len(text) <= 60 else text[:57] + "..."
+            raise ValueError(
+                f"{what} {shown!r} has {n} tokens; this model reads at most {tok.model_max_length}, so the rest "
+                "would be cut off: shorten it"
+            )
+
+
+def check_request_texts(pipe, request, extra: Sequence[tuple[str, str]] = ()) -> None:
+    """`check_text` on every text of an `EditRequest` and on `extra` (what, text) pairs from a method's config."""
+    texts = [
+        *(("concept", c) for c in request.concepts),
+        *(("guide", g) for g in request.concept_guides),
+        *(("preserved concept", p) for p in request.preserve),
+        *(("attribute", a) for a in request.attributes),
+        *extra,
+    ]
+    for what, text in texts:
+        check_text(pipe, text, what)
 
 
 def concept_token_positions(pipe, prompt: str, concept: str) -> list[int]:
