@@ -2,18 +2,19 @@
 
     python benchmarks/report_screenshot.py demo/before.json demo/after.json demo/before_paraphrase.json \
         demo/after_paraphrase.json --out benchmarks/results/report_screenshot.png [--html report.html]
-        [--width 1280] [--height 4000] [--colors 256]
+        [--width 1280] [--height 12000] [--colors 256]
 
 (`concept-edit demo --out demo` writes those four results files; install the browser with
 `apt-get install -y chromium`.) The page is written with `concept-edit report`'s own code, then drawn by
 
     chromium --headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update
         --disable-sync --no-first-run --hide-scrollbars --user-data-dir=<tmp> --screenshot=<png>
-        --window-size=1280,4000 file://<report.html>
+        --window-size=1280,12000 file://<report.html>
 
 The white space below the page's end is cut off and the PNG is reduced to a 256-colour palette, so that the
-committed screenshot stays a few hundred KB. Look at the PNG: it is what a reader of a printed or shared
-report sees (no hover, no zoom).
+committed screenshot stays small. A page taller than the window would be cut without a sign: the script fails
+(exit 1) when the content reaches the window's last rows; give a larger --height. Look at the PNG: it is
+what a reader of a printed or shared report sees (no hover, no zoom).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def find_chromium() -> str | None:
     return next((path for name in BROWSERS if (path := shutil.which(name))), None)
 
 
-def screenshot(html: Path, png: Path, *, width: int = 1280, height: int = 4000, browser: str | None = None,
+def screenshot(html: Path, png: Path, *, width: int = 1280, height: int = 12000, browser: str | None = None,
                timeout: float = 180) -> Path:  # fmt: skip
     """Draw `html` with headless Chromium into `png` (written whole: Chromium writes into a temporary folder)."""
     browser = browser or find_chromium()
@@ -67,6 +68,13 @@ def screenshot(html: Path, png: Path, *, width: int = 1280, height: int = 4000, 
     return png
 
 
+def cut_off(png: Path, margin: int = 24) -> bool:
+    """True when content reaches the window's last `margin` rows: the page went on below the screenshot."""
+    pixels = np.asarray(Image.open(png).convert("RGB"))
+    background = pixels[0, 0]  # the page's own background (its top-left corner is margin)
+    return bool((pixels[-margin:] != background).any())
+
+
 def trim_and_shrink(png: Path, colors: int = 256, margin: int = 24) -> Path:
     """Cut the blank rows below the page's content and store the PNG with a palette of `colors`."""
     image = Image.open(png).convert("RGB")
@@ -94,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="screenshot .png")
     parser.add_argument("--html", default=None, help="keep the rendered report here (default: a temporary file)")
     parser.add_argument("--width", type=int, default=1280)
-    parser.add_argument("--height", type=int, default=4000)
+    parser.add_argument("--height", type=int, default=12000)
     parser.add_argument("--colors", type=int, default=256, help="palette size of the saved PNG (0: full colour)")
     args = parser.parse_args(argv)
 
@@ -104,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         html = Path(args.html) if args.html else Path(tmp) / "report.html"
         write_report(args.results, html)
         png = screenshot(html, Path(args.out), width=args.width, height=args.height)
+    if cut_off(png):
+        print(f"the report is taller than --height {args.height}: the screenshot is cut; give a larger --height",
+              file=sys.stderr)  # fmt: skip
+        return 1
     trim_and_shrink(png, colors=args.colors)
     size = Image.open(png).size
     print(f"wrote {png} ({size[0]}x{size[1]} px, {png.stat().st_size / 1024:.0f} KB)")

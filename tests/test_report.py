@@ -161,3 +161,4 @@ def test_a_headless_browser_draws_the_report(tmp_path):
     pixels = np.asarray(image.convert("RGB")).astype(int)
     red = (pixels[..., 0] > 150) & (pixels[..., 1] < 80) & (pixels[..., 2] < 80)
     assert red.sum() > 100  # the red outline and the judge's reading under the erased circle are drawn
+    assert shot.main([*map(str, paths), "--out", str(tmp_path / "cut.png"), "--height", "300"]) == 1  # cut: said
