@@ -196,9 +196,17 @@ def main() -> None:
         print(json.dumps({"n": args.n, "seed": args.seed, "train_seed": args.train_seed, "rows": rows}))
 
 
+# Selective Amnesia needs a surrogate on a text-to-image model (the paper's SD runs name one per concept): the
+# next label of the concept's own kind in the world's lists (object circle -> square, style striped -> dotted) and,
+# for the logo, the first object; fixed before the run, not tuned
+AMNESIA_SURROGATES = {"circle": "a square", "striped": "on a dotted background", "the acme logo": "a circle"}
+
+
 def _row(pipe, row, spec, concept, home, label, suites, baselines, attacks, args, budgets, options) -> dict:
     """One (method, concept) row; an attack that refuses is recorded in its cell."""
     method, config = spec
+    if method == "amnesia":
+        config = {**config, "surrogate": AMNESIA_SURROGATES.get(concept, "uniform")}
     started = time.perf_counter()
     edit = fit(pipe, method, EditRequest(concepts=(concept,)), make_config(method, **config), seed=args.train_seed,
                progress=False)  # fmt: skip

@@ -27,7 +27,7 @@ REQUEST = EditRequest(concepts=("cat",), preserve=("a dog", "a house"))
 
 
 def config(**options):
-    return make_config("amnesia", **{**FAST, **options})
+    return make_config("amnesia", **{**FAST, "surrogate": "uniform", **options})
 
 
 def backend_and_data(pipe, n=2):
@@ -162,6 +162,29 @@ def test_resume_after_ctrl_c_equals_an_uninterrupted_run(sd, tmp_path, monkeypat
     assert not ckpt.with_name("run.fisher.safetensors").exists()  # the Fisher's partial sums are cleaned up
 
 
+def test_a_text_to_image_model_needs_a_surrogate_which_the_guide_can_name(sd, monkeypatch):
+    """Uniform noise is the digits default only; a text-to-image model remaps to --surrogate or --guide."""
+    plans = []
+    real_plan = amnesia._plan
+
+    def spy(*args, **kwargs):
+        backend, plan = real_plan(*args, **kwargs)
+        plans.append((args[3]["surrogate"], plan))
+        return backend, plan
+
+    monkeypatch.setattr(amnesia, "_plan", spy)
+    with pytest.raises(ValueError, match="needs a surrogate.*--guide PROMPT.*--surrogate uniform"):
+        fit(sd, "amnesia", REQUEST, make_config("amnesia", **{**FAST}), progress=False)
+    assert not plans  # refused before anything was drawn
+    guided = fit(sd, "amnesia", EditRequest(concepts=("cat",), guide="a fox", preserve=REQUEST.preserve),
+                 make_config("amnesia", **FAST), progress=False)  # fmt: skip
+    surrogate, plan = plans[-1]
+    assert surrogate == "a fox" and len(plan.surrogate) == FAST["surrogate_samples"]
+    assert guided.manifest["config"]["resolved"]["surrogate"] == "a fox"
+    fit(sd, "amnesia", REQUEST, config(surrogate="uniform"), progress=False)
+    assert plans[-1][0] == "uniform"
+
+
 def test_bad_input_is_refused_with_one_clear_error(sd, tmp_path):
     with pytest.raises(ValueError, match="lam must be >= 0"):
         make_config("amnesia", lam=-1.0)
@@ -171,8 +194,12 @@ def test_bad_input_is_refused_with_one_clear_error(sd, tmp_path):
         fit(sd, "amnesia", REQUEST, config(surrogate="a Cat"), progress=False)
     with pytest.raises(ValueError, match="replay prompts"):
         fit(sd, "amnesia", EditRequest(concepts=("cat",)), config(), progress=False)
-    with pytest.raises(ValueError, match="--surrogate, not --guide"):
-        fit(sd, "amnesia", EditRequest(concepts=("cat",), guide="dog", preserve=("a dog",)), config(), progress=False)
+    with pytest.raises(ValueError, match="--guide and --surrogate both"):
+        both = EditRequest(concepts=("cat",), guide="dog", preserve=("a dog",))
+        fit(sd, "amnesia", both, config(surrogate="a house"), progress=False)
+    with pytest.raises(ValueError, match="one surrogate"):
+        two = EditRequest(concepts=("cat", "fox"), guides=("dog", "house"), preserve=("a dog",))
+        fit(sd, "amnesia", two, config(), progress=False)
     not_fisher = tmp_path / "x.safetensors"
     not_fisher.write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="--fisher"):

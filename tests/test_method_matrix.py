@@ -29,7 +29,7 @@ EXAMPLES = {
 }
 # Options that keep a trained method's matrix run short (a few steps, with a step size that shows in the output).
 OPTIONS = {
-    "esd": {"iterations": 3, "pool_trajectories": 2, "sampling_steps": 3, "lr": 3e-3},
+    "esd": {"iterations": 3, "sampling_steps": 3, "lr": 3e-3},
     "eigen": {"samples": 2, "steps": 3},
     "cad": {"samples": 1, "steps": 3},
     "amnesia": {
@@ -41,6 +41,7 @@ OPTIONS = {
         "replay_samples": 2,
         "surrogate_samples": 2,
         "sampling_steps": 2,
+        "surrogate": "uniform",  # required on text-to-image models
     },
 }
 

@@ -5,8 +5,13 @@ Maximise (eq. 4)
     E_{q(x|c_f)} ELBO(x | theta, c_f) - lambda sum_i F_i / 2 (theta_i - theta*_i)^2 + E_{p(x|c_r)} ELBO(x | theta, c_r)
 
 * q(x|c_f), the surrogate (section 3.2): `surrogate` = "uniform" (pixels U[0, 1], the paper's choice for
-  MNIST/CIFAR), or a prompt (a class name for the digits models) whose images the original model draws, so
-  that c_f is remapped to it ("a middle aged man" in the paper, "a square" on ShapesSD);
+  MNIST/CIFAR, and the default on the digits models), a prompt (a class name for the digits models) whose
+  images the original model draws, so that c_f is remapped to it (the paper's SD runs: "a middle aged man",
+  "a person wearing clothes"; "a square" on ShapesSD). On a text-to-image model the surrogate is required
+  (`--surrogate`, or the request's `--guide`, the anchor every method takes), as the paper's SD runs always
+  name one: no generic choice forgot on ShapesSD's tuning seeds (training seeds 5000/5001): the empty prompt
+  and the replay samples as surrogate left "circle" in 16/16 images, and uniform noise forgot it at seed 5000
+  but at seed 0 left it in 16/16 while costing the other objects 10 points (README "Selective Amnesia");
 * F, the diagonal Fisher of the original model (`concept_edit.amnesia.fisher`), on samples it generates: for
   the replay prompts on a text-to-image model (the paper's SD runs use one generated set for both), for every
   class on the digits models (the official `calculate_fim.py` draws c uniformly over the 10 classes);
@@ -45,11 +50,12 @@ Faster than the official code, same objective:
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -61,108 +67,26 @@ from concept_edit.amnesia.fisher import (
     fisher_timesteps,
     vae_squared_gradients,
 )
-from concept_edit.amnesia.models import GROUPS, Data, backend_for
+from concept_edit.amnesia.models import Data, backend_for
 from concept_edit.edit import trainable
 from concept_edit.edit.state import combine, current_digest, named_tensors
-from concept_edit.io import atomic_path
-from concept_edit.methods.registry import EditRequest, _norm, input_field, register
+from concept_edit.io import save_tensors
+from concept_edit.methods.options.amnesia import DEFAULTS, AmnesiaConfig, AmnesiaInputs  # noqa: F401
+from concept_edit.methods.registry import EditRequest, _norm, register
 from concept_edit.models.conditioning import encode_conditions
 from concept_edit.models.loading import model_info
-from concept_edit.training import load_checkpoint, run_steps, save_checkpoint, step_generator
-from concept_edit.validation import check_choice, check_fields
+from concept_edit.stopping import Interrupted, Terminated
+from concept_edit.training import (
+    Diverged,
+    check_checkpoint,
+    load_checkpoint,
+    run_steps,
+    save_checkpoint,
+    step_generator,
+)
 
 log = logging.getLogger(__name__)
 FISHER_FORMAT = "concept-edit-amnesia-fisher/1"
-
-# per kind of model: the official values (appendix B) where they fit this CPU, else set on tuning seeds 5000+
-DEFAULTS = {
-    "vae": {"lam": 100.0, "lr": 1e-4, "batch_size": 256, "steps": 10000, "fisher_samples": 50000,
-            "replay_samples": 50000, "surrogate_samples": 1000, "fisher_timesteps": None, "fisher_chunk": 250},
-    # the digits DDPM at the official lambda 10 (and 2000 steps at lr 1e-4) does not forget at all (P("0") stays
-    # 1.000, benchmarks/results/amnesia_quality_ddpm_official.json); lambda 0.3 is the strongest of 0.01-10
-    # that still forgets on training seed 5000 and probe seeds 5000+ (1: P 0.60; 10: 1.00)
-    "ddpm": {"lam": 0.3, "lr": 1e-3, "batch_size": 128, "steps": 300, "fisher_samples": 500,
-             "replay_samples": 2000, "surrogate_samples": 1000, "fisher_timesteps": 50, "fisher_chunk": 250},
-    "text-to-image": {"lam": 50.0, "lr": 1e-5, "batch_size": 4, "steps": 1000, "fisher_samples": 5000,
-                      "replay_samples": 5000, "surrogate_samples": 1000, "fisher_timesteps": None,
-                      "fisher_chunk": 25},
-    "shapes": {"lam": 50.0, "lr": 3e-3, "batch_size": 8, "steps": 300, "fisher_samples": 32,
-               "replay_samples": 64, "surrogate_samples": 32, "fisher_timesteps": 50, "fisher_chunk": 250},
-}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class AmnesiaConfig:
-    surrogate: str = field(
-        default="uniform", metadata={"help": "what the concept is remapped to: 'uniform' noise, or a prompt/class"}
-    )
-    lam: float | None = field(
-        default=None, metadata={"help": "EWC weight lambda (default: VAE 100, SD 50 as official; digits DDPM 0.3)"}
-    )
-    gamma: float = field(default=1.0, metadata={"help": "generative replay weight (0: no replay, the ablation)"})
-    steps: int | None = field(default=None, metadata={"help": "optimizer steps (default: per model)"})
-    lr: float | None = field(default=None, metadata={"help": "Adam learning rate (default: per model)"})
-    batch_size: int | None = field(
-        default=None, metadata={"help": "forget rows, and as many replay rows, per step (default: per model)"}
-    )
-    parameters: str = field(default="all", metadata={"help": "trained group: all | x (cross-attn) | u (the rest)"})
-    fisher_samples: int | None = field(
-        default=None, metadata={"help": "samples the Fisher averages (default: per model)"}
-    )
-    fisher_timesteps: int | None = field(
-        default=None,
-        metadata={"help": "timesteps per Fisher sample, stratified (default: all T as official; ShapesSD 50)"},
-    )
-    fisher_chunk: int | None = field(
-        default=None, metadata={"help": "timesteps per Fisher forward/backward (default: SD 25, else 250)"}
-    )
-    replay_samples: int | None = field(default=None, metadata={"help": "replay pool size (default: per model)"})
-    surrogate_samples: int | None = field(
-        default=None, metadata={"help": "surrogate images drawn once (default: per model; digits: fresh each step)"}
-    )
-    sampling_steps: int | None = field(default=None, metadata={"help": "DDIM steps of generated samples"})
-    sampling_guidance: float | None = field(default=None, metadata={"help": "guidance of generated samples"})
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.surrogate, str) or not self.surrogate.strip():
-            raise ValueError("surrogate must be 'uniform' or a prompt/class, got an empty text")
-        check_fields(
-            self,
-            {
-                "lam": {"low": 0, "optional": True},
-                "gamma": {"low": 0},
-                "steps": {"low": 1, "integer": True, "optional": True},
-                "lr": {"low": 0, "low_open": True, "optional": True},
-                "batch_size": {"low": 1, "integer": True, "optional": True},
-                "fisher_samples": {"low": 1, "integer": True, "optional": True},
-                "fisher_timesteps": {"low": 1, "integer": True, "optional": True},
-                "fisher_chunk": {"low": 1, "integer": True, "optional": True},
-                "replay_samples": {"low": 1, "integer": True, "optional": True},
-                "surrogate_samples": {"low": 1, "integer": True, "optional": True},
-                "sampling_steps": {"low": 1, "integer": True, "optional": True},
-                "sampling_guidance": {"low": 0, "optional": True},
-            },
-        )
-        check_choice("parameters", self.parameters, GROUPS)
-
-    def resolved(self, pipe) -> dict:
-        """Every option with the per-model defaults filled in."""
-        kind = getattr(pipe, "kind", None) or ("shapes" if model_info(pipe).world == "shapes" else "text-to-image")
-        values = dataclasses.asdict(self)
-        for name, default in DEFAULTS[kind].items():
-            if values[name] is None:
-                values[name] = default
-        return values
-
-
-@dataclass(frozen=True)
-class AmnesiaInputs:
-    fisher: Path | None = input_field(
-        "Fisher cache: a folder (file named by the model's hash) or a .safetensors file; reused when it matches"
-    )
-    checkpoint: Path | None = input_field("file that Ctrl-C and every --checkpoint-every steps write")
-    resume: bool = input_field("continue the run saved in --checkpoint", default=False)
-    checkpoint_every: int = input_field("steps between checkpoints", default=100)
 
 
 # -- what is forgotten, replayed and remapped ----------------------------------------------------------------
@@ -331,20 +255,28 @@ def load_fisher(path: Path, names: list[str], base_hash: str, settings: dict) ->
             missing = [n for n in names if n not in handle.keys()]  # noqa: SIM118 - safe_open API
             if missing:
                 raise ValueError(f"--fisher: {path} has no entry for {missing[0]}")
-            return [handle.get_tensor(n) for n in names]
+            fisher = [handle.get_tensor(n) for n in names]
     except (SafetensorError, OSError, json.JSONDecodeError) as err:
         raise ValueError(f"--fisher: cannot read {path}: {err}") from None
+    for name, f in zip(names, fisher, strict=True):  # a Fisher is a mean of squares: finite and >= 0
+        if not bool(torch.isfinite(f).all()) or bool((f < 0).any()):
+            raise ValueError(
+                f"--fisher: {path} holds {'non-finite' if not bool(torch.isfinite(f).all()) else 'negative'} values "
+                f"(in {name}): it is damaged; delete it to estimate the Fisher again"
+            )
+    return fisher
 
 
 def save_fisher(path: Path, names: list[str], fisher: list[torch.Tensor], base_hash: str, settings: dict,
                 base_model: str) -> None:  # fmt: skip
-    from safetensors.torch import save_file
-
     meta = {"format": FISHER_FORMAT, "base_hash": base_hash, "settings": settings, "base_model": base_model}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        tensors = {n: f.detach().cpu().contiguous() for n, f in zip(names, fisher, strict=True)}
-        save_file(tensors, str(tmp), metadata={"amnesia": json.dumps(meta)})
+    tensors = {n: f.detach().cpu() for n, f in zip(names, fisher, strict=True)}
+    save_tensors(path, tensors, metadata={"amnesia": json.dumps(meta)})
+
+
+def fisher_checkpoint(checkpoint: Path) -> Path:
+    """Where a run with `checkpoint` keeps its partial Fisher estimate (kind "amnesia-fisher")."""
+    return checkpoint.with_name(checkpoint.stem + ".fisher.safetensors")
 
 
 def fisher_of(backend, params, data: Data, values: dict, seed: int, *, checkpoint=None, run_config=None,
@@ -380,9 +312,21 @@ def fisher_of(backend, params, data: Data, values: dict, seed: int, *, checkpoin
 
 # -- the method ------------------------------------------------------------------------------------------------
 def _check(pipe, request: EditRequest, values: dict) -> None:
-    if request.guide is not None or request.guides:
-        raise ValueError("Selective Amnesia remaps a concept to its surrogate: give it with --surrogate, not --guide")
     kind = getattr(pipe, "kind", None)
+    if request.guides:
+        raise ValueError("Selective Amnesia remaps every concept to one surrogate: give one --guide (or --surrogate)")
+    if request.guide is not None:
+        if kind in ("vae", "ddpm"):
+            raise ValueError("on the digits models the surrogate is a class or 'uniform': give it with --surrogate")
+        if values["surrogate_given"]:
+            raise ValueError("--guide and --surrogate both name the surrogate: give one")
+        values["surrogate"] = request.guide
+    if values["surrogate"] is None:
+        raise ValueError(
+            "Selective Amnesia on a text-to-image model needs a surrogate, what the concept is remapped to: "
+            "--surrogate PROMPT or --guide PROMPT (the paper's SD runs: 'a middle aged man' for a celebrity, "
+            "'a person wearing clothes' for nudity), or --surrogate uniform (noise, the paper's MNIST/CIFAR choice)"
+        )
     if kind in ("vae", "ddpm"):
         if values["parameters"] != "all":
             raise ValueError("the digits models have no cross-attention: use --parameters all")
@@ -395,15 +339,15 @@ def _check(pipe, request: EditRequest, values: dict) -> None:
         )
 
 
-@register("amnesia", AmnesiaConfig, modes=("erase",), summary="forget by continual learning (Selective Amnesia)",
-          inputs_cls=AmnesiaInputs, class_conditional=True)  # fmt: skip
+@register("amnesia")
 def fit_amnesia(pipe, request: EditRequest, config: AmnesiaConfig, inputs: AmnesiaInputs, *, seed: int = 0,
                 progress: bool = True):  # fmt: skip
     """Train Selective Amnesia on `pipe` to forget `request.concepts` and return the change as an `Edit`."""
-    values = config.resolved(pipe)
+    values = {**config.resolved(pipe), "surrogate_given": config.surrogate is not None}
     _check(pipe, request, values)
+    del values["surrogate_given"]
     checkpoint = Path(inputs.checkpoint) if inputs.checkpoint is not None else None
-    fisher_partial = checkpoint.with_name(checkpoint.stem + ".fisher.safetensors") if checkpoint else None
+    fisher_partial = fisher_checkpoint(checkpoint) if checkpoint else None
     if inputs.resume and (checkpoint is None or not (checkpoint.exists() or fisher_partial.exists())):
         raise ValueError(f"--resume: there is no checkpoint at {inputs.checkpoint}")
     started = time.perf_counter()
@@ -413,12 +357,17 @@ def fit_amnesia(pipe, request: EditRequest, config: AmnesiaConfig, inputs: Amnes
     base_hash = combine({k: current_digest(pipe, k, t) for k, t in named_tensors(pipe).items()}) if needs_hash else ""
     if inputs.fisher is not None and Path(inputs.fisher).is_file():
         check_fisher_owner(Path(inputs.fisher), base_hash)
+    run_config = {"config": values, "request": request.to_dict(), "seed": seed, "base_hash": base_hash}
+    if inputs.resume:  # before the Fisher or any sample: the files are this run's checkpoints
+        if checkpoint.exists():
+            check_checkpoint(checkpoint, "amnesia", run_config)
+        if fisher_partial.exists():
+            check_checkpoint(fisher_partial, "amnesia-fisher")
     sampling = {"steps": values["sampling_steps"], "guidance": values["sampling_guidance"]}
     backend, plan = _plan(pipe, lambda cond: backend_for(pipe, cond, **sampling), request, values, seed, progress)
     keys = backend.parameter_names(values["parameters"])
     settings = _fisher_settings(values, plan, seed)
     cache = _fisher_file(inputs.fisher, base_hash, settings)
-    run_config = {"config": values, "request": request.to_dict(), "seed": seed, "base_hash": base_hash}
     with trainable(pipe, keys) as tuned:
         params = tuned.parameters
         if cache is not None and cache.exists():
@@ -430,12 +379,20 @@ def fit_amnesia(pipe, request: EditRequest, config: AmnesiaConfig, inputs: Amnes
                                run_config={**settings, "base_hash": base_hash}, resume=inputs.resume,
                                progress=progress)  # fmt: skip
             if cache is not None:
-                save_fisher(cache, keys, fisher, base_hash, settings, model_info(pipe).spec)
+                try:
+                    save_fisher(cache, keys, fisher, base_hash, settings, model_info(pipe).spec)
+                except OSError as err:
+                    if err.errno != errno.ENOSPC or fisher_partial is None or not fisher_partial.exists():
+                        raise
+                    raise ValueError(
+                        f"the disk is full: could not write the Fisher cache {cache}; the estimate is kept at "
+                        f"{fisher_partial}: free space and run the same command with --resume"
+                    ) from None
         penalty = EWCPenalty(params, fisher, values["lam"])
         optimizer = torch.optim.Adam(params, lr=values["lr"])
         state = {"losses": [], "start": 0}
         if inputs.resume and checkpoint.exists():
-            saved = load_checkpoint(checkpoint, run_config)
+            saved = load_checkpoint(checkpoint, run_config, "amnesia")
             with torch.no_grad():
                 for p, v in zip(params, saved["trained"], strict=True):
                     p.copy_(v)
@@ -470,12 +427,28 @@ def fit_amnesia(pipe, request: EditRequest, config: AmnesiaConfig, inputs: Amnes
         def save_fn(step: int) -> None:
             if checkpoint is None:
                 return
-            save_checkpoint(checkpoint, step, run_config, trained=[p.detach() for p in params],
+            save_checkpoint(checkpoint, step, run_config, kind="amnesia", trained=[p.detach() for p in params],
                             optimizer=optimizer.state_dict(), losses=state["losses"])  # fmt: skip
 
-        run_steps(total=values["steps"], start=state["start"], step_fn=step_fn, save_fn=save_fn,
-                  every=inputs.checkpoint_every, desc="amnesia", progress=progress,
-                  checkpointing=checkpoint is not None)  # fmt: skip
+        try:
+            run_steps(total=values["steps"], start=state["start"], step_fn=step_fn, save_fn=save_fn,
+                      every=inputs.checkpoint_every, desc="amnesia", progress=progress,
+                      checkpointing=checkpoint is not None, checkpoint_file=checkpoint,
+                      diverged_hint="; lower --lr (or --lam)")  # fmt: skip
+        except Diverged as err:  # the Fisher is sound (it is checked); only the training diverged
+            if fisher_partial is None or not fisher_partial.exists():
+                raise
+            raise Diverged(f"{err}; the Fisher estimate is kept at {fisher_partial}: the corrected run reuses it "
+                           "with --resume") from None  # fmt: skip
+        except (KeyboardInterrupt, Terminated) as stop:  # stopped before the first training checkpoint
+            if fisher_partial is None or not fisher_partial.exists():
+                raise
+            what, status = ("terminated", 143) if isinstance(stop, Terminated) else ("interrupted", 130)
+            raise Interrupted(
+                f"amnesia: {what} before the first training checkpoint; the Fisher estimate is kept at "
+                f"{fisher_partial}: run the same command with --resume to reuse it",
+                status,
+            ) from None
         ewc_value = penalty.value()
     if fisher_partial is not None:
         fisher_partial.unlink(missing_ok=True)
