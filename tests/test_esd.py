@@ -452,3 +452,22 @@ def test_bad_requests_write_nothing(sd, tmp_path):
     with pytest.raises(ValueError, match="float32 master weights"):
         fit(sd, "esd", EditRequest(concepts=("cat",)), config(), inputs)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_defaults_are_the_papers_on_stable_diffusion_and_chosen_ones_on_shapes():
+    """lr 1e-5 for 1000 iterations (the paper, CompVis train-esd.py) on a real model, whatever the variant;
+    ShapesSD's own per-variant values only there; a given value always wins."""
+    for variant in esd.VARIANTS:
+        cfg = make_config("esd", variant=variant)
+        assert (cfg.learning_rate_for(None), cfg.iterations_for(None)) == (1e-5, 1000)
+        assert cfg.learning_rate_for("shapes") == esd.DEFAULT_LR[variant]
+        assert cfg.iterations_for("shapes") == esd.DEFAULT_ITERATIONS[variant]
+    given = make_config("esd", lr=2e-4, iterations=7)
+    assert (given.learning_rate_for(None), given.iterations_for("shapes")) == (2e-4, 7)
+    assert make_config("esd").eta == 1.0
+
+
+def test_a_stable_diffusion_run_trains_at_the_papers_rate(sd):
+    cfg = make_config("esd", iterations=1, sampling_steps=2)  # no lr given
+    edit = fit(sd, "esd", EditRequest(concepts=("cat",)), cfg, progress=False)
+    assert edit.manifest["stats"]["lr"] == 1e-5

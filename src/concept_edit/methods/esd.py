@@ -77,12 +77,12 @@ The official scripts use batch 1, Adam and lr 1e-5 (CompVis, 1000 iterations) or
   eps*(x_t, "")) = eps*(x_t, "") - (eta_d - 1)(eps*(x_t, c) - eps*(x_t, "")), so its eta_d is the paper's
   eta + 1 and its default `--negative_guidance 2` is the paper's eta = 1 (`eta_from_official` converts).
   With `--erase_from a` its target eps*(x_t, a) - eta_d (eps*(x_t, c) - eps*(x_t, "")) has no paper form.
-The defaults here (stream, batch 1; lr and iterations by
-variant) were chosen for ShapesSD on its tuning seeds: ESD-x at lr 1e-3 took circle to 0/16 in 40
-iterations but cost the other objects 6-27 points by 150, at 3e-4 it reached 0-1/16 by 80 iterations and
-kept them within 2-4 points up to 200 (`benchmarks/esd_quality.py` reports the defaults on other seeds).
-For Stable Diffusion start from the official lr and iterations; the default eta (1) is the paper's and
-both official scripts' default, not the diffusers script's number 2 taken into the paper's formula.
+Defaults on Stable Diffusion (and any model but ShapesSD) are the paper's: Adam lr 1e-5, 1000 iterations,
+batch 1, eta 1 (both official scripts' default, not the diffusers script's number 2 taken into the paper's
+formula). On ShapesSD lr and iterations are by variant, chosen on its tuning seeds: ESD-x at lr 1e-3 took
+circle to 0/16 in 40 iterations but cost the other objects 6-27 points by 150, at 3e-4 it reached 0-1/16 by 80
+iterations and kept them within 2-4 points up to 200 (`benchmarks/esd_quality.py` reports the defaults on
+other seeds); u and all at 1e-5 for 1000.
 """
 
 from __future__ import annotations
@@ -444,6 +444,8 @@ def _check_lora_rank(pipe, config: ESDConfig) -> None:
 def fit_esd(pipe, request: EditRequest, config: ESDConfig, inputs: ESDInputs, *, seed: int = 0, progress: bool = True):
     """Train ESD on `pipe` for `request.concepts` and return the change as an `Edit` (pipeline restored)."""
     _check(pipe, request, config)
+    world = model_info(pipe).world
+    lr, iterations = config.learning_rate_for(world), config.iterations_for(world)
     lora = config.lora_rank > 0
     keys = variant_parameters(pipe, config.variant, weights_only=lora)
     if inputs.resume and (inputs.checkpoint is None or not Path(inputs.checkpoint).exists()):
@@ -460,7 +462,7 @@ def fit_esd(pipe, request: EditRequest, config: ESDConfig, inputs: ESDInputs, *,
                    alpha=config.lora_alpha) as tuned:  # fmt: skip
         copy_dtype = torch.bfloat16 if config.precision == "bf16" else None
         trainer = _Trainer(pipe, request, config, unet, _frozen_view(unet, tuned, lora, copy_dtype))
-        optimizer = torch.optim.Adam(tuned.parameters, lr=config.learning_rate)
+        optimizer = torch.optim.Adam(tuned.parameters, lr=lr)
         state = {"pool": None, "losses": []}
         streaming = config.schedule == "stream"
         state_cls = _Stream if streaming else _Pool
@@ -476,8 +478,8 @@ def fit_esd(pipe, request: EditRequest, config: ESDConfig, inputs: ESDInputs, *,
             trainer.frozen_calls = saved["frozen_calls"]
             state["losses"] = list(saved["losses"])
             start = saved["step"]
-            if start > config.total_iterations:
-                raise ValueError(f"the checkpoint is at iteration {start}, past --iterations {config.total_iterations}")
+            if start > iterations:
+                raise ValueError(f"the checkpoint is at iteration {start}, past --iterations {iterations}")
             log.info("resumed ESD from %s at iteration %d", inputs.checkpoint, start)
 
         def step_fn(step: int) -> dict[str, float]:
@@ -519,19 +521,19 @@ def fit_esd(pipe, request: EditRequest, config: ESDConfig, inputs: ESDInputs, *,
         if config.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         try:
-            run_steps(total=config.total_iterations, start=start, step_fn=step_fn, save_fn=save_fn,
+            run_steps(total=iterations, start=start, step_fn=step_fn, save_fn=save_fn,
                       every=inputs.checkpoint_every, desc="esd", progress=progress,
                       checkpointing=inputs.checkpoint is not None, checkpoint_file=inputs.checkpoint,
                       diverged_hint="; lower --lr, --eta or --sampling-guidance")  # fmt: skip
         finally:
             if config.gradient_checkpointing and not checkpointing:
                 unet.disable_gradient_checkpointing()
-    log.info("esd: %d iterations in %.1f s", config.total_iterations, time.perf_counter() - started)
+    log.info("esd: %d iterations in %.1f s", iterations, time.perf_counter() - started)
     losses = state["losses"]
     tail = losses[-max(1, len(losses) // 10) :]
     stats = {
-        "iterations": config.total_iterations,
-        "lr": config.learning_rate,
+        "iterations": iterations,
+        "lr": lr,
         "final_loss": sum(tail) / len(tail),
         "frozen_unet_rows": trainer.frozen_calls,
         "trained_parameters": len(keys),
