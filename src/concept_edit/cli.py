@@ -177,17 +177,10 @@ def cmd_edit(args: argparse.Namespace) -> None:
         import torch
 
         edit = edit.astype(getattr(torch, args.store_dtype))
-    try:
-        edit.save(target)
-    except OSError as err:
-        import errno
+    from concept_edit.io import kept_on_full_disk
 
-        if err.errno != errno.ENOSPC or checkpoint is None or not checkpoint.exists():
-            raise
-        raise ValueError(
-            f"the disk is full: could not write {target}; the finished training is kept in its checkpoint "
-            f"{checkpoint}: free space and run the same command with --resume"
-        ) from None
+    with kept_on_full_disk(target, checkpoint, "the finished training"):
+        edit.save(target)
     if checkpoint is not None:
         checkpoint.unlink(missing_ok=True)  # the run is finished: its edit replaces its checkpoint
     kinds = ", ".join(sorted(set(edit.kinds)))

@@ -227,3 +227,18 @@ def _remove_empty(folders: list[Path]) -> None:
     for folder in folders:
         with contextlib.suppress(OSError):
             folder.rmdir()
+
+
+@contextlib.contextmanager
+def kept_on_full_disk(target: Path, kept: Path | None, what: str) -> Iterator[None]:
+    """A full disk while writing `target` becomes one line saying that `what` is kept at `kept` (a checkpoint
+    the same command resumes with --resume); other errors, or nothing kept, pass through."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno != errno.ENOSPC or kept is None or not Path(kept).exists():
+            raise
+        raise ValueError(
+            f"the disk is full: could not write {target}; {what} is kept at {kept}: free space and run the same "
+            "command with --resume"
+        ) from None

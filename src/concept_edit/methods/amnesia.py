@@ -50,7 +50,6 @@ Faster than the official code, same objective:
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import json
 import logging
@@ -70,7 +69,7 @@ from concept_edit.amnesia.fisher import (
 from concept_edit.amnesia.models import Data, backend_for
 from concept_edit.edit import trainable
 from concept_edit.edit.state import combine, current_digest, named_tensors
-from concept_edit.io import save_tensors
+from concept_edit.io import kept_on_full_disk, save_tensors
 from concept_edit.methods.options.amnesia import DEFAULTS, AmnesiaConfig, AmnesiaInputs  # noqa: F401
 from concept_edit.methods.registry import EditRequest, _norm, register
 from concept_edit.models.conditioning import encode_conditions
@@ -379,15 +378,8 @@ def fit_amnesia(pipe, request: EditRequest, config: AmnesiaConfig, inputs: Amnes
                                run_config={**settings, "base_hash": base_hash}, resume=inputs.resume,
                                progress=progress)  # fmt: skip
             if cache is not None:
-                try:
+                with kept_on_full_disk(cache, fisher_partial, "the Fisher estimate"):
                     save_fisher(cache, keys, fisher, base_hash, settings, model_info(pipe).spec)
-                except OSError as err:
-                    if err.errno != errno.ENOSPC or fisher_partial is None or not fisher_partial.exists():
-                        raise
-                    raise ValueError(
-                        f"the disk is full: could not write the Fisher cache {cache}; the estimate is kept at "
-                        f"{fisher_partial}: free space and run the same command with --resume"
-                    ) from None
         penalty = EWCPenalty(params, fisher, values["lam"])
         optimizer = torch.optim.Adam(params, lr=values["lr"])
         state = {"losses": [], "start": 0}
