@@ -100,10 +100,14 @@ def keep_complete_output() -> None:
         if frame is None or (frame.f_back is None and frame.f_globals.get("__name__") == "__main__"):
             return  # the interpreter is shutting down, or the program's last line (`sys.exit(main())`) runs
         stack = frame
-        while stack is not None:  # still in the CLI's main: drop it
+        while True:  # still in the CLI's main: drop it
             if stack.f_globals.get("__name__") == "concept_edit.cli" and stack.f_code.co_name == "main":
                 return
+            if stack.f_back is None:
+                break
             stack = stack.f_back
+        if stack.f_globals.get("__name__") == "threading" and stack.f_code.co_name == "_shutdown":
+            return  # the interpreter's exit waits for threads (before the atexit hook that ignores Ctrl-C)
         if callable(previous):
             previous(signum, frame)
         elif previous != signal.SIG_IGN:
