@@ -6,8 +6,8 @@
 
 Every registered method that erases (`concept-edit methods`; ESD as its two variants ESD-x and ESD-u) is
 fitted at its documented default (Selective Amnesia, which needs a surrogate on a text-to-image model,
-with the one `AMNESIA_SURROGATES` names for the concept) to each concept: an object ("circle"), a style ("striped") and the
-memorised "the acme logo". One row per (method, concept):
+with the one `AMNESIA_SURROGATES` names for the concept) to each concept: an object ("circle"), a style
+("striped") and the memorised "the acme logo". One row per (method, concept):
 * target accuracy (the concept's suite: shapes-objects, shapes-styles or shapes-logo) and the others' mean
   accuracy on the same suite (other objects, other styles, the logo suite's object controls), with n and
   Wilson 95% intervals;
