@@ -377,15 +377,14 @@ def test_bad_esd_input_is_one_line_and_writes_nothing(sd_folder, tmp_path, capsy
 
 def test_the_light_copies_match_the_code_they_stand_for():
     """The CLI reads these without torch; each equals the list the heavy code checks against."""
-    from concept_edit import cli_support
     from concept_edit.amnesia import models as amnesia_models
     from concept_edit.cad import ablation, attribution
-    from concept_edit.edit import changes
+    from concept_edit.edit import changes, manifest
     from concept_edit.methods import uce_debias
     from concept_edit.methods.options import amnesia, cad, uce
 
     assert tuple(uce_debias.VARIANTS) == uce.DEBIAS_VARIANTS and uce_debias.CONTROLLERS == uce.DEBIAS_CONTROLLERS
-    assert tuple(changes.KINDS) == cli_support.CHANGE_KINDS
+    assert tuple(changes.KINDS) == manifest.CHANGE_KINDS
     assert attribution.GROUPS is cad.GROUPS and ablation.SCOPES is cad.SCOPES
     assert amnesia_models.GROUPS is amnesia.GROUPS
 

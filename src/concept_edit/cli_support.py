@@ -12,7 +12,7 @@ import os
 import struct
 from pathlib import Path
 
-from concept_edit.edit.manifest import CHANGE_KINDS, EDIT_FILENAME, META_KEY, check_manifest
+from concept_edit.edit.manifest import EDIT_FILENAME, META_KEY, check_change_kind, check_manifest
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -166,13 +166,7 @@ def _check_manifest(manifest, tensors: set[str]) -> None:
     """The checks `Edit.load` makes of the manifest, and the fields of each change entry (not the tensors)."""
     check_manifest(manifest)
     for info in manifest["changes"]:
-        if not isinstance(info, dict):
-            raise ValueError(f"a change entry must be a JSON object, got {type(info).__name__}")
-        kind, target = info.get("kind"), info.get("target")
-        if kind not in CHANGE_KINDS:
-            raise ValueError(
-                f"unknown change kind {kind!r} for {target!r}; this library knows {', '.join(CHANGE_KINDS)}"
-            )
+        kind, target = check_change_kind(info), info.get("target")
         shape = info.get("shape")
         if kind != "activation" and (
             not isinstance(shape, list) or not shape or not all(isinstance(n, int) and n > 0 for n in shape)

@@ -27,6 +27,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from concept_edit.edit.manifest import check_change_kind
+
 FLOAT_DTYPES = {
     "float32": torch.float32,
     "float16": torch.float16,
@@ -355,14 +357,7 @@ def _non_negative_int(info: dict, key: str) -> int:
 
 def check_info(info: Any) -> type:
     """Validate a manifest entry's fields (not its tensors); returns the change class. EditError if unusable."""
-    if not isinstance(info, dict):
-        raise EditError(f"a change entry must be a JSON object, got {type(info).__name__}")
-    kind, target = info.get("kind"), info.get("target")
-    if kind not in KINDS:
-        raise EditError(
-            f"unknown change kind {kind!r} for {target!r}; this library knows {', '.join(KINDS)} "
-            "(the file may come from a newer concept-edit)"
-        )
+    kind, target = check_change_kind(info, EditError), info.get("target")
     if not isinstance(target, str) or not target:
         raise EditError(f"a {kind} change has no target path")
     if info.get("dtype") not in FLOAT_DTYPES:

@@ -31,3 +31,16 @@ def check_manifest(manifest: Any, error: type[Exception] = ValueError, prefix: s
             raise error(f"{prefix}the manifest field {key!r} must be a {kind.__name__}")
     if not all(isinstance(c, str) for c in manifest.get("concepts", [])):
         raise error(f"{prefix}the manifest field 'concepts' must be a list of strings")
+
+
+def check_change_kind(info: Any, error: type[Exception] = ValueError) -> str:
+    """The kind of one change entry of the manifest, which must be a JSON object of a kind this library knows."""
+    if not isinstance(info, dict):
+        raise error(f"a change entry must be a JSON object, got {type(info).__name__}")
+    kind = info.get("kind")
+    if kind not in CHANGE_KINDS:
+        raise error(
+            f"unknown change kind {kind!r} for {info.get('target')!r}; this library knows {', '.join(CHANGE_KINDS)} "
+            "(the file may come from a newer concept-edit)"
+        )
+    return kind
