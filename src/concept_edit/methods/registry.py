@@ -116,6 +116,16 @@ def input_field(help: str, *, default: Any = None, parse: Callable[[str, Any], A
     return field(default=default, metadata={"help": help, "parse": parse})
 
 
+class CheckpointedInputs:
+    """Base of the inputs of a method that checkpoints (its dataclass declares `checkpoint_every`): a run that
+    checkpoints every 0 (or -5) steps is refused when the inputs are made, before any work."""
+
+    def __post_init__(self) -> None:
+        from concept_edit.validation import check_fields
+
+        check_fields(self, {"checkpoint_every": {"low": 1, "integer": True}})
+
+
 def read_list_file(path: str | Path) -> tuple[str, ...]:
     """One entry per line of a UTF-8 text file; blank lines and lines starting with '#' are skipped."""
     path = Path(path)

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from concept_edit.methods.registry import describe, input_field
+from concept_edit.methods.registry import CheckpointedInputs, describe, input_field
 from concept_edit.validation import check_choice, check_fields
 
 GROUPS = ("all", "x", "u")  # trained parameter groups (concept_edit.amnesia.models)
@@ -111,16 +111,13 @@ class AmnesiaConfig:
 
 
 @dataclass(frozen=True)
-class AmnesiaInputs:
+class AmnesiaInputs(CheckpointedInputs):
     fisher: Path | None = input_field(
         "Fisher cache: a folder (file named by the model's hash) or a .safetensors file; reused when it matches"
     )
     checkpoint: Path | None = input_field("file that Ctrl-C and every --checkpoint-every steps write")
     resume: bool = input_field("continue the run saved in --checkpoint", default=False)
     checkpoint_every: int = input_field("steps between checkpoints", default=100)
-
-    def __post_init__(self) -> None:
-        check_fields(self, {"checkpoint_every": {"low": 1, "integer": True}})
 
 
 describe(

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from concept_edit.methods.registry import describe, input_field
+from concept_edit.methods.registry import CheckpointedInputs, describe, input_field
 from concept_edit.validation import check_choice, check_fields
 
 GROUPS = ("ff", "attn1", "attn2", "residual")  # module groups CAD attributes (concept_edit.cad.attribution)
@@ -78,7 +78,7 @@ def _parse_images(text: str, pipe):
 
 
 @dataclass(frozen=True)
-class CADInputs:
+class CADInputs(CheckpointedInputs):
     images: object = input_field(
         "amplify: a folder of images of the concept, or shapes:OBJECT[:N] (ShapesSD renders)", parse=_parse_images
     )
@@ -86,9 +86,6 @@ class CADInputs:
     checkpoint: Path | None = input_field("file that Ctrl-C and every --checkpoint-every batches write")
     resume: bool = input_field("continue the attribution saved in --checkpoint", default=False)
     checkpoint_every: int = input_field("backward batches between checkpoints", default=50)
-
-    def __post_init__(self) -> None:
-        check_fields(self, {"checkpoint_every": {"low": 1, "integer": True}})
 
 
 describe(

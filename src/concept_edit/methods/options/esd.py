@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from concept_edit.methods.registry import describe, input_field
+from concept_edit.methods.registry import CheckpointedInputs, describe, input_field
 from concept_edit.validation import check_choice, check_fields, check_unused
 
 VARIANTS = ("x", "u", "all", "kv")
@@ -102,13 +102,10 @@ class ESDConfig:
 
 
 @dataclass(frozen=True)
-class ESDInputs:
+class ESDInputs(CheckpointedInputs):
     checkpoint: Path | None = input_field("file that Ctrl-C and every --checkpoint-every iterations write")
     resume: bool = input_field("continue the run saved in --checkpoint", default=False)
     checkpoint_every: int = input_field("iterations between checkpoints", default=100)
-
-    def __post_init__(self) -> None:
-        check_fields(self, {"checkpoint_every": {"low": 1, "integer": True}})
 
 
 describe(
