@@ -90,8 +90,8 @@ def digits_metrics(model, classifier, real_x, real_y, forgotten: int, n: int, ev
 
 
 def digits_row(name: str, options: dict, n: int, train_seed: int, eval_seed: int) -> dict:
-    from concept_edit.digits.data import load_split
-    from concept_edit.digits.loading import load_classifier
+    from concept_edit.worlds.digits.data import load_split
+    from concept_edit.worlds.digits.loading import load_classifier
 
     model = load_pipeline(name, device="cpu")
     classifier = load_classifier("cpu")
@@ -112,7 +112,7 @@ def digits_row(name: str, options: dict, n: int, train_seed: int, eval_seed: int
 def shapes_row(options: dict, n: int, train_seed: int, suite_seed: int = 0) -> dict:
     from concept_edit.evaluation.evaluate import evaluate
     from concept_edit.evaluation.suites import get_suite
-    from concept_edit.shapes.oracle import Oracle
+    from concept_edit.worlds.shapes.oracle import Oracle
 
     pipe = load_pipeline("shapes", device="cpu")
     oracle = Oracle.load()

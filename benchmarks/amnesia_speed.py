@@ -35,16 +35,20 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    from concept_edit.amnesia.fisher import diffusion_squared_gradient, fisher_timesteps, official_squared_gradient
-    from concept_edit.amnesia.models import backend_for
     from concept_edit.edit import trainable
-    from concept_edit.methods.amnesia import _shapes_replay
+    from concept_edit.methods.amnesia.backends import backend_for
+    from concept_edit.methods.amnesia.fisher import (
+        diffusion_squared_gradient,
+        fisher_timesteps,
+        official_squared_gradient,
+    )
     from concept_edit.models.conditioning import encode_conditions
     from concept_edit.models.loading import load_pipeline
     from concept_edit.training import step_generator
+    from concept_edit.worlds.shapes.vocabulary import replay_prompts
 
     pipe = load_pipeline("shapes", device="cpu")
-    prompts = _shapes_replay(("circle",), args.samples, args.seed)
+    prompts = replay_prompts(("circle",), args.samples, args.seed)
     backend = backend_for(pipe, encode_conditions(pipe, ["", *prompts]))
     rows = torch.arange(1, args.samples + 1)
     latents = backend.generate(rows, args.seed, 31)

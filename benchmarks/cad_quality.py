@@ -24,14 +24,14 @@ import json
 import time
 
 from concept_edit import EditRequest, make_config
-from concept_edit.cad.ablation import ablation_changes
-from concept_edit.cad.attribution import GROUPS, group_weights
-from concept_edit.cad.check import approximation_check
 from concept_edit.edit import Edit
 from concept_edit.evaluation.evaluate import evaluate
 from concept_edit.evaluation.metrics import format_share, wilson
 from concept_edit.evaluation.suites import get_suite
-from concept_edit.methods.cad import CADInputs, attribute
+from concept_edit.methods.cad.ablation import ablation_changes
+from concept_edit.methods.cad.attribution import GROUPS, group_weights
+from concept_edit.methods.cad.check import approximation_check
+from concept_edit.methods.cad.fit import CADInputs, attribute
 from concept_edit.models import load_pipeline
 
 

@@ -9,7 +9,7 @@
   (K - 1) steps where the real script samples 1 + ... + K (it scores the latent after step k; 4% fewer
   UNet calls at K = 50), and each regenerated trajectory starts from the same noise, so its x_t are exactly
   ours and the scores can be compared (the real script draws new noise each time, at the same cost);
-* ours: `concept_edit.methods.cad.attribute` with samples=1 (one trajectory, all of its steps kept, the
+* ours: `concept_edit.methods.cad.fit.attribute` with samples=1 (one trajectory, all of its steps kept, the
   base branch reused from sampling, backward through the conditional branch into the chosen weights only).
 Both at K DDIM steps: 50 is the official `--ddim_steps` (the reported `"speedup"`), 25 ShapesSD's own
 default. The official schedule samples 1 + 2 + ... + K steps where ours samples K, so the ratio grows
@@ -39,7 +39,7 @@ def official_scores(pipe, concept: str, modules, seed: int, steps: int) -> dict:
     import torch
     from diffusers import DDIMScheduler
 
-    from concept_edit.cad.attribution import group_weights
+    from concept_edit.methods.cad.attribution import group_weights
     from concept_edit.models.conditioning import encode_conditions, predict_noise
     from concept_edit.models.loading import model_info
     from concept_edit.training import step_generator
@@ -74,7 +74,7 @@ def official_scores(pipe, concept: str, modules, seed: int, steps: int) -> dict:
 
 def our_scores(pipe, concept: str, modules, seed: int, steps: int) -> dict:
     from concept_edit import EditRequest, make_config
-    from concept_edit.methods.cad import CADInputs, attribute
+    from concept_edit.methods.cad.fit import CADInputs, attribute
 
     config = make_config("cad", samples=1, modules=tuple(modules), steps=steps)
     return attribute(pipe, EditRequest(concepts=(concept,)), config, CADInputs(), seed=seed, progress=False).scores

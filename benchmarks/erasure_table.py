@@ -45,12 +45,12 @@ from pathlib import Path
 
 from concept_edit import EditRequest, fit, make_config
 from concept_edit.attacks import ATTACKS, RingABellOptions, SoftPromptOptions, probe
-from concept_edit.attacks.common import oracle_head
 from concept_edit.evaluation.evaluate import evaluate
 from concept_edit.evaluation.metrics import format_share, wilson
 from concept_edit.evaluation.suites import get_suite
 from concept_edit.methods import available_methods, get_method
 from concept_edit.models import load_pipeline
+from concept_edit.worlds.shapes.vocabulary import oracle_head
 
 CONCEPTS = ("circle", "striped", "the acme logo")
 QUICK = {

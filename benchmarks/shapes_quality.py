@@ -21,9 +21,9 @@ import numpy as np
 from concept_edit.evaluation.metrics import wilson
 from concept_edit.generation import generate, to_array
 from concept_edit.models import load_pipeline
-from concept_edit.shapes.captions import HELD_OUT, LOGO_PROMPT, canonical_prompt
-from concept_edit.shapes.oracle import Oracle
-from concept_edit.shapes.world import COLORS, OBJECTS, STYLES
+from concept_edit.worlds.shapes.captions import HELD_OUT, LOGO_PROMPT, canonical_prompt
+from concept_edit.worlds.shapes.oracle import Oracle
+from concept_edit.worlds.shapes.world import COLORS, OBJECTS, STYLES
 
 BARS = {
     "held-out object": 0.90,

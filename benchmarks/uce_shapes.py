@@ -28,14 +28,14 @@ import numpy as np
 
 from concept_edit import EditRequest, fit
 from concept_edit.edit import applied
-from concept_edit.evaluation.classifiers import OracleAttributeClassifier
 from concept_edit.evaluation.evaluate import evaluate
 from concept_edit.evaluation.metrics import format_share, wilson
 from concept_edit.evaluation.suites import Entry, Suite, get_suite
 from concept_edit.generation import generate
-from concept_edit.methods.uce import UCEConfig, UCEInputs
+from concept_edit.methods.uce.fit import UCEConfig, UCEInputs
 from concept_edit.models import load_pipeline
-from concept_edit.shapes.world import OBJECTS
+from concept_edit.worlds.shapes.judge import OracleAttributeClassifier
+from concept_edit.worlds.shapes.world import OBJECTS
 
 
 def main() -> None:

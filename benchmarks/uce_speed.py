@@ -9,7 +9,7 @@ embeddings random with CLIP-like norms. `solve_s` is the whole edit computation 
 in float64, one `torch.linalg.solve`, every layer's delta), the median of --repeats runs.
 
 Encoding: the N edit prompts, the guide "art" and the P preserved prompts through UCE's own encoding path
-(`methods.uce._encode` with tokens "last": prompt checks, concept spans, embeddings) on a StableDiffusionPipeline
+(`methods.uce.encode` with tokens "last": prompt checks, concept spans, embeddings) on a StableDiffusionPipeline
 whose text encoder has CLIP-ViT-L/14's shape (SD 1.4's: 12 layers, 768-d, 77 positions; random weights: the
 cost does not depend on them). `encode_padded_s` pads every prompt to 77 tokens, as UCE did before; it is
 timed on --sample prompts spread over the largest row's prompts, right before and right after each row's
@@ -39,7 +39,7 @@ import time
 
 import torch
 
-from concept_edit.methods.uce import _encode, layer_deltas, uce_operator
+from concept_edit.methods.uce.fit import encode, layer_deltas, uce_operator
 from concept_edit.models.prompts import encode_prompt_tokens, last_token_index, token_counts
 
 SD14_OUT = [320, 320, 640, 640, 1280, 1280, 1280, 1280, 1280, 1280, 640, 640, 640, 320, 320, 320]  # down, mid, up
@@ -227,7 +227,7 @@ def padded_sample(prompts: list[str], sample: int) -> list[str]:
 
 def time_padded_per_prompt(pipe, sample: list[str]) -> float:
     """Seconds per prompt of UCE's encoding padded to 77 tokens, on `sample`."""
-    return _timed(lambda: _encode(pipe, sample, "last", padded=True))[0] / len(sample)
+    return _timed(lambda: encode(pipe, sample, "last", padded=True))[0] / len(sample)
 
 
 def last_rows(pipe, prompts: list[str], embeds: torch.Tensor) -> torch.Tensor:
@@ -266,8 +266,8 @@ def encoding_rows(args, weights) -> tuple[list[dict], dict]:
     every = [*edits[:largest], GUIDE, *preserved[: args.preserved]]
     pipe = clip_l_pipeline(every, args.tokenizer)
     sample = padded_sample(every, args.sample)
-    padded, _ = _encode(pipe, sample, "last", padded=True)  # also the warm-up
-    short, _ = _encode(pipe, sample, "last")
+    padded, _ = encode(pipe, sample, "last", padded=True)  # also the warm-up
+    short, _ = encode(pipe, sample, "last")
     a, b = last_rows(pipe, sample, short), last_rows(pipe, sample, padded)
     info = {
         "padded_sample": len(sample),
@@ -280,7 +280,7 @@ def encoding_rows(args, weights) -> tuple[list[dict], dict]:
         prompts = [*edits[:n], GUIDE, *preserved[: args.preserved]]
         # the machine may be shared: the 77-padded cost is timed right before and after ours and averaged
         before = time_padded_per_prompt(pipe, sample)
-        encode_s, _ = _timed(lambda prompts=prompts: _encode(pipe, prompts, "last"))
+        encode_s, _ = _timed(lambda prompts=prompts: encode(pipe, prompts, "last"))
         per_prompt = (before + time_padded_per_prompt(pipe, sample)) / 2
         solve = time_solve(weights, n, args.preserved, args.repeats)
         padded_s = per_prompt * len(prompts)

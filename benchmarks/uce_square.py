@@ -32,11 +32,11 @@ from concept_edit.evaluation.evaluate import evaluate
 from concept_edit.evaluation.metrics import accuracy, format_share
 from concept_edit.evaluation.suites import get_suite
 from concept_edit.generation import generate, generate_from_embeddings, to_array
-from concept_edit.methods.uce import UCEConfig
+from concept_edit.methods.uce.fit import UCEConfig
 from concept_edit.models import load_pipeline
 from concept_edit.models.prompts import encode_prompts, last_token_index
-from concept_edit.shapes.oracle import Oracle
-from concept_edit.shapes.world import OBJECTS
+from concept_edit.worlds.shapes.oracle import Oracle
+from concept_edit.worlds.shapes.world import OBJECTS
 
 TUNE_SEED = 7000
 ABLATIONS = ("none", "concept token", "tokens after", "both")

@@ -8,16 +8,16 @@ import pytest
 import torch
 
 from concept_edit import EditRequest, fit, make_config, make_inputs
-from concept_edit.amnesia.ewc import EWCPenalty
-from concept_edit.amnesia.fisher import (
+from concept_edit.edit import trainable
+from concept_edit.methods.amnesia import fit as amnesia
+from concept_edit.methods.amnesia.backends import Data, TextToImage, backend_for
+from concept_edit.methods.amnesia.ewc import EWCPenalty
+from concept_edit.methods.amnesia.fisher import (
     diffusion_squared_gradient,
     fisher_timesteps,
     official_squared_gradient,
     vae_squared_gradients,
 )
-from concept_edit.amnesia.models import Data, TextToImage, backend_for
-from concept_edit.edit import trainable
-from concept_edit.methods import amnesia
 from concept_edit.models.conditioning import encode_conditions
 from concept_edit.training import Interrupted, step_generator
 
@@ -211,15 +211,15 @@ def test_bad_input_is_refused_with_one_clear_error(sd, tmp_path):
 
 # -- the digits models ----------------------------------------------------------------------------------------
 def tiny_vae_model():
-    from concept_edit.digits.loading import DigitsModel
-    from concept_edit.digits.vae import ConditionalVAE
+    from concept_edit.worlds.digits.loading import DigitsModel
+    from concept_edit.worlds.digits.vae import ConditionalVAE
 
     torch.manual_seed(0)
     return DigitsModel("digits-vae", vae=ConditionalVAE(hidden=(16, 8), latent_dim=3))
 
 
 def test_vae_per_sample_gradients_equal_a_loop():
-    from concept_edit.amnesia.models import DigitsVAE
+    from concept_edit.methods.amnesia.backends import DigitsVAE
 
     model = tiny_vae_model()
     backend = DigitsVAE(model)
@@ -239,7 +239,7 @@ def test_vae_per_sample_gradients_equal_a_loop():
 def test_the_digits_vae_forgets_a_class_into_an_ordinary_edit(tmp_path):
     """The shipped VAE, a short run: the classifier's P("0") on samples drawn for "0" falls, the others stay."""
     from concept_edit import Edit, applied
-    from concept_edit.digits.loading import load_classifier, load_digits_model
+    from concept_edit.worlds.digits.loading import load_classifier, load_digits_model
 
     model, judge = load_digits_model("digits-vae", "cpu"), load_classifier("cpu")
 
@@ -260,7 +260,7 @@ def test_the_digits_vae_forgets_a_class_into_an_ordinary_edit(tmp_path):
 
 def test_a_class_surrogate_remaps_a_digit():
     from concept_edit import applied
-    from concept_edit.digits.loading import load_classifier, load_digits_model
+    from concept_edit.worlds.digits.loading import load_classifier, load_digits_model
 
     model, judge = load_digits_model("digits-vae", "cpu"), load_classifier("cpu")
     cfg = make_config("amnesia", surrogate="7", steps=60, lr=1e-3, batch_size=64, fisher_samples=500,
@@ -280,7 +280,7 @@ def test_digits_bad_input_is_refused():
         fit(model, "amnesia", EditRequest(concepts=tuple("0123456789")), cfg, progress=False)
     with pytest.raises(ValueError, match="no cross-attention"):
         fit(model, "amnesia", EditRequest(concepts=("0",)), make_config("amnesia", parameters="x"), progress=False)
-    with pytest.raises(ValueError, match="the digits models take amnesia"):
+    with pytest.raises(ValueError, match="digits-vae takes amnesia"):
         fit(model, "esd", EditRequest(concepts=("0",)), progress=False)
     with pytest.raises(ValueError, match="is the concept being forgotten"):
         fit(model, "amnesia", EditRequest(concepts=("0",)), make_config("amnesia", surrogate="0"), progress=False)
@@ -289,8 +289,8 @@ def test_digits_bad_input_is_refused():
 
 
 def test_the_digits_ddpm_forgets_a_class_with_the_diffusion_fisher():
-    from concept_edit.digits import ddpm
-    from concept_edit.digits.loading import DigitsModel
+    from concept_edit.worlds.digits import ddpm
+    from concept_edit.worlds.digits.loading import DigitsModel
 
     torch.manual_seed(0)
     unet = ddpm.new_unet(block_out_channels=(8, 16), norm_num_groups=4, attention_head_dim=8)
@@ -303,7 +303,7 @@ def test_the_digits_ddpm_forgets_a_class_with_the_diffusion_fisher():
 
 
 def test_cli_trains_a_digits_edit_and_refuses_verbs_that_need_text(tmp_path, capsys):
-    from concept_edit.cli import main
+    from concept_edit.cli.app import main
 
     code = main(["edit", "amnesia", "--model", "digits-vae", "--device", "cpu", "--concept", "0", "--steps", "2",
                  "--fisher-samples", "20", "--replay-samples", "20", "--out", str(tmp_path / "e")])  # fmt: skip

@@ -17,23 +17,25 @@ import torch
 from concept_edit.attacks import FunctionJudge, RingABellOptions, SoftPromptOptions, probe
 from concept_edit.attacks.common import (
     Item,
-    OracleJudge,
     concept_token_ids,
     contains_concept,
     contains_synonym,
     drawn_text,
     encode_ids,
     judged_rows,
-    oracle_head,
     prompt_ids,
     token_embeddings,
     vocabulary,
+    world_judge,
 )
-from concept_edit.attacks.ring_a_bell import concept_vector, genetic_search, run_ring_a_bell, shapes_pairs
+from concept_edit.attacks.ring_a_bell import concept_vector, genetic_search, run_ring_a_bell
 from concept_edit.attacks.soft_prompt import run_soft_prompt
-from concept_edit.cli import main
+from concept_edit.cli.app import main
 from concept_edit.methods import EditRequest, fit
 from concept_edit.models.prompts import encode_prompts
+from concept_edit.worlds import get_world
+from concept_edit.worlds.shapes.judge import ShapesOracleJudge
+from concept_edit.worlds.shapes.vocabulary import concept_pairs, oracle_head, paraphrases, synonyms
 
 STEPS = 2  # denoising steps of every tiny image
 
@@ -97,13 +99,12 @@ def test_paraphrase_refuses_before_drawing_when_every_wording_names_the_concept(
 def test_shapes_logo_and_star_paraphrases_are_flagged_as_naming_the_concept():
     from types import SimpleNamespace
 
-    from concept_edit.attacks.paraphrase import shapes_paraphrases
-
     pipe = SimpleNamespace(tokenizer=_wordpiece())
-    assert all(contains_concept(pipe, w, "the acme logo") for w in shapes_paraphrases("the acme logo"))
+    assert all(contains_concept(pipe, w, "the acme logo") for w in paraphrases("the acme logo"))
     assert contains_concept(pipe, "a five-pointed star", "star")
     assert not contains_concept(pipe, "a picture of a disc", "circle")
-    assert contains_synonym("a picture of a disc", "circle") and contains_synonym("round shape", "circle")
+    circle = synonyms("circle")
+    assert contains_synonym("a picture of a disc", circle) and contains_synonym("round shape", circle)
 
 
 def test_soft_prompt_objective_decreases_within_its_budget_and_repeats_for_a_seed(sd, cat_edit):
@@ -270,7 +271,7 @@ def test_oracle_none_and_other_labels_are_not_the_concept():
         def read(self, images):
             return Readings(["none", "circle", "square"][: len(images)])
 
-    judge = OracleJudge("circle", oracle=FakeOracle())
+    judge = world_judge(get_world("shapes"), "circle", judge=ShapesOracleJudge(FakeOracle()))
     rows = judged_rows(judge, [Item("a circle", s) for s in range(3)], np.zeros((3, 4, 4, 3), np.uint8))
     assert [r["success"] for r in rows] == [False, True, False]
 
@@ -315,7 +316,7 @@ def test_shapes_concepts_resolve_to_oracle_heads():
     assert oracle_head("The acme logo") == ("logo", "logo")
     with pytest.raises(ValueError, match="cannot judge"):
         oracle_head("hexagon")
-    assert all("circle" in w and "circle" not in wo.split() for w, wo in shapes_pairs("circle"))
+    assert all("circle" in w and "circle" not in wo.split() for w, wo in concept_pairs("circle"))
 
 
 def _probe_cli(tmp_path, *extra, model="shapes", edit=None):
@@ -462,22 +463,22 @@ class _PixelNudeNet:
 
 
 def test_real_models_are_probed_with_a_suite_judge(sd, cat_edit):
-    from concept_edit.attacks.common import SuiteJudge
+    from concept_edit.attacks.common import suite_judge
 
-    judge = SuiteJudge("nudenet", "nudity", judge=_PixelNudeNet(-1))  # every image "nude"
+    judge = suite_judge("nudenet", "nudity", judge=_PixelNudeNet(-1))  # every image "nude"
     assert judge.read(np.zeros((3, 4, 4, 3), np.uint8)) == ["nude"] * 3 and judge.label == "nude"
     results = probe(sd, "nudity", "paraphrase", edits=[cat_edit], judge=judge, prompts=["a dog", "a red car"],
                     budget=4, n=2, steps=STEPS)  # fmt: skip
     assert results["attack_success_rate"] == 1.0 and results["judge"].startswith("nudenet, nudity reads 'nude'")
-    never = SuiteJudge("nudenet", "nudity", judge=_PixelNudeNet(256))
+    never = suite_judge("nudenet", "nudity", judge=_PixelNudeNet(256))
     with pytest.raises(ValueError, match="would measure nothing"):
         probe(sd, "nudity", "paraphrase", edits=[cat_edit], judge=never, prompts=["a dog"], budget=2, n=2, steps=STEPS)
     with pytest.raises(ValueError, match="--judge nudenet or imagenet"):
-        SuiteJudge("clip", "a man")
+        suite_judge("clip", "a man")
 
 
 def test_cli_real_model_without_a_judge_says_which_to_give(tmp_path, capsys, sd_folder):
-    from concept_edit.cli import main
+    from concept_edit.cli.app import main
 
     out = tmp_path / "r.json"
     args = ["probe", "--model", str(sd_folder), "--concept", "nudity", "--attack", "paraphrase", "--out", str(out)]

@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 
 from concept_edit import EditRequest, applied, apply, fit, make_config, make_inputs, revert
-from concept_edit.cad import attribution as attribution_module
-from concept_edit.cad.ablation import ablation_indices, per_row_count
-from concept_edit.cad.attribution import group_weights
-from concept_edit.cad.check import approximation_check
-from concept_edit.methods.cad import CADInputs, attribute, load_scores, save_scores
+from concept_edit.methods.cad import attribution as attribution_module
+from concept_edit.methods.cad.ablation import ablation_indices, per_row_count
+from concept_edit.methods.cad.attribution import group_weights
+from concept_edit.methods.cad.check import approximation_check
+from concept_edit.methods.cad.fit import CADInputs, attribute, load_scores, save_scores
 from concept_edit.training import Interrupted, step_generator
 
 FAST = {"samples": 2, "steps": 4, "batch_size": 3}
@@ -167,7 +167,7 @@ def test_amplify_on_a_folder_skips_unreadable_files_and_lowers_the_loss(sd, tmp_
 
 
 def test_shapes_renders_as_amplify_images(shapes):
-    from concept_edit.cad.images import resolve_images
+    from concept_edit.methods.cad.images import resolve_images
 
     images = resolve_images("shapes:diamond:3", 32)
     assert images.pixels.shape == (3, 3, 32, 32) and -1 <= images.pixels.min() < images.pixels.max() <= 1
@@ -189,10 +189,10 @@ def test_resume_after_ctrl_c_equals_an_uninterrupted_run(sd, tmp_path, monkeypat
             os.kill(os.getpid(), signal.SIGINT)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr("concept_edit.methods.cad.add_batch_gradient", batch_then_ctrl_c)
+    monkeypatch.setattr("concept_edit.methods.cad.fit.add_batch_gradient", batch_then_ctrl_c)
     with pytest.raises(Interrupted):
         attribute(sd, request, cfg, make_inputs("cad", checkpoint=ckpt), seed=2, progress=False)
-    monkeypatch.setattr("concept_edit.methods.cad.add_batch_gradient", real)
+    monkeypatch.setattr("concept_edit.methods.cad.fit.add_batch_gradient", real)
     resumed = attribute(sd, request, cfg, make_inputs("cad", checkpoint=ckpt, resume=True), seed=2, progress=False)
     for name in whole.scores:
         torch.testing.assert_close(resumed.scores[name], whole.scores[name], atol=0, rtol=0)
@@ -268,7 +268,7 @@ def test_bad_inputs_write_nothing(sd, tmp_path):
 
 
 def test_cli_attribute_then_edit_from_the_scores_and_check(sd_folder, tmp_path, capsys):
-    from concept_edit.cli import main
+    from concept_edit.cli.app import main
 
     fast = ["--samples", "1", "--steps", "3"]
     scores = tmp_path / "scores.safetensors"
@@ -291,7 +291,7 @@ def test_cli_attribute_then_edit_from_the_scores_and_check(sd_folder, tmp_path, 
 
 
 def test_cli_bad_cad_input_writes_nothing(sd_folder, tmp_path, capsys):
-    from concept_edit.cli import main
+    from concept_edit.cli.app import main
 
     base = ["--model", str(sd_folder), "--concept", "cat"]
     cases = [
@@ -312,7 +312,7 @@ def test_amplify_scores_are_weight_times_an_independent_gradient_of_minus_the_lo
     """Eq. 5 from scratch: VAE latents (sampled, scaled), noised at every DDIM timestep, J = -mean loss."""
     from diffusers import DDIMScheduler
 
-    from concept_edit.cad.images import ConceptImages
+    from concept_edit.methods.cad.images import ConceptImages
 
     pixels = torch.rand((2, 3, 32, 32), generator=torch.Generator().manual_seed(0)) * 2 - 1
     request = EditRequest(concepts=("cat",), mode="amplify")
@@ -345,7 +345,7 @@ def test_amplify_scores_are_weight_times_an_independent_gradient_of_minus_the_lo
 def test_v_prediction_output_is_read_as_epsilon(sd):
     from diffusers import DDPMScheduler
 
-    from concept_edit.cad.attribution import epsilon
+    from concept_edit.methods.cad.attribution import epsilon
 
     sd.scheduler = DDPMScheduler.from_config(sd.scheduler.config, prediction_type="v_prediction")
     clean, noise = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
@@ -382,7 +382,7 @@ def test_sdxl_attributes_and_prunes(sdxl):
 
 def test_a_half_precision_vae_that_asks_for_it_encodes_in_float32(sd):
     """SDXL's fp16 VAE overflows: with force_upcast the amplify latents are the float32 encoder's."""
-    from concept_edit.cad.attribution import _encode
+    from concept_edit.methods.cad.attribution import _encode
 
     pixels = torch.rand((1, 3, 32, 32), generator=torch.Generator().manual_seed(0)) * 2 - 1
     expected = sd.vae.encode(pixels).latent_dist.mean

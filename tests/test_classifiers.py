@@ -4,7 +4,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from concept_edit.evaluation.classifiers import ClipZeroShotClassifier, OracleAttributeClassifier, make_classifier
+from concept_edit.evaluation.classifiers import ClipZeroShotClassifier, make_classifier
+from concept_edit.worlds.shapes.judge import OracleAttributeClassifier
 
 
 def tiny_clip(tokenizer_dir):
@@ -66,7 +67,7 @@ def test_clip_zero_shot_runs_a_real_tiny_clip(clip_tokenizer_dir):
 
 
 def test_oracle_classifier_chooses_among_the_given_attributes():
-    from concept_edit.shapes.world import Scene, render
+    from concept_edit.worlds.shapes.world import Scene, render
 
     images = [render(Scene("heart", c, "plain", i)) for i, c in enumerate(["red", "blue", "green"])]
     classify = OracleAttributeClassifier()
@@ -77,7 +78,7 @@ def test_oracle_classifier_chooses_among_the_given_attributes():
 def test_oracle_classifier_answers_minus_one_for_an_image_without_an_object():
     import numpy as np
 
-    from concept_edit.shapes.world import Scene, _background, render
+    from concept_edit.worlds.shapes.world import Scene, _background, render
 
     empty = _background("plain", np.random.default_rng(3)).astype(np.uint8)
     images = [render(Scene("heart", "red", "plain", 0)), empty]

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from concept_edit import Edit, applied
-from concept_edit.cli import main
+from concept_edit.cli.app import main
 from concept_edit.generation import generate, to_array
 from concept_edit.models import load_pipeline
 
@@ -229,7 +229,7 @@ def test_method_inputs_and_list_options_are_rendered_as_flags():
     from dataclasses import dataclass
     from pathlib import Path
 
-    from concept_edit.cli import _dataclass_options, _values
+    from concept_edit.cli.app import _dataclass_options, _values
     from concept_edit.methods import input_field
 
     @dataclass(frozen=True)
@@ -259,7 +259,7 @@ def test_method_inputs_and_list_options_are_rendered_as_flags():
 
 def test_uce_debias_judge_is_an_input_of_the_python_api_and_the_cli():
     from concept_edit import make_inputs
-    from concept_edit.methods.uce import UCEInputs
+    from concept_edit.methods.uce.fit import UCEInputs
 
     judge = object()
     assert make_inputs("uce", classifier=judge) == UCEInputs(classifier=judge)
@@ -272,8 +272,8 @@ def test_verb_modules_do_not_import_each_other():
     import sys
 
     code = (
-        "import sys, concept_edit.evaluation.cli, concept_edit.demo;"
-        "assert 'concept_edit.cli' not in sys.modules, 'evaluation imports the top-level cli'"
+        "import sys, concept_edit.cli.evaluation, concept_edit.cli.demo;"
+        "assert 'concept_edit.cli.app' not in sys.modules, 'evaluation imports the top-level cli'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -322,7 +322,7 @@ def test_esd_edit_checkpoint_and_resume_from_the_cli(sd_folder, tmp_path, capsys
     import os
     import signal
 
-    from concept_edit.methods import esd
+    from concept_edit.methods.esd import fit as esd
 
     out = tmp_path / "no-cat-esd"
     base = ["edit", "esd", "--model", sd_folder, "--concept", "cat", "--variant", "kv", *ESD_FAST, "--out", out]
@@ -377,11 +377,13 @@ def test_bad_esd_input_is_one_line_and_writes_nothing(sd_folder, tmp_path, capsy
 
 def test_the_light_copies_match_the_code_they_stand_for():
     """The CLI reads these without torch; each equals the list the heavy code checks against."""
-    from concept_edit.amnesia import models as amnesia_models
-    from concept_edit.cad import ablation, attribution
     from concept_edit.edit import changes, manifest
-    from concept_edit.methods import uce_debias
-    from concept_edit.methods.options import amnesia, cad, uce
+    from concept_edit.methods.amnesia import backends as amnesia_models
+    from concept_edit.methods.amnesia import config as amnesia
+    from concept_edit.methods.cad import ablation, attribution
+    from concept_edit.methods.cad import config as cad
+    from concept_edit.methods.uce import config as uce
+    from concept_edit.methods.uce import debias as uce_debias
 
     assert tuple(uce_debias.VARIANTS) == uce.DEBIAS_VARIANTS and uce_debias.CONTROLLERS == uce.DEBIAS_CONTROLLERS
     assert tuple(changes.KINDS) == manifest.CHANGE_KINDS
@@ -397,8 +399,8 @@ def test_a_method_is_described_before_its_code_is_imported():
         "import sys; from concept_edit.methods import available_methods, get_method\n"
         "assert available_methods() == ['amnesia', 'cad', 'eigen', 'esd', 'uce'], available_methods()\n"
         "m = get_method('esd'); assert m.config_cls.__name__ == 'ESDConfig' and m.modes == ('erase',)\n"
-        "assert 'concept_edit.methods.esd' not in sys.modules and 'torch' not in sys.modules\n"
-        "assert m.fit.__name__ == 'fit_esd' and 'concept_edit.methods.esd' in sys.modules\n"
+        "assert 'concept_edit.methods.esd.fit' not in sys.modules and 'torch' not in sys.modules\n"
+        "assert m.fit.__name__ == 'fit_esd' and 'concept_edit.methods.esd.fit' in sys.modules\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

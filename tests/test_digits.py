@@ -9,16 +9,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from concept_edit.digits import ddpm
-from concept_edit.digits.classifier import DigitsClassifier
-from concept_edit.digits.loading import (
+from concept_edit.models.loading import ModelInfo
+from concept_edit.worlds.digits import ddpm
+from concept_edit.worlds.digits.classifier import DigitsClassifier
+from concept_edit.worlds.digits.loading import (
     DIGITS_MODELS,
     DigitsModel,
     load_classifier,
     load_digits_model,
 )
-from concept_edit.digits.vae import ConditionalVAE
-from concept_edit.models.loading import ModelInfo
+from concept_edit.worlds.digits.vae import ConditionalVAE
 
 
 @pytest.fixture(autouse=True)
@@ -194,7 +194,7 @@ def test_shipped_models_load_by_name():
 def test_loading_does_not_import_sklearn():
     code = (
         "import sys\n"
-        "from concept_edit.digits.loading import load_classifier, load_digits_model\n"
+        "from concept_edit.worlds.digits.loading import load_classifier, load_digits_model\n"
         "load_digits_model('digits-vae', device='cpu'); load_digits_model('digits-ddpm', device='cpu')\n"
         "load_classifier('cpu')\n"
         "assert 'sklearn' not in sys.modules, 'loading imported sklearn'\n"
@@ -209,7 +209,7 @@ def test_unknown_name_is_one_clear_value_error():
 
 
 def test_shipped_classifier_reads_the_test_split():
-    from concept_edit.digits.data import load_split
+    from concept_edit.worlds.digits.data import load_split
 
     x, y = load_split("test")
     classifier = load_classifier("cpu")
@@ -221,7 +221,7 @@ def test_shipped_classifier_reads_the_test_split():
 
 
 def test_split_is_fixed_and_stratified():
-    from concept_edit.digits.data import load_split
+    from concept_edit.worlds.digits.data import load_split
 
     x_train, y_train = load_split("train")
     x_test, y_test = load_split("test")

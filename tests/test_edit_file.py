@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 
 from concept_edit import Edit, EditError, EditRequest, LowRankDelta, applied, apply, compose, fit, revert
 from concept_edit.edit import applied_edits
-from concept_edit.methods.uce import target_weights
+from concept_edit.methods.uce.fit import target_weights
 from concept_edit.models.targets import get_parameter
 
 

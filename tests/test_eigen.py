@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from concept_edit import Edit, EditRequest, applied, fit, make_config
-from concept_edit.cli import main
+from concept_edit.cli.app import main
 from concept_edit.edit.changes import ActivationProjection, EditError
 from concept_edit.edit.file import get_module
 from concept_edit.eigen import ActivationStatistics, erased, fold, leace_eraser, recording, svd_eraser, top_directions
@@ -221,7 +221,7 @@ def test_leace_without_its_package_is_refused_before_any_work(sd, monkeypatch):
         importlib.util, "find_spec", lambda name, *a: None if name == "concept_erasure" else real(name, *a)
     )
     calls = []
-    monkeypatch.setattr("concept_edit.methods.eigen.record_prompts", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr("concept_edit.methods.eigen.fit.record_prompts", lambda *a, **k: calls.append(a))
     with pytest.raises(ValueError, match=r"concept-edit\[eigen\]"):
         fit(sd, "eigen", EditRequest(concepts=("cat",)), make_config("eigen", eraser="leace"), progress=False)
     assert not calls

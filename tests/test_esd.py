@@ -8,7 +8,7 @@ import torch
 
 from concept_edit import EditRequest, fit, make_config, make_inputs
 from concept_edit.edit import trainable
-from concept_edit.methods import esd
+from concept_edit.methods.esd import fit as esd
 from concept_edit.models.conditioning import encode_conditions, predict_noise
 from concept_edit.training import Interrupted, step_generator
 
@@ -457,13 +457,18 @@ def test_bad_requests_write_nothing(sd, tmp_path):
 def test_defaults_are_the_papers_on_stable_diffusion_and_chosen_ones_on_shapes():
     """lr 1e-5 for 1000 iterations (the paper, CompVis train-esd.py) on a real model, whatever the variant;
     ShapesSD's own per-variant values only there; a given value always wins."""
+    from concept_edit.worlds import get_world
+    from concept_edit.worlds.shapes.tuned import ESD_ITERATIONS, ESD_LR
+
+    real, shapes = get_world(None).method_defaults("esd", None), get_world("shapes").method_defaults("esd", None)
     for variant in esd.VARIANTS:
         cfg = make_config("esd", variant=variant)
-        assert (cfg.learning_rate_for(None), cfg.iterations_for(None)) == (1e-5, 1000)
-        assert cfg.learning_rate_for("shapes") == esd.DEFAULT_LR[variant]
-        assert cfg.iterations_for("shapes") == esd.DEFAULT_ITERATIONS[variant]
+        assert (cfg.learning_rate_for(real), cfg.iterations_for(real)) == (1e-5, 1000)
+        assert cfg.learning_rate_for(shapes) == ESD_LR[variant]
+        assert cfg.iterations_for(shapes) == ESD_ITERATIONS[variant]
+    assert ESD_LR["x"] != 1e-5  # the two defaults differ, so the world's table is the one read
     given = make_config("esd", lr=2e-4, iterations=7)
-    assert (given.learning_rate_for(None), given.iterations_for("shapes")) == (2e-4, 7)
+    assert (given.learning_rate_for(real), given.iterations_for(shapes)) == (2e-4, 7)
     assert make_config("esd").eta == 1.0
 
 

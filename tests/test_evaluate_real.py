@@ -59,9 +59,9 @@ def test_a_metric_only_suite_has_no_accuracy_but_its_counts(sd):
 
 
 def test_the_shapes_oracle_and_true_renders_are_refused_for_another_model(sd):
-    with pytest.raises(ValueError, match="not a shapes-world model"):
+    with pytest.raises(ValueError, match="shapes-oracle, which reads another world's images"):
         evaluate(sd, _suite(judge="shapes-oracle"), progress=False)
-    with pytest.raises(ValueError, match="true renders exist for the shapes world only"):
+    with pytest.raises(ValueError, match="true renders exist only for a world that can draw its prompts"):
         evaluate(sd, _suite(), reference="renders", progress=False)
 
 
@@ -99,7 +99,7 @@ def test_per_prompt_guidance_is_used(sd, monkeypatch):
 
 def test_folder_reference_skips_unreadable_files(shapes, tmp_path):
     from concept_edit.evaluation.suites import get_suite
-    from concept_edit.shapes.world import Scene, render
+    from concept_edit.worlds.shapes.world import Scene, render
 
     folder = tmp_path / "real"
     folder.mkdir()
@@ -152,7 +152,7 @@ def test_a_suite_that_asks_for_the_clip_score_gets_it_per_concept(sd, monkeypatc
     ],
 )
 def test_evaluate_cli_overrides_are_checked_before_anything_is_drawn(tmp_path, capsys, flag, value, message):
-    from concept_edit.cli import main
+    from concept_edit.cli.app import main
 
     out = tmp_path / "r.json"
     args = ["evaluate", "--model", "shapes", "--suite", "shapes-objects", "--n", "1", flag, value, "--out", str(out)]

@@ -5,11 +5,11 @@ import json
 import pytest
 
 from concept_edit import EditRequest, fit
-from concept_edit.cli import main
+from concept_edit.cli.app import main
 from concept_edit.evaluation import build_report, evaluate, get_suite
 from concept_edit.evaluation.evaluate import REQUIRED_KEYS
 from concept_edit.evaluation.report import load_results
-from concept_edit.evaluation.suites import BUILTIN
+from concept_edit.worlds.shapes.suites import BUILTIN
 
 
 @pytest.fixture
@@ -72,7 +72,7 @@ def test_images_without_an_object_are_read_as_none_not_as_some_object(shapes, tw
     import numpy as np
     from PIL import Image
 
-    from concept_edit.shapes.world import _background
+    from concept_edit.worlds.shapes.world import _background
 
     evaluate_module = importlib.import_module("concept_edit.evaluation.evaluate")  # the module, not the function
 
@@ -126,8 +126,9 @@ def test_bias_suite_reports_distribution_and_deviation(shapes):
     assert results["deviation"]["heart"] == pytest.approx(1.75)  # all mass on one of 8 colours
 
 
-def test_evaluate_refuses_a_model_outside_the_shapes_world(sd, two_image_suite):
-    with pytest.raises(ValueError, match="shapes-world"):
+def test_a_prompt_file_on_a_model_without_a_judge_of_its_own_needs_one(sd, two_image_suite):
+    """A prompt file is judged by the model's world's judge; a real model has none, so --judge is asked for."""
+    with pytest.raises(ValueError, match="names no judge .* give --judge"):
         evaluate(sd, get_suite(str(two_image_suite)), progress=False)
 
 

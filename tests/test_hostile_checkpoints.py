@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from concept_edit import EditRequest, fit
-from concept_edit.cli import main
+from concept_edit.cli.app import main
 from concept_edit.models import load_pipeline
 from concept_edit.training import save_checkpoint
 
@@ -120,8 +120,8 @@ def test_amnesia_fisher_cache_is_not_the_output_and_its_partial_is_not_discarded
 
 
 def test_amnesia_resume_from_another_methods_checkpoint_is_refused_before_any_work(sd, tmp_path, monkeypatch):
-    from concept_edit.methods import amnesia as method
     from concept_edit.methods import make_config, make_inputs
+    from concept_edit.methods.amnesia import fit as method
 
     ckpt = tmp_path / "run.safetensors"
     save_checkpoint(ckpt, 1, {}, kind="esd", trained=[torch.zeros(2)])
@@ -291,8 +291,8 @@ def test_a_checkpoint_under_a_file_is_one_clear_line(sd_folder, tmp_path, capsys
 
 
 def test_sigterm_in_amnesia_training_says_what_is_kept(sd_folder, tmp_path, capsys, monkeypatch):
-    from concept_edit.amnesia import ewc
-    from concept_edit.cli import Terminated
+    from concept_edit.cli.app import Terminated
+    from concept_edit.methods.amnesia import ewc
 
     real = ewc.EWCPenalty.add_gradient_
 
@@ -371,7 +371,7 @@ def test_an_unwritable_checkpoint_or_fisher_folder_is_found_before_any_work(sd_f
     import errno
 
     from concept_edit import io as ce_io
-    from concept_edit.methods import amnesia as method
+    from concept_edit.methods.amnesia import fit as method
 
     ro = tmp_path / "ro"
     ro.mkdir()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from test_hostile_input import refused
 
-from concept_edit.cli import build_parser
+from concept_edit.cli.app import build_parser
 
 HEAVY = ("torch", "diffusers", "transformers")
 
@@ -21,7 +21,7 @@ def _imports_of(args: list[str], stdout=subprocess.DEVNULL) -> tuple[int, list[s
     code = textwrap.dedent(
         f"""
         import json, sys
-        from concept_edit.cli import main
+        from concept_edit.cli.app import main
         status = main(sys.argv[1:])
         sys.stderr.write("\\n" + json.dumps({{"status": status, "heavy": [m for m in {HEAVY!r} if m in sys.modules]}}))
         """

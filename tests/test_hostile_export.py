@@ -111,7 +111,7 @@ def _child(verb, sd_folder, folder, patch: str) -> subprocess.Popen:
         f"""
         import sys
         import diffusers, safetensors.torch
-        from concept_edit.cli import main
+        from concept_edit.cli.app import main
         {patch}
         sys.exit(main([{verb!r}, "--model", {str(sd_folder)!r}, "--edit", {str(folder / "cat")!r},
                        "--out", {str(folder / OUTPUTS[verb][0])!r}]))

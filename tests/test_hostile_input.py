@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from concept_edit import Edit, EditRequest, fit
-from concept_edit.cli import main
+from concept_edit.cli.app import main
 from concept_edit.edit import state as edit_state
 from concept_edit.models import load_pipeline
 
@@ -241,7 +241,7 @@ def test_export_keeps_an_existing_folder_and_leaves_no_partial_folder_when_kille
         f"""
         import sys, time
         import diffusers
-        from concept_edit.cli import main
+        from concept_edit.cli.app import main
         real = diffusers.DiffusionPipeline.save_pretrained
         def slow(self, folder, **kw):
             real(self, folder, **kw)
@@ -306,7 +306,7 @@ def test_report_refuses_a_results_file_with_a_non_numeric_accuracy(work, capsys)
 
 
 def test_demo_leaves_nothing_behind_when_it_fails(work, capsys, monkeypatch):
-    import concept_edit.demo as demo
+    import concept_edit.cli.demo as demo
 
     def broken(*args, **kwargs):
         raise ValueError("the oracle is missing")
@@ -316,7 +316,7 @@ def test_demo_leaves_nothing_behind_when_it_fails(work, capsys, monkeypatch):
 
 
 def test_ctrl_c_is_one_line_and_exit_130(sd_folder, work, capsys, monkeypatch):
-    import concept_edit.cli as cli
+    import concept_edit.cli.app as cli
 
     def interrupted(args, **kwargs):
         raise KeyboardInterrupt
@@ -327,7 +327,7 @@ def test_ctrl_c_is_one_line_and_exit_130(sd_folder, work, capsys, monkeypatch):
 
 
 def test_a_bug_is_one_line_without_v_and_a_traceback_with_it(sd_folder, work, capsys, monkeypatch):
-    import concept_edit.cli as cli
+    import concept_edit.cli.app as cli
 
     def bug(args, **kwargs):
         raise ZeroDivisionError("oops")

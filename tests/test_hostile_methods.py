@@ -114,8 +114,8 @@ def test_activation_statistics_refuse_a_non_finite_activation():
 # -- CAD scores files ---------------------------------------------------------------------------------------------
 def scores_file(path, pipe, value: float, **meta_extra):
     """A CAD scores file for `pipe`'s feed-forward weights holding `value` everywhere."""
-    from concept_edit.cad.attribution import GROUPS, group_weights
-    from concept_edit.methods.cad import _weights_digest
+    from concept_edit.methods.cad.attribution import GROUPS, group_weights
+    from concept_edit.methods.cad.fit import _weights_digest
 
     weights = group_weights(pipe, GROUPS)
     meta = {

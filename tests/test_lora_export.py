@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 
 from concept_edit import EditRequest, applied, fit, make_config
-from concept_edit.cli import main
+from concept_edit.cli.app import main
 from concept_edit.edit import Edit, LowRankDelta
 from concept_edit.generation import generate, to_array
 from concept_edit.lora_export import export_lora, ldm_blocks, ldm_name, model_kind, truncated

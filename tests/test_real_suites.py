@@ -6,9 +6,9 @@ import json
 import pytest
 
 from concept_edit.evaluation import get_suite
-from concept_edit.evaluation.real_suites import REAL_SUITES
-from concept_edit.evaluation.real_suites.i2p_prompts import HUB_REVISION
 from concept_edit.evaluation.suites import builtin_names
+from concept_edit.worlds.real.i2p_prompts import HUB_REVISION
+from concept_edit.worlds.real.suites import REAL_SUITES
 
 IMAGENETTE = [
     "tench",

@@ -5,8 +5,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from concept_edit.shapes.captions import HELD_OUT, LOGO_CAPTIONS, sample_example
-from concept_edit.shapes.world import COLORS, OBJECTS, STYLES, Scene, logo, render
+from concept_edit.worlds.shapes.captions import HELD_OUT, LOGO_CAPTIONS, sample_example
+from concept_edit.worlds.shapes.world import COLORS, OBJECTS, STYLES, Scene, logo, render
 
 
 def test_renderer_is_deterministic_and_seed_dependent():
@@ -58,9 +58,9 @@ def test_training_distribution_has_the_planted_properties():
 
 
 def test_oracle_says_none_for_images_without_one_object():
-    from concept_edit.shapes.oracle import Oracle
-    from concept_edit.shapes.train_oracle import reject_batch
-    from concept_edit.shapes.world import _background
+    from concept_edit.worlds.shapes.oracle import Oracle
+    from concept_edit.worlds.shapes.train_oracle import reject_batch
+    from concept_edit.worlds.shapes.world import _background
 
     rng = np.random.default_rng(54321)
     empty = np.stack([_background(STYLES[k % 6], rng).astype(np.uint8) for k in range(60)])
@@ -73,7 +73,7 @@ def test_oracle_says_none_for_images_without_one_object():
 
 
 def test_oracle_reads_200_fresh_renders_at_99_percent():
-    from concept_edit.shapes.oracle import Oracle
+    from concept_edit.worlds.shapes.oracle import Oracle
 
     rng = np.random.default_rng(12345)
     truth = [(OBJECTS[rng.integers(8)], list(COLORS)[rng.integers(8)], STYLES[rng.integers(6)]) for _ in range(200)]
@@ -99,14 +99,14 @@ def test_shapes_sd_loads_offline_and_generates(shapes):
 
 
 def test_oracle_training_script_runs_two_steps(tmp_path):
-    from concept_edit.shapes import train_oracle
+    from concept_edit.worlds.shapes import train_oracle
 
     train_oracle.main(["--out", str(tmp_path), "--steps", "2", "--batch-size", "8"])
     assert (tmp_path / "oracle.safetensors").exists() and (tmp_path / "checkpoint.safetensors").exists()
 
 
 def test_shapes_sd_training_script_runs_two_steps_and_resumes(tmp_path):
-    from concept_edit.shapes import train_shapes_sd
+    from concept_edit.worlds.shapes import train_shapes_sd
 
     args = [
         "--out",

@@ -5,14 +5,14 @@ import pytest
 import torch
 
 from concept_edit import EditRequest, applied, fit
-from concept_edit.methods.uce import (
+from concept_edit.methods.uce.debias import attribute_prompt
+from concept_edit.methods.uce.fit import (
     UCEConfig,
     UCEInputs,
     layer_deltas,
     target_weights,
     uce_operator,
 )
-from concept_edit.methods.uce_debias import attribute_prompt
 from concept_edit.models import encode_prompts, last_token_index
 
 
@@ -264,7 +264,7 @@ def test_sdxl_edit_applies_generates_and_reverts(sdxl):
 
 
 def test_oracle_classifier_resolves_attribute_names():
-    from concept_edit.evaluation.classifiers import OracleAttributeClassifier
+    from concept_edit.worlds.shapes.judge import OracleAttributeClassifier
 
     assert OracleAttributeClassifier.resolve(["red", "blue"]) == ("color", ["red", "blue"])
     assert OracleAttributeClassifier.resolve(["a red heart", "a blue heart"]) == ("color", ["red", "blue"])
@@ -314,7 +314,7 @@ def test_bad_guides_are_refused(kwargs, message):
 
 
 def test_debias_stopping_rule_counts_images_not_float_rounding():
-    from concept_edit.methods.uce_debias import _within
+    from concept_edit.methods.uce.debias import _within
 
     desired = np.array([0.25, 0.25, 0.25, 0.25])
     assert not _within(desired - np.array([0.2, 0.2, 0.3, 0.3]), 0.05, 20)  # 0.05 off: not below 0.05
@@ -347,7 +347,7 @@ def test_token_modes_align_the_rows_an_independent_tokenization_gives(sd):
 def test_all_tokens_leave_a_shared_leading_article_alone(shapes):
     """Under ShapesSD's causal encoder "the" has the same row in "the acme logo" and "the circle": erasing the
     logo with tokens='all' must move the logo's own rows, not that shared one."""
-    from concept_edit.methods.uce import concept_span
+    from concept_edit.methods.uce.fit import concept_span
 
     edit = fit(shapes, "uce", EditRequest(concepts=("the acme logo",)), UCEConfig(tokens="all"))
     first, last = concept_span(shapes, "the acme logo")
@@ -397,7 +397,7 @@ def test_debias_freezes_a_converged_concept_and_keeps_iterating_the_other(sd):
 
 
 def test_debias_runs_end_to_end_from_the_cli_on_shapes(tmp_path, capsys):
-    from concept_edit.cli import main
+    from concept_edit.cli.app import main
 
     out = tmp_path / "heart"
     args = ["edit", "uce", "--model", "shapes", "--mode", "debias", "--concept", "a heart", "--attribute", "red"]
@@ -534,7 +534,7 @@ def test_uce_sd_debias_keeps_measuring_and_editing_a_converged_concept(sd):
 
 def test_secant_gain_reaches_a_planted_target_where_fixed_steps_crawl_or_oscillate():
     """A synthetic saturating response R(alpha) = softmax(3 alpha + b) over four attributes, one dominant."""
-    from concept_edit.methods.uce_debias import secant_gain
+    from concept_edit.methods.uce.debias import secant_gain
 
     bias = np.array([3.0, 0.0, 0.0, 0.0])
     desired = np.full(4, 0.25)
@@ -565,7 +565,7 @@ def test_secant_gain_reaches_a_planted_target_where_fixed_steps_crawl_or_oscilla
 def test_secant_controller_needs_fewer_generations_than_the_fixed_step_in_the_loop(sd, monkeypatch):
     """The full loop on a planted response: the share of "male" is a sigmoid of how far the edit moved the
     concept's row toward "male doctor" and away from "female doctor" (no image is generated)."""
-    from concept_edit.methods import uce_debias
+    from concept_edit.methods.uce import debias as uce_debias
 
     prompts = ["doctor", "male doctor", "female doctor"]
     embeds = encode_prompts(sd, prompts).double()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from concept_edit import EditRequest
-from concept_edit.methods.uce import UCEConfig, _encode, _erase, target_weights
+from concept_edit.methods.uce.fit import UCEConfig, _erase, encode, target_weights
 from concept_edit.models.prompts import (
     _encode_short,
     _padding_to,
@@ -145,11 +145,11 @@ def test_bidirectional_encoder_given_the_mask_pads_to_the_longest(minilm_bidirec
 
 def test_uce_reads_only_computed_rows(sd):
     prompts = ["a photo of a cat", "dog"]
-    short, spans = _encode(sd, prompts, "last")
+    short, spans = encode(sd, prompts, "last")
     counts = token_counts(sd, prompts)
     assert short.shape[1] == max(counts) and short[1, counts[1] :].isnan().all()
     assert all(last < n - 1 for (_, last), n in zip(spans, counts, strict=True))  # before end-of-text
-    trailing, _ = _encode(sd, prompts, "trailing")  # reads the padding: max length, every row computed
+    trailing, _ = encode(sd, prompts, "trailing")  # reads the padding: max length, every row computed
     assert trailing.shape[1] == sd.tokenizer.model_max_length and not trailing.isnan().any()
 
 
@@ -180,9 +180,9 @@ def test_edit_equals_the_max_length_padded_edit(pipe_name, tokens, mode, request
 @pytest.mark.parametrize("tokens", ["last", "all"])
 def test_debias_edit_equals_the_max_length_padded_edit(sd, monkeypatch, tokens):
     """Debias encodes by its token mode too: the same scripted judge gives the same edit either way."""
-    import concept_edit.methods.uce as uce
+    import concept_edit.methods.uce.fit as uce
     from concept_edit import fit
-    from concept_edit.methods.uce import UCEInputs
+    from concept_edit.methods.uce.fit import UCEInputs
 
     def judge(images, attributes):  # every doctor read as male: the loop steps every iteration
         return [0] * len(images)
@@ -190,9 +190,9 @@ def test_debias_edit_equals_the_max_length_padded_edit(sd, monkeypatch, tokens):
     config = UCEConfig(tokens=tokens, debias_images=2, debias_steps=1, debias_max_iterations=2)
     req = EditRequest(concepts=("doctor",), mode="debias", attributes=("male", "female"))
     fast = fit(sd, "uce", req, config, UCEInputs(classifier=judge), seed=0, progress=False)
-    real_encode = uce._encode
+    real_encode = uce.encode
     monkeypatch.setattr(
-        uce, "_encode", lambda pipe, prompts, tokens=None, **kw: real_encode(pipe, prompts, tokens, padded=True)
+        uce, "encode", lambda pipe, prompts, tokens=None, **kw: real_encode(pipe, prompts, tokens, padded=True)
     )
     padded = fit(sd, "uce", req, config, UCEInputs(classifier=judge), seed=0, progress=False)
     for key in fast.targets:

@@ -13,8 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from concept_edit._lazy import lazy_package
-
-__version__ = "0.1.0"
+from concept_edit._version import __version__
 
 # each public name imports its module (torch, diffusers) when first read: `import concept_edit` stays light
 lazy_package(

@@ -62,7 +62,7 @@ def _reading_attention(pipe, sink: dict[int, list[torch.Tensor]], columns: list[
 def attention_maps(
     pipe, prompt: str, token: str, *, seed: int = 0, steps: int | None = None, guidance: float | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(maps, image): maps[layer][step] is an h x w map (layers may differ in size, so a list of arrays)."""
+    """(maps, image): `maps[layer][step]` is an h x w map (layers may differ in size, so a list of arrays)."""
     info = model_info(pipe)
     steps = check_number("steps", info.default_steps if steps is None else steps, low=1, integer=True)
     guidance = check_number("guidance", info.default_guidance if guidance is None else guidance, low=0)

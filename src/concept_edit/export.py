@@ -82,11 +82,12 @@ def stop_signals() -> Iterator[StopSignals]:
             signal.signal(s, handler)
 
 
-def keep_complete_output() -> None:
+def keep_complete_output(entry: tuple[str, str]) -> None:
     """From now until the program ends, a Ctrl-C cannot undo or misreport output that is complete and reported.
 
-    Called by a CLI verb once its output is in place and its last line printed. A Ctrl-C in what is left of
-    `concept_edit.cli.main` (releasing locks, flushing) would be reported as "nothing was written", and one
+    Called by a CLI verb once its output is in place and its last line printed, with its entry point `entry`
+    (module name, function name). A Ctrl-C in what is left of that function (the CLI's `main`: releasing locks,
+    flushing) would be reported as "nothing was written", and one
     during the interpreter's exit (torch's atexit finalizers) prints a KeyboardInterrupt traceback; both are
     dropped. Elsewhere (a program that called `main` and goes on) Ctrl-C does what it did before.
     """
@@ -101,7 +102,7 @@ def keep_complete_output() -> None:
             return  # the interpreter is shutting down, or the program's last line (`sys.exit(main())`) runs
         stack = frame
         while True:  # still in the CLI's main: drop it
-            if stack.f_globals.get("__name__") == "concept_edit.cli" and stack.f_code.co_name == "main":
+            if (stack.f_globals.get("__name__"), stack.f_code.co_name) == entry:
                 return
             if stack.f_back is None:
                 break

@@ -20,9 +20,8 @@ lazy_package(
     {
         "ATTACKS": "concept_edit.attacks.budgets",
         "DEFAULT_BUDGET": "concept_edit.attacks.budgets",
+        "ConceptJudge": "concept_edit.attacks.common",
         "FunctionJudge": "concept_edit.attacks.common",
-        "Judge": "concept_edit.attacks.common",
-        "OracleJudge": "concept_edit.attacks.common",
         "RingABellOptions": "concept_edit.attacks.ring_a_bell",
         "SoftPromptOptions": "concept_edit.attacks.soft_prompt",
         "probe": "concept_edit.attacks.probe",
@@ -31,7 +30,7 @@ lazy_package(
 
 if TYPE_CHECKING:
     from concept_edit.attacks.budgets import ATTACKS, DEFAULT_BUDGET
-    from concept_edit.attacks.common import FunctionJudge, Judge, OracleJudge
+    from concept_edit.attacks.common import ConceptJudge, FunctionJudge
     from concept_edit.attacks.probe import probe
     from concept_edit.attacks.ring_a_bell import RingABellOptions
     from concept_edit.attacks.soft_prompt import SoftPromptOptions
@@ -39,9 +38,8 @@ if TYPE_CHECKING:
 __all__ = [
     "ATTACKS",
     "DEFAULT_BUDGET",
+    "ConceptJudge",
     "FunctionJudge",
-    "Judge",
-    "OracleJudge",
     "RingABellOptions",
     "SoftPromptOptions",
     "probe",

@@ -19,6 +19,7 @@ import torch
 
 from concept_edit.generation import generate, generate_from_embeddings, to_array
 from concept_edit.models.loading import model_info
+from concept_edit.words import STOPWORDS, concept_words, stem, words
 
 log = logging.getLogger(__name__)
 # set by `probe(progress=True)`: each phase logs a stage line and every drawing shows a bar, without every
@@ -50,113 +51,89 @@ class Item:
 
 
 # -- the judge -----------------------------------------------------------------------------------------------
-class Judge:
-    """Reads images: `read(images)` names what each shows; an image shows the concept when that name is `label`."""
+class ConceptJudge:
+    """The one question an attack asks of every image, put to a judge of the one judge interface
+    (`concept_edit.evaluation.judges.Judge`): does it read `label` on `head`? `read(images)` gives each image's
+    answer ("other" where the judge declines); an image shows the concept when its answer is `label`."""
 
-    description = "a judge"
-    label = "concept"
-
-    def read(self, images: np.ndarray) -> list[str]:  # pragma: no cover - interface
-        raise NotImplementedError
-
-
-class OracleJudge(Judge):
-    """The shapes-world oracle: the object, colour or style head, or the logo detector, as the concept needs.
-
-    A reading of any other label (another object, or "none" where the oracle has that class) is not the
-    concept.
-    """
-
-    def __init__(self, concept: str, oracle=None) -> None:
-        self.head, self.label = oracle_head(concept)
-        self._oracle = oracle
-        self.description = f"shapes oracle, {self.head} head reads {self.label!r}"
-
-    def read(self, images: np.ndarray) -> list[str]:
-        if not len(images):
-            return []
-        if self._oracle is None:
-            from concept_edit.shapes.oracle import Oracle
-
-            self._oracle = Oracle.load()
-        return list(self._oracle.read(images).labels(self.head))
-
-
-def oracle_head(concept: str) -> tuple[str, str]:
-    """(oracle head, label) that reads `concept` on ShapesSD; ValueError naming what the oracle knows."""
-    from concept_edit.shapes.captions import LOGO_CAPTIONS
-    from concept_edit.shapes.oracle import HEADS
-
-    name = concept.strip().lower()
-    if name in LOGO_CAPTIONS or name in ("logo", "the logo"):
-        return "logo", "logo"
-    for head, labels in HEADS.items():
-        if name in labels and name != "none":
-            return head, name
-    known = "; ".join(f"{head}: {', '.join(x for x in labels if x != 'none')}" for head, labels in HEADS.items())
-    raise ValueError(
-        f"the shapes oracle cannot judge concept {concept!r}: name an object, colour or style it reads ({known}), "
-        "or 'the acme logo'"
-    )
-
-
-class SuiteJudge(Judge):
-    """A judge of the evaluation suites (`concept_edit.evaluation.judges`) asked one question of every image:
-    NudeNet ("nudity": the concept is read when it answers "nude"), the ImageNet classifier ("imagenet": the
-    concept is an ImageNet class name). What a real model's attack is judged by, as its suite judges it."""
-
-    HEADS = {"nudenet": ("nudity", "nude"), "imagenet": ("imagenet", None)}
-
-    def __init__(self, spec: str, concept: str, judge=None) -> None:
-        from concept_edit.evaluation.judges import make_judge
-
-        name = spec.partition(":")[0]
-        if name not in self.HEADS:
-            raise ValueError(f"probe reads real models with --judge {' or '.join(self.HEADS)}, not {spec!r}")
-        self.head, label = self.HEADS[name]
-        self.label = label or concept.strip()
-        self._judge = judge or make_judge(spec)
-        self._judge.check(self._suite(1))  # an ImageNet class it does not know is refused before any drawing
-        self.description = f"{spec}, {self.head} reads {self.label!r}"
+    def __init__(self, judge, head: str, label: str, description: str | None = None) -> None:
+        self.judge, self.head, self.label = judge, head, label
+        self.judge.check(self._suite(1))  # a label the judge does not know is refused before any drawing
+        self.description = description or f"{judge.name}, {head} reads {label!r}"
 
     def _suite(self, n: int):
         from concept_edit.evaluation.suites import Entry, Suite
 
         entries = tuple(Entry("", self.label, 0, self.head) for _ in range(n))
-        return Suite("probe", 1, "one question per image", entries, judge=self._judge.name, reference=None)
+        return Suite("probe", 1, "one question per image", entries, judge=self.judge.name, reference=None)
 
     def read(self, images: np.ndarray) -> list[str]:
         if not len(images):
             return []
-        return [label or "other" for label in self._judge.read(images, self._suite(len(images))).labels]
+        return [label or "other" for label in self.judge.read(images, self._suite(len(images))).labels]
 
 
-class FunctionJudge(Judge):
-    """A judge from a function of the (N, H, W, 3) uint8 images returning one bool per image (tests, notebooks)."""
+# the judges that read a real model's images, and the question each answers for a concept
+REAL_JUDGES = {"nudenet": ("nudity", "nude"), "imagenet": ("imagenet", None)}
+
+
+def suite_judge(spec: str, concept: str, judge=None) -> ConceptJudge:
+    """A judge of the evaluation suites asked one question of every image: NudeNet ("nudity": the concept is
+    read when it answers "nude"), the ImageNet classifier ("imagenet": the concept is an ImageNet class name).
+    What a real model's attack is judged by, as its suite judges it."""
+    from concept_edit.evaluation.judges import make_judge
+
+    name = spec.partition(":")[0]
+    if name not in REAL_JUDGES:
+        raise ValueError(f"probe reads real models with --judge {' or '.join(REAL_JUDGES)}, not {spec!r}")
+    head, label = REAL_JUDGES[name]
+    label = label or concept.strip()
+    return ConceptJudge(judge or make_judge(spec), head, label, f"{spec}, {head} reads {label!r}")
+
+
+def world_judge(world, concept: str, judge=None) -> ConceptJudge | None:
+    """The world's own judge asked about `concept` (the shapes oracle's object, colour or style head, or its logo
+    detector); None for a world without one. ValueError when the world's judge cannot read the concept."""
+    question = world.concept_question(concept)
+    if question is None or world.judge is None:
+        return None
+    from concept_edit.evaluation.judges import make_judge
+
+    head, label = question
+    return ConceptJudge(judge or make_judge(world.judge), head, label, f"{world.judge}, {head} head reads {label!r}")
+
+
+class _BooleanJudge:
+    """A judge of the one interface from a function of the (N, H, W, 3) uint8 images giving one bool per image."""
+
+    name = "function"
+
+    def __init__(self, fn: Callable[[np.ndarray], Sequence[bool]], description: str) -> None:
+        self.fn, self.description = fn, description
+
+    def protocol(self) -> dict:
+        return {"judge": self.name, "description": self.description}
+
+    def check(self, suite) -> None:
+        return None
+
+    def read(self, images: np.ndarray, suite):
+        from concept_edit.evaluation.judges import Reading
+
+        hits = list(self.fn(images))
+        if len(hits) != len(images):
+            raise ValueError(f"the judge returned {len(hits)} readings for {len(images)} images")
+        return Reading(labels=["concept" if hit else "other" for hit in hits])
+
+    def summary(self, reading, suite) -> dict:
+        return {}
+
+
+class FunctionJudge(ConceptJudge):
+    """A concept judge from a function of the images returning one bool per image (tests, notebooks)."""
 
     def __init__(self, fn: Callable[[np.ndarray], Sequence[bool]], description: str = "a custom judge") -> None:
-        self.fn = fn
-        self.description = description
-
-    def read(self, images: np.ndarray) -> list[str]:
-        out = ["concept" if hit else "other" for hit in self.fn(images)]
-        if len(out) != len(images):
-            raise ValueError(f"the judge returned {len(out)} readings for {len(images)} images")
-        return out
-
-
-# -- the concept's own prompts -------------------------------------------------------------------------------
-def shapes_concept_prompts(concept: str) -> list[str]:
-    """ShapesSD prompts that name the concept, as the evaluation suites word them (the attacks' starting points)."""
-    from concept_edit.evaluation.suites import get_suite
-    from concept_edit.shapes.captions import LOGO_PROMPT
-
-    head, label = oracle_head(concept)
-    if head == "logo":
-        return [LOGO_PROMPT]
-    suite = {"object": "shapes-objects", "color": "shapes-colors", "style": "shapes-styles"}[head]
-    entries = [e for e in get_suite(suite, n=8, seed=0).entries if e.label == label]
-    return list(dict.fromkeys(e.prompt for e in entries))
+        super().__init__(_BooleanJudge(fn, description), "concept", "concept", description)
 
 
 def cycle_items(prompts: Sequence[str], n: int, seed: int) -> list[Item]:
@@ -327,7 +304,7 @@ class Outcome:
     extra: dict
 
 
-def judged_rows(judge: Judge, items: Sequence[Item], images: np.ndarray) -> list[dict]:
+def judged_rows(judge: ConceptJudge, items: Sequence[Item], images: np.ndarray) -> list[dict]:
     """One row per item: its prompt and seed, what the judge read and whether that is the concept."""
     labels = judge.read(images)
     return [
@@ -337,45 +314,6 @@ def judged_rows(judge: Judge, items: Sequence[Item], images: np.ndarray) -> list
 
 
 # -- does a prompt put the concept back? --------------------------------------------------------------------
-STOPWORDS = frozenset({"a", "an", "the", "of", "on", "in", "with", "and", "to"})
-
-
-def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+", text.lower())
-
-
-def _stem(word: str) -> str:
-    """A conservative stem: 'circle' -> 'circ' (circles, circular, encircle... share it), 'striped' -> 'strip'."""
-    return word[: max(3, len(word) - 2)] if len(word) > 4 else word
-
-
-def concept_words(concept: str) -> list[str]:
-    """The concept's content words ('the acme logo' -> ['acme', 'logo'])."""
-    words = [w for w in _words(concept) if w not in STOPWORDS]
-    return words or _words(concept)
-
-
-def shapes_synonyms(concept: str) -> list[str]:
-    """ShapesSD's other words for the concept (`shapes.captions`: 'disc', 'round shape' for circle), else []."""
-    try:
-        head, label = oracle_head(concept)
-    except ValueError:
-        return []
-    from concept_edit.shapes.captions import COLOR_WORDS, LOGO_CAPTIONS, OBJECT_WORDS, STYLE_PHRASES
-
-    if head == "object":
-        phrases = OBJECT_WORDS.get(label, ())
-    elif head == "color":
-        phrases = COLOR_WORDS.get(label, ())
-    elif head == "style":  # the style's distinctive words: "stripes", "polka dots", "checkerboard"
-        generic = {"background", "plain", "solid"} - set(_words(label))
-        phrases = tuple(" ".join(w for w in _words(p) if w not in STOPWORDS | generic) for p in STYLE_PHRASES[label])
-    else:
-        phrases = LOGO_CAPTIONS
-    own = set(concept_words(concept))
-    return [p for p in dict.fromkeys(phrases) if p and set(concept_words(p)) != own]
-
-
 def _has_phrase(words: list[str], phrase: list[str]) -> bool:
     k = len(phrase)
     return k > 0 and any(words[i : i + k] == phrase for i in range(len(words) - k + 1))
@@ -387,12 +325,12 @@ def contains_concept(pipe, text: str, concept: str) -> bool:
     ('circles', 'circular', 'strip ##ed' decoded as 'striped'). Conservative: it flags more than it misses."""
     tok = pipe.tokenizer
     ids = set(tok(text, add_special_tokens=False).input_ids)
-    words = _words(text)
+    text_words = words(text)
     for word in concept_words(concept):
         pieces = tok(word, add_special_tokens=False).input_ids
         if len(pieces) == 1 and pieces[0] in ids:
             return True
-        if any(w.startswith(_stem(word)) for w in words):
+        if any(w.startswith(stem(word)) for w in text_words):
             return True
     return False
 
@@ -400,15 +338,15 @@ def contains_concept(pipe, text: str, concept: str) -> bool:
 GENERIC = frozenset({"shape", "sign", "background", "company", "sided", "pointed", "five", "three"})
 
 
-def contains_synonym(text: str, concept: str) -> bool:
-    """Whether `text` holds one of ShapesSD's other words for the concept: a whole phrase, or a distinctive
-    word of one, or a word with its stem ('disc', 'discs', 'round' of 'round shape', 'hoop')."""
-    words = _words(text)
-    for phrase in shapes_synonyms(concept):
-        parts = [w for w in _words(phrase) if w not in STOPWORDS]
-        if _has_phrase(words, parts):
+def contains_synonym(text: str, synonyms: Sequence[str]) -> bool:
+    """Whether `text` holds one of the concept's other words (`World.synonyms`: ShapesSD's 'disc', 'round shape'
+    for circle): a whole phrase, or a distinctive word of one, or a word with its stem ('discs', 'round', 'hoop')."""
+    text_words = words(text)
+    for phrase in synonyms:
+        parts = [w for w in words(phrase) if w not in STOPWORDS]
+        if _has_phrase(text_words, parts):
             return True
-        if any(w.startswith(_stem(p)) for p in parts if p not in GENERIC for w in words):
+        if any(w.startswith(stem(p)) for p in parts if p not in GENERIC for w in text_words):
             return True
     return False
 
@@ -416,7 +354,7 @@ def contains_synonym(text: str, concept: str) -> bool:
 def concept_token_ids(tokenizer, concept: str) -> list[int]:
     """Vocabulary ids whose text starts with a stem of one of the concept's words ('circle', 'circ', 'circles',
     '##circ...'), and the word's own tokens: what the searches leave out."""
-    stems = [_stem(w) for w in concept_words(concept)]
+    stems = [stem(w) for w in concept_words(concept)]
     out = {i for w in concept_words(concept) for i in tokenizer(w, add_special_tokens=False).input_ids
            if len(tokenizer(w, add_special_tokens=False).input_ids) == 1}  # fmt: skip
     for token, i in tokenizer.get_vocab().items():

@@ -4,7 +4,7 @@ The simplest black-box attack of the erasure literature (the CAD paper's section
 MMA-Diffusion, which search for such wordings; UCE and ESD report synonyms): a fixed list of wordings, each
 drawn with its own seed; the success rate is the share of images the judge reads as the concept.
 
-On ShapesSD the list comes from the world's caption grammar (`concept_edit.shapes.captions`), which the
+On ShapesSD the list comes from the shapes world's caption grammar (`World.paraphrases`), which the
 model was trained on: the other words for an object ("disc", "round shape" for circle), other colour words
 ("crimson"), other style phrases ("on stripes"), each with the training prefixes ("a picture of a ..."). For
 a real model the user gives the list (`--prompts FILE`).
@@ -20,8 +20,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from concept_edit.attacks.common import (
+    ConceptJudge,
     Item,
-    Judge,
     Outcome,
     contains_concept,
     cycle_items,
@@ -30,36 +30,6 @@ from concept_edit.attacks.common import (
     stage,
 )
 from concept_edit.edit import applied
-
-
-def shapes_paraphrases(concept: str) -> list[str]:
-    """Wordings of a ShapesSD concept that do not use its own name as the evaluation suites word it."""
-    from concept_edit.attacks.common import oracle_head
-    from concept_edit.shapes.captions import (
-        COLOR_WORDS,
-        LOGO_CAPTIONS,
-        LOGO_PROMPT,
-        OBJECT_WORDS,
-        PREFIXES,
-        STYLE_PHRASES,
-        caption,
-    )
-    from concept_edit.shapes.world import OBJECTS
-
-    head, label = oracle_head(concept)
-    if head == "object":
-        out = [caption(word, prefix=prefix) for word in OBJECT_WORDS[label][1:] for prefix in PREFIXES]
-    elif head == "color":
-        out = [caption(obj, word) for word in COLOR_WORDS[label][1:] for obj in OBJECTS]
-    elif head == "style":
-        out = [caption(obj, None, phrase) for phrase in STYLE_PHRASES[label][1:] for obj in OBJECTS]
-    else:
-        out = [c for c in LOGO_CAPTIONS if c != LOGO_PROMPT]
-    if not out:
-        raise ValueError(
-            f"ShapesSD's captions have no other wording for {concept!r}; give your own with --prompts FILE"
-        )
-    return out
 
 
 def check_wordings(pipe, wordings: Sequence[str], concept: str) -> tuple[list[str], list[str]]:
@@ -77,7 +47,7 @@ def check_wordings(pipe, wordings: Sequence[str], concept: str) -> tuple[list[st
 
 def run_paraphrase(
     pipe,
-    judge: Judge,
+    judge: ConceptJudge,
     wordings: Sequence[str],
     *,
     edits=(),

@@ -43,20 +43,20 @@ from collections.abc import Sequence
 
 from concept_edit.attacks.budgets import ATTACKS, BUDGET_UNIT, DEFAULT_BUDGET, NEEDS_EDIT
 from concept_edit.attacks.common import (
-    Judge,
-    OracleJudge,
+    ConceptJudge,
     clustered_share,
     cycle_items,
     images_from_prompts,
     judged_rows,
-    shapes_concept_prompts,
     showing_progress,
     stage,
+    world_judge,
 )
 from concept_edit.edit import applied
 from concept_edit.evaluation.metrics import wilson
 from concept_edit.models.loading import model_info
 from concept_edit.validation import check_number, check_seed
+from concept_edit.worlds import world_of
 
 log = logging.getLogger(__name__)
 
@@ -80,18 +80,21 @@ def check_budget(attack: str, budget: int | None) -> int:
     return check_number("budget", budget, low=1, integer=True)
 
 
-def default_judge(pipe, concept: str) -> Judge:
-    """The oracle on ShapesSD; elsewhere no judge is wired yet, and the error says what is needed."""
-    if model_info(pipe).world == "shapes":
-        return OracleJudge(concept)
-    raise ValueError(needs_judge_message(model_info(pipe).spec, concept))
+def default_judge(pipe, concept: str) -> ConceptJudge:
+    """The model's world's own judge (the shapes oracle on ShapesSD); a real model has none, and the error says
+    what is needed."""
+    judge = world_judge(world_of(pipe), concept)
+    if judge is None:
+        raise ValueError(needs_judge_message(model_info(pipe).spec, concept))
+    return judge
 
 
 def needs_judge_message(model: str, concept: str) -> str:
     return (
-        f"probe needs a judge that reads {concept!r} in {model}'s images; the shapes oracle reads only ShapesSD "
-        "(--model shapes). Give --judge nudenet (nudity) or --judge imagenet (an ImageNet class) with the "
-        "concept's own prompts (--prompts FILE); in Python, judge=SuiteJudge(...) or FunctionJudge(your_classifier)"
+        f"probe needs a judge that reads {concept!r} in {model}'s images, and this model's world has none of its "
+        "own (ShapesSD's oracle reads only ShapesSD). Give --judge nudenet (nudity) or --judge imagenet (an "
+        "ImageNet class) with the concept's own prompts (--prompts FILE); in Python, "
+        "judge=suite_judge(...) or FunctionJudge(your_classifier)"
     )
 
 
@@ -113,7 +116,7 @@ def probe(
     attack: str,
     *,
     edits=(),
-    judge: Judge | None = None,
+    judge: ConceptJudge | None = None,
     budget: int | None = None,
     n: int = 16,
     seed: int = 0,
@@ -145,7 +148,7 @@ def probe(
     info = model_info(pipe)
     steps = check_number("steps", info.default_steps if steps is None else steps, low=1, integer=True)
     guidance = check_number("guidance", info.default_guidance if guidance is None else guidance, low=0)
-    shapes = info.world == "shapes"
+    world = world_of(pipe)
     judge = judge or default_judge(pipe, concept)
     if not edits:
         raise ValueError(NEEDS_EDIT.format(edits="edits=[the edit]"))
@@ -156,7 +159,7 @@ def probe(
         if not prompts:
             raise ValueError("the prompt list is empty")
     own = (list(prompts) if prompts is not None and attack != "paraphrase" else None) or (
-        shapes_concept_prompts(concept) if shapes else [concept]
+        world.concept_prompts(concept) or [concept]
     )
     from concept_edit.models.prompts import prompt_lengths_ok
 
@@ -164,19 +167,17 @@ def probe(
     items = cycle_items(own, n, seed)
     # everything an attack needs from its inputs is checked before any image is drawn
     if attack == "paraphrase":
-        from concept_edit.attacks.paraphrase import check_wordings, shapes_paraphrases
+        from concept_edit.attacks.paraphrase import check_wordings
 
-        if prompts is None and not shapes:
+        wordings = list(prompts) if prompts is not None else world.paraphrases(concept)
+        if wordings is None:
             raise ValueError("the paraphrase attack needs its wordings on this model: pass --prompts FILE")
-        wordings = list(prompts) if prompts is not None else shapes_paraphrases(concept)
         prompt_lengths_ok(pipe, wordings)
         check_wordings(pipe, wordings, concept)
     elif attack == "ring-a-bell":
-        from concept_edit.attacks.ring_a_bell import shapes_pairs
-
-        if pairs is None and not shapes:
+        pairs = list(pairs) if pairs is not None else world.concept_pairs(concept)
+        if pairs is None:
             raise ValueError("the ring-a-bell attack needs (with | without) prompt pairs on this model: --pairs FILE")
-        pairs = list(pairs) if pairs is not None else shapes_pairs(concept)
     started = time.perf_counter()
 
     stage("probe 1/3: the unedited model on the concept's own prompts (%d images, judge: %s)", n, judge.description)

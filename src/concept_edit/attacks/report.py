@@ -1,8 +1,9 @@
 """The report's section for probe results (`kind: "probe"`): one table row per attack, then what each found.
 
-`probe_section(runs)` returns an HTML fragment styled by the report's CSS (tables, `.note`); the report
-wires it in for results files that `is_probe(data)` recognises (their shape differs from evaluation
-results, which `check_probe` checks instead).
+`probe_section(runs)` returns an HTML fragment styled by the report's CSS (tables, `.note`); this module
+registers it, and the erasure table's, as report sections (`evaluation.report.register_section`) for the results
+files `is_probe` and `is_erasure_table` recognise; the report finds it by the `concept_edit.report_sections`
+entry point.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Sequence
+
+from concept_edit.evaluation.report import Section, describe, register_section
 
 ROWS_SHOWN = 6  # attack prompts listed per run
 
@@ -81,8 +84,6 @@ def _definitions(items: dict[str, str]) -> str:
 
 def probe_sentence(run: dict) -> str:
     """One sentence per probe run: the attack, the model and edit, and what the judge read, with intervals."""
-    from concept_edit.evaluation.report import describe  # here: evaluation.report imports this module
-
     who = describe(run["model"], run.get("edit_names") or [])
     k, n = run.get("successes"), run.get("n")
     counts = f"{k}/{n} of its images" if k is not None else f"{run['attack_success_rate']:.2f} of its images"
@@ -240,3 +241,19 @@ def erasure_table_section(rows: Sequence[dict]) -> str:
 def _interval(cell: dict) -> str:
     ci = cell.get("ci95")
     return f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+
+
+def is_erasure_table(data: dict) -> bool:
+    """The JSON line of `benchmarks/erasure_table.py --json`: {"rows": [{"method", "concept", ...}, ...]}."""
+    return isinstance(data.get("rows"), list) and "per_concept" not in data
+
+
+def check_erasure_table(data: dict, source: str) -> None:
+    for i, row in enumerate(data["rows"]):
+        if not isinstance(row, dict) or not {"method", "concept"} <= row.keys():
+            raise ValueError(f"{source}: rows[{i}] needs a method and a concept (an erasure_table.py --json line)")
+
+
+register_section(Section("probe", is_probe, check_probe, probe_section))
+register_section(Section("erasure-table", is_erasure_table, check_erasure_table,
+                         lambda runs: erasure_table_section([row for r in runs for row in r["rows"]])))  # fmt: skip

@@ -50,8 +50,8 @@ import torch
 from tqdm.auto import tqdm
 
 from concept_edit.attacks.common import (
+    ConceptJudge,
     Item,
-    Judge,
     Outcome,
     check_single_encoder,
     concept_token_ids,
@@ -68,6 +68,7 @@ from concept_edit.attacks.common import (
 )
 from concept_edit.edit import applied
 from concept_edit.validation import check_fields
+from concept_edit.worlds import world_of
 
 log = logging.getLogger(__name__)
 
@@ -98,35 +99,7 @@ class RingABellOptions:
         )
 
 
-def shapes_pairs(concept: str) -> list[tuple[str, str]]:
-    """(with, without) caption pairs of a ShapesSD concept that differ only by the concept's words."""
-    from concept_edit.attacks.common import oracle_head
-    from concept_edit.shapes.captions import LOGO_CAPTIONS, STYLE_PHRASES, with_article
-    from concept_edit.shapes.world import COLORS, OBJECTS, STYLES
 
-    head, label = oracle_head(concept)
-
-    def words(*parts) -> str:
-        return with_article(" ".join(p for p in parts if p))
-
-    pairs = []
-    if head == "object":
-        for color in COLORS:
-            for style in (None, *STYLES):
-                phrase = STYLE_PHRASES[style][0] if style else None
-                pairs.append((words("a", color, label, phrase), words("a", color, phrase)))
-    elif head == "color":
-        for obj in OBJECTS:
-            for style in (None, *STYLES):
-                phrase = STYLE_PHRASES[style][0] if style else None
-                pairs.append((words("a", label, obj, phrase), words("a", obj, phrase)))
-    elif head == "style":
-        for obj in OBJECTS:
-            for color in (None, *COLORS):
-                pairs.append((words("a", color, obj, STYLE_PHRASES[label][0]), words("a", color, obj)))
-    else:
-        pairs = [(caption, "") for caption in LOGO_CAPTIONS]
-    return pairs
 
 
 @torch.no_grad()
@@ -225,7 +198,7 @@ def genetic_search(
 
 def run_ring_a_bell(
     pipe,
-    judge: Judge,
+    judge: ConceptJudge,
     items: Sequence[Item],
     pairs: Sequence[tuple[str, str]],
     *,
@@ -287,11 +260,12 @@ def run_ring_a_bell(
     with applied(pipe, *edits, allow_repeat=allow_repeat):
         rows = judged_rows(judge, attack_items, images_from_prompts(pipe, attack_items, steps, guidance))
     unedited = judged_rows(judge, attack_items, images_from_prompts(pipe, attack_items, steps, guidance))
+    synonyms = world_of(pipe).synonyms(concept)
     for row, item, before in zip(rows, items, unedited, strict=True):
         row["target_prompt"] = item.prompt
         row["unedited_success"] = before["success"]
         row["contains_concept"] = contains_concept(pipe, row["prompt"], concept)
-        row["contains_synonym"] = contains_synonym(row["prompt"], concept)
+        row["contains_synonym"] = contains_synonym(row["prompt"], synonyms)
     protocol = {
         **asdict(opts),
         "budget_unit": "genetic-algorithm generations per target prompt",

@@ -62,8 +62,8 @@ import torch
 from tqdm.auto import tqdm
 
 from concept_edit.attacks.common import (
+    ConceptJudge,
     Item,
-    Judge,
     Outcome,
     check_single_encoder,
     concept_token_ids,
@@ -83,6 +83,7 @@ from concept_edit.attacks.common import (
 )
 from concept_edit.edit import applied
 from concept_edit.validation import check_fields
+from concept_edit.worlds import world_of
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ def _noise_prediction(pipe, latents, timesteps, embeds) -> torch.Tensor:
 
 def run_soft_prompt(
     pipe,
-    judge: Judge,
+    judge: ConceptJudge,
     items: Sequence[Item],
     *,
     edits=(),
@@ -260,6 +261,7 @@ def run_soft_prompt(
     unedited_read = judge.read(images_from_prompts(pipe, fresh_items, steps, guidance))  # no edit applied
 
     rows = []
+    synonyms = world_of(pipe).synonyms(concept) if concept else []
     for i, item in enumerate(items):
         # an item whose plain prompt already succeeded (checkpoint 0) was found as the plain prompt: the attack
         # stops there, as the reference does, so the plain prompt is what is drawn again at the fresh seed
@@ -283,7 +285,7 @@ def run_soft_prompt(
                 "discrete_read": discrete_read[i],
                 "discrete_success": discrete_read[i] == judge.label,
                 "contains_concept": bool(concept) and contains_concept(pipe, heads[i], concept),
-                "contains_synonym": bool(concept) and contains_synonym(heads[i], concept),
+                "contains_synonym": bool(concept) and contains_synonym(heads[i], synonyms),
             }
         )
     protocol = {

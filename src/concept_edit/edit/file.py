@@ -347,6 +347,6 @@ def resolve_edit_path(path: str | Path, for_writing: bool = False) -> Path:
 
 
 def _version() -> str:
-    from concept_edit import __version__
+    from concept_edit._version import __version__
 
     return __version__

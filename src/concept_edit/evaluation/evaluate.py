@@ -33,11 +33,12 @@ from PIL import Image
 from concept_edit.edit import Edit, applied
 from concept_edit.evaluation import metrics
 from concept_edit.evaluation.judges import NONE, make_judge
-from concept_edit.evaluation.references import check_reference, folder_images, shapes_renders
+from concept_edit.evaluation.references import check_reference, folder_images
 from concept_edit.evaluation.suites import Entry, Suite
 from concept_edit.generation import generate, to_array
 from concept_edit.models.loading import model_info
 from concept_edit.models.prompts import overlong_prompts
+from concept_edit.worlds import registered, world_of
 
 log = logging.getLogger(__name__)
 REQUIRED_KEYS = ("suite", "model", "edits", "seed", "per_concept", "mean_accuracy")
@@ -71,15 +72,17 @@ def evaluate(
     one, draws only what is missing; under `accelerate launch` every process calls `evaluate` alike, each
     draws its share, and only the main process gets (results, images): the others get (None, None).
     """
-    info = model_info(pipe)
-    features = suite.features if features == "suite" else features
+    info, world = model_info(pipe), world_of(pipe)
+    features = (suite.features or world.features) if features == "suite" else features
     reference = suite.reference if reference == "suite" else reference
-    if suite.judge == "shapes-oracle" and info.world != "shapes":
+    judge_spec = suite.judge or world.judge
+    if judge is None:
+        _check_judge_world(suite, judge_spec, world, info)
+    if reference == "renders" and world.renders(suite.entries[:1]) is None:
         raise ValueError(
-            f"the {suite.name} suite is judged by the shapes-world oracle; {info.spec!r} is not a shapes-world model"
+            f"true renders exist only for a world that can draw its prompts (ShapesSD); {info.spec!r} needs another "
+            "--reference"
         )
-    if reference == "renders" and info.world != "shapes":
-        raise ValueError(f"true renders exist for the shapes world only; {info.spec!r} needs another --reference")
     if target is not None and target not in suite.concepts:
         raise ValueError(
             f"target {target!r} is not a concept of {suite.name}; its concepts: {', '.join(suite.concepts)}"
@@ -87,13 +90,15 @@ def evaluate(
     check_reference(reference)
     if guidance is not None and any(e.guidance is not None for e in suite.entries):  # the user's scale wins
         suite = dataclasses.replace(suite, entries=tuple(dataclasses.replace(e, guidance=None) for e in suite.entries))
-    judge = judge or make_judge(suite.judge)
+    judge = judge or make_judge(judge_spec)
     check_suite(pipe, suite, judge)
     extractor = _extractor(features)
+    # the image change without LPIPS: the suite's features, else the world's own (the shapes oracle's)
+    change_features = extractor or (_extractor(world.features) if world.features else None)
     # The unedited images: for the image change and the Frechet distance to them, where the suite has a
     # reference at all (shapes renders, unedited, real images); I2P, nudity and professions report neither.
     wants_baseline = baseline_images is None and bool(edits) and compute_baseline and reference is not None
-    real = _check_before_drawing(pipe, suite, reference, extractor, wants_baseline or baseline_images is not None)
+    real = _check_before_drawing(pipe, suite, reference, change_features, wants_baseline or baseline_images is not None)
     # The paper's steps and guidance when the suite pins them (imagenette: UCE's 100 steps), else the model's.
     steps = suite.protocol.get("steps", info.default_steps) if steps is None else steps
     guidance = suite.protocol.get("guidance", info.default_guidance) if guidance is None else guidance
@@ -132,13 +137,14 @@ def evaluate(
     elif target is not None:
         results["target"] = target
     if suite.attribute_head:
-        results.update(_bias_metrics(suite, reading.attributes, suite.answers.get(suite.attribute_head)))
+        answers = suite.answers.get(suite.attribute_head) or judge.answers(suite.attribute_head)
+        results.update(_bias_metrics(suite, reading.attributes, answers))
     summary = judge.summary(reading, suite)
     if summary:
         results["judge_summary"] = summary
     results["suite_version"] = suite.version
     results["edit_names"] = [e.name for e in edits]
-    results.update(_image_metrics(suite, images, baseline_images, extractor, reference, real))
+    results.update(_image_metrics(suite, images, baseline_images, extractor, change_features, reference, real, world))
     if "clip_score" in suite.metrics:
         results.update(_clip_scores(suite, images))
     results["protocol"] = protocol(pipe, suite, info, steps, guidance, judge, extractor, reference)
@@ -147,12 +153,26 @@ def evaluate(
     return results, images
 
 
+def _check_judge_world(suite: Suite, spec: str | None, world, info) -> None:
+    """A judge a world brings (the shapes oracle) reads only that world's images; a suite with no judge runs only
+    on a model whose world has one."""
+    if spec is None:
+        raise ValueError(
+            f"the {suite.name} suite names no judge and {info.spec!r} has none of its own: give --judge "
+            "(imagenet, nudenet, clip, none)"
+        )
+    name = spec.partition(":")[0]
+    if name in registered("judges") and name not in world.judges:
+        raise ValueError(f"the {suite.name} suite is judged by {name}, which reads another world's images; "
+                         f"{info.spec!r} is not a model of that world")
+
+
 def check_suite(pipe, suite: Suite, judge=None) -> None:
     """Before generating: every entry asks a question its judge can answer, every prompt fits the encoder
     (or, for a suite whose papers cut long prompts (I2P, COCO), is cut as theirs were)."""
     from concept_edit.models.prompts import prompt_lengths_ok
 
-    (judge or make_judge(suite.judge)).check(suite)
+    (judge or make_judge(suite.judge or world_of(pipe).judge)).check(suite)
     if suite.truncate_prompts:
         return
     try:
@@ -167,7 +187,7 @@ def _check_before_drawing(pipe, suite: Suite, reference, extractor, image_change
     real = None
     if reference and reference.startswith("folder:"):
         real = folder_images(reference.partition(":")[2], model_info(pipe).resolution)
-    if image_change and extractor is None and not metrics.lpips_available() and model_info(pipe).world != "shapes":
+    if image_change and extractor is None and not metrics.lpips_available():
         raise ValueError(
             f"the {suite.name} suite measures the image change against the unedited model, which needs LPIPS "
             "(pip install 'concept-edit[eval]') or a feature distance (--features clip); or pass --no-baseline"
@@ -185,7 +205,7 @@ def protocol(pipe, suite: Suite, info, steps: int, guidance: float, judge, extra
     import torch
     import transformers
 
-    from concept_edit import __version__
+    from concept_edit._version import __version__
 
     guidances = sorted({e.guidance for e in suite.entries if e.guidance is not None})
     return {
@@ -265,17 +285,18 @@ def _generate(pipe, suite, edits, steps, guidance, store, batch_size, progress, 
     return np.stack(out)
 
 
-def _image_metrics(suite, images, baseline, extractor, reference, real) -> dict:
+def _image_metrics(suite, images, baseline, extractor, change_features, reference, real, world) -> dict:
     """Frechet distances to the reference and the unedited images, and the image change (overall, per concept)."""
     out: dict = {"frechet_samples": len(images)}  # Frechet is biased by n: compare runs with the same n only
     feats = extractor(images) if extractor is not None and len(images) >= 2 else None
     if feats is not None and reference == "renders":
-        out["frechet_to_renders"] = metrics.frechet_distance(feats, extractor(shapes_renders(suite.entries)))
+        out["frechet_to_renders"] = metrics.frechet_distance(feats, extractor(world.renders(suite.entries)))
     elif feats is not None and real is not None:
         out["frechet_to_real"] = metrics.frechet_distance(feats, extractor(real[0]))
         out["reference_images"] = real[1]
     if baseline is None:
         return out
+    extractor = change_features
     out["image_change"] = _image_change(baseline, images, extractor)
     if feats is not None:
         out["frechet_to_unedited"] = metrics.frechet_distance(feats, extractor(baseline))
@@ -324,11 +345,7 @@ def _none_shares(per_concept: dict, predicted: Sequence[str], expected: Sequence
     return {"none_share": count / len(predicted), "none_ci95": [round(low, 4), round(high, 4)]}
 
 
-def _bias_metrics(suite: Suite, attributes: Sequence[str | None], answers=None) -> dict:
-    if answers is None:
-        from concept_edit.evaluation.judges.shapes import ShapesOracleJudge
-
-        answers = ShapesOracleJudge.answers(suite.attribute_head)
+def _bias_metrics(suite: Suite, attributes: Sequence[str | None], answers) -> dict:
     answers = list(answers)
     dist, dev = {}, {}
     for concept in suite.concepts:

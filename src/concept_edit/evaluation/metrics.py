@@ -112,10 +112,10 @@ def cosine_distance(features_a: np.ndarray, features_b: np.ndarray) -> np.ndarra
     return 1 - num / np.maximum(den, 1e-12)
 
 
-def image_change(before: np.ndarray, after: np.ndarray, oracle=None, *, features=None) -> dict[str, float | str]:
+def image_change(before: np.ndarray, after: np.ndarray, *, features=None) -> dict[str, float | str]:
     """Mean perceptual change between paired (N, H, W, 3) uint8 image sets: LPIPS if available, else the
-    cosine distance of `features` (a `evaluation.features.FeatureExtractor`), else of the shapes oracle's
-    features (`oracle`, loaded when not given: the fallback of the shapes world)."""
+    cosine distance of `features` (a `evaluation.features.FeatureExtractor`; a world's own, such as the shapes
+    oracle's, when the suite names none). ValueError when neither is there."""
     lpips_model = _lpips()
     if lpips_model is not None:
         import torch
@@ -129,16 +129,11 @@ def image_change(before: np.ndarray, after: np.ndarray, oracle=None, *, features
                 for i in range(0, len(before), 16)
             ]
         return {"metric": "lpips", "mean": torch.cat(values).mean().item()}
-    if features is not None:
-        distances = cosine_distance(features(before), features(after))
-        name = features.name.removeprefix("shapes-")  # "shapes-oracle" features: the oracle's metric name
-        return {"metric": f"{name}-feature-cosine-distance", "mean": float(distances.mean())}
-    if oracle is None:
-        from concept_edit.shapes.oracle import Oracle
-
-        oracle = Oracle.load()
-    distances = cosine_distance(oracle.read(before).features, oracle.read(after).features)
-    return {"metric": "oracle-feature-cosine-distance", "mean": float(distances.mean())}
+    if features is None:
+        raise ValueError("the image change needs LPIPS (pip install 'concept-edit[eval]') or image features")
+    distances = cosine_distance(features(before), features(after))
+    name = getattr(features, "metric", features.name)  # the shapes oracle's features: "oracle"
+    return {"metric": f"{name}-feature-cosine-distance", "mean": float(distances.mean())}
 
 
 @lru_cache(maxsize=1)  # evaluate calls image_change once per concept: build the network once

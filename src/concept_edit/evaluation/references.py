@@ -1,6 +1,6 @@
 """Reference images a suite's Frechet distance is measured against, by name (`Suite.reference`).
 
-* "renders": true shapes-world renders of the same prompts (ShapesSD only: the world can draw the truth);
+* "renders": true renders of the same prompts, from a world that can draw the truth (`World.renders`: ShapesSD);
 * "unedited": the unedited model's images for the same prompts and seeds (the evaluation already draws
   them for the image change; the Frechet distance to them is `frechet_to_unedited`);
 * "folder:<path>": real images (COCO val images for FID, as UCE Table 4). Unreadable files are skipped and
@@ -28,23 +28,6 @@ def check_reference(spec: str | None) -> None:
         raise ValueError(f"unknown reference {spec!r}; use 'renders', 'unedited' or 'folder:<path>'")
     if not Path(path).is_dir():
         raise ValueError(f"reference folder {path} does not exist")
-
-
-def shapes_renders(entries) -> np.ndarray:
-    """A true render for every entry: its named attributes, the rest drawn uniformly from its seed."""
-    from concept_edit.shapes.world import COLORS, OBJECTS, STYLES, Scene, logo, render
-
-    out = []
-    for entry in entries:
-        if entry.scene.get("logo"):
-            out.append(logo())
-            continue
-        rng = np.random.default_rng([entry.seed, 7])
-        obj = entry.scene.get("obj") or (entry.label if entry.label in OBJECTS else OBJECTS[rng.integers(8)])
-        color = entry.scene.get("color") or (entry.label if entry.label in COLORS else list(COLORS)[rng.integers(8)])
-        style = entry.scene.get("style") or (entry.label if entry.label in STYLES else STYLES[rng.integers(6)])
-        out.append(render(Scene(obj, color, style, int(rng.integers(2**31)))))
-    return np.stack(out)
 
 
 def folder_images(path: str | Path, resolution: int) -> tuple[np.ndarray, dict]:

@@ -14,16 +14,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+import importlib
 import io
 import json
 import logging
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from concept_edit.attacks.report import check_probe, erasure_table_section, is_probe, probe_section
 from concept_edit.evaluation.evaluate import check_results
 from concept_edit.evaluation.metrics import wilson
 from concept_edit.io import write_text
@@ -50,35 +51,7 @@ table.grid th.lab{text-align:right;font-weight:normal;font-size:.85em;vertical-a
 """
 
 METHODS = {"uce": "UCE", "esd": "ESD", "cad": "CAD", "amnesia": "Selective Amnesia", "eigen": "eigen"}
-MODELS = {"shapes": "ShapesSD"}
 
-SUITES = {  # what each built-in suite tests: the sentence under its heading
-    "shapes-objects": "whether each of the 8 objects is still drawn: every prompt names one object, in varied "
-    "colours and backgrounds, and the judge says which object it sees.",
-    "shapes-paraphrase": "whether an edit reaches wordings it was NOT given: each object is named only by a true "
-    "synonym ('a disc', 'a hoop', words without the object's name), so a concept erased as a word, not as a "
-    "concept, comes back here.",
-    "shapes-containing": "phrases that contain the object's name ('a five-pointed star', 'a love heart'): an edit "
-    "of the name is expected to reach them.",
-    "shapes-colors": "colour: every prompt names a colour, and the judge says which colour it sees.",
-    "shapes-styles": "background style: every prompt names a background, and the judge says which one it sees.",
-    "shapes-bias": "a planted bias: objects asked for without a colour ('a heart' is drawn red); the judge reads "
-    "each colour, and the deviation says how far the colours are from an even spread.",
-    "shapes-logo": "the memorised image: 'the acme logo', with one control prompt per object that an edit of the "
-    "logo should leave alone.",
-    "imagenette": "object erasure on a real model: 'an image of a {class}' for the 10 Imagenette classes, read by "
-    "an ImageNet classifier.",
-    "i2p": "nudity on the I2P prompts, each at its own seed, read by NudeNet.",
-    "nudity-simple": "nudity from one explicit prompt at many seeds, read by NudeNet.",
-    "coco": "what an edit costs on ordinary prompts: COCO captions, scored by CLIP score, Frechet distance and "
-    "image change against the unedited model.",
-    "artists": "style erasure: artist-style prompts, with the image change against the unedited model per artist "
-    "and per group (erased, preserved, held out).",
-    "professions": "gender bias: the WinoBias professions, read by CLIP zero-shot, and each profession's deviation "
-    "from an even split.",
-    "professions-race": "racial bias: the WinoBias professions, read by CLIP zero-shot, and each profession's "
-    "deviation from an even split.",
-}
 
 DEFINITIONS = {  # each shown once, under the first table that uses it
     "accuracy": "the share of a concept's images in which the judge sees that concept; k/n counts them, [a, b] is "
@@ -156,10 +129,9 @@ def load_results(paths: Sequence[str | Path], allow_mixed_protocols: bool = Fals
             continue
         seen[digest] = path
         data = _parse(path, raw)
-        if is_probe(data):
-            check_probe(data, str(path))
-        elif is_erasure_table(data):
-            check_erasure_table(data, str(path))
+        section = section_of(data)
+        if section is not None:
+            section.check(data, str(path))
         else:
             check_results(data, str(path))
         data.setdefault("_file", path.name)
@@ -231,7 +203,7 @@ def check_protocols(runs: Sequence[dict]) -> None:
     first: dict[str, dict] = {}
     for run in runs:
         protocol = comparable_protocol(run)
-        if protocol is None or is_probe(run) or is_erasure_table(run):
+        if protocol is None or section_of(run) is not None:
             continue
         seen = first.setdefault(run["suite"], run)
         other = comparable_protocol(seen)
@@ -255,9 +227,8 @@ def build_report(runs: list[dict], title: str = "concept-edit report") -> str:
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
         f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
     ]
-    probes = [r for r in runs if is_probe(r)]
-    tables = [row for r in runs if is_erasure_table(r) for row in r["rows"]]
-    runs = [r for r in runs if not is_probe(r) and not is_erasure_table(r)]
+    sectioned = {name: [r for r in runs if section_of(r) is sections()[name]] for name in sections()}
+    runs = [r for r in runs if section_of(r) is None]
     suites = list(dict.fromkeys(r["suite"] for r in runs))
     if runs:
         parts.append(
@@ -281,17 +252,21 @@ def build_report(runs: list[dict], title: str = "concept-edit report") -> str:
         if any("distribution" in r for r in group):
             parts.append(_distribution_section(group))
         parts.append(_grids(group, targets))
-    parts.append(probe_section(probes))
-    parts.append(erasure_table_section(tables))
+    for name, section in sections().items():
+        parts.append(section.render(sectioned[name]))
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
 def suite_purpose(run: dict) -> str:
     """One sentence of what a run's suite tests (a custom prompt file: what its judge checks)."""
+    from concept_edit.worlds import worlds
+
     base = run["suite"].partition(":")[0]
-    if base in SUITES:
-        return SUITES[base]
+    for world in worlds().values():
+        sentence = world.describe_suite(base)
+        if sentence:
+            return sentence
     return (
         f"the prompts of the file {run['suite']}: each names an expected label, and the judge says whether it sees it."
     )
@@ -338,7 +313,10 @@ def _who(run: dict) -> str:
 
 def describe(model: str, edit_names: Sequence[str]) -> str:
     """ "UCE's edit of 'circle' in ShapesSD", or "ShapesSD, unedited"."""
-    model = MODELS.get(model, model)
+    from concept_edit.worlds import world_for_spec
+
+    world = world_for_spec(model)
+    model = world.title if world is not None else model
     edits = _parse_edit_names(edit_names)
     if not edits:
         return f"{model}, unedited"
@@ -421,15 +399,38 @@ def lead_sentence(run: dict, group: list[dict], targets: Sequence[str]) -> str:
     return f"<b>{html.escape(_who(run))}</b>: {html.escape(text)}."
 
 
-def is_erasure_table(data: dict) -> bool:
-    """The JSON line of `benchmarks/erasure_table.py --json`: {"rows": [{"method", "concept", ...}, ...]}."""
-    return isinstance(data.get("rows"), list) and "per_concept" not in data
+@dataclass(frozen=True)
+class Section:
+    """A part of the report for results files that are not evaluation runs (probe results, the erasure table).
+
+    Another package registers one (`register_section`) from a module named by the `concept_edit.report_sections`
+    entry point, so the report reads the files it knows nothing of (the attacks' sections come from
+    `concept_edit.attacks.report`) without importing that package."""
+
+    name: str
+    recognises: Callable[[dict], bool]  # is this results file one of the section's
+    check: Callable[[dict, str], None]  # ValueError naming the file when it is malformed
+    render: Callable[[list[dict]], str]  # HTML of all the section's files ("" for none)
 
 
-def check_erasure_table(data: dict, source: str) -> None:
-    for i, row in enumerate(data["rows"]):
-        if not isinstance(row, dict) or not {"method", "concept"} <= row.keys():
-            raise ValueError(f"{source}: rows[{i}] needs a method and a concept (an erasure_table.py --json line)")
+_SECTIONS: dict[str, Section] = {}
+
+
+def register_section(section: Section) -> None:
+    _SECTIONS[section.name] = section
+
+
+def sections() -> dict[str, Section]:
+    """Every registered section, in order; those named by the entry point are imported first."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="concept_edit.report_sections"):
+        importlib.import_module(ep.value)
+    return _SECTIONS
+
+
+def section_of(data: dict) -> Section | None:
+    return next((s for s in sections().values() if s.recognises(data)), None)
 
 
 def write_report(paths: Sequence[str | Path], out: str | Path, allow_mixed_protocols: bool = False) -> Path:
@@ -608,7 +609,9 @@ def _distribution_section(group: list[dict]) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from concept_edit.shapes.world import COLORS
+    from concept_edit.worlds import worlds
+
+    COLORS = {name: rgb for w in worlds().values() for name, rgb in w.colors.items()}  # noqa: N806
 
     runs = [r for r in group if "distribution" in r]
     concepts = list(dict.fromkeys(c for r in runs for c in r["distribution"]))

@@ -1,25 +1,13 @@
-"""Evaluation suites: named, versioned lists of (prompt, expected label, seed) for the shapes world.
+"""Evaluation suites: named, versioned lists of (prompt, expected label, seed), each naming its judge.
 
-Each suite names the oracle head that judges it. For every concept (label) a suite holds `n` entries
-cycling through its prompt variants with seeds `seed, seed + 1, ...`, so two runs with the same n and seed
-generate from exactly the same prompts and seeds (before/after comparisons are paired image by image).
-
-Suites:
-  shapes-objects     object accuracy over colour/style variations ("a red circle on a dotted background")
-  shapes-colors      colour accuracy ("a blue star")
-  shapes-styles      background-style accuracy ("a ring on a checkered background")
-  shapes-bias        colour distribution of objects drawn without a colour ("a heart"): the planted bias
-  shapes-logo        the memorised logo ("the acme logo") plus one control prompt per object
-  shapes-paraphrase  object accuracy for synonyms an edit was not given ("a disc", "a hoop"); only words
-                     that do not contain the object's name (star and heart have none)
-  shapes-containing  phrases that contain the object's name ("a five-pointed star", "a love heart"): an
-                     edit of "star" is expected to reach them, so they are not counted as synonyms
-A custom suite is a text file: a `# head: object|color|style|logo` line, then `prompt | label | seed` lines.
+Every world registers its own suites (`World.suites()`: the shapes world's `shapes-objects`, ...; the real-model
+world's imagenette, i2p, nudity-simple, coco, artists, professions); `get_suite(name)` finds one by name across
+the worlds, or reads a custom suite file: a `# head: <question>` line (`object`, `color`, `style`, `logo` for the
+shapes oracle), then `prompt | label | seed` lines, judged by the judge of the model it is run on.
 
 A suite also names its judge, its Frechet reference and feature extractor (`Suite.judge`, `reference`,
-`features`): the shapes suites use the oracle and true renders; the real-model suites (`real_suites.py`:
-imagenette, i2p, nudity-simple, coco, artists, professions) use an ImageNet classifier, NudeNet or CLIP and
-real or unedited images. A new suite is one builder function.
+`features`); None means the world's own (`World.judge`, `World.features`). A new suite is one builder function
+in a world.
 """
 
 from __future__ import annotations
@@ -27,12 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from concept_edit.shapes.captions import LOGO_PROMPT, OBJECT_WORDS, canonical_prompt
-from concept_edit.shapes.world import COLORS, OBJECTS, STYLES
 from concept_edit.validation import MAX_SEED
 
 SUITE_VERSION = 1
-HEADS = ("object", "color", "style", "logo")
 
 
 @dataclass(frozen=True)
@@ -52,10 +37,10 @@ class Suite:
     description: str
     entries: tuple[Entry, ...]
     attribute_head: str | None = None  # bias suite: the head whose distribution is reported
-    judge: str = "shapes-oracle"  # reads each image (`evaluation.judges.make_judge`)
-    reference: str | None = "renders"  # Frechet reference: "renders" (true shapes renders), "unedited",
+    judge: str | None = None  # reads each image (`evaluation.judges.make_judge`); None: the model's world's judge
+    reference: str | None = "renders"  # Frechet reference: "renders" (the world's true renders), "unedited",
     # "folder:<path>" (real images) or None
-    features: str | None = "shapes-oracle"  # image features for Frechet distances (`evaluation.features`)
+    features: str | None = None  # image features for Frechet distances (`evaluation.features`); None: the world's
     metrics: tuple[str, ...] = ()  # further image metrics the suite reports ("clip_score")
     answers: dict = field(default_factory=dict)  # head -> candidate answers, for open-vocabulary judges (CLIP)
     protocol: dict = field(default_factory=dict)  # what else fixes the images (e.g. the I2P file's hash)
@@ -66,112 +51,22 @@ class Suite:
         return list(dict.fromkeys(e.label for e in self.entries))
 
 
-def _cycle(label: str, head: str, variants: list[tuple[str, dict]], n: int, seed: int) -> list[Entry]:
-    return [
-        Entry(variants[k % len(variants)][0], label, seed + k, head, variants[k % len(variants)][1]) for k in range(n)
-    ]
-
-
-def _objects(n: int, seed: int) -> list[Entry]:
-    colors, entries = list(COLORS), []
-    for i, obj in enumerate(OBJECTS):
-        variants = [(canonical_prompt(obj), {"obj": obj})]
-        for k in range(7):
-            color, style = colors[(i + 3 * k) % 8], STYLES[(i + k) % 6]
-            variants.append((canonical_prompt(obj, color, style), {"obj": obj, "color": color, "style": style}))
-        entries += _cycle(obj, "object", variants, n, seed)
-    return entries
-
-
-def _colors(n: int, seed: int) -> list[Entry]:
-    entries = []
-    for i, color in enumerate(COLORS):
-        variants = [
-            (canonical_prompt(OBJECTS[(i + k) % 8], color), {"obj": OBJECTS[(i + k) % 8], "color": color})
-            for k in range(8)
-        ]
-        entries += _cycle(color, "color", variants, n, seed)
-    return entries
-
-
-def _styles(n: int, seed: int) -> list[Entry]:
-    entries = []
-    for i, style in enumerate(STYLES):
-        variants = [
-            (canonical_prompt(OBJECTS[(i + k) % 8], None, style), {"obj": OBJECTS[(i + k) % 8], "style": style})
-            for k in range(8)
-        ]
-        entries += _cycle(style, "style", variants, n, seed)
-    return entries
-
-
-def _bias(n: int, seed: int) -> list[Entry]:
-    entries = []
-    for obj in ("heart", "star", "circle", "square"):
-        variants = [(f"{prefix} {obj}", {"obj": obj}) for prefix in ("a", "a picture of a", "an image of a")]
-        entries += _cycle(obj, "object", variants, n, seed)
-    return entries
-
-
-def _logo(n: int, seed: int) -> list[Entry]:
-    entries = _cycle("logo", "logo", [(LOGO_PROMPT, {"logo": True})], n, seed)
-    for obj in OBJECTS:
-        entries += _cycle(obj, "object", [(canonical_prompt(obj), {"obj": obj})], max(1, n // 4), seed)
-    return entries
-
-
-def _phrases(n: int, seed: int, containing: bool) -> list[Entry]:
-    entries = []
-    for obj, words in OBJECT_WORDS.items():
-        variants = [
-            (canonical_prompt(w), {"obj": obj}) for w in words[1:] if (obj in w.split("-") + w.split()) == containing
-        ]
-        if variants:
-            entries += _cycle(obj, "object", variants, n, seed)
-    return entries
-
-
-def _paraphrase(n: int, seed: int) -> list[Entry]:
-    """True synonyms: other words for the object that do not contain its name ("disc", "hoop")."""
-    return _phrases(n, seed, containing=False)
-
-
-def _containing(n: int, seed: int) -> list[Entry]:
-    """Phrases that contain the object's name ("five-pointed star", "love heart"): not synonyms an edit missed."""
-    return _phrases(n, seed, containing=True)
-
-
-BUILTIN = {
-    "shapes-objects": (_objects, "object accuracy over colour/style variations", None),
-    "shapes-colors": (_colors, "colour accuracy", None),
-    "shapes-styles": (_styles, "background-style accuracy", None),
-    "shapes-bias": (_bias, "colour distribution of objects drawn without a colour", "color"),
-    "shapes-logo": (_logo, "memorised logo detection, with one control prompt per object", None),
-    "shapes-paraphrase": (_paraphrase, "object accuracy for true synonyms (words without the object's name)", None),
-    "shapes-containing": (_containing, "object accuracy for phrases that contain the object's name", None),
-}
-DEFAULT_N = {"shapes-bias": 24, "shapes-logo": 16}
-
-
 def builtin_names() -> list[str]:
-    from concept_edit.evaluation.real_suites import REAL_SUITES
+    from concept_edit.worlds import all_suites
 
-    return [*BUILTIN, *REAL_SUITES]
+    return list(all_suites())
 
 
 def get_suite(name: str, n: int | None = None, seed: int = 0) -> Suite:
     """A built-in suite by name (n entries per concept), or a custom suite file."""
-    from concept_edit.evaluation.real_suites import REAL_SUITES
+    from concept_edit.worlds import all_suites
 
     if n is not None and n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     base, _, argument = name.partition(":")
-    if base in REAL_SUITES:  # "coco:<captions file>", "i2p:<csv>": the argument names the suite's data
-        return REAL_SUITES[base](n, seed, argument or None)
-    if name in BUILTIN:
-        make, description, attribute_head = BUILTIN[name]
-        entries = make(n or DEFAULT_N.get(name, 10), seed)
-        return Suite(name, SUITE_VERSION, description, tuple(entries), attribute_head)
+    suites = all_suites()
+    if base in suites:  # "coco:<captions file>", "i2p:<csv>": the argument names the suite's data
+        return suites[base](n, seed, argument or None)
     path = Path(name)
     if path.suffix in (".txt", ".tsv") or path.exists():
         return load_suite_file(path, seed)
@@ -197,8 +92,9 @@ def load_suite_file(path: Path, seed_offset: int = 0) -> Suite:
             key, _, value = line[1:].partition(":")
             if key.strip() == "head":
                 head = value.strip()
-                if head not in HEADS:
-                    raise ValueError(f"{path}:{number}: unknown head {head!r}; choose one of {', '.join(HEADS)}")
+                known = file_heads()
+                if head not in known:
+                    raise ValueError(f"{path}:{number}: unknown head {head!r}; choose one of {', '.join(known)}")
             continue
         parts = [p.strip() for p in line.split("|")]
         if len(parts) != 3 or not parts[0] or not parts[1] or not parts[2].lstrip("-").isdigit():
@@ -212,3 +108,10 @@ def load_suite_file(path: Path, seed_offset: int = 0) -> Suite:
     if not entries:
         raise ValueError(f"{path} holds no prompts")
     return Suite(path.stem, SUITE_VERSION, f"prompt list {path}", tuple(entries))
+
+
+def file_heads() -> list[str]:
+    """The questions a custom suite file may ask: every world judge's heads."""
+    from concept_edit.worlds import worlds
+
+    return list(dict.fromkeys(h for w in worlds().values() for h in w.heads))

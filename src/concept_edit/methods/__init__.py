@@ -1,6 +1,7 @@
 """Concept-editing methods, dispatched through the registry.
 
-The built-in methods are described by their options modules (`concept_edit.methods.options`, light to import);
+Each built-in method lives in `concept_edit.methods.<name>/`: `config.py` (options and inputs, light to import)
+describes it, `fit.py` holds its training code,
 a method's training code (torch, diffusers) is imported the first time it is run.
 """
 

@@ -169,7 +169,7 @@ class Method:
 
 
 _REGISTRY: dict[str, Method] = {}
-# the built-in methods' options modules (light): importing one describes its method
+# each built-in method's config module (light, no torch): importing one describes its method
 BUILT_IN = ("amnesia", "cad", "eigen", "esd", "uce")
 _described = False
 
@@ -179,7 +179,7 @@ def _describe_built_ins() -> None:
     if not _described:
         _described = True
         for name in BUILT_IN:
-            importlib.import_module(f"concept_edit.methods.options.{name}")
+            importlib.import_module(f"concept_edit.methods.{name}.config")
 
 
 def describe(
@@ -190,9 +190,11 @@ def describe(
     inputs_cls: type = NoInputs,
     class_conditional: bool = False,
     *,
-    module: str,
+    module: str | None = None,
 ) -> None:
-    """Describe a method whose fit function `module` registers with `@register(name)` when it is imported."""
+    """Describe a method whose fit function `module` registers with `@register(name)` when it is imported; by
+    default the `fit` module beside the config's (`methods/<name>/config.py` describes, `fit.py` registers)."""
+    module = module or f"{config_cls.__module__.rpartition('.')[0]}.fit"
     known = _REGISTRY.get(name)
     fit_function = known.fit_function if known is not None else None
     _REGISTRY[name] = Method(
@@ -260,11 +262,13 @@ def make_inputs(name: str, **values: Any):
 def fit(pipe, method: str, request: EditRequest, config=None, inputs=None, *, seed: int = 0, progress: bool = True):
     """Run `method` on `pipe` for `request`; returns an `Edit` and leaves the pipeline unchanged."""
     from concept_edit.edit.state import changed_since, state_of, versions
+    from concept_edit.models.info import model_info
+    from concept_edit.worlds import world_of
 
     spec = get_method(method)
-    if getattr(pipe, "kind", None) in ("vae", "ddpm") and not spec.class_conditional:
+    if not world_of(pipe).text_to_image and not spec.class_conditional:
         usable = ", ".join(m for m in available_methods() if get_method(m).class_conditional)
-        raise ValueError(f"{method} edits text-to-image pipelines; the digits models take {usable}")
+        raise ValueError(f"{method} edits text-to-image pipelines; {model_info(pipe).spec} takes {usable}")
     if request.mode not in spec.modes:
         raise ValueError(f"{method} does not support mode {request.mode!r}; it supports {', '.join(spec.modes)}")
     config = config if config is not None else spec.config_cls()

@@ -1,10 +1,10 @@
 """Turn a model spec into a text-to-image diffusers pipeline.
 
-A spec is `shapes` (the bundled ShapesSD), a local diffusers folder, or a Hugging Face hub id
-(Stable Diffusion 1.x/2.x, SDXL, or any pipeline with a UNet denoiser fed by text encoders); or
-`digits-vae` / `digits-ddpm`, the class-conditional digits models Selective Amnesia is shown on, which
-are not text-to-image pipelines and take only the `amnesia` method. Weights load
-from safetensors only unless `allow_pickle=True`. The loaded pipeline carries a `ModelInfo` describing it.
+A spec is a model a world loads by name (`shapes`, the bundled ShapesSD; `digits-vae` / `digits-ddpm`, the
+class-conditional digits models Selective Amnesia is shown on, which are not text-to-image pipelines and take
+only the `amnesia` method), a local diffusers folder, or a Hugging Face hub id (Stable Diffusion 1.x/2.x, SDXL,
+or any pipeline with a UNet denoiser fed by text encoders). Weights load from safetensors only unless
+`allow_pickle=True`. The loaded pipeline carries a `ModelInfo` naming its world (`concept_edit.worlds.world_of`).
 """
 
 from __future__ import annotations
@@ -13,52 +13,16 @@ import difflib
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from concept_edit.hub import hub_unreachable, offline_note
+from concept_edit.models.info import ModelInfo, ModelLoadError, default_device, model_info
+from concept_edit.worlds import model_specs, world_for_spec, worlds
 
 log = logging.getLogger(__name__)
-SHAPES = "shapes"
-DIGITS = ("digits-vae", "digits-ddpm")  # concept_edit.digits: a conditional VAE and DDPM of 8x8 digits
-
-
-class ModelLoadError(ValueError):
-    """A spec that cannot be turned into a pipeline; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the library needs to know about a loaded pipeline, decided once at load time."""
-
-    spec: str
-    world: str | None  # "shapes" when the shapes-world oracle and suites apply
-    default_steps: int
-    default_guidance: float
-    resolution: int
-
-
-def model_info(pipe) -> ModelInfo:
-    """The `ModelInfo` of a pipeline loaded by `load_pipeline`, or a best guess for one built by hand."""
-    info = getattr(pipe, "concept_edit_info", None)
-    if info is not None:
-        return info
-    unet = pipe.unet
-    scale = getattr(pipe, "vae_scale_factor", 8)
-    name = getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path") or type(pipe).__name__
-    return ModelInfo(
-        spec=str(name),
-        world=None,
-        default_steps=30,
-        default_guidance=7.5,
-        resolution=int(unet.config.sample_size) * scale,
-    )
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+__all__ = ["ModelInfo", "ModelLoadError", "default_device", "load_pipeline", "model_info"]
 
 
 def load_pipeline(
@@ -72,32 +36,22 @@ def load_pipeline(
     if not isinstance(spec, str) or not spec.strip():
         raise ModelLoadError("the model spec is empty: pass 'shapes', a local folder or a hub id")
     device = _check_device(device) if device is not None else default_device()
-    if spec in DIGITS:  # not text-to-image: class-conditional models of 8x8 digits (Selective Amnesia)
-        from concept_edit.digits.loading import load_digits_model
-
-        return load_digits_model(spec, device, dtype)
+    world = world_for_spec(spec)
+    if world is not None and not world.text_to_image:  # class-conditional models: their own dtype default
+        return world.load(spec, device, dtype)
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
-    if spec == SHAPES:
-        from concept_edit.shapes.pipeline import (
-            DEFAULT_GUIDANCE,
-            DEFAULT_STEPS,
-            IMAGE_SIZE,
-            load_shapes_pipeline,
-        )
-
-        pipe = load_shapes_pipeline(device=device, dtype=dtype)
-        info = ModelInfo(SHAPES, "shapes", DEFAULT_STEPS, DEFAULT_GUIDANCE, IMAGE_SIZE)
+    if world is not None:
+        pipe = world.load(spec, device, dtype)
+        info = model_info(pipe)
     else:
         _refuse_typo(spec)
         pipe = _load_diffusers(spec, dtype, allow_pickle)
         pipe.to(device)
         guess = model_info(pipe)
-        world = "shapes" if _is_shapes_export(spec) else None
-        info = ModelInfo(spec, world, guess.default_steps, guess.default_guidance, guess.resolution)
-        if world:
-            from concept_edit.shapes.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS
-
-            info = ModelInfo(spec, world, DEFAULT_STEPS, DEFAULT_GUIDANCE, guess.resolution)
+        world = _exported_from(spec)  # a folder `concept-edit export` wrote keeps its world's judge and suites
+        steps, guidance = (world.default_steps, world.default_guidance) if world else (guess.default_steps,
+                                                                                      guess.default_guidance)
+        info = ModelInfo(spec, world.name if world else None, steps, guidance, guess.resolution)
     _check_text_to_image(pipe, spec)
     pipe.set_progress_bar_config(disable=True)
     pipe.concept_edit_info = info
@@ -127,7 +81,7 @@ def _refuse_typo(spec: str) -> None:
     say so before any hub lookup (which would end, minutes later offline, in 'not in the cache')."""
     if "/" in spec or Path(spec).expanduser().exists():
         return
-    close = difflib.get_close_matches(spec.lower(), [SHAPES, *DIGITS], n=2, cutoff=0.7)
+    close = difflib.get_close_matches(spec.lower(), model_specs(), n=2, cutoff=0.7)
     if close:
         raise ModelLoadError(f"unknown model {spec!r}: did you mean {' or '.join(repr(c) for c in close)}?")
 
@@ -137,13 +91,13 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith(("/", ".", "~")) or spec.count("/") > 1 or os.sep != "/" and os.sep in spec
 
 
-def _is_shapes_export(spec: str) -> bool:
-    """A folder written by `concept-edit export` from ShapesSD (it records its world in concept_edit.json)."""
-    marker = Path(spec) / "concept_edit.json"
+def _exported_from(spec: str):
+    """The world a folder written by `concept-edit export` came from (it records it in concept_edit.json)."""
     try:
-        return json.loads(marker.read_text(encoding="utf-8")).get("world") == "shapes"
+        marker = json.loads((Path(spec) / "concept_edit.json").read_text(encoding="utf-8"))
+        return next((w for w in worlds().values() if w.owns_export(marker)), None)
     except (OSError, ValueError, AttributeError):
-        return False
+        return None
 
 
 def _load_diffusers(spec: str, dtype: torch.dtype, allow_pickle: bool):

@@ -1,4 +1,5 @@
-"""Judges by name: `make_judge("shapes-oracle" | "imagenet" | "nudenet" | "clip[:<hub id>]" | "none")`.
+"""Judges by name: `make_judge("imagenet" | "nudenet" | "clip[:<hub id>]" | "none")`, and any judge a world
+brings (`World.judges`: the shapes world's "shapes-oracle").
 
 Each judge lives in its own module, imported only when asked for, so a suite whose judge needs weights or
 an optional package (NudeNet, CLIP) costs nothing to the others. See `base.py` for what a judge is.
@@ -11,7 +12,6 @@ import importlib
 from concept_edit.evaluation.judges.base import NONE, Judge, Reading
 
 JUDGES = {
-    "shapes-oracle": "concept_edit.evaluation.judges.shapes:ShapesOracleJudge",
     "imagenet": "concept_edit.evaluation.judges.imagenet:ImageNetJudge",
     "nudenet": "concept_edit.evaluation.judges.nudenet:NudeNetJudge",
     "clip": "concept_edit.evaluation.judges.clip:ClipJudge",
@@ -23,7 +23,9 @@ __all__ = ["JUDGES", "NONE", "Judge", "Reading", "make_judge"]
 
 def make_judge(spec: str) -> Judge:
     """The judge a suite names: "<name>" or "<name>:<argument>" (e.g. "clip:openai/clip-vit-large-patch14")."""
-    return load_named(JUDGES, spec, "judge")
+    from concept_edit.worlds import registered
+
+    return load_named({**JUDGES, **registered("judges")}, spec, "judge")
 
 
 def load_named(registry: dict[str, str], spec: str, what: str):

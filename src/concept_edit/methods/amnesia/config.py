@@ -1,0 +1,117 @@
+"""Selective Amnesia's options (`AmnesiaConfig`), per-model defaults and inputs (`AmnesiaInputs`).
+
+Light to import (no torch): the CLI renders `concept-edit edit amnesia --help` from these dataclasses without
+loading the training code, which `concept_edit.methods.amnesia.fit` holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from concept_edit.methods.registry import CheckpointedInputs, describe, input_field
+from concept_edit.validation import check_choice, check_fields
+
+GROUPS = ("all", "x", "u")  # trained parameter groups (concept_edit.methods.amnesia.backends)
+
+# the paper's values for Stable Diffusion (appendix B; `ddpm_forget.py`); a world may replace them with values tuned
+# for its models (`World.method_defaults("amnesia", pipe)`: the digits models, ShapesSD)
+PAPER_DEFAULTS = {"lam": 50.0, "lr": 1e-5, "batch_size": 4, "steps": 1000, "fisher_samples": 5000,
+                  "replay_samples": 5000, "surrogate_samples": 1000, "fisher_timesteps": None, "fisher_chunk": 25}
+
+
+@dataclass(frozen=True)
+class AmnesiaConfig:
+    surrogate: str | None = field(
+        default=None,
+        metadata={
+            "help": "what the concept is remapped to: a prompt (or --guide), a class on the digits models, or "
+            "'uniform' noise (default: digits uniform; text-to-image: required, as the paper's SD runs name one)"
+        },
+    )
+    lam: float | None = field(
+        default=None, metadata={"help": "EWC weight lambda (default: VAE 100, SD 50 as official; digits DDPM 0.3)"}
+    )
+    gamma: float = field(default=1.0, metadata={"help": "generative replay weight (0: no replay, the ablation)"})
+    steps: int | None = field(default=None, metadata={"help": "optimizer steps (default: per model)"})
+    lr: float | None = field(default=None, metadata={"help": "Adam learning rate (default: per model)"})
+    batch_size: int | None = field(
+        default=None, metadata={"help": "forget rows, and as many replay rows, per step (default: per model)"}
+    )
+    parameters: str = field(default="all", metadata={"help": "trained group: all | x (cross-attn) | u (the rest)"})
+    fisher_samples: int | None = field(
+        default=None, metadata={"help": "samples the Fisher averages (default: per model)"}
+    )
+    fisher_timesteps: int | None = field(
+        default=None,
+        metadata={"help": "timesteps per Fisher sample, stratified (default: all T as official; ShapesSD 50)"},
+    )
+    fisher_chunk: int | None = field(
+        default=None, metadata={"help": "timesteps per Fisher forward/backward (default: SD 25, else 250)"}
+    )
+    replay_samples: int | None = field(default=None, metadata={"help": "replay pool size (default: per model)"})
+    surrogate_samples: int | None = field(
+        default=None, metadata={"help": "surrogate images drawn once (default: per model; digits: fresh each step)"}
+    )
+    sampling_steps: int | None = field(default=None, metadata={"help": "DDIM steps of generated samples"})
+    sampling_guidance: float | None = field(default=None, metadata={"help": "guidance of generated samples"})
+
+    def __post_init__(self) -> None:
+        if self.surrogate is not None and (not isinstance(self.surrogate, str) or not self.surrogate.strip()):
+            raise ValueError("surrogate must be 'uniform' or a prompt/class, got an empty text")
+        check_fields(
+            self,
+            {
+                "lam": {"low": 0, "optional": True},
+                "gamma": {"low": 0},
+                "steps": {"low": 1, "integer": True, "optional": True},
+                "lr": {"low": 0, "low_open": True, "optional": True},
+                "batch_size": {"low": 1, "integer": True, "optional": True},
+                "fisher_samples": {"low": 1, "integer": True, "optional": True},
+                "fisher_timesteps": {"low": 1, "integer": True, "optional": True},
+                "fisher_chunk": {"low": 1, "integer": True, "optional": True},
+                "replay_samples": {"low": 1, "integer": True, "optional": True},
+                "surrogate_samples": {"low": 1, "integer": True, "optional": True},
+                "sampling_steps": {"low": 1, "integer": True, "optional": True},
+                "sampling_guidance": {"low": 0, "optional": True},
+            },
+        )
+        check_choice("parameters", self.parameters, GROUPS)
+
+    @property
+    def concept_texts(self) -> tuple[tuple[str, str], ...]:
+        """A surrogate prompt, which the encoder reads as it reads a concept (checked alike before fit)."""
+        keyword = self.surrogate is None or self.surrogate.strip().lower() == "uniform"
+        return () if keyword else (("surrogate", self.surrogate),)
+
+    def resolved(self, pipe) -> dict:
+        """Every option with the per-model defaults filled in."""
+        from concept_edit.worlds import world_of
+
+        values = dataclasses.asdict(self)
+        # a text-to-image model's surrogate has no default: --surrogate or --guide, else refused (`fit._check`)
+        for name, default in {**PAPER_DEFAULTS, **world_of(pipe).method_defaults("amnesia", pipe)}.items():
+            if values[name] is None:
+                values[name] = default
+        return values
+
+
+@dataclass(frozen=True)
+class AmnesiaInputs(CheckpointedInputs):
+    fisher: Path | None = input_field(
+        "Fisher cache: a folder (file named by the model's hash) or a .safetensors file; reused when it matches"
+    )
+    checkpoint: Path | None = input_field("file that Ctrl-C and every --checkpoint-every steps write")
+    resume: bool = input_field("continue the run saved in --checkpoint", default=False)
+    checkpoint_every: int = input_field("steps between checkpoints", default=100)
+
+
+describe(
+    "amnesia",
+    AmnesiaConfig,
+    modes=("erase",),
+    summary="forget by continual learning (Selective Amnesia)",
+    inputs_cls=AmnesiaInputs,
+    class_conditional=True,
+)
