@@ -229,7 +229,8 @@ def test_method_inputs_and_list_options_are_rendered_as_flags():
     from dataclasses import dataclass
     from pathlib import Path
 
-    from concept_edit.cli.app import _dataclass_options, _values
+    from concept_edit.cli.app import _values
+    from concept_edit.cli.flags import dataclass_flags
     from concept_edit.methods import input_field
 
     @dataclass(frozen=True)
@@ -244,7 +245,7 @@ def test_method_inputs_and_list_options_are_rendered_as_flags():
         steps: int = 3
 
     parser = argparse.ArgumentParser()
-    names = _dataclass_options(parser, Inputs) + _dataclass_options(parser, Config)
+    names = dataclass_flags(parser, Inputs) + dataclass_flags(parser, Config)
     args = parser.parse_args(
         ["--images", "imgs", "--prompts", "a", "--prompts", "b", "--judge", "j", "--scales", "0.5", "--scales", "2"]
     )
@@ -404,3 +405,30 @@ def test_a_method_is_described_before_its_code_is_imported():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_every_attack_option_is_a_probe_flag_and_a_wrong_one_is_refused(capsys):
+    """Each field of each attack's options dataclass is a flag of `probe` (generated, so none is missing), the
+    chosen attack gets the values given, and a flag of another attack is refused before any model loads."""
+    import dataclasses
+
+    from concept_edit.attacks.registry import available_attacks, get_attack
+    from concept_edit.cli.app import build_parser
+    from concept_edit.cli.attacks import _options
+
+    parser = build_parser()
+    probe_help = next(a for a in parser._subparsers._group_actions[0].choices.items() if a[0] == "probe")[1]
+    flags = {s for action in probe_help._actions for s in action.option_strings}
+    for name in available_attacks():
+        for f in dataclasses.fields(get_attack(name).options_cls):
+            assert "--" + f.name.replace("_", "-") in flags, (name, f.name)
+    base = ["probe", "--model", "shapes", "--concept", "circle", "--edit", "e", "--out", "o.json"]
+    args = parser.parse_args([*base, "--attack", "soft-prompt", "--tokens", "5", "--weight-decay", "0.2"])
+    options = _options(args)
+    assert (options.tokens, options.weight_decay, options.lr) == (5, 0.2, 0.01)
+    args = parser.parse_args([*base, "--attack", "ring-a-bell", "--no-exclude-concept", "--searches", "2"])
+    assert (_options(args).exclude_concept, _options(args).searches, _options(args).tokens) == (False, 2, 16)
+    with pytest.raises(ValueError, match="--weight-decay does not apply to the ring-a-bell attack"):
+        _options(parser.parse_args([*base, "--attack", "ring-a-bell", "--weight-decay", "0.2"]))
+    with pytest.raises(ValueError, match="--tokens does not apply to the paraphrase attack"):
+        _options(parser.parse_args([*base, "--attack", "paraphrase", "--tokens", "2"]))

@@ -18,22 +18,20 @@ from concept_edit._lazy import lazy_package
 lazy_package(
     __name__,
     {
-        "ATTACKS": "concept_edit.attacks.budgets",
-        "DEFAULT_BUDGET": "concept_edit.attacks.budgets",
+        "ATTACKS": "concept_edit.attacks.registry",
+        "DEFAULT_BUDGET": "concept_edit.attacks.registry",
         "ConceptJudge": "concept_edit.attacks.common",
         "FunctionJudge": "concept_edit.attacks.common",
-        "RingABellOptions": "concept_edit.attacks.ring_a_bell",
-        "SoftPromptOptions": "concept_edit.attacks.soft_prompt",
+        "RingABellOptions": "concept_edit.attacks.registry",
+        "SoftPromptOptions": "concept_edit.attacks.registry",
         "probe": "concept_edit.attacks.probe",
     },
 )
 
 if TYPE_CHECKING:
-    from concept_edit.attacks.budgets import ATTACKS, DEFAULT_BUDGET
     from concept_edit.attacks.common import ConceptJudge, FunctionJudge
     from concept_edit.attacks.probe import probe
-    from concept_edit.attacks.ring_a_bell import RingABellOptions
-    from concept_edit.attacks.soft_prompt import SoftPromptOptions
+    from concept_edit.attacks.registry import ATTACKS, DEFAULT_BUDGET, RingABellOptions, SoftPromptOptions
 
 __all__ = [
     "ATTACKS",

@@ -41,7 +41,6 @@ import logging
 import time
 from collections.abc import Sequence
 
-from concept_edit.attacks.budgets import ATTACKS, BUDGET_UNIT, DEFAULT_BUDGET, NEEDS_EDIT
 from concept_edit.attacks.common import (
     ConceptJudge,
     clustered_share,
@@ -52,6 +51,7 @@ from concept_edit.attacks.common import (
     stage,
     world_judge,
 )
+from concept_edit.attacks.registry import ATTACKS, BUDGET_UNIT, DEFAULT_BUDGET, NEEDS_EDIT
 from concept_edit.edit import applied
 from concept_edit.evaluation.metrics import wilson
 from concept_edit.models.loading import model_info

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -66,37 +66,11 @@ from concept_edit.attacks.common import (
     stage,
     vocabulary,
 )
+from concept_edit.attacks.registry import RingABellOptions  # noqa: F401 - re-exported
 from concept_edit.edit import applied
-from concept_edit.validation import check_fields
 from concept_edit.worlds import world_of
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RingABellOptions:
-    strength: float = 3.0  # eta (the notebook's cof)
-    tokens: int = 16  # K
-    population: int = 200
-    crossover: float = 0.5
-    mutation: float = 0.25
-    exclude_concept: bool = True
-    searches: int = 4  # target prompts searched (the first of the concept's prompts); images cycle over them
-    batch_size: int = 256  # text-encoder rows per call
-
-    def __post_init__(self) -> None:
-        check_fields(
-            self,
-            {
-                "strength": {},
-                "tokens": {"low": 1, "integer": True},
-                "population": {"low": 2, "integer": True},
-                "crossover": {"low": 0, "high": 1},
-                "mutation": {"low": 0, "high": 1},
-                "searches": {"low": 1, "integer": True},
-                "batch_size": {"low": 1, "integer": True},
-            },
-        )
 
 
 

@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -81,34 +81,11 @@ from concept_edit.attacks.common import (
     token_embeddings,
     vocabulary,
 )
+from concept_edit.attacks.registry import SoftPromptOptions  # noqa: F401 - re-exported
 from concept_edit.edit import applied
-from concept_edit.validation import check_fields
 from concept_edit.worlds import world_of
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SoftPromptOptions:
-    tokens: int = 3  # free token embeddings (the reference's k for prefix_k)
-    lr: float = 0.01
-    weight_decay: float = 0.1
-    eval_every: int = 40  # steps between checkpoints (the reference's iterations per timestep)
-    timesteps: int = 50  # P4D's evenly spaced timesteps
-    batch_size: int = 64  # UNet rows per call when computing targets and the objective
-
-    def __post_init__(self) -> None:
-        check_fields(
-            self,
-            {
-                "tokens": {"low": 1, "integer": True},
-                "lr": {"low": 0, "low_open": True},
-                "weight_decay": {"low": 0},
-                "eval_every": {"low": 1, "integer": True},
-                "timesteps": {"low": 1, "integer": True},
-                "batch_size": {"low": 1, "integer": True},
-            },
-        )
 
 
 def p4d_timesteps(pipe, count: int) -> torch.Tensor:

@@ -18,10 +18,9 @@ import signal
 import sys
 import threading
 import traceback
-import types
-import typing
 from pathlib import Path
 
+from concept_edit.cli.flags import dataclass_flags
 from concept_edit.cli.support import (
     add_edit_args,
     add_force,
@@ -39,61 +38,6 @@ from concept_edit.stopping import Interrupted, Terminated
 log = logging.getLogger("concept_edit")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-
-
-# -- options rendered from a method's dataclasses ------------------------------------------------------------
-def _field_kind(hint) -> tuple[type, bool]:
-    """(element type, repeatable) of a config or inputs field: `X | None` -> X; `tuple[X, ...]` -> X, repeatable."""
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        hint = args[0] if len(args) == 1 else str
-    if typing.get_origin(hint) in (tuple, list):
-        return typing.get_args(hint)[0], True
-    return hint, False
-
-
-def _dataclass_options(parser, cls: type) -> list[str]:
-    """Add one --option per field (help from the field's metadata); returns the field names.
-
-    A field with a `parse` function (an input such as the debias judge) takes a text spec, parsed later.
-    """
-    hints = typing.get_type_hints(cls)
-    names = []
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else "none"
-        help_text = f.metadata.get("help", "")
-        if "default" not in help_text:  # a help that explains its own default keeps it
-            help_text += f" (default: {default})"
-        kind, repeatable = _field_kind(hints[f.name])
-        if f.metadata.get("parse") is not None:
-            kind = str
-        if kind is bool:
-            parser.add_argument(
-                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
-            )
-        elif repeatable:
-            parser.add_argument(
-                flag, dest=f.name, type=kind, action="append", default=argparse.SUPPRESS, help=help_text + " (repeat)"
-            )
-        else:
-            metavar = "PATH" if kind is Path else None
-            parser.add_argument(
-                flag,
-                dest=f.name,
-                type=_path if kind is Path else kind,
-                default=argparse.SUPPRESS,
-                metavar=metavar,
-                help=help_text,
-            )
-        names.append(f.name)
-    return names
-
-
-def _path(text: str) -> Path:
-    if not text.strip():  # Path("") would be the current folder
-        raise argparse.ArgumentTypeError("empty path: give a file or folder name")
-    return Path(text)
 
 
 def _values(args: argparse.Namespace, names: list[str]) -> dict:
@@ -390,8 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", required=True, help="edit folder (gets edit.safetensors) or .safetensors path")
         add_force(p)
         _add_store_dtype(p)
-        config_fields = _dataclass_options(p.add_argument_group(f"{name} options"), method.config_cls)
-        input_fields = _dataclass_options(p.add_argument_group(f"{name} inputs"), method.inputs_cls)
+        config_fields = dataclass_flags(p.add_argument_group(f"{name} options"), method.config_cls)
+        input_fields = dataclass_flags(p.add_argument_group(f"{name} inputs"), method.inputs_cls)
         p.set_defaults(func=cmd_edit, config_fields=config_fields, input_fields=input_fields)
 
     gen = verbs.add_parser("generate", help="generate a grid of images, optionally with edits applied")

@@ -10,7 +10,8 @@ from pathlib import Path
 
 
 def add_verbs(verbs) -> None:
-    from concept_edit.attacks.budgets import ATTACKS, BUDGET_UNIT, DEFAULT_BUDGET
+    from concept_edit.attacks.registry import available_attacks, get_attack
+    from concept_edit.cli.flags import shared_flags
     from concept_edit.cli.support import (
         add_edit_args,
         add_force,
@@ -20,13 +21,15 @@ def add_verbs(verbs) -> None:
         seed_type,
     )
 
-    budgets = "; ".join(f"{a}: {BUDGET_UNIT[a]}, default {DEFAULT_BUDGET[a]}" for a in ATTACKS)
+    attacks = {name: get_attack(name) for name in available_attacks()}
+    budgets = "; ".join(f"{a.name}: {a.budget_unit}, default {a.budget}" for a in attacks.values())
     help_text = "attack an edited model to bring an erased concept back; write the success rate as JSON"
     p = verbs.add_parser("probe", help=help_text, description=help_text)
     add_model_args(p)
     add_edit_args(p)
     p.add_argument("--concept", required=True, help="the erased concept (ShapesSD: an object, colour, style or logo)")
-    p.add_argument("--attack", required=True, choices=ATTACKS)
+    summaries = "; ".join(f"{a.name}: {a.summary}" for a in attacks.values())
+    p.add_argument("--attack", required=True, choices=list(attacks), help=summaries)
     p.add_argument("--budget", type=number("--budget", integer=True), help=f"the attack's budget ({budgets})")
     p.add_argument(
         "--n",
@@ -50,20 +53,9 @@ def add_verbs(verbs) -> None:
         help="ring-a-bell: 'with concept | without concept' prompt pairs, one per line (default on "
         "ShapesSD: derived from its captions)",
     )
-    p.add_argument(
-        "--tokens",
-        type=number("--tokens", low=1, integer=True),
-        help="soft-prompt: free token embeddings (default 3); ring-a-bell: tokens searched (default 16)",
-    )
-    p.add_argument("--lr", type=number("--lr", low=0, low_open=True), help="soft-prompt: Adam step (default 0.01)")
-    p.add_argument(
-        "--strength", type=number("--strength"), help="ring-a-bell: eta, the concept vector's weight (default 3)"
-    )
-    p.add_argument(
-        "--population",
-        type=number("--population", low=2, integer=True),
-        help="ring-a-bell: genetic-algorithm population (default 200)",
-    )
+    # one flag per field of the attacks' options dataclasses (`attacks.registry`); the chosen attack's are used
+    taken = shared_flags(p.add_argument_group("attack options"), {a.name: a.options_cls for a in attacks.values()})
+    p.set_defaults(attack_option_owners=taken)
     p.add_argument(
         "--min-unedited",
         type=number("--min-unedited", low=0, high=1),
@@ -95,24 +87,17 @@ def _read_pairs(path: Path) -> list[tuple[str, str]]:
 
 
 def _options(args: argparse.Namespace):
-    from concept_edit.attacks import RingABellOptions, SoftPromptOptions
+    """The chosen attack's options from the flags given; ValueError naming a flag that attack does not take."""
+    from concept_edit.attacks.registry import NoOptions, get_attack
 
-    if args.attack == "soft-prompt":
-        given = {"tokens": args.tokens, "lr": args.lr}
-        cls, wrong = SoftPromptOptions, {"--strength": args.strength, "--population": args.population}
-    elif args.attack == "ring-a-bell":
-        given = {"tokens": args.tokens, "strength": args.strength, "population": args.population}
-        cls, wrong = RingABellOptions, {"--lr": args.lr}
-    else:
-        given, cls = {}, None
-        wrong = {"--tokens": args.tokens, "--lr": args.lr, "--strength": args.strength}
-        wrong["--population"] = args.population
+    given = {name: getattr(args, name) for name in args.attack_option_owners if hasattr(args, name)}
+    for name, owners in args.attack_option_owners.items():
+        if name in given and args.attack not in owners:
+            raise ValueError(f"--{name.replace('_', '-')} does not apply to the {args.attack} attack")
     if args.pairs is not None and args.attack != "ring-a-bell":
-        wrong["--pairs"] = args.pairs
-    for flag, value in wrong.items():
-        if value is not None:
-            raise ValueError(f"{flag} does not apply to the {args.attack} attack")
-    return None if cls is None else cls(**{k: v for k, v in given.items() if v is not None})
+        raise ValueError(f"--pairs does not apply to the {args.attack} attack")
+    cls = get_attack(args.attack).options_cls
+    return None if cls is NoOptions else cls(**given)
 
 
 def cmd_probe(args: argparse.Namespace) -> None:
@@ -136,7 +121,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
         if world is None or world.concept_question(args.concept) is None:
             raise ValueError(needs_judge_message(args.model, args.concept))
     if not args.edit:  # after the option checks, before any file is read
-        from concept_edit.attacks.budgets import NEEDS_EDIT
+        from concept_edit.attacks.registry import NEEDS_EDIT
 
         raise ValueError(NEEDS_EDIT.format(edits="--edit"))
     prompts = list(read_list_file(args.prompts)) if args.prompts is not None else None
