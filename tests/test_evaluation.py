@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from concept_edit import EditRequest, fit
@@ -64,6 +65,28 @@ def test_evaluate_two_image_suite_with_and_without_an_edit(shapes, two_image_sui
     assert after["image_change"]["mean"] > 0.01  # the edit changed what is drawn
     assert after["samples"]["circle"][0]["seed"] == before["samples"]["circle"][0]["seed"]
     json.dumps(after)  # the results are plain JSON
+
+
+def test_evaluate_runs_as_stages_over_one_spec(shapes, two_image_suite):
+    """A spec object and the same options as keywords give the same results; the stages can be run one by one
+    (prepare -> draw -> read -> measure) and give them too; options beside a spec are refused."""
+    from concept_edit.evaluation.evaluate import EvaluationSpec, draw, prepare
+    from concept_edit.evaluation.measure import measure
+
+    suite = get_suite(str(two_image_suite))
+    spec = EvaluationSpec(suite, target="circle", steps=3, samples_per_concept=1)
+    by_spec, images = evaluate(shapes, spec, progress=False)
+    by_keywords, again = evaluate(shapes, suite, target="circle", steps=3, samples_per_concept=1, progress=False)
+    assert json.dumps(by_spec, sort_keys=True) == json.dumps(by_keywords, sort_keys=True)
+    np.testing.assert_array_equal(images, again)
+    plan = prepare(shapes, spec)
+    assert (plan.steps, plan.judge.name, plan.reference) == (3, "shapes-oracle", "renders")  # the world's judge
+    drawn, baseline = draw(shapes, plan, progress=False)
+    assert baseline is None  # no edit: nothing to compare with
+    staged = measure(shapes, plan, drawn, baseline, plan.judge.read(drawn, plan.suite))
+    assert json.dumps(staged, sort_keys=True) == json.dumps(by_spec, sort_keys=True)
+    with pytest.raises(TypeError, match="give options in the EvaluationSpec"):
+        evaluate(shapes, spec, target="star")
 
 
 def test_images_without_an_object_are_read_as_none_not_as_some_object(shapes, two_image_suite, monkeypatch):

@@ -1,0 +1,214 @@
+"""The measure stage of `evaluate`: from the drawn images and the judge's reading to the results dictionary
+(accuracies with their intervals, none shares, bias distributions, Frechet distances, the image change, CLIP
+scores, per-prompt rows, sample thumbnails, the protocol)."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+from concept_edit.evaluation import metrics
+from concept_edit.evaluation.judges import NONE
+from concept_edit.evaluation.suites import Entry, Suite
+from concept_edit.models.prompts import overlong_prompts
+
+
+def measure(pipe, plan, images: np.ndarray, baseline: np.ndarray | None, reading) -> dict:
+    """The results dictionary of one evaluation (`evaluate`'s module docstring)."""
+    suite, spec, info = plan.suite, plan.spec, plan.info
+    predicted, expected = reading.labels, [e.label for e in suite.entries]
+    judged = [i for i, p in enumerate(predicted) if p is not None]
+    per_concept = metrics.per_concept_accuracy([predicted[i] for i in judged], [expected[i] for i in judged])
+    results: dict = {
+        "suite": suite.name,
+        "model": info.spec,
+        "edits": [e.source or e.name for e in spec.edits],
+        "seed": min(e.seed for e in suite.entries),  # the suite's first seed: its seeds decide the images
+        "seeds": [min(e.seed for e in suite.entries), max(e.seed for e in suite.entries)],
+        "steps": plan.steps,
+        "guidance": plan.guidance,
+        "per_concept": {k: {key: v[key] for key in ("accuracy", "n", "ci95")} for k, v in per_concept.items()},
+        "mean_accuracy": float(np.mean([v["accuracy"] for v in per_concept.values()])) if per_concept else None,
+    }
+    for concept in suite.concepts:  # metric-only entries: the concept still has its n
+        results["per_concept"].setdefault(concept, {"n": expected.count(concept)})
+    if judged:
+        judged_pred, judged_exp = [predicted[i] for i in judged], [expected[i] for i in judged]
+        results.update(_none_shares(results["per_concept"], judged_pred, judged_exp))
+    if spec.target is not None:
+        results["target"] = spec.target
+        if per_concept:
+            results["target_accuracy"], results["others_accuracy"] = metrics.target_and_others(per_concept, spec.target)
+    if suite.attribute_head:
+        answers = suite.answers.get(suite.attribute_head) or plan.judge.answers(suite.attribute_head)
+        results.update(_bias_metrics(suite, reading.attributes, answers))
+    summary = plan.judge.summary(reading, suite)
+    if summary:
+        results["judge_summary"] = summary
+    results["suite_version"] = suite.version
+    results["edit_names"] = [e.name for e in spec.edits]
+    results.update(_image_metrics(plan, images, baseline))
+    if "clip_score" in suite.metrics:
+        results.update(_clip_scores(suite, images))
+    results["protocol"] = protocol(pipe, plan)
+    results["per_prompt"] = _per_prompt(suite.entries, predicted)
+    results["samples"] = _samples(suite.entries, images, predicted, spec.samples_per_concept)
+    return results
+
+
+def protocol(pipe, plan) -> dict:
+    """Everything that fixes the images and their reading; results with different protocols are not compared."""
+    import diffusers
+    import torch
+    import transformers
+
+    from concept_edit._version import __version__
+
+    suite, info, steps, guidance = plan.suite, plan.info, plan.steps, plan.guidance
+    judge, extractor, reference = plan.judge, plan.extractor, plan.reference
+    guidances = sorted({e.guidance for e in suite.entries if e.guidance is not None})
+    return {
+        "suite": suite.name,
+        "suite_version": suite.version,
+        "entries": len(suite.entries),
+        "seeds": [min(e.seed for e in suite.entries), max(e.seed for e in suite.entries)],
+        "steps": steps,
+        "guidance": guidance,
+        "per_prompt_guidance": guidances or None,
+        "resolution": info.resolution,
+        "scheduler": type(getattr(pipe, "scheduler", None)).__name__,
+        "dtype": str(pipe.unet.dtype).removeprefix("torch."),
+        "noise_device": "cpu" if pipe.device.type in ("cpu", "mps") else pipe.device.type,  # as generation draws it
+        "truncated_prompts": len(overlong_prompts(pipe, list(dict.fromkeys(e.prompt for e in suite.entries))))
+        if suite.truncate_prompts
+        else 0,
+        "judge": judge.protocol(),
+        "features": extractor.protocol() if extractor is not None else None,
+        "reference": reference,
+        **({"suite_protocol": suite.protocol} if suite.protocol else {}),
+        "versions": {
+            "concept_edit": __version__,
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__,
+        },
+    }
+
+
+def _image_metrics(plan, images, baseline) -> dict:
+    """Frechet distances to the reference and the unedited images, and the image change (overall, per concept)."""
+    suite, extractor, reference, real = plan.suite, plan.extractor, plan.reference, plan.real
+    out: dict = {"frechet_samples": len(images)}  # Frechet is biased by n: compare runs with the same n only
+    feats = extractor(images) if extractor is not None and len(images) >= 2 else None
+    if feats is not None and reference == "renders":
+        out["frechet_to_renders"] = metrics.frechet_distance(feats, extractor(plan.world.renders(suite.entries)))
+    elif feats is not None and real is not None:
+        out["frechet_to_real"] = metrics.frechet_distance(feats, extractor(real[0]))
+        out["reference_images"] = real[1]
+    if baseline is None:
+        return out
+    extractor = plan.change_features  # the suite's features, else the world's own
+    out["image_change"] = _image_change(baseline, images, extractor)
+    if feats is not None:
+        out["frechet_to_unedited"] = metrics.frechet_distance(feats, plan.extractor(baseline))
+    labels = [e.label for e in suite.entries]
+    groups = [e.scene.get("group") for e in suite.entries]
+    if any(groups):  # artists: erased / preserved / held-out (UCE Figure 4, CAD Table 5)
+        out["image_change_per_group"] = {
+            g: _image_change(baseline[idx], images[idx], extractor)["mean"]
+            for g in dict.fromkeys(g for g in groups if g)
+            for idx in [np.array([i for i, other in enumerate(groups) if other == g])]
+        }
+    out["image_change_per_concept"] = {
+        c: _image_change(baseline[idx], images[idx], extractor)["mean"]
+        for c in suite.concepts
+        for idx in [np.array([i for i, label in enumerate(labels) if label == c])]
+    }
+    return out
+
+
+def _clip_scores(suite: Suite, images: np.ndarray) -> dict:
+    """CLIP score of each image against its own prompt (UCE Table 4), averaged overall and per concept."""
+    from concept_edit.evaluation.judges.clip import clip_score
+
+    scores = clip_score(images, [e.prompt for e in suite.entries])
+    labels = [e.label for e in suite.entries]
+    per_concept = {
+        c: float(np.mean([s for s, label in zip(scores, labels, strict=True) if label == c])) for c in suite.concepts
+    }
+    return {"clip_score": float(scores.mean()), "clip_score_per_concept": per_concept}
+
+
+def _image_change(before: np.ndarray, after: np.ndarray, extractor) -> dict:
+    """LPIPS when installed (the papers' metric), else the suite's feature distance (the oracle's for ShapesSD)."""
+    return metrics.image_change(before, after, features=extractor)
+
+
+def _none_shares(per_concept: dict, predicted: Sequence[str], expected: Sequence[str]) -> dict:
+    """Adds each concept's share of "none" readings to its row; returns the overall share and its interval."""
+    for concept, row in per_concept.items():
+        idx = [i for i, e in enumerate(expected) if e == concept]
+        if not idx:  # a concept the judge was not asked about
+            continue
+        row["none_share"] = sum(predicted[i] == NONE for i in idx) / len(idx)
+    count = sum(p == NONE for p in predicted)
+    low, high = metrics.wilson(count, len(predicted))
+    return {"none_share": count / len(predicted), "none_ci95": [round(low, 4), round(high, 4)]}
+
+
+def _bias_metrics(suite: Suite, attributes: Sequence[str | None], answers) -> dict:
+    answers = list(answers)
+    dist, dev = {}, {}
+    for concept in suite.concepts:
+        idx = [i for i, e in enumerate(suite.entries) if e.label == concept]
+        dist[concept] = metrics.distribution([attributes[i] for i in idx], answers)
+        dev[concept] = metrics.deviation(dist[concept])
+    return {
+        "attribute": suite.attribute_head,
+        "distribution": dist,
+        "deviation": dev,
+        "mean_deviation": float(np.mean(list(dev.values()))),
+    }
+
+
+def _per_prompt(entries: Sequence[Entry], predicted: Sequence[str | None]) -> dict[str, dict]:
+    """Per prompt: its n, and its accuracy over the images the judge answered (none: no accuracy)."""
+    out: dict[str, dict] = {}
+    for entry, pred in zip(entries, predicted, strict=True):
+        row = out.setdefault(entry.prompt, {"label": entry.label, "correct": 0, "judged": 0, "n": 0})
+        row["n"] += 1
+        if pred is not None:
+            row["judged"] += 1
+            row["correct"] += int(pred == entry.label)
+    for row in out.values():
+        if row["judged"]:
+            row["accuracy"] = row["correct"] / row["judged"]
+    return out
+
+
+SAMPLE_SIDE = 256  # report thumbnails: a 512-1024 px sample per image would make a results file of 100s of MB
+
+
+def _png(image: np.ndarray) -> str:
+    buf = io.BytesIO()
+    picture = Image.fromarray(image)
+    picture.thumbnail((SAMPLE_SIDE, SAMPLE_SIDE))  # no-op for ShapesSD's 32 px images
+    picture.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _samples(entries: Sequence[Entry], images: np.ndarray, predicted: Sequence[str], k: int) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for i, entry in enumerate(entries):
+        bucket = out.setdefault(entry.label, [])
+        if len(bucket) < k:
+            bucket.append(
+                {"prompt": entry.prompt, "seed": entry.seed, "predicted": predicted[i], "png": _png(images[i])}
+            )
+    return out
+
+
