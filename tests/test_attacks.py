@@ -15,21 +15,12 @@ import pytest
 import torch
 
 from concept_edit.attacks import FunctionJudge, RingABellOptions, SoftPromptOptions, probe
-from concept_edit.attacks.common import (
-    Item,
-    concept_token_ids,
-    contains_concept,
-    contains_synonym,
-    drawn_text,
-    encode_ids,
-    judged_rows,
-    prompt_ids,
-    token_embeddings,
-    vocabulary,
-    world_judge,
-)
+from concept_edit.attacks.drawing import Item
+from concept_edit.attacks.encoder import encode_ids, prompt_ids, token_embeddings, vocabulary
+from concept_edit.attacks.judging import judged_rows, world_judge
 from concept_edit.attacks.ring_a_bell import concept_vector, genetic_search, run_ring_a_bell
 from concept_edit.attacks.soft_prompt import run_soft_prompt
+from concept_edit.attacks.wording import concept_token_ids, contains_concept, contains_synonym, drawn_text
 from concept_edit.cli.app import main
 from concept_edit.methods import EditRequest, fit
 from concept_edit.models.prompts import encode_prompts
@@ -143,7 +134,7 @@ def test_soft_prompt_headline_is_not_selected_on_the_judge(sd, cat_edit):
 def test_soft_prompt_found_as_the_plain_prompt_is_drawn_again_as_the_plain_prompt(sd, cat_edit):
     """When every plain prompt already reads as the concept, the attack stops at checkpoint 0 having found the
     plain prompt; its headline must not redraw the untrained random prefix instead (it scored below no attack)."""
-    from concept_edit.attacks.common import images_from_prompts
+    from concept_edit.attacks.drawing import images_from_prompts
     from concept_edit.attacks.soft_prompt import fresh_seeds
     from concept_edit.edit import applied
 
@@ -463,7 +454,7 @@ class _PixelNudeNet:
 
 
 def test_real_models_are_probed_with_a_suite_judge(sd, cat_edit):
-    from concept_edit.attacks.common import suite_judge
+    from concept_edit.attacks.judging import suite_judge
 
     judge = suite_judge("nudenet", "nudity", judge=_PixelNudeNet(-1))  # every image "nude"
     assert judge.read(np.zeros((3, 4, 4, 3), np.uint8)) == ["nude"] * 3 and judge.label == "nude"

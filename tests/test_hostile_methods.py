@@ -151,7 +151,7 @@ def test_cad_scores_files_are_checked_and_the_options_named(value, extra, messag
 # -- the attacks and edits: the message names the real cause ---------------------------------------------------
 def test_a_soft_prompt_that_diverges_blames_the_step_size_not_the_model(sd):
     from concept_edit.attacks import FunctionJudge, SoftPromptOptions
-    from concept_edit.attacks.common import Item
+    from concept_edit.attacks.drawing import Item
     from concept_edit.attacks.soft_prompt import run_soft_prompt
 
     options = SoftPromptOptions(tokens=2, eval_every=1, timesteps=2, lr=1e30)

@@ -20,8 +20,8 @@ lazy_package(
     {
         "ATTACKS": "concept_edit.attacks.registry",
         "DEFAULT_BUDGET": "concept_edit.attacks.registry",
-        "ConceptJudge": "concept_edit.attacks.common",
-        "FunctionJudge": "concept_edit.attacks.common",
+        "ConceptJudge": "concept_edit.attacks.judging",
+        "FunctionJudge": "concept_edit.attacks.judging",
         "RingABellOptions": "concept_edit.attacks.registry",
         "SoftPromptOptions": "concept_edit.attacks.registry",
         "probe": "concept_edit.attacks.probe",
@@ -29,7 +29,7 @@ lazy_package(
 )
 
 if TYPE_CHECKING:
-    from concept_edit.attacks.common import ConceptJudge, FunctionJudge
+    from concept_edit.attacks.judging import ConceptJudge, FunctionJudge
     from concept_edit.attacks.probe import probe
     from concept_edit.attacks.registry import ATTACKS, DEFAULT_BUDGET, RingABellOptions, SoftPromptOptions
 

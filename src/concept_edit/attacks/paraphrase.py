@@ -19,16 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from concept_edit.attacks.common import (
-    ConceptJudge,
-    Item,
-    Outcome,
-    contains_concept,
-    cycle_items,
-    images_from_prompts,
-    judged_rows,
-    stage,
-)
+from concept_edit.attacks.drawing import Item, Outcome, cycle_items, images_from_prompts, stage
+from concept_edit.attacks.judging import ConceptJudge, judged_rows
+from concept_edit.attacks.wording import contains_concept
 from concept_edit.edit import applied
 
 

@@ -41,16 +41,8 @@ import logging
 import time
 from collections.abc import Sequence
 
-from concept_edit.attacks.common import (
-    ConceptJudge,
-    clustered_share,
-    cycle_items,
-    images_from_prompts,
-    judged_rows,
-    showing_progress,
-    stage,
-    world_judge,
-)
+from concept_edit.attacks.drawing import cycle_items, images_from_prompts, showing_progress, stage
+from concept_edit.attacks.judging import ConceptJudge, judged_rows, world_judge
 from concept_edit.attacks.registry import ATTACKS, BUDGET_UNIT, DEFAULT_BUDGET, NEEDS_EDIT
 from concept_edit.edit import applied
 from concept_edit.evaluation.metrics import wilson
@@ -254,3 +246,17 @@ def probe(
         "seconds": round(time.perf_counter() - started, 1),
     }
     return results
+
+
+def clustered_share(rows: Sequence[dict], key: str) -> dict:
+    """The success share with a prompt-level interval: Wilson at n = distinct `key` values (the interval if all
+    images of one prompt or search were perfectly correlated; the image-level one assumes independence)."""
+    from concept_edit.evaluation.metrics import wilson
+
+    clusters = sorted({str(r[key]) for r in rows})
+    if not rows:
+        return {"rate": None, "n": 0, "prompts": 0, "ci95_prompt_level": None}
+    rate = sum(bool(r["success"]) for r in rows) / len(rows)
+    m = len(clusters)
+    low, high = wilson(rate * m, m)
+    return {"rate": rate, "n": len(rows), "prompts": m, "ci95_prompt_level": [round(low, 4), round(high, 4)]}

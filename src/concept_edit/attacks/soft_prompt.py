@@ -61,27 +61,26 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from concept_edit.attacks.common import (
-    ConceptJudge,
+from concept_edit.attacks.drawing import (
     Item,
     Outcome,
-    check_single_encoder,
-    concept_token_ids,
-    contains_concept,
-    contains_synonym,
-    drawn_text,
-    encode_ids,
-    frozen,
     images_from_embeddings,
     images_from_prompts,
     latents_from_prompts,
+    stage,
+)
+from concept_edit.attacks.encoder import (
+    check_single_encoder,
+    encode_ids,
+    frozen,
     nearest_tokens,
     prompt_ids,
-    stage,
     token_embeddings,
     vocabulary,
 )
+from concept_edit.attacks.judging import ConceptJudge
 from concept_edit.attacks.registry import SoftPromptOptions  # noqa: F401 - re-exported
+from concept_edit.attacks.wording import concept_token_ids, contains_concept, contains_synonym, drawn_text
 from concept_edit.edit import applied
 from concept_edit.worlds import world_of
 

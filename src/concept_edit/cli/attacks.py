@@ -113,7 +113,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
     options = _options(args)
     judge = None
     if args.judge is not None:
-        from concept_edit.attacks.common import suite_judge
+        from concept_edit.attacks.judging import suite_judge
 
         judge = suite_judge(args.judge, args.concept)  # weights and the class name checked before the model loads
     else:  # a concept the world's judge cannot read is refused before the model loads
