@@ -177,7 +177,7 @@ def test_nudenet_judge_class_list_is_the_nine_exposed_parts_of_nudenet3():
     from concept_edit.evaluation.judges.nudenet import EXPOSED
 
     assert len(EXPOSED) == 9 and all(c.endswith("_EXPOSED") for c in EXPOSED)
-    nudenet = pytest.importorskip("nudenet")
+    import nudenet  # the dev extra pins it: a missing package fails here, it does not skip
     labels = nudenet.nudenet.__dict__["__labels"]  # the detector's own class names
     assert set(EXPOSED) == {c for c in labels if c.endswith("_EXPOSED")}
 
@@ -207,7 +207,6 @@ def test_nudenet_judge_arguments_and_checks():
 
 
 def test_nudenet_finds_nothing_exposed_on_shapes_images():
-    pytest.importorskip("nudenet")
     judge = make_judge("nudenet:0.5")
     assert judge.threshold == 0.5
     assert judge.protocol()["nudenet"] == "3.4.2"
@@ -440,6 +439,33 @@ def test_image_change_falls_back_to_the_given_features_and_names_them(monkeypatc
     assert metrics.image_change(images, images, features=Means())["metric"] == "oracle-feature-cosine-distance"
     with pytest.raises(ValueError, match="needs LPIPS .* or image features"):  # no silent fallback to one world's
         metrics.image_change(images, images)
+
+
+def test_judge_protocols_name_the_judge_its_weights_then_its_settings(tiny):
+    """The protocol dicts results files store (and compare): the same keys, in the same order, for each judge."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from concept_edit.evaluation.judges.clip import ClipFeatures, ClipJudge
+    from concept_edit.evaluation.judges.imagenet import ImageNetJudge
+    from concept_edit.evaluation.judges.nudenet import EXPOSED, NudeNetJudge
+
+    transformers = version("transformers")
+    try:
+        nudenet = version("nudenet")
+    except PackageNotFoundError:
+        nudenet = None
+    resnet = ImageNetJudge(*tiny_resnet(), model_id="my/resnet").protocol()
+    assert list(resnet.items()) == [
+        ("judge", "imagenet"), ("weights", "my/resnet"), ("revision", None), ("transformers", transformers), ("top", 1)
+    ]  # fmt: skip
+    assert ImageNetJudge(*tiny_resnet()).protocol()["weights"] == "in-memory"
+    weights = [("weights", "my/clip"), ("revision", None), ("transformers", transformers)]
+    assert list(ClipJudge(*tiny, model_id="my/clip").protocol().items()) == [("judge", "clip"), *weights]
+    assert list(ClipFeatures(*tiny, model_id="my/clip").protocol().items()) == [("features", "clip"), *weights]
+    assert ClipJudge(*tiny).protocol()["weights"] == "openai/clip-vit-base-patch32"  # given without an id
+    nude = NudeNetJudge(0.5, detector=FakeDetector([])).protocol()
+    settings = [("threshold", 0.5), ("classes", list(EXPOSED))]
+    assert list(nude.items()) == [("judge", "nudenet"), ("nudenet", nudenet), *settings]
 
 
 def test_judges_accept_the_shipped_real_suites(tiny):

@@ -11,7 +11,8 @@ asks nothing of it, as the professions suite asks only the attribute); declined 
 the image metrics. An open-vocabulary judge (CLIP zero-shot) takes its candidate answers for a head from
 `suite.answers[head]`. Image features for Frechet distances are not the judge's business:
 the suite names its feature extractor separately (`evaluation/features.py`), so a metric-only suite (COCO)
-still has its FID.
+still has its FID. What the judges with weights share (loading from the hub, `from_spec`, a protocol naming
+the weights) is in `hub.py`.
 """
 
 from __future__ import annotations
@@ -49,12 +50,3 @@ class Judge(Protocol):
 
     def summary(self, reading: Reading, suite) -> dict:
         """Suite-level figures beyond accuracy (NudeNet: detections per body part and in total); {} if none."""
-
-
-def hub_weights(model, model_id: str) -> dict:
-    """A transformers model's identity for a protocol: its hub id, the commit its weights came from, and the
-    transformers version (shown, not compared)."""
-    from importlib.metadata import version
-
-    revision = getattr(model.config, "_commit_hash", None)
-    return {"weights": model_id, "revision": revision, "transformers": version("transformers")}

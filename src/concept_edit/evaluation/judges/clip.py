@@ -25,18 +25,17 @@ from functools import lru_cache
 
 import numpy as np
 
-from concept_edit.evaluation.judges.base import Reading, hub_weights
-from concept_edit.hub import cache_only, first_line, offline_note
+from concept_edit.evaluation.judges.base import Reading
+from concept_edit.evaluation.judges.hub import HubModel, WeightsJudge, load_from_hub
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 BATCH = 32
 
 
 @lru_cache(maxsize=2)  # the judge, the features and the CLIP score of one run share one model
-def _cached(model_id: str):
+def _cached(model_id: str, **local):
     from transformers import CLIPModel, CLIPProcessor
 
-    local = cache_only()  # offline: the cache or one error at once, not minutes of retries
     model = CLIPModel.from_pretrained(model_id, use_safetensors=True, **local).eval()
     return model, CLIPProcessor.from_pretrained(model_id, **local)
 
@@ -44,13 +43,7 @@ def _cached(model_id: str):
 def load_clip(model_id: str = DEFAULT_CLIP, role: str = "CLIP model", alternative: str = ""):
     """(CLIPModel, CLIPProcessor) from the Hugging Face cache or the hub; offline and not cached: one ValueError
     naming the download (`alternative` adds what the caller can use instead)."""
-    try:
-        return _cached(model_id)
-    except OSError as err:
-        raise ValueError(
-            f"cannot load the {role} {model_id!r}: {first_line(err)}{offline_note()}. Download it "
-            f"first (`hf download {model_id}`){alternative}"
-        ) from None
+    return load_from_hub(_cached, model_id, role, alternative)
 
 
 def _pooled(output):
@@ -113,22 +106,25 @@ def candidates(suite, head: str) -> tuple[list[str], list[str]]:
     return list(given), list(given)
 
 
-class ClipJudge:
+class _Clip(HubModel):
+    """A CLIP model and processor, given or loaded by `load_clip` under the caller's `role`."""
+
+    default_model = DEFAULT_CLIP
+    role = "CLIP model"
+
+    def load(self, model_id: str) -> tuple:
+        return load_clip(model_id, self.role)
+
+    def unnamed(self, model) -> str:
+        return DEFAULT_CLIP  # a CLIP passed in without its id is named as the default model (as it always was)
+
+
+class ClipJudge(_Clip, WeightsJudge):
     """CLIP zero-shot over the suite's candidate answers (see the module docstring)."""
 
     name = "clip"
-
-    def __init__(self, model=None, processor=None, model_id: str = DEFAULT_CLIP) -> None:
-        if model is None:
-            model, processor = load_clip(model_id, "CLIP judge")
-        self.model, self.processor, self.model_id = model, processor, model_id
-
-    @classmethod
-    def from_spec(cls, argument: str | None) -> ClipJudge:
-        return cls(model_id=argument or DEFAULT_CLIP)
-
-    def protocol(self) -> dict:
-        return {"judge": self.name, **hub_weights(self.model, self.model_id)}
+    title = "CLIP"
+    role = "CLIP judge"
 
     def _heads(self, suite) -> list[str]:
         heads = {e.head for e in suite.entries if e.head}
@@ -158,26 +154,15 @@ class ClipJudge:
         attributes = by_head[suite.attribute_head] if suite.attribute_head else None
         return Reading(labels=labels, attributes=attributes)
 
-    def summary(self, reading: Reading, suite) -> dict:
-        return {}
 
-
-class ClipFeatures:
+class ClipFeatures(_Clip):
     """CLIP image embeddings for Frechet distances: `(N, H, W, 3) uint8 -> (N, d) float64`."""
 
     name = "clip"
-
-    def __init__(self, model=None, processor=None, model_id: str = DEFAULT_CLIP) -> None:
-        if model is None:
-            model, processor = load_clip(model_id, "CLIP feature extractor")
-        self.model, self.processor, self.model_id = model, processor, model_id
-
-    @classmethod
-    def from_spec(cls, argument: str | None) -> ClipFeatures:
-        return cls(model_id=argument or DEFAULT_CLIP)
+    role = "CLIP feature extractor"
 
     def protocol(self) -> dict:
-        return {"features": self.name, **hub_weights(self.model, self.model_id)}
+        return {"features": self.name, **self.weights()}
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return image_embeddings(self.model, self.processor, images)

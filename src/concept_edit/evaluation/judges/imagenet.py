@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from concept_edit.evaluation.judges.base import Reading, hub_weights
-from concept_edit.hub import cache_only, first_line, offline_note
+from concept_edit.evaluation.judges.base import Reading
+from concept_edit.evaluation.judges.hub import HubModel, WeightsJudge, load_from_hub
 
 DEFAULT_RESNET = "microsoft/resnet-50"
 HEAD = "imagenet"
@@ -35,20 +35,16 @@ IMAGENETTE = {
 }
 
 
-def load_resnet(model_id: str = DEFAULT_RESNET):
-    """(model, image processor) from the Hugging Face cache or the hub; offline and not cached: one ValueError."""
+def _resnet(model_id: str, **local):
     from transformers import AutoImageProcessor, ResNetForImageClassification
 
-    try:
-        local = cache_only()  # offline: the cache or one error at once, not minutes of retries
-        model = ResNetForImageClassification.from_pretrained(model_id, **local)
-        processor = AutoImageProcessor.from_pretrained(model_id, **local)
-    except OSError as err:
-        raise ValueError(
-            f"cannot load the ImageNet classifier {model_id!r}: {first_line(err)}{offline_note()}. Download it "
-            f"first on a machine with internet (`hf download {model_id}`); it is then read from the Hugging Face cache"
-        ) from None
-    return model.eval(), processor
+    model = ResNetForImageClassification.from_pretrained(model_id, **local)
+    return model.eval(), AutoImageProcessor.from_pretrained(model_id, **local)
+
+
+def load_resnet(model_id: str = DEFAULT_RESNET):
+    """(model, image processor) from the Hugging Face cache or the hub; offline and not cached: one ValueError."""
+    return load_from_hub(_resnet, model_id, "ImageNet classifier")
 
 
 def synonyms(name: str) -> list[str]:
@@ -56,15 +52,14 @@ def synonyms(name: str) -> list[str]:
     return [s.strip().lower() for s in name.split(",") if s.strip()]
 
 
-class ImageNetJudge:
+class ImageNetJudge(HubModel, WeightsJudge):
     name = "imagenet"
+    title = "ImageNet"
+    default_model = DEFAULT_RESNET
 
     def __init__(self, model=None, processor=None, model_id: str | None = None) -> None:
-        if model is None:
-            model, processor = load_resnet(model_id or DEFAULT_RESNET)
-        self.model, self.processor = model, processor
-        self.model_id = model_id or getattr(model.config, "name_or_path", "") or "in-memory"
-        self.id2label = {int(k): v for k, v in model.config.id2label.items()}
+        super().__init__(model, processor, model_id)
+        self.id2label = {int(k): v for k, v in self.model.config.id2label.items()}
         for label, index in IMAGENETTE.items():
             if label.lower() not in synonyms(self.id2label.get(index, "")):
                 raise ValueError(
@@ -72,12 +67,11 @@ class ImageNetJudge:
                     f"{self.id2label.get(index)!r}, not {label!r}; the ImageNet judge needs an ImageNet-1k classifier"
                 )
 
-    @classmethod
-    def from_spec(cls, argument: str | None) -> ImageNetJudge:
-        return cls(model_id=argument or DEFAULT_RESNET)
+    def load(self, model_id: str) -> tuple:
+        return load_resnet(model_id)
 
-    def protocol(self) -> dict:
-        return {"judge": self.name, **hub_weights(self.model, self.model_id), "top": 1}
+    def settings(self) -> dict:
+        return {"top": 1}
 
     def index_of(self, label: str) -> int:
         """The class index an entry label names; ValueError when it names none or several (ImageNet has two
@@ -89,15 +83,10 @@ class ImageNetJudge:
         return hits[0]
 
     def check(self, suite) -> None:
-        if suite.attribute_head:
-            raise ValueError(f"the ImageNet judge reads no attribute; {suite.name} asks for {suite.attribute_head!r}")
-        for entry in suite.entries:
-            if entry.head not in (HEAD, ""):
-                raise ValueError(f"the ImageNet judge answers head {HEAD!r}, not {entry.head!r} ({entry.prompt!r})")
-            if entry.head:
-                index, stated = self.index_of(entry.label), entry.scene.get("imagenet_index")
-                if stated is not None and stated != index:  # a suite that states the index must agree with the model
-                    raise ValueError(f"{entry.label!r} is class {index} of {self.model_id!r}, the suite says {stated}")
+        for entry in self.asked(suite, HEAD):
+            index, stated = self.index_of(entry.label), entry.scene.get("imagenet_index")
+            if stated is not None and stated != index:  # a suite that states the index must agree with the model
+                raise ValueError(f"{entry.label!r} is class {index} of {self.model_id!r}, the suite says {stated}")
 
     def top1(self, images) -> tuple[np.ndarray, np.ndarray]:
         """(class index, its softmax probability) per image."""
@@ -129,6 +118,3 @@ class ImageNetJudge:
             {"class_index": int(i), "probability": round(float(p), 4)} for i, p in zip(indices, probs, strict=True)
         ]
         return Reading(labels=labels, details=details)
-
-    def summary(self, reading: Reading, suite) -> dict:
-        return {}

@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from concept_edit.evaluation.judges.base import Reading
+from concept_edit.evaluation.judges.hub import WeightsJudge
 
 HEAD = "nudity"
 ANSWERS = ("nude", "safe")
@@ -61,8 +62,9 @@ def _nudenet():
     return nudenet
 
 
-class NudeNetJudge:
+class NudeNetJudge(WeightsJudge):
     name = "nudenet"
+    title = "NudeNet"
 
     def __init__(self, threshold: float = THRESHOLD, detector=None) -> None:
         if not MIN_THRESHOLD <= threshold <= 1:
@@ -80,22 +82,22 @@ class NudeNetJudge:
             raise ValueError(f"the nudenet judge takes a threshold (e.g. 'nudenet:0.5'), got {argument!r}") from None
         return cls(threshold)
 
-    def protocol(self) -> dict:
+    def weights(self) -> dict:
+        """The package version (its ONNX detector ships inside it)."""
         from importlib.metadata import PackageNotFoundError, version
 
         try:
             package = version("nudenet")
         except PackageNotFoundError:  # a stand-in detector (tests)
             package = None
-        return {"judge": self.name, "nudenet": package, "threshold": self.threshold, "classes": list(EXPOSED)}
+        return {"nudenet": package}
+
+    def settings(self) -> dict:
+        return {"threshold": self.threshold, "classes": list(EXPOSED)}
 
     def check(self, suite) -> None:
-        if suite.attribute_head:
-            raise ValueError(f"the NudeNet judge reads no attribute; {suite.name} asks for {suite.attribute_head!r}")
-        for entry in suite.entries:
-            if entry.head not in (HEAD, ""):
-                raise ValueError(f"the NudeNet judge answers head {HEAD!r}, not {entry.head!r} ({entry.prompt!r})")
-            if entry.head and entry.label not in ANSWERS:
+        for entry in self.asked(suite, HEAD):
+            if entry.label not in ANSWERS:
                 raise ValueError(f"the NudeNet judge answers {ANSWERS}, not {entry.label!r} ({entry.prompt!r})")
 
     def detect(self, image: np.ndarray) -> dict[str, list[float]]:

@@ -79,7 +79,8 @@ from concept_edit.methods.uce.closed_form import deltas_from_operator, encode, r
 
 log = logging.getLogger(__name__)
 
-# classify(images, attributes) -> index of the attribute each image shows (-1: none of them)
+# classify(images, attributes) -> index of the attribute each image shows (-1: none of them); the shipped ones
+# (`evaluation.classifiers.make_classifier`) put the question to a judge of the one judge interface
 RatioEstimator = Callable[[list, Sequence[str]], Sequence[int]]
 CONTROLLERS = ("fixed", "secant")
 SECANT_DAMPING = 0.8  # the secant step closes this share of the error under the fitted response

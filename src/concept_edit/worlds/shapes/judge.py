@@ -1,6 +1,8 @@
 """The shapes-world oracle as a judge, as Frechet features and as UCE debias's attribute classifier.
 
-The judge reads the heads "object", "color", "style" (each may answer "none") and "logo".
+The judge reads the heads "object", "color", "style" (each may answer "none") and "logo". A suite may restrict
+a head to some of its labels (`suite.answers[head]`): the judge then answers the most probable of them, or
+"none" where the oracle's own answer is "none" (UCE debias asks this way: which of the given colours?).
 
 It plays the part of the papers' ResNet-50 / NudeNet / CLIP judges on ShapesSD (`concept_edit.worlds.shapes.oracle`).
 """
@@ -12,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from concept_edit.evaluation.classifiers import AttributeClassifier
 from concept_edit.evaluation.judges.base import Reading
 
 LOGO_ANSWERS = ("logo", "no logo")
@@ -46,21 +49,49 @@ class ShapesOracleJudge:
             raise ValueError(f"the shapes oracle reads the heads {', '.join([*HEADS, 'logo'])}; not {head!r}")
         return HEADS[head]
 
+    def candidates(self, suite, head: str) -> tuple[str, ...]:
+        """What the judge answers on `head` (besides "none"): every label it knows, or the suite's subset of them
+        (`suite.answers[head]`, a tuple of labels or a dict keyed by them)."""
+        known = self.answers(head)
+        given = suite.answers.get(head)
+        if not given:
+            return known
+        if head == "logo":
+            raise ValueError(f"suite {suite.name}: the oracle's logo head answers {known}; it takes no candidates")
+        unknown = [label for label in given if label not in known]
+        if unknown:
+            raise ValueError(
+                f"suite {suite.name}: candidate answers {unknown} are not {head} labels the oracle knows; "
+                f"choose among {', '.join(known)}"
+            )
+        return tuple(given)
+
     def check(self, suite) -> None:
         if suite.attribute_head:
-            self.answers(suite.attribute_head)
+            self.candidates(suite, suite.attribute_head)
         for entry in suite.entries:
-            known = self.answers(entry.head)
+            known = self.candidates(suite, entry.head)
             if entry.label not in known:
                 raise ValueError(
                     f"suite {suite.name}: label {entry.label!r} (prompt {entry.prompt!r}) is not a {entry.head} the "
                     f"oracle knows; choose one of {', '.join(known)}"
                 )
 
+    def _labels(self, reading, suite, head: str) -> list[str]:
+        if not suite.answers.get(head):
+            return reading.labels(head)
+        from concept_edit.worlds.shapes.oracle import NONE, OUTPUTS
+
+        labels = self.candidates(suite, head)
+        probs = reading.probs[head]
+        chosen = probs[:, [OUTPUTS[head].index(label) for label in labels]].argmax(1)
+        none = probs.argmax(1) == OUTPUTS[head].index(NONE)  # the oracle's own answer
+        return [NONE if is_none else labels[k] for k, is_none in zip(chosen, none, strict=True)]
+
     def read(self, images: np.ndarray, suite) -> Reading:
         reading = self.oracle.read(images)
-        labels = {head: reading.labels(head) for head in {e.head for e in suite.entries}}
-        attributes = reading.labels(suite.attribute_head) if suite.attribute_head else None
+        labels = {head: self._labels(reading, suite, head) for head in {e.head for e in suite.entries}}
+        attributes = self._labels(reading, suite, suite.attribute_head) if suite.attribute_head else None
         return Reading(labels=[labels[e.head][i] for i, e in enumerate(suite.entries)], attributes=attributes)
 
     def summary(self, reading: Reading, suite) -> dict:
@@ -93,11 +124,17 @@ class OracleFeatures:
         return self.oracle.read(images).features.astype(np.float64)
 
 
-class OracleAttributeClassifier:
-    def __init__(self, oracle=None) -> None:
-        from concept_edit.worlds.shapes.oracle import Oracle
+class OracleAttributeClassifier(AttributeClassifier):
+    """UCE debias's classifier on ShapesSD: the oracle judge restricted to the labels the attributes name, so
+    each image gets the most probable of the given attributes (as CLIP zero-shot over the attributes), -1
+    where the oracle's own answer is "none"."""
 
-        self.oracle = oracle or Oracle.load()
+    def __init__(self, oracle=None) -> None:
+        super().__init__(ShapesOracleJudge(oracle))
+
+    @property
+    def oracle(self):
+        return self.judge.oracle
 
     @staticmethod
     def resolve(attributes: Sequence[str]) -> tuple[str, list[str]]:
@@ -118,14 +155,6 @@ class OracleAttributeClassifier:
             f"of one head ({known})"
         )
 
-    def __call__(self, images, attributes: Sequence[str]) -> list[int]:
-        """The most probable of the given attributes for each image (as CLIP zero-shot over the attributes),
-        -1 where the oracle's own answer is "none"."""
-        from concept_edit.worlds.shapes.oracle import HEADS, NONE, OUTPUTS
-
+    def question(self, attributes: Sequence[str]) -> tuple[str, tuple[str, ...]]:
         head, labels = self.resolve(attributes)
-        probs = self.oracle.read(list(images)).probs[head]
-        columns = [HEADS[head].index(label) for label in labels]
-        chosen = probs[:, columns].argmax(1)
-        chosen[probs.argmax(1) == OUTPUTS[head].index(NONE)] = -1
-        return chosen.tolist()
+        return head, tuple(labels)
