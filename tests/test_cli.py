@@ -229,7 +229,7 @@ def test_method_inputs_and_list_options_are_rendered_as_flags():
     from dataclasses import dataclass
     from pathlib import Path
 
-    from concept_edit.cli.app import _values
+    from concept_edit.cli.edit import _values
     from concept_edit.cli.flags import dataclass_flags
     from concept_edit.methods import input_field
 

@@ -316,7 +316,7 @@ def test_demo_leaves_nothing_behind_when_it_fails(work, capsys, monkeypatch):
 
 
 def test_ctrl_c_is_one_line_and_exit_130(sd_folder, work, capsys, monkeypatch):
-    import concept_edit.cli.app as cli
+    import concept_edit.cli.edit as cli
 
     def interrupted(args, **kwargs):
         raise KeyboardInterrupt
@@ -327,7 +327,7 @@ def test_ctrl_c_is_one_line_and_exit_130(sd_folder, work, capsys, monkeypatch):
 
 
 def test_a_bug_is_one_line_without_v_and_a_traceback_with_it(sd_folder, work, capsys, monkeypatch):
-    import concept_edit.cli.app as cli
+    import concept_edit.cli.edit as cli
 
     def bug(args, **kwargs):
         raise ZeroDivisionError("oops")

@@ -1,5 +1,5 @@
-"""The `concept-edit` command: every verb lives here (`app` builds the parser and runs `main`; `evaluation`,
-`attacks` and `cad` add their groups of verbs; `support` holds what they share).
+"""The `concept-edit` command: every verb lives here (`app` builds the parser and runs `main`; `edit`, `tools`,
+`cad`, `evaluation` and `attacks` add their groups of verbs; `support` and `flags` hold what they share).
 
 Library packages hold no CLI code; method flags come from each method's config dataclass and attack flags from
 each attack's options dataclass, so `--help` and the docs cannot drift from the code.

@@ -1,6 +1,7 @@
-"""Helpers every CLI verb shares: the model options, loading the model and the edits, checking an output.
+"""Helpers the CLI verbs share: the model options, loading the model and the edits, checking an output, the
+stored dtype of an edit.
 
-Kept apart from `cli.py` so that the verb modules (`cli.py`, `evaluation/cli.py`) import it and never each
+Kept apart so that the verb modules (`edit`, `tools`, `evaluation`, `attacks`, `cad`) import it and never each
 other.
 """
 
@@ -177,3 +178,21 @@ def _check_manifest(manifest, tensors: set[str]) -> None:
         names = [e.get("name") for e in parts.values() if isinstance(e, dict)] if isinstance(parts, dict) else []
         if not names or any(n not in tensors for n in names):
             raise ValueError(f"change for {target}: its tensors are not all in the file")
+
+
+def add_store_dtype(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--store-dtype",
+        choices=("float32", "float16", "bfloat16"),
+        default=None,
+        help="dtype of the stored weight changes (default: dense and sparse in the model's dtype, low-rank float32)",
+    )
+
+
+def stored_as(edit, dtype: str | None):
+    """The edit with its weight changes in `dtype` (--store-dtype), or as it is when none is given."""
+    if not dtype:
+        return edit
+    import torch
+
+    return edit.astype(getattr(torch, dtype))
