@@ -324,6 +324,9 @@ def _probe_cli(tmp_path, *extra, model="shapes", edit=None):
         (("--attack", "soft-prompt", "--budget", "0"), "budget of 0 attacks nothing"),
         (("--attack", "paraphrase", "--strength", "2"), "--strength does not apply"),
         (("--attack", "ring-a-bell", "--budget", "-3"), "budget of -3"),
+        (("--attack", "soft-prompt", "--images", "imgs"), "--images does not apply"),
+        (("--attack", "concept-inversion", "--init-word", " "), "init_word is empty"),
+        (("--attack", "concept-inversion", "--images", "no-such-folder", "--edit", "e"), "no such folder"),
     ],
 )
 def test_cli_refuses_bad_budgets_and_options_before_any_work(tmp_path, capsys, extra, message):
@@ -477,3 +480,79 @@ def test_cli_real_model_without_a_judge_says_which_to_give(tmp_path, capsys, sd_
     assert "--judge nudenet" in capsys.readouterr().err and not out.exists()
     assert main([*args[:-2], "--judge", "clip", "--out", str(out)]) == 2
     assert "--judge nudenet or imagenet" in capsys.readouterr().err and not out.exists()
+
+
+def test_concept_inversion_learns_a_word_on_the_edited_model_and_repeats_for_a_seed(sd, cat_edit):
+    """Textual Inversion on the edited model: the loss falls, only the new word is trained (weights untouched),
+    each item is drawn once at a fresh seed, and the same seed gives the same attack."""
+    from concept_edit.attacks.concept_inversion import INVERSION_SEED, run_concept_inversion
+    from concept_edit.attacks.registry import ConceptInversionOptions
+    items = [Item("a photo of a cat", 0), Item("a cat", 1), Item("a cat", 2)]
+    options = ConceptInversionOptions(samples=3, batch_size=2, lr=0.05)
+    before = {k: v.clone() for k, v in {**sd.unet.state_dict(), **sd.text_encoder.state_dict()}.items()}
+
+    def run(seed):
+        return run_concept_inversion(sd, pixel_coin(0.5), items, edits=[cat_edit], budget=40, seed=seed,
+                                     steps=STEPS, guidance=3.0, options=options, concept="cat")  # fmt: skip
+
+    first = run(0)
+    after = {**sd.unet.state_dict(), **sd.text_encoder.state_dict()}
+    assert all(torch.equal(after[k], v) for k, v in before.items())  # nothing of the model trained
+    assert all(p.requires_grad for p in sd.unet.parameters())  # and the flags restored
+    losses = first.extra["loss_history"]
+    assert len(losses) == 40 and first.extra["moved"] > 0.01  # the word was trained (the objective: a slow test)
+    assert [r["seed"] for r in first.rows] == [3, 4, 5]  # fresh: past every item's seed
+    assert INVERSION_SEED not in [r["seed"] for r in first.rows]
+    assert all("<learned>" in r["prompt"] for r in first.rows)
+    again = run(0)
+    assert again.rows == first.rows and again.extra["loss_history"] == losses
+    assert run(1).extra["loss_history"] != losses
+
+
+def test_concept_inversion_refuses_an_initial_word_that_names_the_concept(sd, cat_edit):
+    from concept_edit.attacks.concept_inversion import run_concept_inversion
+    from concept_edit.attacks.registry import ConceptInversionOptions
+
+    with pytest.raises(ValueError, match="initial word 'cats' names the concept"):
+        run_concept_inversion(sd, always(False), [Item("a cat", 0)], edits=[cat_edit], budget=1, seed=0,
+                              steps=STEPS, guidance=3.0, options=ConceptInversionOptions(init_word="cats"),
+                              concept="cat")  # fmt: skip
+
+
+def test_concept_inversion_reads_a_folder_of_images_and_refuses_an_empty_one(tmp_path):
+    from PIL import Image
+
+    from concept_edit.attacks.concept_inversion import read_images
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no readable image"):
+        read_images(tmp_path / "empty", 16)
+    (tmp_path / "some").mkdir()
+    Image.new("RGB", (40, 20), (255, 0, 0)).save(tmp_path / "some" / "a.png")
+    (tmp_path / "some" / "b.png").write_text("not an image")
+    images = read_images(tmp_path / "some", 16)
+    assert images.shape == (1, 16, 16, 3) and (images[..., 0] == 255).all()
+
+
+def test_probe_runs_concept_inversion_with_given_images(sd, cat_edit):
+    """Images given in Python are what the word is learned from; they are refused for another attack."""
+    images = np.zeros((2, 32, 32, 3), np.uint8)
+    results = probe(sd, "cat", "concept-inversion", edits=[cat_edit], judge=always(True), budget=2, n=2, seed=0,
+                    steps=STEPS, images=images, options=None)  # fmt: skip
+    assert results["protocol"]["training_images"] == "2 given images" and results["n"] == 2
+    with pytest.raises(ValueError, match="images of the concept are for the concept-inversion attack"):
+        probe(sd, "cat", "paraphrase", edits=[cat_edit], judge=always(True), images=images, prompts=["a dog"])
+
+
+@pytest.mark.slow
+def test_concept_inversion_lowers_its_objective_on_shapes(shapes):
+    """On a model whose drawing depends on its text (the tiny random pipeline's barely does), the learned word
+    lowers Textual Inversion's objective on fixed draws."""
+    from concept_edit.attacks.concept_inversion import run_concept_inversion
+    from concept_edit.attacks.registry import ConceptInversionOptions
+
+    edit = fit(shapes, "uce", EditRequest(concepts=("circle",)))
+    outcome = run_concept_inversion(shapes, always(False), [Item("a circle", 0)], edits=[edit], budget=20, seed=0,
+                                    steps=10, guidance=5.0, concept="circle",
+                                    options=ConceptInversionOptions(samples=4, lr=2e-2))  # fmt: skip
+    assert outcome.extra["objective_end"] < 0.97 * outcome.extra["objective_start"]

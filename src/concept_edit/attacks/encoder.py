@@ -46,33 +46,55 @@ def prompt_ids(pipe, prompts: Sequence[str], free_tokens: int = 0) -> tuple[torc
 
     ValueError when a prompt with its free slots does not fit the tokenizer's length.
     """
+    ids, mask, _ = template_ids(pipe, ["{} " + p if p else "{}" for p in prompts], free_tokens)
+    return ids, mask
+
+
+def template_ids(pipe, templates: Sequence[str], free_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, mask, first): padded token ids and attention mask of each template with `free_tokens` placeholder
+    slots where its "{}" stands ("a picture of a {}"), and the position of each row's first slot.
+
+    ValueError when a template has no "{}" or does not fit the tokenizer's length with its free slots.
+    """
     tok = pipe.tokenizer
     length = tok.model_max_length
     start, end, pad = special_ids(tok)
-    rows, masks = [], []
-    for prompt in prompts:
-        body = tok(prompt, add_special_tokens=False).input_ids
-        if len(body) + free_tokens + 2 > length:
+    rows, masks, firsts = [], [], []
+    for template in templates:
+        before, mark, after = template.partition("{}")
+        if not mark:
+            raise ValueError(f"template {template!r} has no '{{}}' where the free tokens go")
+        head = tok(before.strip(), add_special_tokens=False).input_ids if before.strip() else []
+        tail = tok(after.strip(), add_special_tokens=False).input_ids if after.strip() else []
+        if len(head) + len(tail) + free_tokens + 2 > length:
+            shown = template.replace("{}", "").strip()
             raise ValueError(
-                f"prompt {prompt!r} has {len(body)} tokens; with {free_tokens} free tokens it does not fit the "
-                f"{length} tokens this model reads"
+                f"prompt {shown!r} has {len(head) + len(tail)} tokens; with {free_tokens} free tokens it does not "
+                f"fit the {length} tokens this model reads"
             )
-        ids = [start] + [pad] * free_tokens + body + [end]
+        ids = [start, *head] + [pad] * free_tokens + tail + [end]
         rows.append(ids + [pad] * (length - len(ids)))
         masks.append([1] * len(ids) + [0] * (length - len(ids)))
-    return torch.tensor(rows), torch.tensor(masks)
+        firsts.append(1 + len(head))
+    return torch.tensor(rows), torch.tensor(masks), torch.tensor(firsts)
 
 
 @contextlib.contextmanager
-def _token_slots(text_encoder, free: torch.Tensor | None, first: int) -> Iterator[None]:
-    """While open, the token-embedding layer returns `free` (N, k, dim) at positions first..first+k-1."""
+def _token_slots(text_encoder, free: torch.Tensor | None, first: int | torch.Tensor) -> Iterator[None]:
+    """While open, the token-embedding layer returns `free` (N, k, dim) at positions first..first+k-1 (`first` one
+    position for every row, or one per row)."""
     if free is None:
         yield
         return
 
     def hook(module, inputs, output):
         output = output.clone()
-        output[:, first : first + free.shape[1]] = free.to(output.dtype)
+        if isinstance(first, int):
+            output[:, first : first + free.shape[1]] = free.to(output.dtype)
+            return output
+        rows = torch.arange(len(output), device=output.device)[:, None]
+        cols = first.to(output.device)[:, None] + torch.arange(free.shape[1], device=output.device)
+        output[rows, cols] = free.to(output.dtype)
         return output
 
     handle = text_encoder.get_input_embeddings().register_forward_hook(hook)
@@ -82,14 +104,16 @@ def _token_slots(text_encoder, free: torch.Tensor | None, first: int) -> Iterato
         handle.remove()
 
 
-def encode_ids(pipe, ids: torch.Tensor, mask: torch.Tensor, free: torch.Tensor | None = None) -> torch.Tensor:
+def encode_ids(
+    pipe, ids: torch.Tensor, mask: torch.Tensor, free: torch.Tensor | None = None, first: int | torch.Tensor = 1
+) -> torch.Tensor:
     """Per-token prompt embeddings (N, tokens, dim) as the pipeline's `encode_prompt` computes them (SD 1.x/2.x,
-    ShapesSD), with `free` (N, k, dim) token embeddings in the slots after the start token; differentiable in
-    `free`."""
+    ShapesSD), with `free` (N, k, dim) token embeddings in the slots from `first` (after the start token, or each
+    row's from `template_ids`); differentiable in `free`."""
     te = pipe.text_encoder
     device = pipe.device
     use_mask = bool(getattr(te.config, "use_attention_mask", False))
-    with _token_slots(te, free, 1):
+    with _token_slots(te, free, first):
         out = te(ids.to(device), attention_mask=mask.to(device) if use_mask else None)[0]
     return out.to(pipe.unet.dtype)
 

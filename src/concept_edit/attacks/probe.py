@@ -117,6 +117,7 @@ def probe(
     prompts: Sequence[str] | None = None,
     pairs: Sequence[tuple[str, str]] | None = None,
     options=None,
+    images=None,
     min_unedited: float = 0.5,
     allow_repeat: bool = False,
     progress: bool = False,
@@ -126,8 +127,9 @@ def probe(
     `prompts`: the concept's own prompts (soft-prompt, ring-a-bell; default: ShapesSD's suite prompts of the
     concept, else the concept itself), or the wordings to try (paraphrase; default on ShapesSD: its caption
     grammar's other words). `pairs`: ring-a-bell's (with, without) prompts (default on ShapesSD: derived).
-    `options`: `SoftPromptOptions` or `RingABellOptions`. `n`: attacked prompts (soft-prompt, ring-a-bell)
-    and images of the unedited check; paraphrase draws `budget` images.
+    `options`: the attack's options dataclass (`attacks.registry`). `images`: (N, H, W, 3) uint8 images of the
+    concept for concept-inversion (default: the unedited model draws them). `n`: attacked prompts (soft-prompt,
+    ring-a-bell, concept-inversion) and images of the unedited check; paraphrase draws `budget` images.
     """
     if attack not in ATTACKS:
         raise ValueError(f"unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}")
@@ -146,6 +148,8 @@ def probe(
         raise ValueError(NEEDS_EDIT.format(edits="edits=[the edit]"))
     with applied(pipe, *edits, allow_repeat=allow_repeat):  # an edit made for another model is refused here
         pass
+    if images is not None and attack != "concept-inversion":
+        raise ValueError(f"images of the concept are for the concept-inversion attack, not {attack}")
     if prompts is not None:
         prompts = [p for p in prompts if p.strip()]
         if not prompts:
@@ -196,6 +200,12 @@ def probe(
         from concept_edit.attacks.soft_prompt import run_soft_prompt
 
         outcome = run_soft_prompt(pipe, judge, items, options=options, progress=progress, concept=concept, **common)
+    elif attack == "concept-inversion":
+        from concept_edit.attacks.concept_inversion import run_concept_inversion
+
+        outcome = run_concept_inversion(
+            pipe, judge, items, options=options, concept=concept, images=images, progress=progress, **common
+        )
     else:
         from concept_edit.attacks.ring_a_bell import RingABellOptions, run_ring_a_bell
 
@@ -209,7 +219,7 @@ def probe(
     success = share([r["success"] for r in rows])
     given = [r for r in rows if r.get("unedited_success")]
     clean = [r for r in rows if not (r.get("contains_concept") or r.get("contains_synonym"))]
-    cluster = {"paraphrase": "prompt", "soft-prompt": "prompt", "ring-a-bell": "target_prompt"}[attack]
+    cluster = {"ring-a-bell": "target_prompt"}.get(attack, "prompt")
     results = {
         "kind": "probe",
         "version": RESULTS_VERSION,

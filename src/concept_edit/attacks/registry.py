@@ -77,6 +77,31 @@ class RingABellOptions:
 
 
 @dataclass(frozen=True)
+class ConceptInversionOptions:
+    """Pham et al.'s concept inversion: Textual Inversion of a new word on the edited model from images of the
+    concept (`attacks.concept_inversion`)."""
+
+    tokens: int = option(1, "embeddings of the learned word (Textual Inversion: 1)")
+    lr: float = option(5e-3, "Adam step on the learned embeddings (Textual Inversion: 5e-3)")
+    batch_size: int = option(4, "images per step (Textual Inversion: 4)")
+    samples: int = option(8, "images of the concept the unedited model draws to learn from (without --images)")
+    init_word: str = option("thing", "the word the learned embedding starts from (must not name the concept)")
+
+    def __post_init__(self) -> None:
+        check_fields(
+            self,
+            {
+                "tokens": {"low": 1, "integer": True},
+                "lr": {"low": 0, "low_open": True},
+                "batch_size": {"low": 1, "integer": True},
+                "samples": {"low": 1, "integer": True},
+            },
+        )
+        if not self.init_word.strip():
+            raise ValueError("init_word is empty: give a coarse word the learned embedding starts from")
+
+
+@dataclass(frozen=True)
 class Attack:
     name: str
     options_cls: type
@@ -112,6 +137,10 @@ register_attack(Attack(
 register_attack(Attack(
     "ring-a-bell", RingABellOptions, 30, "genetic-algorithm generations per target prompt",
     "a concept direction projected back to tokens by a genetic search (black-box, Ring-A-Bell)",
+))
+register_attack(Attack(
+    "concept-inversion", ConceptInversionOptions, 300, "Textual Inversion steps on the edited model",
+    "a new word learned on the edited model from images of the concept (white-box, Pham et al.)",
 ))
 
 # the names earlier code reads

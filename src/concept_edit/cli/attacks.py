@@ -47,6 +47,13 @@ def add_verbs(verbs) -> None:
         "attacks (default on ShapesSD: from its captions)",
     )
     p.add_argument(
+        "--images",
+        type=Path,
+        metavar="FOLDER",
+        help="concept-inversion: images of the concept to learn the new word from (default: the unedited model "
+        "draws them at seeds no evaluation uses)",
+    )
+    p.add_argument(
         "--pairs",
         type=Path,
         metavar="PATH",
@@ -96,6 +103,8 @@ def _options(args: argparse.Namespace):
             raise ValueError(f"--{name.replace('_', '-')} does not apply to the {args.attack} attack")
     if args.pairs is not None and args.attack != "ring-a-bell":
         raise ValueError(f"--pairs does not apply to the {args.attack} attack")
+    if args.images is not None and args.attack != "concept-inversion":
+        raise ValueError(f"--images does not apply to the {args.attack} attack")
     cls = get_attack(args.attack).options_cls
     return None if cls is NoOptions else cls(**given)
 
@@ -107,7 +116,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
     from concept_edit.methods import read_list_file
     from concept_edit.worlds import world_for_spec
 
-    files = [f for f in (args.prompts, args.pairs) if f is not None]
+    files = [f for f in (args.prompts, args.pairs, args.images) if f is not None]
     out = check_output(args.out, force=args.force, suffix=".json", inputs=[*edit_inputs(args.edit), *files])
     budget = check_budget(args.attack, args.budget)
     options = _options(args)
@@ -128,8 +137,17 @@ def cmd_probe(args: argparse.Namespace) -> None:
     if prompts is not None and not prompts:
         raise ValueError(f"{args.prompts} holds no prompts")
     pairs = _read_pairs(args.pairs) if args.pairs is not None else None
+    if args.images is not None:
+        from concept_edit.attacks.concept_inversion import read_images
+
+        read_images(args.images, 8)  # a missing, empty or unreadable folder is refused before the model loads
     edits = load_edits(args.edit)
     pipe = load_model(args)
+    images = None
+    if args.images is not None:
+        from concept_edit.models.info import model_info
+
+        images = read_images(args.images, model_info(pipe).resolution)
     results = probe(
         pipe,
         args.concept,
@@ -144,6 +162,7 @@ def cmd_probe(args: argparse.Namespace) -> None:
         prompts=prompts,
         pairs=pairs,
         options=options,
+        images=images,
         min_unedited=args.min_unedited,
         allow_repeat=args.allow_repeat,
         progress=True,

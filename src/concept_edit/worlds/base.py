@@ -69,6 +69,14 @@ class World:
         """(with, without) prompt pairs differing by the concept only (Ring-A-Bell); None: the user gives them."""
         return None
 
+    def inversion_templates(self) -> tuple[str, ...]:
+        """Prompt templates a learned word is trained and drawn in (concept inversion); "{}" is the word.
+        Default: a subset of Textual Inversion's (Gal et al.) object templates."""
+        return (
+            "a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",
+            "a close-up photo of a {}", "a bright photo of the {}", "a good photo of a {}", "a photo of one {}",
+        )  # fmt: skip
+
     # -- methods --------------------------------------------------------------------------------------------
     def concept_images(self, spec: str, size: int, seed: int = 0):
         """(images (N, H, W, 3) uint8, description) for a `<world>:...` image spec (CAD-Amplify), or None."""

@@ -87,6 +87,11 @@ class ShapesWorld(World):
 
         return concept_pairs(concept)
 
+    def inversion_templates(self):
+        from concept_edit.worlds.shapes.captions import PREFIXES
+
+        return tuple(f"{prefix} {{}}" for prefix in PREFIXES)  # the training captions' own openings
+
     def concept_images(self, spec, size, seed=0):
         if not spec.startswith(f"{self.name}:"):
             return None
