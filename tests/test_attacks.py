@@ -117,6 +117,30 @@ def test_soft_prompt_objective_decreases_within_its_budget_and_repeats_for_a_see
     assert other.extra["objective_start"] != first.extra["objective_start"]  # the seed draws other noise, tokens
 
 
+def test_soft_prompt_variants_unlearndiff_objective_p4d_n_and_the_random_control(sd, cat_edit):
+    """UnlearnDiff's objective matches the true noise (another objective than P4D's, and optimised too); P4D-N's
+    free tokens are the whole prompt; the control draws its random start unoptimised."""
+    items = [Item("a photo of a cat", 0), Item("a cat", 1)]
+
+    def run(**options):
+        opts = SoftPromptOptions(eval_every=10, timesteps=8, **options)
+        return run_soft_prompt(sd, always(False), items, edits=[cat_edit], budget=20, seed=0, steps=STEPS,
+                               guidance=3.0, options=opts, concept="cat")  # fmt: skip
+
+    p4d, unlearndiff = run(), run(objective="unlearndiff")
+    assert unlearndiff.extra["objective_start"] != p4d.extra["objective_start"]  # another target
+    assert unlearndiff.extra["objective_end"] < unlearndiff.extra["objective_start"]
+    alone = run(tokens=5, placement="alone")
+    assert all(len(r["nearest_tokens"]) == 5 and "cat" not in r["discrete_prompt"] for r in alone.rows)
+    assert alone.protocol["placement"] == "the whole prompt (P4D-N)"
+    control = run(optimise=False)
+    assert control.extra["steps_run"] == 0 and control.protocol["optimised"] is False
+    assert [c["step"] for c in control.extra["checkpoints"]] == [0]
+    assert control.extra["objective_end"] == control.extra["objective_start"]  # nothing was optimised
+    with pytest.raises(ValueError, match="objective must be one of p4d, unlearndiff"):
+        SoftPromptOptions(objective="p5d")
+
+
 def test_soft_prompt_headline_is_not_selected_on_the_judge(sd, cat_edit):
     """A judge that answers at random: k checkpoint reads per image inflate the best-of-k figure far above the
     judge's base rate; the headline (found embeddings drawn once at fresh seeds) stays near it."""

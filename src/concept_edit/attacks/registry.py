@@ -21,6 +21,10 @@ class NoOptions:
     """The options of an attack that has none beyond its budget (paraphrase)."""
 
 
+OBJECTIVES = ("p4d", "unlearndiff")
+PLACEMENTS = ("prefix", "alone")
+
+
 @dataclass(frozen=True)
 class SoftPromptOptions:
     """P4D / UnlearnDiff's white-box attack: free token embeddings before the prompt, optimised so the edited model
@@ -32,8 +36,18 @@ class SoftPromptOptions:
     eval_every: int = option(40, "steps between checkpoints the judge reads (the reference's iterations per timestep)")
     timesteps: int = option(50, "P4D's evenly spaced training timesteps")
     batch_size: int = option(64, "UNet rows per call when computing targets and the objective")
+    objective: str = option("p4d", "p4d: match the unedited model's prediction; unlearndiff: match the true noise "
+                            "(UnlearnDiff's own get_loss)")  # fmt: skip
+    placement: str = option("prefix", "prefix: free tokens before the prompt (UnlearnDiff's prefix_k); alone: the "
+                            "free tokens are the whole prompt (P4D-N, with --tokens 16)")  # fmt: skip
+    optimise: bool = option(True, "off: the random starting tokens drawn as they are, not optimised (the control "
+                            "that shows what the optimisation adds)")  # fmt: skip
 
     def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}")
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, not {self.placement!r}")
         check_fields(
             self,
             {

@@ -17,8 +17,12 @@ with z_0 the unedited model's own latent for (P, seed). What comes from where:
   (`T // 50 // 2 + j * T // 50`; P4D draws t uniformly from [0, 1000) with fresh noise every step), Adam at
   lr 0.01 and weight decay 0.1 (P4D: AdamW, lr 0.1), stopping an attack at its first success, and the
   budget of 2000 steps (40 per timestep; P4D runs 3000 iterations).
-* UnlearnDiff's own attack (its `get_loss`: the edited model's prediction against the true noise, no
-  unedited model) is a different objective and is not implemented here.
+* UnlearnDiff's own objective (`objective="unlearndiff"`, its `get_loss`): the edited model's prediction for
+  [e, P] against the true noise n (v's target for a v-prediction model), no unedited model in the loss:
+  min_e E_t || eps_edited(x_t, c([e, P]), t) - n ||^2.
+* P4D-N (`placement="alone"`, `tokens=16`): the free tokens are the whole prompt, no words of P.
+* The control (`optimise=False`): the random starting tokens are drawn as they are, never optimised, so a
+  reader sees what the optimisation adds over a random prefix of ordinary tokens.
 
 The budget here is far below both references: 200 steps by default against UnlearnDiff's 2000 and P4D's
 3000 (10-15x fewer); the results hold the loss history and the success at each checkpoint so what a larger
@@ -128,7 +132,8 @@ def run_soft_prompt(
     device = pipe.device
     n, k = len(items), opts.tokens
     tok = pipe.tokenizer
-    ids, mask = prompt_ids(pipe, [i.prompt for i in items], k)
+    alone = opts.placement == "alone"  # P4D-N: the free tokens are the whole prompt
+    ids, mask = prompt_ids(pipe, ["" if alone else i.prompt for i in items], k)
     plain_ids, plain_mask = prompt_ids(pipe, [i.prompt for i in items], 0)
     excluded = concept_token_ids(tok, concept) if concept else []
     allowed = vocabulary(tok, exclude=excluded)
@@ -142,15 +147,19 @@ def run_soft_prompt(
     abar = pipe.scheduler.alphas_cumprod[pool_t].float().view(1, pool, 1, 1, 1)
     x_t = abar.sqrt() * z0[:, None] + (1 - abar).sqrt() * noise  # (n, pool, C, H, W)
     rows_all = torch.arange(n * pool)
-    with torch.no_grad(), frozen(pipe.unet, pipe.text_encoder):
-        plain = encode_ids(pipe, plain_ids, plain_mask)
-        targets = torch.empty_like(x_t).view(n * pool, *z0.shape[1:])
-        for chunk in rows_all.split(opts.batch_size):
-            item, j = chunk // pool, chunk % pool
-            targets[chunk] = _noise_prediction(
-                pipe, x_t[item, j].to(device, pipe.unet.dtype), pool_t[j].to(device), plain[item.to(device)]
-            ).cpu()
-    targets = targets.view(n, pool, *z0.shape[1:])
+    if opts.objective == "unlearndiff":  # the true noise (v's target for a v-prediction model)
+        velocity = pipe.scheduler.config.get("prediction_type", "epsilon") == "v_prediction"
+        targets = abar.sqrt() * noise - (1 - abar).sqrt() * z0[:, None] if velocity else noise
+    else:  # P4D: the unedited model's prediction for the plain prompt
+        with torch.no_grad(), frozen(pipe.unet, pipe.text_encoder):
+            plain = encode_ids(pipe, plain_ids, plain_mask)
+            targets = torch.empty_like(x_t).view(n * pool, *z0.shape[1:])
+            for chunk in rows_all.split(opts.batch_size):
+                item, j = chunk // pool, chunk % pool
+                targets[chunk] = _noise_prediction(
+                    pipe, x_t[item, j].to(device, pipe.unet.dtype), pool_t[j].to(device), plain[item.to(device)]
+                ).cpu()
+        targets = targets.view(n, pool, *z0.shape[1:])
 
     start = allowed[torch.randint(len(allowed), (n, k), generator=gen)]
     free = token_embeddings(pipe).detach()[start.to(device)].float().clone().requires_grad_(True)
@@ -200,7 +209,8 @@ def run_soft_prompt(
     with applied(pipe, *edits, allow_repeat=allow_repeat), frozen(pipe.unet, pipe.text_encoder):
         checkpoint(0)
         objective_start = objective(free.detach())
-        for step in tqdm(range(1, budget + 1), desc="soft-prompt", disable=not progress, leave=False):
+        for step in tqdm(range(1, (budget if opts.optimise else 0) + 1), desc="soft-prompt", disable=not progress,
+                         leave=False):  # fmt: skip
             if all(s is not None for s in success_step):
                 break  # every prompt has succeeded: the reference stops an attack at its first success
             j = torch.randint(pool, (n,), generator=gen)
@@ -224,7 +234,7 @@ def run_soft_prompt(
         nearest = nearest_tokens(pipe, found, allowed)  # (n, k)
         # drawn as text: leading continuation tokens ('##xing') dropped, decoded (as ring-a-bell's found prompts)
         heads = [drawn_text(tok, nearest[i].tolist()) for i in range(n)]
-        discrete = [f"{head} {item.prompt}".strip() for head, item in zip(heads, items, strict=True)]
+        discrete = [head if alone else f"{head} {item.prompt}".strip() for head, item in zip(heads, items, strict=True)]
         # the headline: what was found, drawn at fresh seeds the search never saw (module docstring)
         fresh = fresh_seeds([i.seed for i in items])
         fresh_items = [Item(item.prompt, s) for item, s in zip(items, fresh, strict=True)]
@@ -268,7 +278,8 @@ def run_soft_prompt(
         **asdict(opts),
         "budget_unit": "optimisation steps per attacked prompt",
         "reference_budget": "2000 steps (UnlearnDiff's P4D), 3000 iterations (P4D)",
-        "placement": "after the start token (prefix)",
+        "placement": "the whole prompt (P4D-N)" if alone else "after the start token (prefix)",
+        "optimised": opts.optimise,
         "pool_timesteps": pool_t.tolist(),
         "headline": "what was found drawn once at fresh seeds, disjoint from the search's seeds (the plain prompt "
         "for items it already drew as the concept at checkpoint 0, else the optimised prefix)",
