@@ -22,6 +22,7 @@ from concept_edit.methods import MODES
 # What each method is asked to do in the matrix. A new method must add its entry here.
 EXAMPLES = {
     "uce": {"sd": EditRequest(concepts=("cat",), guide="art"), "shapes": EditRequest(concepts=("circle",))},
+    "rece": {"sd": EditRequest(concepts=("cat",), guide="art"), "shapes": EditRequest(concepts=("circle",))},
     "esd": {"sd": EditRequest(concepts=("cat",)), "shapes": EditRequest(concepts=("circle",))},
     "eigen": {"sd": EditRequest(concepts=("cat",)), "shapes": EditRequest(concepts=("circle",))},
     "cad": {"sd": EditRequest(concepts=("cat",)), "shapes": EditRequest(concepts=("circle",))},

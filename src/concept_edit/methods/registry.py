@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -169,17 +170,21 @@ class Method:
 
 
 _REGISTRY: dict[str, Method] = {}
-# each built-in method's config module (light, no torch): importing one describes its method
-BUILT_IN = ("amnesia", "cad", "eigen", "esd", "uce")
 _described = False
 
 
 def _describe_built_ins() -> None:
+    """Import every built-in method's config module (light, no torch): each folder of `concept_edit.methods` with a
+    `config.py` describes its method, so a new method is one folder."""
     global _described
     if not _described:
         _described = True
-        for name in BUILT_IN:
-            importlib.import_module(f"concept_edit.methods.{name}.config")
+        import pkgutil
+
+        package = importlib.import_module(__name__.rpartition(".")[0])
+        for found in pkgutil.iter_modules(package.__path__):
+            if found.ispkg and importlib.util.find_spec(f"{package.__name__}.{found.name}.config") is not None:
+                importlib.import_module(f"{package.__name__}.{found.name}.config")
 
 
 def describe(

@@ -19,13 +19,32 @@ TOKEN_MODES = ("last", "trailing", "all")
 
 
 @dataclass(frozen=True)
-class UCEConfig:
+class ClosedFormOptions:
+    """The options of UCE's closed form (eq. 7), shared by every method that solves it (UCE, RECE)."""
+
     erase_scale: float = field(default=1.0, metadata={"help": "weight s_e of the edit terms in eq. 6"})
     preserve_scale: float = field(default=1.0, metadata={"help": "weight s_p of the preserve terms in eq. 6"})
     lam: float = field(default=0.5, metadata={"help": "TIME's identity regulariser lambda (0: pure eq. 7)"})
     edit_keys: bool = field(default=True, metadata={"help": "edit W_k as well as W_v (off: values only)"})
     tokens: str = field(default="last", metadata={"help": "concept tokens to edit: last | trailing | all"})
     float64: bool = field(default=True, metadata={"help": "accumulate and solve in float64"})
+
+    def __post_init__(self) -> None:
+        check_fields(
+            self,
+            {"erase_scale": {"low": 0, "low_open": True}, "preserve_scale": {"low": 0}, "lam": {"low": 0}},
+        )
+        check_choice("tokens", self.tokens, TOKEN_MODES)
+
+    @property
+    def dtype(self):
+        import torch
+
+        return torch.float64 if self.float64 else torch.float32
+
+
+@dataclass(frozen=True)
+class UCEConfig(ClosedFormOptions):
     debias_variant: str = field(
         default="uce_sd_debias",
         metadata={"help": "debias: which official script's loop: train_debias_add | train_debias_main | uce_sd_debias"},
@@ -44,12 +63,10 @@ class UCEConfig:
     debias_guidance: float | None = field(default=None, metadata={"help": "debias: guidance (model default)"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_fields(
             self,
             {
-                "erase_scale": {"low": 0, "low_open": True},
-                "preserve_scale": {"low": 0},
-                "lam": {"low": 0},
                 "debias_step": {"low": 0, "low_open": True, "optional": True},
                 "debias_tolerance": {"low": 0, "low_open": True, "high": 1},
                 "debias_max_iterations": {"low": 1, "integer": True},
@@ -58,15 +75,8 @@ class UCEConfig:
                 "debias_guidance": {"low": 0, "optional": True},
             },
         )
-        check_choice("tokens", self.tokens, TOKEN_MODES)
         check_choice("debias_variant", self.debias_variant, tuple(DEBIAS_VARIANTS))
         check_choice("debias_controller", self.debias_controller, DEBIAS_CONTROLLERS)
-
-    @property
-    def dtype(self):
-        import torch
-
-        return torch.float64 if self.float64 else torch.float32
 
 
 def _parse_classifier(spec: str, pipe):
