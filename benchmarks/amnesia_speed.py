@@ -1,6 +1,6 @@
 """Selective Amnesia's Fisher on ShapesSD: the official loop against ours, on the same samples, in one run.
 
-    python benchmarks/amnesia_speed.py [--samples 3] [--timesteps 50] [--group all] [--json]
+    python benchmarks/amnesia_speed.py [--samples 3] [--timesteps 50] [--group all] [--json] [--smoke]
 
 Per sample x (a latent ShapesSD draws for a replay prompt) the Fisher needs g = sum_t dL_t(x)/dtheta over the
 T = 1000 training timesteps, squared (paper 004, section 2; the official `ddpm_fim.py`):
@@ -13,6 +13,9 @@ T = 1000 training timesteps, squared (paper 004, section 2; the official `ddpm_f
 Samples are timed interleaved (official, ours all T, ours S for each), on this machine's threads; the
 medians of the per-sample seconds and their ratios are reported. `"speedup"` is official / ours at the
 default S; `"speedup_same_estimator"` is official / ours at all T.
+`--smoke` uses only the first SMOKE_T = 20 of the T timesteps (T = 20 for all three estimators), so that the test
+suite runs the script end to end in seconds; its figures say nothing about the Fisher (the JSON then carries
+"smoke": true).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from functools import partial
 
 import torch
 
+SMOKE_T = 20
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -33,6 +38,7 @@ def main() -> None:
     parser.add_argument("--group", default="all", help="trained parameter group: all | x | u")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help=f"T = {SMOKE_T} timesteps: a quick check only")
     args = parser.parse_args()
 
     from concept_edit.edit import trainable
@@ -52,7 +58,7 @@ def main() -> None:
     backend = backend_for(pipe, encode_conditions(pipe, ["", *prompts]))
     rows = torch.arange(1, args.samples + 1)
     latents = backend.generate(rows, args.seed, 31)
-    T = backend.num_timesteps
+    T = SMOKE_T if args.smoke else backend.num_timesteps
     seconds = {"official": [], "ours_all": [], "ours_subsampled": []}
     sums = {k: None for k in seconds}
     with trainable(pipe, backend.parameter_names(args.group)) as tuned:
@@ -104,6 +110,8 @@ def main() -> None:
             "mean_ratio": float(sub.sum() / full.sum()),
         },
     }
+    if args.smoke:
+        out["smoke"] = True
     print()
     print(f"Fisher seconds per sample (median of {args.samples}, {out['threads']} threads, group {args.group}):")
     print(f"  official, batch-1 per timestep, T = {T}: {med['official']:.2f}")

@@ -3,6 +3,7 @@
     python benchmarks/edit_apply.py                  # float16 and float32 UNets, table
     python benchmarks/edit_apply.py --baseline       # also the eager path this library had before (v0.1)
     python benchmarks/edit_apply.py --json           # last line: {"model_bytes", "peak_extra_bytes", "ratio", "rows"}
+    python benchmarks/edit_apply.py --smoke --json   # a tiny UNet (<1M parameters): the whole path in seconds
 
 The UNet is SD 1.4's (`UNet2DConditionModel`, 860M parameters) built from its config with random weights.
 A dense delta for every one of its tensors is saved as an edit file (in the model's dtype). Then, in a fresh
@@ -13,6 +14,8 @@ peak resident set size during load + apply (VmHWM, reset just before) minus the 
 The top-level figures are the float16 UNet's (the dtype SD checkpoints ship in); `rows` has every run.
 `--baseline` measures the previous implementation's path in the same way: every delta read eagerly, an
 updated float32 copy of every tensor, then the snapshot.
+`--smoke` builds a tiny UNet of the same kind (`SMOKE_UNET`) in place of SD 1.4's, so the test suite can run the
+script end to end in seconds; its figures say nothing about SD 1.4 (the JSON then carries "smoke": true).
 """
 
 from __future__ import annotations
@@ -40,10 +43,22 @@ SD14_UNET = {
     "cross_attention_dim": 768,
     "attention_head_dim": 8,
 }
+SMOKE_UNET = {  # --smoke: the same kinds of blocks, under a million parameters
+    "sample_size": 8,
+    "in_channels": 4,
+    "out_channels": 4,
+    "block_out_channels": (32, 64),
+    "layers_per_block": 1,
+    "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
+    "cross_attention_dim": 32,
+    "attention_head_dim": 8,
+}
 
 
-def build_pipe(dtype: torch.dtype, seed: int = 0):
-    """An SD-1.4-shaped UNet with random weights (allocated once, no init pass), wrapped as a pipeline."""
+def build_pipe(dtype: torch.dtype, seed: int = 0, smoke: bool = False):
+    """An SD-1.4-shaped UNet (`smoke`: a tiny one) with random weights (allocated once, no init pass), wrapped as
+    a pipeline."""
     import diffusers
     from diffusers import UNet2DConditionModel
 
@@ -52,21 +67,21 @@ def build_pipe(dtype: torch.dtype, seed: int = 0):
     diffusers.logging.set_verbosity_error()  # no advice about from_pretrained: this UNet is built from config
 
     with torch.device("meta"):
-        unet = UNet2DConditionModel(**SD14_UNET)
+        unet = UNet2DConditionModel(**(SMOKE_UNET if smoke else SD14_UNET))
     unet = unet.to_empty(device="cpu").to(dtype)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in unet.parameters():
             p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32) * 0.02)
     pipe = types.SimpleNamespace(unet=unet, components={"unet": unet})
-    pipe.concept_edit_info = ModelInfo("sd14-shaped-random", None, 30, 7.5, 512)
+    pipe.concept_edit_info = ModelInfo("tiny-random" if smoke else "sd14-shaped-random", None, 30, 7.5, 512)
     return pipe
 
 
-def make_edit_file(dtype: torch.dtype, path: Path) -> int:
+def make_edit_file(dtype: torch.dtype, path: Path, smoke: bool = False) -> int:
     from concept_edit.edit import DenseDelta, Edit
 
-    pipe = build_pipe(dtype)
+    pipe = build_pipe(dtype, smoke=smoke)
     changes = [DenseDelta(f"unet.{n}", torch.full_like(p, 1e-3)) for n, p in pipe.unet.named_parameters()]
     Edit.create(pipe, changes, method="benchmark", config={}, request={"concepts": ["all"]}, seed=0).save(path)
     return len(changes)
@@ -95,14 +110,14 @@ def _baseline_apply(pipe, path: Path) -> dict:
     return snapshot
 
 
-def measure(dtype_name: str, path: str, baseline: bool) -> dict:
+def measure(dtype_name: str, path: str, baseline: bool, smoke: bool = False) -> dict:
     """Runs in a fresh process: build the UNet, then load + apply the edit and record the memory."""
     import gc
 
     from concept_edit.edit import Edit, apply, revert
     from concept_edit.edit.state import value_digest
 
-    pipe = build_pipe(getattr(torch, dtype_name))
+    pipe = build_pipe(getattr(torch, dtype_name), smoke=smoke)
     model_bytes = sum(p.numel() * p.element_size() for p in pipe.unet.parameters())
     before_digests = {n: value_digest(n, p) for n, p in pipe.unet.named_parameters()}
     gc.collect()
@@ -140,21 +155,23 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["float16", "float32"])
     parser.add_argument("--baseline", action="store_true", help="also measure the v0.1 eager apply")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="a tiny UNet instead of SD 1.4's: a quick check only")
     parser.add_argument("--measure", nargs=3, metavar=("DTYPE", "PATH", "BASELINE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:  # the child process
         dtype_name, path, baseline = args.measure
-        print(json.dumps(measure(dtype_name, path, baseline == "1")))
+        print(json.dumps(measure(dtype_name, path, baseline == "1", args.smoke)))
         return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for dtype_name in args.dtypes:
             path = Path(tmp) / f"whole-unet-{dtype_name}.safetensors"
             started = time.perf_counter()
-            tensors = make_edit_file(getattr(torch, dtype_name), path)
+            tensors = make_edit_file(getattr(torch, dtype_name), path, args.smoke)
             made_s = time.perf_counter() - started
             for baseline in (False, True) if args.baseline else (False,):
                 child = [sys.executable, __file__, "--measure", dtype_name, str(path), "1" if baseline else "0"]
+                child += ["--smoke"] if args.smoke else []
                 out = subprocess.run(child, check=True, capture_output=True, text=True).stdout
                 row = json.loads(out.strip().splitlines()[-1])
                 row.update(tensors=tensors, file_bytes=path.stat().st_size, create_and_save_s=round(made_s, 1))
@@ -172,7 +189,8 @@ def main() -> None:
     if args.json:
         head = next(r for r in rows if r["path"] == "concept-edit")
         keys = ("model_bytes", "peak_extra_bytes", "ratio")
-        print(json.dumps({**{k: head[k] for k in keys}, "dtype": head["dtype"], "target": 1.3, "rows": rows}))
+        smoke = {"smoke": True} if args.smoke else {}
+        print(json.dumps({**{k: head[k] for k in keys}, "dtype": head["dtype"], "target": 1.3, "rows": rows, **smoke}))
 
 
 if __name__ == "__main__":

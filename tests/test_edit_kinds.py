@@ -338,9 +338,26 @@ def test_sparse_revert_finds_the_parameter_after_the_model_moved(sd):
 
 
 def test_distinct_in_memory_edits_are_never_taken_for_the_same_one(sd):
-    for seed in range(30):  # temporaries: Python reuses the ids of freed objects
-        with applied(sd, make_edit(sd, make_change(sd, "dense", seed)).astype(torch.float16)):
-            pass
+    """Thirty in-memory edits applied one after another and left applied, each freed once applied (only the
+    pipeline's record of it remains). Python hands a new object the id of one just freed, so an identity by id()
+    would refuse a new edit as "already applied"; the ids are recorded to show that the test ran into that case.
+    Each must be taken as new: all thirty projections hold, and reverting leaves the model as it was."""
+    before = unet_output(sd)
+    manifest = make_edit(sd, make_change(sd, "activation")).manifest  # a projection changes no weight: one base
+    entries = [[make_change(sd, "activation", seed)] for seed in range(30)]  # built first: few allocations below
+    seen, reused = set(), 0
+    for changes in entries:
+        edit = Edit(entries=changes, manifest=manifest)  # as Edit.astype builds one
+        reused += id(edit) in seen  # the id of an applied (and freed) edit, handed out again
+        seen.add(id(edit))
+        apply(sd, edit)
+        del edit
+    assert reused > 0  # the case this test is about happened
+    stack = edit_state.state_of(sd).stack
+    assert len(stack) == 30 and len({record.identity for record in stack}) == 30
+    assert hooks(sd) == 30 and not torch.equal(unet_output(sd), before)
+    revert(sd)
+    assert hooks(sd) == 0 and applied_edits(sd) == [] and torch.equal(unet_output(sd), before)
 
 
 def test_revert_inside_a_trainable_block_is_refused(sd):

@@ -174,7 +174,6 @@ def test_evaluate_with_a_store_draws_each_image_once(sd, tmp_path, monkeypatch):
 def test_a_shipped_real_suite_runs_end_to_end_with_its_own_judge(shapes):
     """nudity-simple with NudeNet (shipped with its detector) on ShapesSD (the tiny random pipeline reads 16
     tokens only): the suite's judge, its summary and protocol reach the results; shapes show nothing exposed."""
-    pytest.importorskip("nudenet")
     from concept_edit.evaluation.suites import get_suite
 
     results, _ = evaluate(shapes, get_suite("nudity-simple", n=2), steps=2, progress=False)

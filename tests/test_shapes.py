@@ -98,11 +98,64 @@ def test_shapes_sd_loads_offline_and_generates(shapes):
     assert [im.size for im in images] == [(32, 32), (32, 32)]
 
 
-def test_oracle_training_script_runs_two_steps(tmp_path):
-    from concept_edit.worlds.shapes import train_oracle
+def test_oracle_training_script_saves_two_trained_steps_and_reports_their_accuracy(tmp_path, caplog):
+    """Two steps at batch 8, seed 3: the saved weights are two AdamW / one-cycle steps from the seeded network on
+    the batches the script documents (step_rng / step_generator of (seed, step)), recomputed here from the
+    script's pieces; the checkpoint resumes those weights at step 2 with the run's options; and the accuracies it
+    logs are those of the saved weights, as the shipped `Oracle` reader scores them on the same fresh images."""
+    import logging
 
-    train_oracle.main(["--out", str(tmp_path), "--steps", "2", "--batch-size", "8"])
-    assert (tmp_path / "oracle.safetensors").exists() and (tmp_path / "checkpoint.safetensors").exists()
+    import torch
+    from safetensors.torch import load_file
+
+    from concept_edit.training import resume, step_generator, step_rng
+    from concept_edit.worlds.shapes import train_oracle as script
+    from concept_edit.worlds.shapes.oracle import HEADS, OUTPUTS, Oracle, OracleNet, to_tensor
+
+    caplog.set_level(logging.INFO, logger=script.log.name)
+    script.main(["--out", str(tmp_path), "--steps", "2", "--batch-size", "8", "--seed", "3"])
+    saved = load_file(str(tmp_path / "oracle.safetensors"))
+
+    torch.manual_seed(3)  # as the script seeds its network
+    net = OracleNet()
+    initial = {k: v.clone() for k, v in net.state_dict().items()}
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=2, pct_start=0.1)
+    for step in range(2):
+        net.train()
+        images, labels = script.render_batch(step_rng(3, step), 8)
+        loss, _ = script.loss_fn(net, script.augment(to_tensor(images), step_generator(3, step)), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    assert saved.keys() == net.state_dict().keys()
+    for key, value in net.state_dict().items():
+        torch.testing.assert_close(saved[key], value, atol=0, rtol=0, msg=key)
+    assert all(not torch.equal(saved[k], initial[k]) for k in initial if k.endswith("weight"))  # every layer moved
+
+    fresh = OracleNet()
+    config = {"steps": 2, "batch_size": 8, "lr": 2e-3, "seed": 3}  # a different one is refused
+    assert resume(tmp_path / "checkpoint.safetensors", config, model=fresh) == 2
+    assert all(torch.equal(value, saved[key]) for key, value in fresh.state_dict().items())
+
+    logged = [r.args for r in caplog.records if r.name == script.log.name and r.msg.startswith("accuracy on")]
+    reported = {name: scores for name, kind, scores in logged if not kind}  # the un-augmented images
+    loaded = OracleNet()
+    loaded.load_state_dict(saved)  # strict: the file is a whole OracleNet
+    reader = Oracle(loaded)
+    for name, (images, labels) in {
+        "2000 fresh renders": script.render_batch(np.random.default_rng([3, 10**9]), 2000, rejects=False),
+        "600 fresh reject examples": script.reject_batch(np.random.default_rng([3, 10**9 + 1]), 600),
+    }.items():
+        reading = reader.read(images)
+        for head in HEADS:
+            truth = np.array([OUTPUTS[head][i] if i >= 0 else None for i in labels[head]], dtype=object)
+            keep = labels[head] >= 0
+            expected = np.mean(np.array(reading.labels(head), dtype=object)[keep] == truth[keep])
+            assert reported[name][head] == pytest.approx(expected, abs=5e-5), (name, head)
+        logo_acc = np.mean((reading.logo_prob > 0.5) == (labels["logo"] == 1))
+        assert reported[name]["logo"] == pytest.approx(logo_acc, abs=5e-5), name
 
 
 def test_shapes_sd_training_script_runs_two_steps_and_resumes(tmp_path):
