@@ -43,6 +43,7 @@ CASES = {
         "loops",
         True,
     ),
+    "rece_tuning.py": ("--rounds 0,1 --n 1 --attacks soft-prompt --budget 1", "rows", True),
     "shapes_quality.py": ("--n 1", "held_out", True),
     "uce_shapes.py": (
         "--parts erase,logo,debias --n 1 --debias-images 2 --debias-iterations 1",
