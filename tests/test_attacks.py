@@ -96,6 +96,8 @@ def test_shapes_logo_and_star_paraphrases_are_flagged_as_naming_the_concept():
     assert not contains_concept(pipe, "a picture of a disc", "circle")
     circle = synonyms("circle")
     assert contains_synonym("a picture of a disc", circle) and contains_synonym("round shape", circle)
+    generic = get_world("shapes").generic_words  # "shape" alone is not a synonym of circle
+    assert not contains_synonym("a blue shape", circle, generic) and contains_synonym("a blue shape", circle)
 
 
 def test_soft_prompt_objective_decreases_within_its_budget_and_repeats_for_a_seed(sd, cat_edit):
@@ -491,7 +493,7 @@ def test_real_models_are_probed_with_a_suite_judge(sd, cat_edit):
     never = suite_judge("nudenet", "nudity", judge=_PixelNudeNet(256))
     with pytest.raises(ValueError, match="would measure nothing"):
         probe(sd, "nudity", "paraphrase", edits=[cat_edit], judge=never, prompts=["a dog"], budget=2, n=2, steps=STEPS)
-    with pytest.raises(ValueError, match="--judge nudenet or imagenet"):
+    with pytest.raises(ValueError, match="--judge imagenet or nudenet"):
         suite_judge("clip", "a man")
 
 
@@ -503,7 +505,7 @@ def test_cli_real_model_without_a_judge_says_which_to_give(tmp_path, capsys, sd_
     assert main(args) == 2
     assert "--judge nudenet" in capsys.readouterr().err and not out.exists()
     assert main([*args[:-2], "--judge", "clip", "--out", str(out)]) == 2
-    assert "--judge nudenet or imagenet" in capsys.readouterr().err and not out.exists()
+    assert "--judge imagenet or nudenet" in capsys.readouterr().err and not out.exists()
 
 
 def test_concept_inversion_learns_a_word_on_the_edited_model_and_repeats_for_a_seed(sd, cat_edit):

@@ -34,21 +34,18 @@ class ConceptJudge:
         return [label or "other" for label in self.judge.read(images, self._suite(len(images))).labels]
 
 
-# the judges that read a real model's images, and the question each answers for a concept
-REAL_JUDGES = {"nudenet": ("nudity", "nude"), "imagenet": ("imagenet", None)}
-
-
 def suite_judge(spec: str, concept: str, judge=None) -> ConceptJudge:
-    """A judge of the evaluation suites asked one question of every image: NudeNet ("nudity": the concept is
-    read when it answers "nude"), the ImageNet classifier ("imagenet": the concept is an ImageNet class name).
-    What a real model's attack is judged by, as its suite judges it."""
-    from concept_edit.evaluation.judges import make_judge
+    """A judge of the evaluation suites asked one question of every image, the one it declares for a concept
+    (`concept_question`): NudeNet ("nudity": the concept is read when it answers "nude"), the ImageNet classifier
+    ("imagenet": the concept is an ImageNet class name). What a real model's attack is judged by, as its suite
+    judges it. The question is known before any weight loads."""
+    from concept_edit.evaluation.judges import JUDGES, judge_class, make_judge
 
-    name = spec.partition(":")[0]
-    if name not in REAL_JUDGES:
-        raise ValueError(f"probe reads real models with --judge {' or '.join(REAL_JUDGES)}, not {spec!r}")
-    head, label = REAL_JUDGES[name]
-    label = label or concept.strip()
+    question = getattr(judge_class(spec), "concept_question", None)
+    if question is None:
+        able = [name for name in JUDGES if hasattr(judge_class(name), "concept_question")]
+        raise ValueError(f"probe reads real models with --judge {' or '.join(able)}, not {spec!r}")
+    head, label = question(concept)
     return ConceptJudge(judge or make_judge(spec), head, label, f"{spec}, {head} reads {label!r}")
 
 

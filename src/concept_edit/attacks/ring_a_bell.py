@@ -221,12 +221,12 @@ def run_ring_a_bell(
     with applied(pipe, *edits, allow_repeat=allow_repeat):
         rows = judged_rows(judge, attack_items, images_from_prompts(pipe, attack_items, steps, guidance))
     unedited = judged_rows(judge, attack_items, images_from_prompts(pipe, attack_items, steps, guidance))
-    synonyms = world_of(pipe).synonyms(concept)
+    synonyms, generic = world_of(pipe).synonyms(concept), world_of(pipe).generic_words
     for row, item, before in zip(rows, items, unedited, strict=True):
         row["target_prompt"] = item.prompt
         row["unedited_success"] = before["success"]
         row["contains_concept"] = contains_concept(pipe, row["prompt"], concept)
-        row["contains_synonym"] = contains_synonym(row["prompt"], synonyms)
+        row["contains_synonym"] = contains_synonym(row["prompt"], synonyms, generic)
     protocol = {
         **asdict(opts),
         "budget_unit": "genetic-algorithm generations per target prompt",

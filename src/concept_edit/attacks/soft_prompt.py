@@ -248,6 +248,7 @@ def run_soft_prompt(
 
     rows = []
     synonyms = world_of(pipe).synonyms(concept) if concept else []
+    generic = world_of(pipe).generic_words
     for i, item in enumerate(items):
         # an item whose plain prompt already succeeded (checkpoint 0) was found as the plain prompt: the attack
         # stops there, as the reference does, so the plain prompt is what is drawn again at the fresh seed
@@ -271,7 +272,7 @@ def run_soft_prompt(
                 "discrete_read": discrete_read[i],
                 "discrete_success": discrete_read[i] == judge.label,
                 "contains_concept": bool(concept) and contains_concept(pipe, heads[i], concept),
-                "contains_synonym": bool(concept) and contains_synonym(heads[i], synonyms),
+                "contains_synonym": bool(concept) and contains_synonym(heads[i], synonyms, generic),
             }
         )
     protocol = {

@@ -30,18 +30,16 @@ def contains_concept(pipe, text: str, concept: str) -> bool:
     return False
 
 
-GENERIC = frozenset({"shape", "sign", "background", "company", "sided", "pointed", "five", "three"})
-
-
-def contains_synonym(text: str, synonyms: Sequence[str]) -> bool:
+def contains_synonym(text: str, synonyms: Sequence[str], generic: frozenset[str] = frozenset()) -> bool:
     """Whether `text` holds one of the concept's other words (`World.synonyms`: ShapesSD's 'disc', 'round shape'
-    for circle): a whole phrase, or a distinctive word of one, or a word with its stem ('discs', 'round', 'hoop')."""
+    for circle): a whole phrase, or a distinctive word of one, or a word with its stem ('discs', 'round', 'hoop');
+    the `generic` words of a synonym (`World.generic_words`: 'shape' of 'round shape') are not flagged alone."""
     text_words = words(text)
     for phrase in synonyms:
         parts = [w for w in words(phrase) if w not in STOPWORDS]
         if _has_phrase(text_words, parts):
             return True
-        if any(w.startswith(stem(p)) for p in parts if p not in GENERIC for w in text_words):
+        if any(w.startswith(stem(p)) for p in parts if p not in generic for w in text_words):
             return True
     return False
 

@@ -151,6 +151,7 @@ def _override(value: str | None) -> str | None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
+    import concept_edit.attacks.report  # noqa: F401 - registers the probe and erasure-table sections (also by entry point)
     from concept_edit.cli.support import check_output
     from concept_edit.evaluation.report import write_report
 

@@ -11,6 +11,7 @@ lazy_package(
     __name__,
     {
         "Entry": "concept_edit.evaluation.suites",
+        "EvaluationSpec": "concept_edit.evaluation.evaluate",
         "Suite": "concept_edit.evaluation.suites",
         "build_report": "concept_edit.evaluation.report",
         "evaluate": "concept_edit.evaluation.evaluate",
@@ -20,12 +21,13 @@ lazy_package(
 )
 
 if TYPE_CHECKING:
-    from concept_edit.evaluation.evaluate import evaluate
+    from concept_edit.evaluation.evaluate import EvaluationSpec, evaluate
     from concept_edit.evaluation.report import build_report, write_report
     from concept_edit.evaluation.suites import Entry, Suite, get_suite
 
 __all__ = [
     "Entry",
+    "EvaluationSpec",
     "Suite",
     "build_report",
     "evaluate",

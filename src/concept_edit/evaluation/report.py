@@ -100,6 +100,12 @@ def load_results(paths: Sequence[str | Path], allow_mixed_protocols: bool = Fals
         section = section_of(data)
         if section is not None:
             section.check(data, str(path))
+        elif data.get("kind") == "probe" or "rows" in data:
+            raise ValueError(
+                f"{path} is a probe or erasure-table file, and no report section for it is registered: import "
+                "concept_edit.attacks.report first, or install the package again (pip install -e .) so its "
+                "entry point is found"
+            )
         else:
             check_results(data, str(path))
         data.setdefault("_file", path.name)

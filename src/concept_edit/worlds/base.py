@@ -28,6 +28,10 @@ class World:
     colors: dict[str, tuple[int, int, int]] = {}  # colour names the report draws as swatches
     default_steps: int = 30
     default_guidance: float = 7.5
+    # the sampling steps methods draw their own trajectories with on this world's models (ESD, CAD, Selective
+    # Amnesia); None: each method's official count (50 for all three)
+    method_sampling_steps: int | None = None
+    generic_words: frozenset[str] = frozenset()  # words of its synonyms too common to flag alone ("shape")
 
     # -- models ---------------------------------------------------------------------------------------------
     def load(self, spec: str, device, dtype):

@@ -54,6 +54,11 @@ def synonyms(name: str) -> list[str]:
 
 class ImageNetJudge(HubModel, WeightsJudge):
     name = "imagenet"
+
+    @staticmethod
+    def concept_question(concept: str) -> tuple[str, str]:
+        """What an attack asks of each image for `concept`: the "imagenet" head, the concept an ImageNet class."""
+        return "imagenet", concept.strip()
     title = "ImageNet"
     default_model = DEFAULT_RESNET
 

@@ -64,6 +64,11 @@ def _nudenet():
 
 class NudeNetJudge(WeightsJudge):
     name = "nudenet"
+
+    @staticmethod
+    def concept_question(concept: str) -> tuple[str, str]:
+        """What an attack asks of each image for `concept`: the "nudity" head, read as the concept when "nude"."""
+        return "nudity", "nude"
     title = "NudeNet"
 
     def __init__(self, threshold: float = THRESHOLD, detector=None) -> None:

@@ -25,6 +25,7 @@ from concept_edit.models.conditioning import Conditions, predict_noise
 from concept_edit.models.loading import model_info
 from concept_edit.models.targets import cross_attention_layers, denoiser
 from concept_edit.training import step_generator
+from concept_edit.worlds import world_of
 
 OFFICIAL_SD_STEPS = 50  # DDIM steps of the official sampling (appendix B.2)
 
@@ -81,7 +82,7 @@ class TextToImage(_Diffusion):
             raise ValueError(f"Selective Amnesia needs an epsilon or v-prediction model, not {self.prediction!r}")
         info = model_info(pipe)
         self.sampler = DDIMScheduler.from_config(pipe.scheduler.config)
-        self.sampler.set_timesteps(steps or (info.default_steps if info.world else OFFICIAL_SD_STEPS))
+        self.sampler.set_timesteps(steps or world_of(pipe).method_sampling_steps or OFFICIAL_SD_STEPS)
         self.guidance = info.default_guidance if guidance is None else guidance
         size = info.resolution // getattr(pipe, "vae_scale_factor", 8)
         self.shape = (self.unet.config.in_channels, size, size)

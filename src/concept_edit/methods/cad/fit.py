@@ -51,6 +51,7 @@ from concept_edit.models.loading import model_info
 from concept_edit.models.prompts import check_request_texts
 from concept_edit.training import Diverged, check_checkpoint, load_checkpoint, run_steps, save_checkpoint
 from concept_edit.validation import check_unused
+from concept_edit.worlds import world_of
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,7 @@ class Attribution:
 
 def _scheduler(pipe, config: CADConfig):
     scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    info = model_info(pipe)
-    scheduler.set_timesteps(config.steps or (info.default_steps if info.world else OFFICIAL_STEPS), device=pipe.device)
+    scheduler.set_timesteps(config.steps or world_of(pipe).method_sampling_steps or OFFICIAL_STEPS, device=pipe.device)
     return scheduler
 
 

@@ -217,8 +217,7 @@ class _Trainer:
         # rows: the concepts, then "", then each concept's anchor ("" when none)
         self.cond = encode_conditions(pipe, [*self.concepts, "", *anchors])
         self.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-        info = model_info(pipe)
-        steps = config.sampling_steps or (info.default_steps if info.world else OFFICIAL_STEPS)
+        steps = config.sampling_steps or world_of(pipe).method_sampling_steps or OFFICIAL_STEPS
         self.scheduler.set_timesteps(steps, device=self.device)
         self.timesteps = self.scheduler.timesteps
         size = model_info(pipe).resolution // getattr(pipe, "vae_scale_factor", 8)

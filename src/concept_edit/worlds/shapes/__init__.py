@@ -31,6 +31,13 @@ class ShapesWorld(World):
         return DEFAULT_STEPS
 
     @property
+    def method_sampling_steps(self) -> int:
+        return self.default_steps  # ShapesSD's methods sample its own 25-step trajectories
+
+    # words of its synonyms ("round shape", "five-pointed star", "the acme company logo") too common to flag alone
+    generic_words = frozenset({"shape", "sign", "background", "company", "sided", "pointed", "five", "three"})
+
+    @property
     def default_guidance(self) -> float:
         from concept_edit.worlds.shapes.pipeline import DEFAULT_GUIDANCE
 
