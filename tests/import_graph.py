@@ -3,7 +3,9 @@
 Every `import`/`from … import` anywhere in a module counts, including the ones deferred into a function body
 (a deferred import hides a circle from the interpreter but not from the reader), and so does every string that
 names a module of the package ("concept_edit.methods.uce.fit", "concept_edit.worlds.shapes.judge:Class"): the
-lazy re-exports and registries import what they name.
+lazy re-exports and registries import what they name. What is found at run time by discovery (the worlds'
+subpackages by `pkgutil`, entry points, module names built in f-strings) is, by design, not an edge: a plug-in
+is imported by the registry that finds it without the registry naming it.
 """
 
 from __future__ import annotations

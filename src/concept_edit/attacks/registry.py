@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from concept_edit.validation import check_fields
 
 
-def option(default, help: str):
-    return field(default=default, metadata={"help": help})
+def option(default, help: str, choices: tuple | None = None):
+    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,9 @@ class SoftPromptOptions:
     timesteps: int = option(50, "P4D's evenly spaced training timesteps")
     batch_size: int = option(64, "UNet rows per call when computing targets and the objective")
     objective: str = option("p4d", "p4d: match the unedited model's prediction; unlearndiff: match the true noise "
-                            "(UnlearnDiff's own get_loss)")  # fmt: skip
+                            "(UnlearnDiff's own get_loss)", OBJECTIVES)  # fmt: skip
     placement: str = option("prefix", "prefix: free tokens before the prompt (UnlearnDiff's prefix_k); alone: the "
-                            "free tokens are the whole prompt (P4D-N, with --tokens 16)")  # fmt: skip
+                            "free tokens are the whole prompt (P4D-N, with --tokens 16)", PLACEMENTS)  # fmt: skip
     optimise: bool = option(True, "off: the random starting tokens drawn as they are, not optimised (the control "
                             "that shows what the optimisation adds)")  # fmt: skip
 

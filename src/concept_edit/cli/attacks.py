@@ -106,7 +106,16 @@ def _options(args: argparse.Namespace):
     if args.images is not None and args.attack != "concept-inversion":
         raise ValueError(f"--images does not apply to the {args.attack} attack")
     cls = get_attack(args.attack).options_cls
-    return None if cls is NoOptions else cls(**given)
+    if cls is NoOptions:
+        return None
+    try:
+        return cls(**given)
+    except ValueError as err:  # the dataclass names the field ("tokens must be >= 1"): say it as the flag
+        text = str(err)
+        name = text.split()[0] if text else ""
+        if name in given:
+            text = f"--{name.replace('_', '-')}{text[len(name):]}"
+        raise ValueError(f"the {args.attack} attack: {text}") from None
 
 
 def cmd_probe(args: argparse.Namespace) -> None:

@@ -78,5 +78,5 @@ def _add(parser, f: dataclasses.Field, hint, help_text: str) -> None:
         metavar = "PATH" if kind is Path else None
         parser.add_argument(
             flag, dest=f.name, type=path_type if kind is Path else kind, default=argparse.SUPPRESS, metavar=metavar,
-            help=help_text,
+            choices=f.metadata.get("choices"), help=help_text,
         )
