@@ -351,7 +351,7 @@ def _probe_cli(tmp_path, *extra, model="shapes", edit=None):
         (("--attack", "paraphrase", "--strength", "2"), "--strength does not apply"),
         (("--attack", "ring-a-bell", "--budget", "-3"), "budget of -3"),
         (("--attack", "soft-prompt", "--images", "imgs"), "--images does not apply"),
-        (("--attack", "concept-inversion", "--init-word", " "), "init_word is empty"),
+        (("--attack", "concept-inversion", "--init-word", " "), "--init-word is empty"),
         (("--attack", "concept-inversion", "--images", "no-such-folder", "--edit", "e"), "no such folder"),
     ],
 )
