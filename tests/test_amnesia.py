@@ -219,7 +219,7 @@ def tiny_vae_model():
 
 
 def test_vae_per_sample_gradients_equal_a_loop():
-    from concept_edit.methods.amnesia.backends import DigitsVAE
+    from concept_edit.worlds.digits.amnesia import DigitsVAE
 
     model = tiny_vae_model()
     backend = DigitsVAE(model)

@@ -90,6 +90,11 @@ class World:
         """Prompts for generative replay that avoid `concepts` (Selective Amnesia); None: the user gives them."""
         return None
 
+    def backend(self, method: str, pipe, **options):
+        """The adapter `method` trains this world's models through, when they are not text-to-image pipelines
+        (Selective Amnesia on the digits models); None: the method's own."""
+        return None
+
     def method_defaults(self, method: str, pipe) -> dict[str, Any]:
         """Option values tuned for this world, replacing the paper's defaults for `method` ({} keeps them)."""
         return {}

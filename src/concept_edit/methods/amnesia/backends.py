@@ -1,11 +1,10 @@
-"""The three kinds of model Selective Amnesia trains, behind one small interface.
+"""The models Selective Amnesia trains, behind one small interface.
 
 * `TextToImage`: a diffusers text-to-image pipeline (ShapesSD, SD 1.x/2.x, SDXL); data are VAE latents,
   conditions are rows of encoded prompts; the loss is L_simple (per-sample mean squared error of the noise,
   or of v for a v-prediction model), as the official `ddpm_forget.py` trains;
-* `DigitsVAE`: the conditional VAE of digits world (`DigitsModel`) (data 8x8 images in [0, 1], conditions class
-  labels); the loss is the negative ELBO;
-* `DigitsDDPM`: the class-conditional DDPM of digits world (`DigitsModel`); the loss is L_simple.
+* a world's own adapter for models that are not text-to-image pipelines (`World.backend("amnesia", pipe)`: the
+  digits world's conditional VAE, loss the negative ELBO, and class-conditional DDPM, loss L_simple).
 
 Each gives: `loss(x, rows, timesteps, noise)` (one value per row), `draw(x, generator)` (training timesteps
 and noise), `generate(rows, seed, stream)` (samples of the current model, no grad), `uniform(n, generator)`
@@ -49,7 +48,7 @@ class Data:
         return Data(torch.cat([p.x for p in parts]), torch.cat([p.rows for p in parts]))
 
 
-class _Diffusion:
+class Diffusion:
     """What both diffusion kinds share: training timesteps uniform on [0, T) and Gaussian noise."""
 
     num_timesteps: int
@@ -64,7 +63,7 @@ class _Diffusion:
         return torch.randn((count, *x0.shape[1:]), generator=generator).to(self.device)
 
 
-class TextToImage(_Diffusion):
+class TextToImage(Diffusion):
     kind = "text-to-image"
     diffusion = True
     reduction = "mean"  # the official SD loss: batch means, plus lambda * the EWC sum
@@ -139,81 +138,12 @@ class TextToImage(_Diffusion):
         return torch.cat(out)
 
 
-class DigitsVAE:
-    kind = "vae"
-    diffusion = False
-    reduction = "sum"  # the official VAE loss: batch sums (BCE + KL, reduction='sum'), plus lambda * EWC
-    num_timesteps = 1
-
-    def __init__(self, model):
-        self.model, self.vae, self.device = model, model.vae, model.device
-        self.latent_dim = self.vae.latent_dim
-
-    def parameter_names(self, group: str) -> list[str]:
-        if group != "all":
-            raise ValueError(f"the digits VAE has no cross-attention: parameter group must be 'all', not {group!r}")
-        return [f"vae.{n}" for n, _ in self.vae.named_parameters()]
-
-    def loss(self, x, rows, timesteps, noise) -> torch.Tensor:  # noqa: ARG002 - one interface for all kinds
-        return self.vae.neg_elbo(x, rows, noise=noise)
-
-    def draw(self, x, generator):
-        return torch.zeros(len(x), dtype=torch.long), torch.randn((len(x), self.latent_dim), generator=generator)
-
-    @torch.no_grad()
-    def generate(self, rows: torch.Tensor, seed: int, stream: int, *, batch_size: int = 4096, progress=False):
-        out = []
-        for start in range(0, len(rows), batch_size):
-            gen = step_generator(seed, start, stream)
-            out.append(self.model.sample(rows[start : start + batch_size], generator=gen))
-        return torch.cat(out).to(self.device)
-
-    def uniform(self, n: int, generator) -> torch.Tensor:
-        return torch.rand((n, 1, 8, 8), generator=generator).to(self.device)
-
-
-class DigitsDDPM(_Diffusion, DigitsVAE):
-    """L_simple summed over pixels and averaged over the batch, as the official CIFAR code
-    (`noise_estimation_loss_conditional`), so that its lambda (10) means the same here; the Fisher's
-    timesteps see the null class 10% of the time, as its class dropout does when the official code
-    estimates the Fisher (`null_row`, `null_share`)."""
-
-    kind = "ddpm"
-    diffusion = True
-    reduction = "mean"
-    null_share = 0.1
-
-    def __init__(self, model, steps: int | None = None, guidance: float | None = None):
-        self.model, self.unet, self.device = model, model.unet, model.device
-        self.null_row = model.null_class
-        self.num_timesteps = int(model.scheduler.config.num_train_timesteps)
-        self.sampling = {"steps": steps, "guidance": guidance}
-
-    def parameter_names(self, group: str) -> list[str]:
-        if group != "all":
-            raise ValueError(f"the digits DDPM has no cross-attention: parameter group must be 'all', not {group!r}")
-        return [f"unet.{n}" for n, _ in self.unet.named_parameters()]
-
-    def loss(self, x, rows, timesteps, noise) -> torch.Tensor:
-        pixels = x[0].numel()  # the helper's loss is a mean over pixels; the official one sums them
-        return self.model.loss_terms(x, rows, timesteps.to(self.device), noise) * pixels
-
-    @torch.no_grad()
-    def generate(self, rows: torch.Tensor, seed: int, stream: int, *, batch_size: int = 256, progress=False):
-        out = []
-        starts = range(0, len(rows), batch_size)
-        for start in tqdm(starts, desc="amnesia: sampling", disable=not progress, leave=False):
-            gen = step_generator(seed, start, stream)
-            out.append(self.model.sample(rows[start : start + batch_size], generator=gen, **self.sampling))
-        return torch.cat(out).to(self.device)
-
-
-def backend_for(pipe, cond: Conditions | None = None, **sampling) -> TextToImage | DigitsVAE | DigitsDDPM:
-    kind = getattr(pipe, "kind", None)
-    if kind == "vae":
-        return DigitsVAE(pipe)
-    if kind == "ddpm":
-        return DigitsDDPM(pipe, **sampling)
+def backend_for(pipe, cond: Conditions | None = None, **sampling):
+    """The adapter Selective Amnesia trains `pipe` through: its world's own (the class-conditional digits models'),
+    else the text-to-image one."""
+    own = world_of(pipe).backend("amnesia", pipe, **sampling)
+    if own is not None:
+        return own
     if not isinstance(getattr(pipe, "unet", None), nn.Module):
         raise ValueError(f"Selective Amnesia cannot train a {type(pipe).__name__}: it has no UNet or digits model")
     return TextToImage(pipe, cond, **sampling)

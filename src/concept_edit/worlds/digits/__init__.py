@@ -33,6 +33,13 @@ class DigitsWorld(World):
 
         return load_digits_model(spec, device, dtype)
 
+    def backend(self, method, pipe, **options):
+        if method != "amnesia":
+            return None
+        from concept_edit.worlds.digits.amnesia import DigitsDDPM, DigitsVAE
+
+        return DigitsVAE(pipe) if pipe.kind == "vae" else DigitsDDPM(pipe, **options)
+
     def method_defaults(self, method, pipe):
         return dict(AMNESIA[pipe.kind]) if method == "amnesia" else {}
 
