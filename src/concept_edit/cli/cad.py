@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+# the CAD options that decide the scores (the others decide what an edit prunes from them)
+ATTRIBUTION_OPTIONS = ("modules", "samples", "steps", "timesteps", "guidance", "batch_size")
+
 
 def add_verbs(verbs) -> None:
+    from concept_edit.cli.flags import dataclass_flags
     from concept_edit.cli.support import add_edit_args, add_force, add_model_args, number, seed_type
+    from concept_edit.methods import get_method
 
     for name, helptext in (
         ("attribute", "CAD scores w * dJ/dw of a concept for every weight of the chosen modules, to a file"),
@@ -19,14 +24,8 @@ def add_verbs(verbs) -> None:
         p.add_argument("--mode", choices=("erase", "amplify"), default="erase", help="objective: eq. 4 or eq. 5")
         p.add_argument("--guide", default=None, help="erase: the base prompt c_base (default: '')")
         p.add_argument("--images", help="amplify: a folder of images of the concept, or shapes:OBJECT[:N]")
-        p.add_argument("--modules", action="append", help="ff, attn1, attn2 or residual (repeat; default ff)")
-        for flag, helptext in (
-            ("--samples", "erase: trajectories (default: 4)"),
-            ("--steps", "DDIM steps (default: 50; ShapesSD 25)"),
-            ("--timesteps", "steps attributed at (default: all)"),
-            ("--batch-size", "samples per backward (default: 8)"),
-        ):
-            p.add_argument(flag, type=number(flag, low=1, integer=True), help=helptext)
+        dataclass_flags(p.add_argument_group("attribution options (as `edit cad`)"), get_method("cad").config_cls,
+                        only=ATTRIBUTION_OPTIONS)  # fmt: skip
         p.add_argument("--seed", type=seed_type(), default=0)
         if name == "attribute":
             p.add_argument("--out", required=True, help="scores .safetensors file")
@@ -51,10 +50,8 @@ def _prepare(args: argparse.Namespace, suffix: str, extra_outputs=()):
     for extra in extra_outputs:
         check_output(out.with_suffix(extra), force=args.force, inputs=edit_inputs(args.edit))
     request = EditRequest(concepts=(args.concept,), mode=args.mode, guide=args.guide)
-    options = {"modules": tuple(args.modules)} if args.modules else {}
-    for key in ("samples", "steps", "timesteps", "batch_size"):
-        if getattr(args, key) is not None:
-            options[key] = getattr(args, key)
+    options = {k: tuple(v) if isinstance(v, list) else v for k in ATTRIBUTION_OPTIONS if (v := getattr(args, k, None))
+               is not None}  # fmt: skip
     config = make_config("cad", **options)
     if args.mode == "amplify" and not args.images:
         raise ValueError("amplify needs images of the concept: --images FOLDER (or shapes:OBJECT on ShapesSD)")

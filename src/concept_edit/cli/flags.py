@@ -27,14 +27,17 @@ def path_type(text: str) -> Path:
     return Path(text)
 
 
-def dataclass_flags(parser, cls: type) -> list[str]:
-    """Add one --option per field (help from the field's metadata); returns the field names.
+def dataclass_flags(parser, cls: type, only: tuple[str, ...] | None = None) -> list[str]:
+    """Add one --option per field (help from the field's metadata), or per field named in `only`; returns the
+    field names.
 
     A field with a `parse` function (an input such as the debias judge) takes a text spec, parsed later.
     """
     hints = typing.get_type_hints(cls)
     names = []
     for f in dataclasses.fields(cls):
+        if only is not None and f.name not in only:
+            continue
         default = f.default if f.default is not dataclasses.MISSING else "none"
         help_text = f.metadata.get("help", "")
         if "default" not in help_text:  # a help that explains its own default keeps it
