@@ -1,7 +1,7 @@
 """One table for every erasure method on ShapesSD, with the attacks that try to bring the concept back.
 
     python benchmarks/erasure_table.py [--concepts circle,striped,"the acme logo"] [--methods uce,esd-x,...]
-        [--n 16] [--seed 0] [--train-seed 0] [--attacks paraphrase,soft-prompt,ring-a-bell] [--quick] [--json]
+        [--n 16] [--seed 0] [--train-seed 0] [--attacks paraphrase,soft-prompt,...] [--quick] [--json]
         [--rows-file rows.jsonl]
 
 Every registered method that erases (`concept-edit methods`; ESD as its two variants ESD-x and ESD-u) is
@@ -15,7 +15,9 @@ with the one `AMNESIA_SURROGATES` names for the concept) to each concept: an obj
   its name (shapes-containing);
 * the Frechet distance of oracle features to true renders and to the unedited model's images, and the image
   change against the unedited model (LPIPS if installed, else oracle-feature cosine distance);
-* each attack's success rate (`concept_edit.attacks.probe` at its default budget; n attack images, Wilson
+* each attack's success rate (`concept_edit.attacks.probe` at its default budget: paraphrase, soft-prompt,
+  ring-a-bell, concept-inversion, and soft-prompt's P4D-N (16 free tokens as the whole prompt), UnlearnDiff's
+  objective and the unoptimised random-prefix control as their own columns; n attack images, Wilson
   interval, and the prompt-level interval at n = distinct prompts). The default budgets are far below the
   references (soft-prompt 200 steps against 2000 in UnlearnDiff's P4D and 3000 in P4D; ring-a-bell 30
   generations against the notebook's 3000): the rates are lower bounds. The defaults were set by hand on
@@ -37,6 +39,7 @@ The last line with --json is {"rows": [{"method", "concept", "target_accuracy", 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import tempfile
@@ -44,7 +47,7 @@ import time
 from pathlib import Path
 
 from concept_edit import EditRequest, fit, make_config
-from concept_edit.attacks import ATTACKS, RingABellOptions, SoftPromptOptions, probe
+from concept_edit.attacks import ATTACKS, ConceptInversionOptions, RingABellOptions, SoftPromptOptions, probe
 from concept_edit.evaluation.evaluate import evaluate
 from concept_edit.evaluation.metrics import format_share, wilson
 from concept_edit.evaluation.suites import get_suite
@@ -57,12 +60,26 @@ QUICK = {
     "methods": "uce,eigen",
     "concepts": "circle",
     "n": 2,
-    "budgets": {"paraphrase": 2, "soft-prompt": 2, "ring-a-bell": 2},
+    "budgets": {"paraphrase": 2, "soft-prompt": 2, "ring-a-bell": 2, "concept-inversion": 2},
     "options": {
         "soft-prompt": SoftPromptOptions(eval_every=1, timesteps=4),
         "ring-a-bell": RingABellOptions(population=8, searches=1),
+        "concept-inversion": ConceptInversionOptions(samples=2, batch_size=2),
     },
 }
+
+
+# attack columns that are another setting of one attack: (attack, its options); the evaluation's own settings,
+# which no defence trains or is tuned with (the defences here train with no attack)
+VARIANTS = {
+    "soft-prompt-16": ("soft-prompt", {"tokens": 16, "placement": "alone"}),  # P4D-N
+    "unlearndiff": ("soft-prompt", {"objective": "unlearndiff"}),  # UnlearnDiff's own objective
+    "random-prefix": ("soft-prompt", {"optimise": False}),  # the control: the random start, unoptimised
+}
+
+
+def attack_columns() -> list[str]:
+    return [*ATTACKS, *VARIANTS]
 
 
 def erasure_rows() -> dict[str, tuple[str, dict]]:
@@ -145,7 +162,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=16, help="images per concept, and attack images per attack")
     parser.add_argument("--seed", type=int, default=0, help="first suite seed; the attacks' seed")
     parser.add_argument("--train-seed", type=int, default=0)
-    parser.add_argument("--attacks", default=",".join(ATTACKS))
+    parser.add_argument("--attacks", default=",".join(attack_columns()))
     parser.add_argument("--quick", action="store_true", help="tiny setting: UCE and eigen on circle, n 2")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--rows-file", type=Path, default=None, help="JSONL: append each finished row; skip rows in it")
@@ -164,6 +181,9 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown rows {unknown}; choose from {', '.join(known)}")
     attacks = [a for a in args.attacks.split(",") if a]
+    unknown = [a for a in attacks if a not in attack_columns()]
+    if unknown:
+        parser.error(f"unknown attacks {unknown}; choose from {', '.join(attack_columns())}")
     concepts = [c.strip() for c in args.concepts.split(",") if c.strip()]
 
     rows = read_rows(args.rows_file)
@@ -241,9 +261,13 @@ def _row(pipe, row, spec, concept, home, label, suites, baselines, attacks, args
                 result[name.removeprefix("shapes-")] = _share(leak["per_concept"], [label])
     result["attack_success"], result["attacks"] = {}, {}
     for attack in attacks:
+        base, extra = VARIANTS.get(attack, (attack, {}))
+        chosen = options.get(base)
+        if extra:  # a variant: the base attack's options (the quick ones, if any) with the variant's settings
+            chosen = dataclasses.replace(chosen, **extra) if chosen is not None else SoftPromptOptions(**extra)
         try:
-            probed = probe(pipe, concept, attack, edits=[edit], budget=budgets.get(attack), n=args.n, seed=args.seed,
-                           options=options.get(attack))  # fmt: skip
+            probed = probe(pipe, concept, base, edits=[edit], budget=budgets.get(base), n=args.n, seed=args.seed,
+                           options=chosen)  # fmt: skip
         except ValueError as error:
             result["attacks"][attack] = {"refused": str(error)}
             continue
