@@ -826,7 +826,23 @@ def eigen_figures() -> str:
     return "\n\n".join(f"![{alt}](../{SITE_DIR}/{name}){{ loading=lazy width=420 }}" for name, alt in figures)
 
 
+def rece_tuning() -> str:
+    """RECE's rounds on the tuning seeds: the target, the others and each attack per round count."""
+    d = load("rece_tuning.json")
+    attacks = list(d["rows"][0]["attacks"]) if d["rows"] else []
+    unedited = ["unedited", rate(d["unedited"]["target"]), rate(d["unedited"]["others"]), *["" for _ in attacks]]
+    rows = [unedited] + [
+        [f"{r['rounds']} rounds", rate(r["target"]), rate(r["others"]), *(rate(r["attacks"][a]) for a in attacks)]
+        for r in d["rows"]
+    ]
+    header = ["RECE", "circle drawn", "other objects drawn", *(f"{a} success" for a in attacks)]
+    note = f"ShapesSD, n {d['n']} per object and per attack, tuning seeds from {d['seed']}."
+    return (source("python benchmarks/rece_tuning.py --json", "rece_tuning.json", "rece_tuning.log") + "\n\n"
+            + note + "\n\n" + table(header, rows))  # fmt: skip
+
+
 TABLES: dict[str, Callable[[], str]] = {
+    "rece_tuning": rece_tuning,
     "erasure_table": erasure_table,
     "erasure_summary": erasure_summary,
     "probe": probe_table,
