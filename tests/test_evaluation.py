@@ -87,6 +87,8 @@ def test_evaluate_runs_as_stages_over_one_spec(shapes, two_image_suite):
     assert json.dumps(staged, sort_keys=True) == json.dumps(by_spec, sort_keys=True)
     with pytest.raises(TypeError, match="give options in the EvaluationSpec"):
         evaluate(shapes, spec, target="star")
+    with pytest.raises(TypeError, match="unknown option.s. targt; known: .*target"):
+        evaluate(shapes, suite, targt="star")
 
 
 def test_images_without_an_object_are_read_as_none_not_as_some_object(shapes, two_image_suite, monkeypatch):

@@ -105,6 +105,10 @@ def evaluate(
             raise TypeError(f"evaluate: give options in the EvaluationSpec, not as keywords ({', '.join(options)})")
         spec = suite
     else:
+        known = {f.name for f in dataclasses.fields(EvaluationSpec)} - {"suite"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise TypeError(f"evaluate: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         spec = EvaluationSpec(suite, **options)
     plan = prepare(pipe, spec, baseline_given=baseline_images is not None)
     images, baseline = draw(pipe, plan, baseline_images=baseline_images, store=store, progress=progress)
