@@ -61,6 +61,8 @@ def test_a_metric_only_suite_has_no_accuracy_but_its_counts(sd):
 def test_the_shapes_oracle_and_true_renders_are_refused_for_another_model(sd):
     with pytest.raises(ValueError, match="shapes-oracle, which reads another world's images"):
         evaluate(sd, _suite(judge="shapes-oracle"), progress=False)
+    with pytest.raises(ValueError, match="shapes-oracle, which reads another world's images"):  # named as an option
+        evaluate(sd, _suite(), judge="shapes-oracle", progress=False)
     with pytest.raises(ValueError, match="true renders exist only for a world that can draw its prompts"):
         evaluate(sd, _suite(), reference="renders", progress=False)
 

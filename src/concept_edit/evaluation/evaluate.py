@@ -125,8 +125,8 @@ def prepare(pipe, spec: EvaluationSpec, *, baseline_given: bool = False) -> Plan
     info, world = model_info(pipe), world_of(pipe)
     features = (suite.features or world.features) if spec.features == "suite" else spec.features
     reference = suite.reference if spec.reference == "suite" else spec.reference
-    judge_spec = suite.judge or world.judge
-    if spec.judge is None:
+    judge_spec = spec.judge if isinstance(spec.judge, str) else suite.judge or world.judge
+    if spec.judge is None or isinstance(spec.judge, str):  # a judge object given in Python is the caller's call
         _check_judge_world(suite, judge_spec, world, info)
     if reference == "renders" and world.renders(suite.entries[:1]) is None:
         raise ValueError(
@@ -140,9 +140,7 @@ def prepare(pipe, spec: EvaluationSpec, *, baseline_given: bool = False) -> Plan
     check_reference(reference)
     if spec.guidance is not None and any(e.guidance is not None for e in suite.entries):  # the user's scale wins
         suite = dataclasses.replace(suite, entries=tuple(dataclasses.replace(e, guidance=None) for e in suite.entries))
-    judge = spec.judge if spec.judge is not None and not isinstance(spec.judge, str) else make_judge(
-        spec.judge or judge_spec
-    )
+    judge = spec.judge if spec.judge is not None and not isinstance(spec.judge, str) else make_judge(judge_spec)
     check_suite(pipe, suite, judge)
     extractor = _extractor(features)
     # the image change without LPIPS: the suite's features, else the world's own (the shapes oracle's)
