@@ -103,15 +103,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         device = process_device()
         args.device = None if device is None else str(device)
     pipe = load_model(args)
-    judge = None
-    if args.judge is not None:
-        from concept_edit.evaluation.judges import make_judge
-
-        judge = make_judge(args.judge)
     results, _ = evaluate(
         pipe,
         suite,
-        judge=judge,
+        judge=args.judge,  # a name: checked against the model's world, then built
         features=_override(args.features),
         reference=_override(args.reference),
         edits=edits,
