@@ -550,6 +550,9 @@ def test_concept_inversion_reads_a_folder_of_images_and_refuses_an_empty_one(tmp
 
     from concept_edit.attacks.concept_inversion import read_images
 
+    (tmp_path / "file.png").write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        read_images(tmp_path / "file.png", 16)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds no readable image"):
         read_images(tmp_path / "empty", 16)

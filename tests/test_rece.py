@@ -49,7 +49,11 @@ def test_each_round_erases_what_regenerated_the_concept(sd):
     assert stats["residual_of_the_next_derived"] > rounds[0]["residual_before"]
 
 
-@pytest.mark.parametrize(("option", "value", "message"), [("rounds", -1, "rounds"), ("derive_lam", 0, "derive_lam")])
+BAD = [("rounds", -1, "rounds"), ("rounds", 10**6, "rounds"), ("derive_lam", 0, "derive_lam"),
+       ("derive_lam", float("nan"), "derive_lam")]
+
+
+@pytest.mark.parametrize(("option", "value", "message"), BAD)
 def test_bad_rece_options_are_refused(option, value, message):
     with pytest.raises(ValueError, match=message):
         make_config("rece", **{option: value})

@@ -209,7 +209,8 @@ def read_images(folder, resolution: int) -> np.ndarray:
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"--images {folder}: no such folder of images of the concept")
+        what = "is a file, not a folder" if folder.exists() else "no such folder"
+        raise ValueError(f"--images {folder}: {what} of images of the concept")
     out = []
     for path in sorted(folder.iterdir()):
         try:

@@ -26,7 +26,9 @@ class RECEConfig(ClosedFormOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_fields(self, {"rounds": {"low": 0, "integer": True}, "derive_lam": {"low": 0, "low_open": True}})
+        # each round adds one erased row per concept row; past the text embedding's width (hundreds) more add nothing
+        check_fields(self, {"rounds": {"low": 0, "high": 1000, "integer": True},
+                            "derive_lam": {"low": 0, "low_open": True}})  # fmt: skip
 
 
 describe(
