@@ -27,10 +27,13 @@ EXAMPLES = {
     "eigen": {"sd": EditRequest(concepts=("cat",)), "shapes": EditRequest(concepts=("circle",))},
     "cad": {"sd": EditRequest(concepts=("cat",)), "shapes": EditRequest(concepts=("circle",))},
     "amnesia": {"sd": EditRequest(concepts=("cat",), preserve=("a dog",)), "shapes": EditRequest(concepts=("circle",))},
+    "advunlearn": {"sd": EditRequest(concepts=("cat",), preserve=("a dog",)),
+                   "shapes": EditRequest(concepts=("circle",))},  # fmt: skip
 }
 # Options that keep a trained method's matrix run short (a few steps, with a step size that shows in the output).
 OPTIONS = {
     "esd": {"iterations": 3, "sampling_steps": 3, "lr": 3e-3},
+    "advunlearn": {"iterations": 3, "warmup": 1, "attack_steps": 2, "sampling_steps": 3, "lr": 3e-3},
     "eigen": {"samples": 2, "steps": 3},
     "cad": {"samples": 1, "steps": 3},
     "amnesia": {

@@ -1,0 +1,112 @@
+"""AdvUnlearn's options (`AdvUnlearnConfig`) and inputs (`AdvUnlearnInputs`).
+
+Light to import (no torch): the CLI renders `concept-edit edit advunlearn --help` from these dataclasses.
+Defaults are the official script's (OPTML-Group/AdvUnlearn `train-scripts/AdvUnlearn.py`) unless a world
+replaces them (`World.method_defaults("advunlearn", pipe)`: ShapesSD has its own, chosen on its tuning seeds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from concept_edit.methods.registry import CheckpointedInputs, describe, input_field
+from concept_edit.validation import check_choice, check_fields
+
+MODULES = ("text-encoder", "x")
+RETAIN_MODES = ("iter", "reg")
+ATTACK_INITS = ("latest", "random")
+# the official script's values; a world's tuned values replace the None-defaulted ones
+PAPER = {"lr": 1e-5, "iterations": 1000, "warmup": 200, "attack_steps": 30}
+
+
+@dataclass(frozen=True)
+class AdvUnlearnConfig:
+    modules: str = field(
+        default="text-encoder",
+        metadata={"help": "what trains: text-encoder (the paper's default: its Linear layers) | x (ESD-x's set)"},
+    )
+    eta: float = field(default=1.0, metadata={"help": "ESD's negative guidance (official --negative_guidance 1)"})
+    iterations: int | None = field(
+        default=None, metadata={"help": "outer (erasure) steps (default: the paper's 1000; ShapesSD: its tuned value)"}
+    )
+    lr: float | None = field(
+        default=None, metadata={"help": "Adam learning rate (default: the paper's 1e-5; ShapesSD: its tuned value)"}
+    )
+    warmup: int | None = field(
+        default=None,
+        metadata={"help": "first steps without the inner attack: ESD (default: the paper's 200; ShapesSD: tuned)"},
+    )
+    attack_steps: int | None = field(
+        default=None,
+        metadata={"help": "inner soft-prompt attack steps per attack (default: the paper's 30; ShapesSD: tuned)"},
+    )
+    attack_lr: float = field(default=1e-3, metadata={"help": "Adam learning rate of the inner attack (official)"})
+    attack_tokens: int = field(default=1, metadata={"help": "free prefix tokens of the inner attack (official: 1)"})
+    attack_every: int = field(default=1, metadata={"help": "outer steps between inner attacks (official: 1)"})
+    attack_init: str = field(
+        default="latest", metadata={"help": "start each attack from the last one's tokens (latest) or random words"}
+    )
+    retain_weight: float = field(default=1.0, metadata={"help": "weight of the retain (utility) loss"})
+    retain_batch: int = field(default=5, metadata={"help": "retain prompts per step (official: 5)"})
+    retain_mode: str = field(
+        default="iter",
+        metadata={"help": "iter: a separate retain step after each erasure step (official) | reg: one summed loss"},
+    )
+    sampling_steps: int | None = field(
+        default=None, metadata={"help": "DDIM steps of a trajectory (50 as official; ShapesSD: its own 25)"}
+    )
+    sampling_guidance: float = field(default=3.0, metadata={"help": "guidance scale when sampling x_t (official 3)"})
+    pool_trajectories: int = field(default=4, metadata={"help": "concept trajectories per pool refresh"})
+    refresh_every: int = field(default=25, metadata={"help": "outer steps between pool refreshes"})
+
+    def __post_init__(self) -> None:
+        check_fields(
+            self,
+            {
+                "eta": {"low": 0, "high": 100},
+                "iterations": {"low": 1, "integer": True, "optional": True},
+                "lr": {"low": 0, "low_open": True, "optional": True},
+                "warmup": {"low": 0, "integer": True, "optional": True},
+                "attack_steps": {"low": 1, "integer": True, "optional": True},
+                "attack_lr": {"low": 0, "low_open": True},
+                "attack_tokens": {"low": 1, "high": 16, "integer": True},
+                "attack_every": {"low": 1, "integer": True},
+                "retain_weight": {"low": 0},
+                "retain_batch": {"low": 1, "integer": True},
+                "sampling_steps": {"low": 1, "integer": True, "optional": True},
+                "sampling_guidance": {"low": 0},
+                "pool_trajectories": {"low": 1, "integer": True},
+                "refresh_every": {"low": 1, "integer": True},
+            },
+        )
+        for name, allowed in (("modules", MODULES), ("retain_mode", RETAIN_MODES), ("attack_init", ATTACK_INITS)):
+            check_choice(name, getattr(self, name), allowed)
+
+    def resolved(self, tuned: dict) -> dict:
+        """lr, iterations, warmup and attack_steps: the option, else the world's tuned value, else the paper's."""
+        out = {}
+        for name, paper in PAPER.items():
+            value = getattr(self, name)
+            out[name] = value if value is not None else tuned.get(name, paper)
+        if out["warmup"] >= out["iterations"]:
+            raise ValueError(
+                f"warmup {out['warmup']} is not below iterations {out['iterations']}: the inner attack would never run"
+            )
+        return out
+
+
+@dataclass(frozen=True)
+class AdvUnlearnInputs(CheckpointedInputs):
+    checkpoint: Path | None = input_field("file that Ctrl-C and every --checkpoint-every iterations write")
+    resume: bool = input_field("continue the run saved in --checkpoint", default=False)
+    checkpoint_every: int = input_field("iterations between checkpoints", default=100)
+
+
+describe(
+    "advunlearn",
+    AdvUnlearnConfig,
+    modes=("erase",),
+    summary="ESD against an inner soft-prompt attack, with a retain loss (AdvUnlearn, adversarial)",
+    inputs_cls=AdvUnlearnInputs,
+)

@@ -1,0 +1,346 @@
+"""AdvUnlearn: Defensive Unlearning with Adversarial Training for Robust Concept Erasure in Diffusion Models
+(Zhang et al., NeurIPS 2024). ESD's erasure trained against a soft-prompt attack that is re-run on the model
+as it is being erased, plus a utility (retain) loss; by default the text encoder is what trains.
+
+The paper's bi-level problem (its eq. 4-5), with ESD's loss as the upper level:
+
+    min_theta  l_ESD(theta, [delta*, c]) + gamma l_retain(theta),
+    delta* = argmin_delta  E || eps_theta(x_t, [delta, c], t) - eps*(x_t, c, t) ||^2         (the inner attack)
+
+    l_ESD(theta, p)  = E || eps_theta(x_t, p, t) - (eps*(x_t, t) - eta (eps*(x_t, c, t) - eps*(x_t, t))) ||^2
+    l_retain(theta)  = E_r || eps_theta(x_t^r, r, t) - eps*(x_t^r, r, t) ||^2   over retain prompts r
+
+eps* is the original model. delta are `attack_tokens` free input (word) embeddings of the text encoder put
+before the concept's words (the official `prefix_k`, `word_embd`), found by Adam with the attack's own loss,
+the inner minimisation above (the official `soft_prompt_attack`: the trained model under [delta, c] made to
+predict what the ORIGINAL model predicts for c).
+
+As the official `train-scripts/AdvUnlearn.py` runs it (its defaults are this module's; where this differs it
+says so):
+* the first `warmup` steps are plain ESD on the concept prompt; after them an attack of `attack_steps` steps
+  runs every `attack_every` steps, started from the last attack's tokens (`attack_init` latest; the first one
+  from random vocabulary tokens), and the ESD step trains on [delta*, c];
+* x_t is sampled by the model being trained (its UNet, which in the text-encoder mode is the original one)
+  with the ORIGINAL text encoder's conditioning, guided DDIM (`sampling_guidance` 3) to a random step; the
+  targets come from the original model at that x_t;
+* `retain_mode` iter: after each erasure step, a second optimiser step on the retain loss over
+  `retain_batch` prompts (the official default; `retain_weight` scales it, 1 there); reg: one summed loss;
+* `modules` text-encoder trains every Linear of the text encoder's layers (the official
+  `text_encoder_full` without `--norm_layer`: no norm, no embedding table); x trains ESD-x's set.
+How the inner attack's cost was kept down, and other departures:
+* x_t are not drawn afresh for every sample (the official loop samples a new trajectory for each attack
+  step, erasure step and retain step, ~K/2 guided UNet calls each): every `refresh_every` steps a pool of
+  `pool_trajectories` concept trajectories and as many retain trajectories is sampled, and every step of
+  each is a sample with its frozen targets computed once (as ESD's `pool` schedule). Attack, erasure and
+  retain steps then cost one forward and backward each;
+* the attack zeroes its gradient before each step; the official loop never calls `zero_grad` on the attack's
+  optimiser, so its Adam sees the running sum of every earlier step's gradient (read as an oversight);
+* the retain prompts are the request's `preserve` list or the world's generic captions (ShapesSD: the other
+  objects), not the official COCO object list, and one naming the concept is refused;
+* with several concepts the adversarial tokens are shared, each attack run against one concept in turn.
+SDXL (two text encoders) is refused, as the soft-prompt attack is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from concept_edit.attacks.encoder import encode_ids, frozen, prompt_ids, template_ids, token_embeddings, vocabulary
+from concept_edit.edit import trainable
+from concept_edit.methods.advunlearn.config import AdvUnlearnConfig, AdvUnlearnInputs
+from concept_edit.methods.esd.fit import OFFICIAL_STEPS, _frozen_view, esd_target, variant_parameters
+from concept_edit.methods.registry import EditRequest, register
+from concept_edit.models.conditioning import Conditions, encode_conditions, predict_noise
+from concept_edit.models.loading import model_info
+from concept_edit.models.prompts import concept_ids
+from concept_edit.models.targets import denoiser
+from concept_edit.training import (
+    check_checkpoint,
+    load_checkpoint,
+    run_steps,
+    save_checkpoint,
+    step_generator,
+    step_rng,
+)
+from concept_edit.words import concept_words, stem, words
+from concept_edit.worlds import world_of
+
+log = logging.getLogger(__name__)
+
+RETAIN_PROMPTS = 64  # generic retain captions asked of a world when the request gives none
+
+
+def trained_parameters(pipe, modules: str) -> list[str]:
+    """Pipeline-relative names of what trains: the text encoder's Linear layers, or ESD-x's cross-attention."""
+    if modules == "x":
+        return variant_parameters(pipe, "x")
+    names = []
+    for name, module in pipe.text_encoder.named_modules():
+        if isinstance(module, nn.Linear) and "pooler" not in name:  # the pooler does not feed the UNet
+            names += [f"text_encoder.{name}.{p}" for p, _ in module.named_parameters(recurse=False)]
+    if not names:
+        raise ValueError("the text encoder has no Linear layer to train; use --modules x")
+    return names
+
+
+def retain_prompts(pipe, request: EditRequest, seed: int) -> list[str]:
+    """The retain set: the request's preserve list, else the world's generic captions; none may name a concept."""
+    prompts = list(request.preserve) or world_of(pipe).replay_prompts(request.concepts, RETAIN_PROMPTS, seed)
+    if not prompts:
+        raise ValueError(
+            "advunlearn needs retain prompts (its utility loss) and this model's world has none: give --preserve "
+            "prompts of what must stay (the paper uses COCO object prompts)"
+        )
+    for concept in request.concepts:
+        named = {form for w in concept_words(concept) for form in (stem(w), w + "s", w + "es")}
+        for prompt in prompts:
+            if named & {form for w in words(prompt) for form in (w, stem(w))}:
+                raise ValueError(f"the retain prompt {prompt!r} names the erased concept {concept!r}; leave it out")
+    return prompts
+
+
+def _check(pipe, request: EditRequest, config: AdvUnlearnConfig) -> None:
+    if getattr(pipe, "text_encoder_2", None) is not None or getattr(pipe, "text_encoder", None) is None:
+        raise ValueError(
+            f"advunlearn trains against a soft-prompt attack in one text encoder's input space; "
+            f"{model_info(pipe).spec!r} has two (SDXL), which it does not support yet"
+        )
+    if any(request.concept_guides):
+        raise ValueError("advunlearn erases toward the unconditional prediction (ESD's); it takes no guide")
+    for concept in request.concepts:
+        concept_ids(pipe, concept)
+    component = pipe.text_encoder if config.modules == "text-encoder" else pipe.unet
+    if component.dtype != torch.float32:
+        raise ValueError(
+            f"advunlearn fine-tunes float32 master weights, but the model is loaded in {component.dtype}; "
+            "load it in float32 (--dtype float32)"
+        )
+
+
+@dataclass
+class _Pool:
+    """Samples of the concept's trajectories (x, t, concept, frozen eps(x, c), ESD target) and of the retain
+    prompts' (retain_x, retain_t, retain, frozen eps(x, r))."""
+
+    x: torch.Tensor
+    t: torch.Tensor
+    concept: torch.Tensor
+    eps_concept: torch.Tensor
+    target: torch.Tensor
+    retain_x: torch.Tensor
+    retain_t: torch.Tensor
+    retain: torch.Tensor
+    eps_retain: torch.Tensor
+
+    def state_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class _Trainer:
+    """Conditioning (original and as the trained text encoder reads it), the DDIM schedule, the frozen view."""
+
+    def __init__(self, pipe, request, config, unet, frozen_view, retain: list[str]):
+        from diffusers import DDIMScheduler
+
+        self.pipe, self.config, self.unet, self.frozen_view = pipe, config, unet, frozen_view
+        self.concepts, self.retain = list(request.concepts), retain
+        n = len(self.concepts)
+        self.original = encode_conditions(pipe, [*self.concepts, "", *retain])  # rows: concepts, "", retain
+        self.uncond_row, self.retain_rows = n, n + 1
+        self.plain = prompt_ids(pipe, self.concepts)
+        self.adversarial = template_ids(pipe, ["{} " + c for c in self.concepts], config.attack_tokens)
+        self.retain_ids = prompt_ids(pipe, retain)
+        self.allowed = vocabulary(pipe.tokenizer, [i for c in self.concepts for i in concept_ids(pipe, c)])
+        self.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        steps = config.sampling_steps or world_of(pipe).method_sampling_steps or OFFICIAL_STEPS
+        self.scheduler.set_timesteps(steps, device=pipe.device)
+        size = model_info(pipe).resolution // getattr(pipe, "vae_scale_factor", 8)
+        self.latent_shape = (unet.config.in_channels, size, size)
+
+    def eps(self, x, t, cond: torch.Tensor | Conditions, *, frozen_model: bool = False) -> torch.Tensor:
+        cond = cond if isinstance(cond, Conditions) else Conditions(cond)
+        return predict_noise(self.unet, x, t, cond, replace=self.frozen_view if frozen_model else None)
+
+    def encode(self, which: str, index: torch.Tensor, free: torch.Tensor | None = None) -> torch.Tensor:
+        """Conditioning as the trained text encoder reads it (differentiable): plain concept, [delta, concept]
+        or retain prompts, rows `index`."""
+        if which == "adversarial":
+            ids, mask, first = self.adversarial
+            free = free.expand(len(index), -1, -1)
+            return encode_ids(self.pipe, ids[index], mask[index], free, first[index])
+        ids, mask = self.plain if which == "plain" else self.retain_ids
+        return encode_ids(self.pipe, ids[index], mask[index])
+
+    @torch.no_grad()
+    def _trajectories(self, rows: torch.Tensor, generator: torch.Generator):
+        """Guided DDIM from noise by the model being trained with the original conditioning: every step's x and
+        t, and the sampler's own (eps_uncond, eps_rows) there (the frozen ones when the UNet does not train)."""
+        n = len(rows)
+        x = torch.randn((n, *self.latent_shape), generator=generator).to(self.pipe.device)
+        x = x * self.scheduler.init_noise_sigma
+        cond = Conditions.cat([self.original.take(torch.full_like(rows, self.uncond_row)), self.original.take(rows)])
+        xs, ts, us, cs = [], [], [], []
+        for t in self.scheduler.timesteps:
+            eps_u, eps_c = self.eps(torch.cat([x, x]), t, cond).chunk(2)
+            xs.append(x)
+            ts.append(t.expand(n))
+            us.append(eps_u)
+            cs.append(eps_c)
+            x = self.scheduler.step(eps_u + self.config.sampling_guidance * (eps_c - eps_u), t, x).prev_sample
+        return torch.cat(xs), torch.cat(ts), rows.repeat(len(xs)), torch.cat(us), torch.cat(cs)
+
+    @torch.no_grad()
+    def _frozen(self, x, t, rows: torch.Tensor) -> torch.Tensor:
+        out = [self.eps(x[i : i + 64], t[i : i + 64], self.original.take(rows[i : i + 64]), frozen_model=True)
+               for i in range(0, len(x), 64)]  # fmt: skip
+        return torch.cat(out)
+
+    def sample_pool(self, seed: int, refresh: int) -> _Pool:
+        p, n = self.config.pool_trajectories, len(self.concepts)
+        device = self.pipe.device
+        concept_rows = ((torch.arange(p) + refresh * p) % n).to(device)
+        x, t, concept, eps_u, eps_c = self._trajectories(concept_rows, step_generator(seed, refresh, 1))
+        picks = step_rng(seed, refresh, 2).choice(len(self.retain), max(p, self.config.retain_batch))
+        retain = torch.as_tensor(picks, device=device) + self.retain_rows
+        rx, rt, rrows, _, eps_r = self._trajectories(retain, step_generator(seed, refresh, 3))
+        if self.frozen_view is not None:  # the UNet trains: the sampler's predictions are not the original's
+            eps_c, eps_r = self._frozen(x, t, concept), self._frozen(rx, rt, rrows)
+            eps_u = self._frozen(x, t, torch.full_like(concept, self.uncond_row))
+        target = esd_target(eps_c, eps_u, self.config.eta)
+        return _Pool(x, t, concept, eps_c, target, rx, rt, rrows - self.retain_rows, eps_r)
+
+    def random_tokens(self, seed: int, step: int) -> torch.Tensor:
+        """The first attack's start: embeddings of random ordinary vocabulary tokens (official `init_adv`)."""
+        picks = step_rng(seed, step, 5).choice(len(self.allowed), self.config.attack_tokens)
+        ids = self.allowed[torch.as_tensor(picks)]
+        return token_embeddings(self.pipe).detach()[ids.to(self.pipe.device)].float().unsqueeze(0).clone()
+
+    def attack(self, pool: _Pool, start: torch.Tensor, concept: int, steps: int, seed: int, step: int):
+        """The inner attack on the weights as they are: `steps` Adam steps on delta; returns (delta, last loss)."""
+        delta = start.clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([delta], lr=self.config.attack_lr)
+        rows = torch.nonzero(pool.concept == concept).flatten()
+        picks = rows[torch.as_tensor(step_rng(seed, step, 6).choice(len(rows), steps)).to(rows.device)]
+        loss = torch.zeros(())
+        with frozen(self.pipe.text_encoder, self.unet):
+            for i in picks.tolist():
+                optimizer.zero_grad(set_to_none=True)
+                cond = self.encode("adversarial", pool.concept[i : i + 1], delta)
+                pred = self.eps(pool.x[i : i + 1], pool.t[i : i + 1], cond)
+                loss = torch.nn.functional.mse_loss(pred, pool.eps_concept[i : i + 1])
+                loss.backward()
+                optimizer.step()
+        return delta.detach(), loss.item()
+
+    def erase_loss(self, pool: _Pool, i: int, delta: torch.Tensor | None) -> torch.Tensor:
+        rows = pool.concept[i : i + 1]
+        cond = self.encode("plain", rows) if delta is None else self.encode("adversarial", rows, delta)
+        pred = self.eps(pool.x[i : i + 1], pool.t[i : i + 1], cond)
+        return torch.nn.functional.mse_loss(pred, pool.target[i : i + 1])
+
+    def retain_loss(self, pool: _Pool, seed: int, step: int) -> torch.Tensor:
+        pick = torch.as_tensor(step_rng(seed, step, 7).choice(len(pool.retain_x), self.config.retain_batch))
+        pick = pick.to(pool.retain_x.device)
+        pred = self.eps(pool.retain_x[pick], pool.retain_t[pick], self.encode("retain", pool.retain[pick]))
+        return torch.nn.functional.mse_loss(pred, pool.eps_retain[pick])
+
+
+@register("advunlearn")
+def fit_advunlearn(pipe, request: EditRequest, config: AdvUnlearnConfig, inputs: AdvUnlearnInputs, *, seed: int = 0,
+                   progress: bool = True):  # fmt: skip
+    """Train AdvUnlearn on `pipe` for `request.concepts`; return the change as an `Edit` (pipeline restored)."""
+    _check(pipe, request, config)
+    chosen = config.resolved(world_of(pipe).method_defaults("advunlearn", pipe))
+    retain = retain_prompts(pipe, request, seed)
+    keys = trained_parameters(pipe, config.modules)
+    if inputs.resume and (inputs.checkpoint is None or not Path(inputs.checkpoint).exists()):
+        raise ValueError(f"--resume: there is no checkpoint at {inputs.checkpoint}")
+    options = {k: v for k, v in dataclasses.asdict(config).items() if k != "iterations"}
+    run_config = {"config": options, "request": request.to_dict(), "seed": seed, "retain": retain}
+    if inputs.resume:  # before any work: the file is this method's checkpoint, of this run
+        check_checkpoint(inputs.checkpoint, "advunlearn", run_config)
+    _, unet = denoiser(pipe)
+    started = time.perf_counter()
+    with trainable(pipe, keys) as tuned:
+        view = _frozen_view(unet, tuned, lora=False) if config.modules == "x" else None
+        trainer = _Trainer(pipe, request, config, unet, view, retain)
+        optimizer = torch.optim.Adam(tuned.parameters, lr=chosen["lr"])
+        state = {"pool": None, "delta": None, "losses": [], "attack_losses": [], "retain_losses": []}
+        start = 0
+        if inputs.resume:
+            saved = load_checkpoint(inputs.checkpoint, run_config, "advunlearn")
+            with torch.no_grad():
+                for p, value in zip(tuned.parameters, saved["trained"], strict=True):
+                    p.copy_(value)
+            optimizer.load_state_dict(saved["optimizer"])
+            device = pipe.device
+            state["pool"] = _Pool(**{k: v.to(device) for k, v in saved["pool"].items()}) if saved["pool"] else None
+            state["delta"] = saved["delta"].to(device) if saved["delta"] is not None else None
+            for name in ("losses", "attack_losses", "retain_losses"):
+                state[name] = list(saved[name])
+            start = saved["step"]
+            if start > chosen["iterations"]:
+                raise ValueError(f"the checkpoint is at iteration {start}, past --iterations {chosen['iterations']}")
+            log.info("resumed advunlearn from %s at iteration %d", inputs.checkpoint, start)
+
+        def step_fn(step: int) -> dict[str, float]:
+            if state["pool"] is None or step % config.refresh_every == 0:
+                state["pool"] = trainer.sample_pool(seed, step // config.refresh_every)
+            pool = state["pool"]
+            adversarial = step >= chosen["warmup"]
+            if adversarial and (step - chosen["warmup"]) % config.attack_every == 0:
+                present = pool.concept.unique().tolist()  # with fewer trajectories than concepts, those drawn
+                concept = present[(step // config.attack_every) % len(present)]
+                begin = state["delta"] if state["delta"] is not None and config.attack_init == "latest" else None
+                begin = begin if begin is not None else trainer.random_tokens(seed, step)
+                state["delta"], attack_loss = trainer.attack(pool, begin, concept, chosen["attack_steps"], seed, step)
+                state["attack_losses"].append(attack_loss)
+            i = int(step_rng(seed, step, 8).integers(len(pool.x)))
+            optimizer.zero_grad(set_to_none=True)
+            loss = trainer.erase_loss(pool, i, state["delta"] if adversarial else None)
+            if config.retain_mode == "reg":
+                retain_loss = trainer.retain_loss(pool, seed, step)
+                (loss + config.retain_weight * retain_loss).backward()
+                optimizer.step()
+            else:
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                retain_loss = trainer.retain_loss(pool, seed, step)
+                (config.retain_weight * retain_loss).backward()
+                optimizer.step()
+            state["losses"].append(loss.item())
+            state["retain_losses"].append(retain_loss.item())
+            return {"loss": state["losses"][-1], "retain": state["retain_losses"][-1]}
+
+        def save_fn(step: int) -> None:
+            if inputs.checkpoint is None:
+                return
+            save_checkpoint(inputs.checkpoint, step, run_config, kind="advunlearn",
+                            trained=[p.detach() for p in tuned.parameters], optimizer=optimizer.state_dict(),
+                            pool=state["pool"].state_dict() if state["pool"] is not None else None,
+                            delta=state["delta"], losses=state["losses"], attack_losses=state["attack_losses"],
+                            retain_losses=state["retain_losses"])  # fmt: skip
+
+        run_steps(total=chosen["iterations"], start=start, step_fn=step_fn, save_fn=save_fn,
+                  every=inputs.checkpoint_every, desc="advunlearn", progress=progress,
+                  checkpointing=inputs.checkpoint is not None, checkpoint_file=inputs.checkpoint,
+                  diverged_hint="; lower --lr, --attack-lr or --eta")  # fmt: skip
+    log.info("advunlearn: %d iterations in %.1f s", chosen["iterations"], time.perf_counter() - started)
+
+    def tail(values: list[float]) -> float | None:
+        values = values[-max(1, len(values) // 10) :]
+        return sum(values) / len(values) if values else None
+
+    stats = {**chosen, "final_loss": tail(state["losses"]), "final_retain_loss": tail(state["retain_losses"]),
+             "final_attack_loss": tail(state["attack_losses"]), "attacks": len(state["attack_losses"]),
+             "retain_prompts": len(retain), "trained_parameters": len(keys)}  # fmt: skip
+    return tuned.edit(method="advunlearn", config=dataclasses.asdict(config), request=request.to_dict(), seed=seed,
+                      stats=stats)  # fmt: skip

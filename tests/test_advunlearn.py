@@ -1,0 +1,213 @@
+"""AdvUnlearn: only the chosen weights train, the erasure target is ESD's formula on the original model, the inner
+attack lowers its own loss on the weights as they are, resume is exact, a text-encoder edit is an ordinary edit
+file (save, load, apply, revert, compose, export, export-lora), and bad input changes nothing."""
+
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from concept_edit import Edit, EditRequest, applied, apply, compose, fit, make_config, make_inputs, revert
+from concept_edit.methods.advunlearn import fit as adv
+from concept_edit.training import Interrupted
+
+REQUEST = EditRequest(concepts=("cat",), preserve=("a dog", "a tree"))
+
+
+def config(**options):
+    merged = {"iterations": 6, "warmup": 2, "attack_steps": 3, "lr": 1e-3, "sampling_steps": 4, "refresh_every": 3,
+              **options}  # fmt: skip
+    return make_config("advunlearn", **merged)
+
+
+def snapshot(pipe):
+    return {f"{name}.{k}": v.clone() for name in ("unet", "text_encoder")
+            for k, v in getattr(pipe, name).state_dict().items()}  # fmt: skip
+
+
+def assert_state(pipe, reference):
+    now = snapshot(pipe)
+    assert now.keys() == reference.keys()
+    for key, value in reference.items():
+        assert torch.equal(now[key], value), key
+
+
+@pytest.mark.parametrize("modules", ["text-encoder", "x"])
+def test_only_the_chosen_weights_train_and_the_pipeline_is_restored(sd, modules):
+    before = snapshot(sd)
+    edit = fit(sd, "advunlearn", REQUEST, config(modules=modules), progress=False)
+    assert_state(sd, before)
+    chosen = set(adv.trained_parameters(sd, modules))
+    assert edit.targets and set(edit.targets) <= chosen
+    prefix = "text_encoder." if modules == "text-encoder" else "unet."
+    assert all(t.startswith(prefix) for t in edit.targets)
+    if modules == "x":
+        assert all(".attn2." in t for t in edit.targets)
+    else:  # no norm, no embedding table: the official text_encoder_full without --norm_layer
+        assert not any("norm" in t or "embed" in t for t in edit.targets)
+    stats = edit.manifest["stats"]
+    assert stats["attacks"] == 4 and stats["warmup"] == 2  # one attack per step after the warmup
+
+
+def trainer(pipe, cfg, request=REQUEST):
+    from contextlib import ExitStack
+
+    from concept_edit.edit import trainable
+
+    stack = ExitStack()
+    keys = adv.trained_parameters(pipe, cfg.modules)
+    tuned = stack.enter_context(trainable(pipe, keys))
+    view = adv._frozen_view(pipe.unet, tuned, lora=False) if cfg.modules == "x" else None
+    return stack, tuned, adv._Trainer(pipe, request, cfg, pipe.unet, view, list(request.preserve))
+
+
+@pytest.mark.parametrize("modules", ["text-encoder", "x"])
+def test_pool_targets_are_the_esd_formula_and_the_original_predictions(sd, modules):
+    """Independently: the original pipeline's own encode_prompt and UNet at the pool's x_t, after the trained
+    weights have moved (so a target read from the trained model would differ)."""
+    from concept_edit.methods.esd.fit import esd_target
+
+    reference = {k: v.clone() for k, v in snapshot(sd).items()}
+    cfg = config(modules=modules, eta=1.5)
+    stack, tuned, tr = trainer(sd, cfg)
+    with stack:
+        with torch.no_grad():
+            for p in tuned.parameters:
+                p.add_(torch.randn_like(p) * 0.05)
+        pool = tr.sample_pool(seed=1, refresh=0)
+        moved = {k: v.clone() for k, v in snapshot(sd).items()}
+    assert_state(sd, reference)  # the block gave the original weights back
+    with torch.no_grad():
+        embeds = sd.encode_prompt(["cat", "", "a dog", "a tree"], sd.device, 1, False)[0]
+
+        def unet(x, t, rows):
+            return sd.unet(x, t, encoder_hidden_states=embeds[rows]).sample
+
+        eps_c = unet(pool.x, pool.t, torch.zeros(len(pool.x), dtype=torch.long))
+        eps_u = unet(pool.x, pool.t, torch.ones(len(pool.x), dtype=torch.long))
+        eps_r = unet(pool.retain_x, pool.retain_t, pool.retain + 2)
+    assert any(not torch.equal(moved[k], reference[k]) for k in reference)
+    torch.testing.assert_close(pool.eps_concept, eps_c, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(pool.target, esd_target(eps_c, eps_u, 1.5), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(pool.eps_retain, eps_r, rtol=1e-4, atol=1e-5)
+
+
+def test_the_inner_attack_lowers_its_loss_on_the_current_weights(sd):
+    cfg = config(attack_lr=0.05)
+    stack, tuned, tr = trainer(sd, cfg)
+    with stack:
+        pool = tr.sample_pool(seed=0, refresh=0)
+        start = tr.random_tokens(seed=0, step=0)
+
+        def attack_loss(delta):
+            with torch.no_grad():
+                losses = []
+                for i in range(len(pool.x)):
+                    cond = tr.encode("adversarial", pool.concept[i : i + 1], delta)
+                    pred = tr.eps(pool.x[i : i + 1], pool.t[i : i + 1], cond)
+                    losses.append(torch.nn.functional.mse_loss(pred, pool.eps_concept[i : i + 1]).item())
+                return np.mean(losses)
+
+        delta, _ = tr.attack(pool, start, concept=0, steps=40, seed=0, step=0)
+        assert not torch.equal(delta, start)
+        assert attack_loss(delta) < attack_loss(start)
+        assert all(p.requires_grad for p in tuned.parameters)  # the attack froze them only while it ran
+
+
+def test_resume_after_ctrl_c_equals_an_uninterrupted_run(sd, tmp_path, monkeypatch):
+    """Interrupted during iteration 4 of 7: the pool refreshed at 3 and the latest adversarial tokens restored."""
+    cfg = config(iterations=7)
+    whole = fit(sd, "advunlearn", REQUEST, cfg, seed=3, progress=False)
+    ckpt = tmp_path / "run.ckpt"
+    calls = {"n": 0}
+    real = adv._Trainer.erase_loss
+
+    def erase_then_ctrl_c(self, pool, i, delta):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, pool, i, delta)
+
+    monkeypatch.setattr(adv._Trainer, "erase_loss", erase_then_ctrl_c)
+    with pytest.raises(Interrupted):
+        fit(sd, "advunlearn", REQUEST, cfg, make_inputs("advunlearn", checkpoint=ckpt), seed=3, progress=False)
+    assert ckpt.exists()
+    monkeypatch.setattr(adv._Trainer, "erase_loss", real)
+    resumed = fit(sd, "advunlearn", REQUEST, cfg, make_inputs("advunlearn", checkpoint=ckpt, resume=True), seed=3,
+                  progress=False)  # fmt: skip
+    assert resumed.manifest["stats"] == whole.manifest["stats"]
+    for a, b in zip(whole.changes(), resumed.changes(), strict=True):
+        assert a.target == b.target
+        torch.testing.assert_close(a.delta, b.delta, atol=0, rtol=0)
+    esd_ckpt = tmp_path / "esd.ckpt"  # a finished run leaves its checkpoint
+    fit(sd, "esd", EditRequest(concepts=("cat",)), make_config("esd", iterations=2),
+        make_inputs("esd", checkpoint=esd_ckpt), progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="not an? advunlearn checkpoint"):
+        fit(sd, "advunlearn", REQUEST, cfg, make_inputs("advunlearn", checkpoint=esd_ckpt, resume=True))
+
+
+def test_a_text_encoder_edit_is_an_ordinary_edit_file(sd, tmp_path):
+    from concept_edit.export import export_pipeline
+    from concept_edit.lora_export import export_lora
+
+    before = snapshot(sd)
+    edit = fit(sd, "advunlearn", REQUEST, config(), progress=False)
+    loaded = Edit.load(edit.save(tmp_path / "adv"))
+    assert loaded.manifest == edit.manifest
+    apply(sd, loaded)
+    edited = snapshot(sd)
+    assert any(not torch.equal(edited[k], before[k]) for k in before if k.startswith("text_encoder."))
+    for change in loaded.changes():  # applied exactly: original + delta
+        key = change.target
+        torch.testing.assert_close(edited[key], before[key] + change.delta.to(before[key].dtype), rtol=0, atol=0)
+    revert(sd)
+    assert_state(sd, before)
+    uce = fit(sd, "uce", EditRequest(concepts=("dog",)), progress=False)
+    merged = compose(sd, loaded, uce)
+    with applied(sd, loaded, uce):
+        sequential = snapshot(sd)
+    with applied(sd, merged):
+        for key, value in snapshot(sd).items():
+            torch.testing.assert_close(value, sequential[key], rtol=1e-6, atol=1e-6)
+    folder = export_pipeline(sd, [loaded], tmp_path / "exported")
+    from diffusers import StableDiffusionPipeline
+
+    exported = StableDiffusionPipeline.from_pretrained(folder)
+    for key, value in exported.text_encoder.state_dict().items():
+        torch.testing.assert_close(value, edited[f"text_encoder.{key}"], rtol=0, atol=0)
+    assert_state(sd, before)
+    with pytest.raises(ValueError, match="bias"):  # the dense text-encoder change trains biases too
+        export_lora(sd, [loaded], tmp_path / "adv.safetensors")
+    assert not (tmp_path / "adv.safetensors").exists()
+    report = export_lora(sd, [loaded], tmp_path / "adv.safetensors", skip_biases=True, allow_dropped_biases=True)
+    from safetensors import safe_open
+
+    with safe_open(str(report.path), "pt") as f:
+        keys = list(f.keys())
+    assert keys and all(k.startswith("lora_te_") for k in keys)
+
+
+BAD = [
+    ({"attack_steps": 0}, REQUEST, "attack_steps"),
+    ({"warmup": 6}, REQUEST, "warmup"),
+    ({"attack_tokens": 0}, REQUEST, "attack_tokens"),
+    ({"modules": "u"}, REQUEST, "modules"),
+    ({}, EditRequest(concepts=("cat",), preserve=("a dog", "two cats")), "names the erased concept"),
+    ({}, EditRequest(concepts=("cat",)), "retain prompts"),
+    ({}, EditRequest(concepts=("cat",), guide="dog", preserve=("a tree",)), "guide"),
+]
+
+
+@pytest.mark.parametrize(("options", "request_", "message"), BAD)
+def test_bad_input_is_refused_and_nothing_changes(sd, options, request_, message):
+    before = snapshot(sd)
+    with pytest.raises(ValueError, match=message):
+        fit(sd, "advunlearn", request_, config(**options), progress=False)
+    assert_state(sd, before)
+
+
+def test_sdxl_is_refused(sdxl):
+    with pytest.raises(ValueError, match="two"):
+        fit(sdxl, "advunlearn", REQUEST, config(), progress=False)
