@@ -6,7 +6,8 @@ objects', and the attacks' success, for each candidate configuration, beside the
         [--json]
 
 Each configuration (options `key=value` joined by commas; configurations by semicolons) is fitted on the concept
-with the other objects as its preserved / retain set, evaluated on shapes-objects (n images per object, seeds
+(with its method's own default preserved / retain set, as the erasure table fits it, or with `--preserve
+others` the other objects), evaluated on shapes-objects (n images per object, seeds
 from --seed) and attacked by each attack at its default budget (n attacked prompts, seeds from --seed). Every
 share has its n and Wilson 95% interval; fit time is in seconds on this machine. The last line with --json is
 {"unedited": ..., "rows": [...]}. `benchmarks/rece_tuning.py` is the same for RECE's round count.
@@ -51,6 +52,8 @@ def main() -> None:
     parser.add_argument("--train-seed", type=int, default=TUNING_SEEDS, help="the fit's --seed")
     parser.add_argument("--attacks", default="soft-prompt,concept-inversion")
     parser.add_argument("--budget", type=int, default=None, help="every attack's budget (default: its own)")
+    parser.add_argument("--preserve", choices=("none", "others"), default="none",
+                        help="none: the method's own default, as the erasure table fits it; others: the other objects")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if min(args.seed, args.train_seed) < TUNING_SEEDS:
@@ -61,11 +64,12 @@ def main() -> None:
     results, _ = evaluate(pipe, suite, target=args.concept, progress=False)
     target, rest = _accuracies(results, args.concept)
     out = {"method": args.method, "unedited": {"target": target, "others": rest}, "rows": [], "n": args.n,
-           "seed": args.seed, "train_seed": args.train_seed}  # fmt: skip
+           "seed": args.seed, "train_seed": args.train_seed, "preserve": args.preserve}  # fmt: skip
     print(f"unedited: {args.concept} {_text(target)}, others {_text(rest)}", flush=True)
     for options in parse_configs(args.configs):
         started = time.perf_counter()
-        edit = fit(pipe, args.method, EditRequest(concepts=(args.concept,), preserve=others),
+        preserve = others if args.preserve == "others" else ()
+        edit = fit(pipe, args.method, EditRequest(concepts=(args.concept,), preserve=preserve),
                    make_config(args.method, **options), seed=args.train_seed, progress=False)  # fmt: skip
         fit_s = time.perf_counter() - started
         results, _ = evaluate(pipe, suite, edits=[edit], target=args.concept, progress=False, compute_baseline=False)

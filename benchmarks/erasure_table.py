@@ -29,7 +29,10 @@ Suite seeds start at --seed, attacks use --seed too, fitting uses --train-seed; 
 kept for tuning and refused here. A row that fails (a fit, an evaluation, or an attack that refuses, such as
 the paraphrase attack on the logo, whose every other caption names it) is recorded with its reason instead
 of stopping the table. With --rows-file, each finished row is appended to that JSONL file (rewritten
-atomically) and rows already in it are skipped, so an interrupted run resumes. The full table takes hours
+atomically) and rows already in it are skipped, so an interrupted run resumes; with --fill as well, rows in it
+that lack a column of --attacks get it: the method is fitted again at the same --train-seed and must give the
+row's target accuracy again (else the row is marked `refit_mismatch` and left as it was), so a new attack is
+measured on the same edit as the row's other columns (`filled_columns` names them). The full table takes hours
 on a 2-core CPU (ESD, Selective Amnesia and the soft-prompt attack dominate); `--quick` runs a tiny setting
 (UCE and eigen on "circle", 2 images per concept, minimal attack budgets) to check the script end to end.
 The last line with --json is {"rows": [{"method", "concept", "target_accuracy", "others_accuracy",
@@ -129,8 +132,13 @@ def read_rows(path: Path | None) -> list[dict]:
 
 
 def append_row(path: Path, row: dict) -> None:
-    """Add one row to the JSONL file atomically: the whole file is rewritten to a temporary and renamed."""
-    lines = [json.dumps(r) for r in read_rows(path)] + [json.dumps(row)]
+    """Add one row to the JSONL file atomically (`write_rows`)."""
+    write_rows(path, [*read_rows(path), row])
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    """Write the JSONL file atomically: the whole file is written to a temporary and renamed."""
+    lines = [json.dumps(r) for r in rows]
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -166,6 +174,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny setting: UCE and eigen on circle, n 2")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--rows-file", type=Path, default=None, help="JSONL: append each finished row; skip rows in it")
+    parser.add_argument("--fill", action="store_true",
+                        help="rows in --rows-file get the --attacks columns they lack (the method refitted, checked)")
     args = parser.parse_args()
     for name in ("seed", "train_seed"):
         if getattr(args, name) >= TUNING_SEEDS:
@@ -186,14 +196,23 @@ def main() -> None:
         parser.error(f"unknown attacks {unknown}; choose from {', '.join(attack_columns())}")
     concepts = [c.strip() for c in args.concepts.split(",") if c.strip()]
 
+    if args.fill and args.rows_file is None:
+        parser.error("--fill adds columns to the rows of a --rows-file")
     rows = read_rows(args.rows_file)
     done = {(r["method"], r["concept"]) for r in rows}
+    lacking = [i for i, r in enumerate(rows) if args.fill and r["method"] in methods and r["concept"] in concepts
+               and "refused" not in r and any(a not in r.get("attacks", {}) for a in attacks)]  # fmt: skip
     pipe, suites, baselines = None, {}, {}
-    if any((row, concept) not in done for concept in concepts for row in methods):  # else: only print the table
+    if lacking or any((row, concept) not in done for concept in concepts for row in methods):  # else: only print
         pipe = load_pipeline("shapes", device="cpu")
         for name in {_home(c)[0] for c in concepts} | ({"shapes-paraphrase", "shapes-containing"}):
             suites[name] = get_suite(name, args.n, args.seed)
             baselines[name] = evaluate(pipe, suites[name], progress=False)
+    for i in lacking:
+        rows[i] = fill(pipe, known, suites, baselines, rows[i], attacks, args, budgets, options)
+        print(f"{rows[i]['method']} / {rows[i]['concept']}: filled {rows[i].get('filled_columns')}"
+              + (" (refit mismatch: not filled)" if "refit_mismatch" in rows[i] else ""), flush=True)
+        write_rows(args.rows_file, rows)
     for concept in concepts:
         home, label = _home(concept)
         for row in methods:
@@ -223,15 +242,20 @@ def main() -> None:
 AMNESIA_SURROGATES = {"circle": "a square", "striped": "on a dotted background", "the acme logo": "a circle"}
 
 
-def _row(pipe, row, spec, concept, home, label, suites, baselines, attacks, args, budgets, options) -> dict:
-    """One (method, concept) row; an attack that refuses is recorded in its cell."""
+def _fit(pipe, spec, concept, args):
+    """The row's edit and its fit time: the method at its documented default, seeded by --train-seed."""
     method, config = spec
     if method == "amnesia":
         config = {**config, "surrogate": AMNESIA_SURROGATES.get(concept, "uniform")}
     started = time.perf_counter()
     edit = fit(pipe, method, EditRequest(concepts=(concept,)), make_config(method, **config), seed=args.train_seed,
                progress=False)  # fmt: skip
-    fit_s = time.perf_counter() - started
+    return edit, config, time.perf_counter() - started
+
+
+def _row(pipe, row, spec, concept, home, label, suites, baselines, attacks, args, budgets, options) -> dict:
+    """One (method, concept) row; an attack that refuses is recorded in its cell."""
+    edit, config, fit_s = _fit(pipe, spec, concept, args)
     after, _ = evaluate(pipe, suites[home], edits=[edit], target=label, baseline_images=baselines[home][1],
                         progress=False)  # fmt: skip
     per, before = after["per_concept"], baselines[home][0]["per_concept"]
@@ -260,20 +284,43 @@ def _row(pipe, row, spec, concept, home, label, suites, baselines, attacks, args
                 leak, _ = evaluate(pipe, suites[name], edits=[edit], compute_baseline=False, progress=False)
                 result[name.removeprefix("shapes-")] = _share(leak["per_concept"], [label])
     result["attack_success"], result["attacks"] = {}, {}
+    _attack(pipe, edit, result, attacks, args, budgets, options)
+    return result
+
+
+def _attack(pipe, edit, result: dict, attacks, args, budgets, options) -> None:
+    """Run each of `attacks` on the row's edit and record its cell (an attack that refuses: its reason)."""
     for attack in attacks:
         base, extra = VARIANTS.get(attack, (attack, {}))
         chosen = options.get(base)
         if extra:  # a variant: the base attack's options (the quick ones, if any) with the variant's settings
             chosen = dataclasses.replace(chosen, **extra) if chosen is not None else SoftPromptOptions(**extra)
         try:
-            probed = probe(pipe, concept, base, edits=[edit], budget=budgets.get(base), n=args.n, seed=args.seed,
-                           options=chosen)  # fmt: skip
+            probed = probe(pipe, result["concept"], base, edits=[edit], budget=budgets.get(base), n=args.n,
+                           seed=args.seed, options=chosen)  # fmt: skip
         except ValueError as error:
             result["attacks"][attack] = {"refused": str(error)}
             continue
         result["attack_success"][attack] = probed["attack_success_rate"]
         result["attacks"][attack] = _attack_cell(probed)
-    return result
+
+
+def fill(pipe, known, suites, baselines, row: dict, attacks, args, budgets, options) -> dict:
+    """A row of an earlier run with the columns of `attacks` it lacks. The method is fitted again at the same
+    seed; the refitted edit must give the row's target accuracy again (else the row is marked and left as it
+    was), so the new columns are measured on the edit the row's other columns were."""
+    missing = [a for a in attacks if a not in row.get("attacks", {})]
+    if not missing or "refused" in row:
+        return row
+    home, label = _home(row["concept"])
+    edit, _, _ = _fit(pipe, known[row["method"]], row["concept"], args)
+    after, _ = evaluate(pipe, suites[home], edits=[edit], target=label, compute_baseline=False, progress=False)
+    if after["target_accuracy"] != row["target_accuracy"]:
+        return {**row, "refit_mismatch": {"target_accuracy": after["target_accuracy"], "columns_not_added": missing}}
+    filled = {**row, "attack_success": dict(row["attack_success"]), "attacks": dict(row["attacks"])}
+    _attack(pipe, edit, filled, missing, args, budgets, options)
+    filled["filled_columns"] = sorted(set(row.get("filled_columns", [])) | set(missing))
+    return filled
 
 
 def _ci(cell: dict | None, key: str = "accuracy") -> str:

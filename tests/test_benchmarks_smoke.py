@@ -34,6 +34,12 @@ CASES = {
     "cad_amplify.py": ("--n 2 --ratios 0.1", "after", True),
     "cad_quality.py": ("--n 1 --ratios 0.1 --subsets 3", "erase_pearson_r", True),
     "cad_speed.py": ("--steps 3 --repeats 1", "speedup", True),
+    "defence_tuning.py": (
+        "--method advunlearn --configs iterations=2,warmup=1,attack_steps=1,sampling_steps=2 --n 1 "
+        "--attacks soft-prompt --budget 1",
+        "rows",
+        True,
+    ),
     "edit_apply.py": ("--smoke --dtypes float32", "ratio", False),
     "eigen_experiments.py": ("--parts iris", "iris", False),
     "erasure_table.py": ("--quick", "rows", True),

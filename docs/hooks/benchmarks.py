@@ -88,8 +88,9 @@ def source(command: str | list[str], *files: str) -> str:
 
 
 # -- the tables ----------------------------------------------------------------------------------------------
-ERASURE_METHODS = ("uce", "esd-x", "esd-u", "cad", "amnesia", "eigen")
-ATTACKS = ("paraphrase", "soft-prompt", "ring-a-bell")
+ERASURE_METHODS = ("uce", "esd-x", "esd-u", "cad", "amnesia", "eigen", "rece", "advunlearn")
+ATTACKS = ("paraphrase", "soft-prompt", "soft-prompt-16", "unlearndiff", "random-prefix", "ring-a-bell",
+           "concept-inversion")
 
 
 def erasure_rows() -> list[dict]:
@@ -841,8 +842,26 @@ def rece_tuning() -> str:
             + note + "\n\n" + table(header, rows))  # fmt: skip
 
 
+def advunlearn_tuning() -> str:
+    """AdvUnlearn's candidate options on the tuning seeds: the target, the others, each attack, fit time."""
+    d = load("advunlearn_tuning.json")
+    attacks = list(d["rows"][0]["attacks"]) if d["rows"] else []
+    unedited = ["unedited", rate(d["unedited"]["target"]), rate(d["unedited"]["others"]), *["" for _ in attacks], ""]
+    rows = [unedited] + [
+        [", ".join(f"{k} {v}" for k, v in r["options"].items()) or "defaults", rate(r["target"]), rate(r["others"]),
+         *(rate(r["attacks"][a]) for a in attacks), f"{r['fit_s']:.0f}"]
+        for r in d["rows"]
+    ]  # fmt: skip
+    header = ["options", "circle drawn", "other objects drawn", *(f"{a} success" for a in attacks), "fit s"]
+    note = (f"ShapesSD, n {d['n']} per object and per attack, tuning seeds from {d['seed']} (training seed "
+            f"{d['train_seed']}; retain set: {d.get('preserve', 'none')}).")
+    return (source("python benchmarks/defence_tuning.py --method advunlearn --json", "advunlearn_tuning.json",
+                   "advunlearn_tuning.log") + "\n\n" + note + "\n\n" + table(header, rows))  # fmt: skip
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "rece_tuning": rece_tuning,
+    "advunlearn_tuning": advunlearn_tuning,
     "erasure_table": erasure_table,
     "erasure_summary": erasure_summary,
     "probe": probe_table,
