@@ -4,7 +4,8 @@
         [--n 16] [--seed 0] [--train-seed 0] [--attacks paraphrase,soft-prompt,...] [--quick] [--json]
         [--rows-file rows.jsonl]
 
-Every registered method that erases (`concept-edit methods`; ESD as its two variants ESD-x and ESD-u) is
+Every registered method that erases (`concept-edit methods`; ESD as its two variants ESD-x and ESD-u, AdvUnlearn
+as the paper's text encoder and as ESD-x's set, advunlearn-x) is
 fitted at its documented default (Selective Amnesia, which needs a surrogate on a text-to-image model,
 with the one `AMNESIA_SURROGATES` names for the concept) to each concept: an object ("circle"), a style
 ("striped") and the memorised "the acme logo". One row per (method, concept):
@@ -72,8 +73,11 @@ QUICK = {
 }
 
 
-# attack columns that are another setting of one attack: (attack, its options); the evaluation's own settings,
-# which no defence trains or is tuned with (the defences here train with no attack)
+# attack columns that are another setting of one attack: (attack, its options). The evaluation's settings are
+# not the defences': RECE trains with no attack; AdvUnlearn's inner attack is 1 free prefix token before the bare
+# concept word, 10 Adam steps at a time on its own training x_t (training seed 0), tuned on suite and attack seeds
+# 5000+; the table's attacks use 3 prefix tokens before, or 16 tokens instead of, the suite's full captions, 200
+# steps, and seeds 0+ (and concept inversion, ring-a-bell and paraphrase are other attacks altogether)
 VARIANTS = {
     "soft-prompt-16": ("soft-prompt", {"tokens": 16, "placement": "alone"}),  # P4D-N
     "unlearndiff": ("soft-prompt", {"objective": "unlearndiff"}),  # UnlearnDiff's own objective
@@ -93,6 +97,8 @@ def erasure_rows() -> dict[str, tuple[str, dict]]:
             continue
         if name == "esd":
             rows["esd-x"], rows["esd-u"] = ("esd", {"variant": "x"}), ("esd", {"variant": "u"})
+        elif name == "advunlearn":  # the paper's text encoder, and ESD-x's set
+            rows["advunlearn"], rows["advunlearn-x"] = ("advunlearn", {}), ("advunlearn", {"modules": "x"})
         else:
             rows[name] = (name, {})
     return rows

@@ -95,8 +95,7 @@ def test_pool_targets_are_the_esd_formula_and_the_original_predictions(sd, modul
 
 
 def test_the_inner_attack_lowers_its_loss_on_the_current_weights(sd):
-    cfg = config(attack_lr=0.05)
-    stack, tuned, tr = trainer(sd, cfg)
+    stack, tuned, tr = trainer(sd, config())
     with stack:
         pool = tr.sample_pool(seed=0, refresh=0)
         start = tr.random_tokens(seed=0, step=0)
@@ -110,7 +109,7 @@ def test_the_inner_attack_lowers_its_loss_on_the_current_weights(sd):
                     losses.append(torch.nn.functional.mse_loss(pred, pool.eps_concept[i : i + 1]).item())
                 return np.mean(losses)
 
-        delta, _ = tr.attack(pool, start, concept=0, steps=40, seed=0, step=0)
+        delta, _ = tr.attack(pool, start, concept=0, steps=40, lr=0.05, seed=0, step=0)
         assert not torch.equal(delta, start)
         assert attack_loss(delta) < attack_loss(start)
         assert all(p.requires_grad for p in tuned.parameters)  # the attack froze them only while it ran

@@ -31,6 +31,7 @@ CASES = {
         False,
     ),
     "amnesia_speed.py": ("--smoke --samples 1 --timesteps 10", "speedup", False),
+    "attack_budgets.py": ("--n 1 --budgets soft-prompt=1", "rows", True),
     "cad_amplify.py": ("--n 2 --ratios 0.1", "after", True),
     "cad_quality.py": ("--n 1 --ratios 0.1 --subsets 3", "erase_pearson_r", True),
     "cad_speed.py": ("--steps 3 --repeats 1", "speedup", True),

@@ -88,7 +88,7 @@ def source(command: str | list[str], *files: str) -> str:
 
 
 # -- the tables ----------------------------------------------------------------------------------------------
-ERASURE_METHODS = ("uce", "esd-x", "esd-u", "cad", "amnesia", "eigen", "rece", "advunlearn")
+ERASURE_METHODS = ("uce", "esd-x", "esd-u", "cad", "amnesia", "eigen", "rece", "advunlearn", "advunlearn-x")
 ATTACKS = ("paraphrase", "soft-prompt", "soft-prompt-16", "unlearndiff", "random-prefix", "ring-a-bell",
            "concept-inversion")
 

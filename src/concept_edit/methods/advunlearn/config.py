@@ -17,7 +17,7 @@ MODULES = ("text-encoder", "x")
 RETAIN_MODES = ("iter", "reg")
 ATTACK_INITS = ("latest", "random")
 # the official script's values; a world's tuned values replace the None-defaulted ones
-PAPER = {"lr": 1e-5, "iterations": 1000, "warmup": 200, "attack_steps": 30}
+PAPER = {"lr": 1e-5, "iterations": 1000, "warmup": 200, "attack_steps": 30, "attack_lr": 1e-3}
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,9 @@ class AdvUnlearnConfig:
         default=None,
         metadata={"help": "inner soft-prompt attack steps per attack (default: the paper's 30; ShapesSD: tuned)"},
     )
-    attack_lr: float = field(default=1e-3, metadata={"help": "Adam learning rate of the inner attack (official)"})
+    attack_lr: float | None = field(
+        default=None, metadata={"help": "Adam step of the inner attack (default: the paper's 1e-3; ShapesSD: tuned)"}
+    )
     attack_tokens: int = field(default=1, metadata={"help": "free prefix tokens of the inner attack (official: 1)"})
     attack_every: int = field(default=1, metadata={"help": "outer steps between inner attacks (official: 1)"})
     attack_init: str = field(
@@ -69,7 +71,7 @@ class AdvUnlearnConfig:
                 "lr": {"low": 0, "low_open": True, "optional": True},
                 "warmup": {"low": 0, "integer": True, "optional": True},
                 "attack_steps": {"low": 1, "integer": True, "optional": True},
-                "attack_lr": {"low": 0, "low_open": True},
+                "attack_lr": {"low": 0, "low_open": True, "optional": True},
                 "attack_tokens": {"low": 1, "high": 16, "integer": True},
                 "attack_every": {"low": 1, "integer": True},
                 "retain_weight": {"low": 0},
@@ -84,11 +86,12 @@ class AdvUnlearnConfig:
             check_choice(name, getattr(self, name), allowed)
 
     def resolved(self, tuned: dict) -> dict:
-        """lr, iterations, warmup and attack_steps: the option, else the world's tuned value, else the paper's."""
+        """lr, iterations, warmup, attack_steps and attack_lr: the option, else the world's tuned value for these
+        modules (`tuned[modules][name]`), else the paper's."""
         out = {}
         for name, paper in PAPER.items():
             value = getattr(self, name)
-            out[name] = value if value is not None else tuned.get(name, paper)
+            out[name] = value if value is not None else tuned.get(self.modules, {}).get(name, paper)
         if out["warmup"] >= out["iterations"]:
             raise ValueError(
                 f"warmup {out['warmup']} is not below iterations {out['iterations']}: the inner attack would never run"

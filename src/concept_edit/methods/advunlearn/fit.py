@@ -222,10 +222,10 @@ class _Trainer:
         ids = self.allowed[torch.as_tensor(picks)]
         return token_embeddings(self.pipe).detach()[ids.to(self.pipe.device)].float().unsqueeze(0).clone()
 
-    def attack(self, pool: _Pool, start: torch.Tensor, concept: int, steps: int, seed: int, step: int):
+    def attack(self, pool: _Pool, start: torch.Tensor, concept: int, steps: int, lr: float, seed: int, step: int):
         """The inner attack on the weights as they are: `steps` Adam steps on delta; returns (delta, last loss)."""
         delta = start.clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([delta], lr=self.config.attack_lr)
+        optimizer = torch.optim.Adam([delta], lr=lr)
         rows = torch.nonzero(pool.concept == concept).flatten()
         picks = rows[torch.as_tensor(step_rng(seed, step, 6).choice(len(rows), steps)).to(rows.device)]
         loss = torch.zeros(())
@@ -300,7 +300,8 @@ def fit_advunlearn(pipe, request: EditRequest, config: AdvUnlearnConfig, inputs:
                 concept = present[(step // config.attack_every) % len(present)]
                 begin = state["delta"] if state["delta"] is not None and config.attack_init == "latest" else None
                 begin = begin if begin is not None else trainer.random_tokens(seed, step)
-                state["delta"], attack_loss = trainer.attack(pool, begin, concept, chosen["attack_steps"], seed, step)
+                state["delta"], attack_loss = trainer.attack(pool, begin, concept, chosen["attack_steps"],
+                                                                chosen["attack_lr"], seed, step)
                 state["attack_losses"].append(attack_loss)
             i = int(step_rng(seed, step, 8).integers(len(pool.x)))
             optimizer.zero_grad(set_to_none=True)
