@@ -17,7 +17,7 @@ MODULES = ("text-encoder", "x")
 RETAIN_MODES = ("iter", "reg")
 ATTACK_INITS = ("latest", "random")
 # the official script's values; a world's tuned values replace the None-defaulted ones
-PAPER = {"lr": 1e-5, "iterations": 1000, "warmup": 200, "attack_steps": 30, "attack_lr": 1e-3}
+PAPER = {"lr": 1e-5, "iterations": 1000, "warmup": 200, "attack_steps": 30, "attack_lr": 1e-3, "retain_weight": 1.0}
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,9 @@ class AdvUnlearnConfig:
     attack_init: str = field(
         default="latest", metadata={"help": "start each attack from the last one's tokens (latest) or random words"}
     )
-    retain_weight: float = field(default=1.0, metadata={"help": "weight of the retain (utility) loss"})
+    retain_weight: float | None = field(
+        default=None, metadata={"help": "weight of the retain (utility) loss (default: the paper's 1; ShapesSD: tuned)"}
+    )
     retain_batch: int = field(default=5, metadata={"help": "retain prompts per step (official: 5)"})
     retain_mode: str = field(
         default="iter",
@@ -74,7 +76,7 @@ class AdvUnlearnConfig:
                 "attack_lr": {"low": 0, "low_open": True, "optional": True},
                 "attack_tokens": {"low": 1, "high": 16, "integer": True},
                 "attack_every": {"low": 1, "integer": True},
-                "retain_weight": {"low": 0},
+                "retain_weight": {"low": 0, "optional": True},
                 "retain_batch": {"low": 1, "integer": True},
                 "sampling_steps": {"low": 1, "integer": True, "optional": True},
                 "sampling_guidance": {"low": 0},
@@ -86,8 +88,8 @@ class AdvUnlearnConfig:
             check_choice(name, getattr(self, name), allowed)
 
     def resolved(self, tuned: dict) -> dict:
-        """lr, iterations, warmup, attack_steps and attack_lr: the option, else the world's tuned value for these
-        modules (`tuned[modules][name]`), else the paper's."""
+        """lr, iterations, warmup, attack_steps, attack_lr and retain_weight: the option, else the world's tuned
+        value for these modules (`tuned[modules][name]`), else the paper's."""
         out = {}
         for name, paper in PAPER.items():
             value = getattr(self, name)

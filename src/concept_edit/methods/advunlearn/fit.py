@@ -308,14 +308,14 @@ def fit_advunlearn(pipe, request: EditRequest, config: AdvUnlearnConfig, inputs:
             loss = trainer.erase_loss(pool, i, state["delta"] if adversarial else None)
             if config.retain_mode == "reg":
                 retain_loss = trainer.retain_loss(pool, seed, step)
-                (loss + config.retain_weight * retain_loss).backward()
+                (loss + chosen["retain_weight"] * retain_loss).backward()
                 optimizer.step()
             else:
                 loss.backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 retain_loss = trainer.retain_loss(pool, seed, step)
-                (config.retain_weight * retain_loss).backward()
+                (chosen["retain_weight"] * retain_loss).backward()
                 optimizer.step()
             state["losses"].append(loss.item())
             state["retain_losses"].append(retain_loss.item())
