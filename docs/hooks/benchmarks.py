@@ -89,6 +89,7 @@ def source(command: str | list[str], *files: str) -> str:
 
 # -- the tables ----------------------------------------------------------------------------------------------
 ERASURE_METHODS = ("uce", "esd-x", "esd-u", "cad", "amnesia", "eigen", "rece", "advunlearn", "advunlearn-x")
+PROBED = ("paraphrase", "soft-prompt", "ring-a-bell")  # the probe runs of benchmarks/results/probe_*.json
 ATTACKS = ("paraphrase", "soft-prompt", "soft-prompt-16", "unlearndiff", "random-prefix", "ring-a-bell",
            "concept-inversion")
 
@@ -166,7 +167,7 @@ PROBE_EDITS = {"uce": "UCE", "esd": "ESD-x"}
 def probe_table() -> str:
     rows = []
     for edit, label in PROBE_EDITS.items():
-        for attack in ATTACKS:
+        for attack in PROBED:
             d = load(f"probe_{edit}_circle_{attack}.json")
             p = d["protocol"]
             headline = rate(
@@ -195,7 +196,7 @@ def probe_table() -> str:
         "unedited, plain prompt",
         "time",
     ]
-    files = [f"probe_{e}_circle_{a}.json" for e in PROBE_EDITS for a in ATTACKS]
+    files = [f"probe_{e}_circle_{a}.json" for e in PROBE_EDITS for a in PROBED]
     commands = [
         "concept-edit edit uce --model shapes --concept circle --out edits/uce-circle",
         "concept-edit edit esd --model shapes --concept circle --schedule pool --batch-size 4 --lr 1e-3 "
@@ -846,17 +847,20 @@ def advunlearn_tuning() -> str:
     """AdvUnlearn's candidate options on the tuning seeds: the target, the others, each attack, fit time."""
     d = load("advunlearn_tuning.json")
     attacks = list(d["rows"][0]["attacks"]) if d["rows"] else []
-    unedited = ["unedited", rate(d["unedited"]["target"]), rate(d["unedited"]["others"]), *["" for _ in attacks], ""]
+    retain = {"others": "the other objects' names", "none": "the world's captions"}
+    unedited = ["unedited", "", rate(d["unedited"]["target"]), rate(d["unedited"]["others"]),
+                *["" for _ in attacks], ""]  # fmt: skip
     rows = [unedited] + [
-        [", ".join(f"{k} {v}" for k, v in r["options"].items()) or "defaults", rate(r["target"]), rate(r["others"]),
-         *(rate(r["attacks"][a]) for a in attacks), f"{r['fit_s']:.0f}"]
+        [", ".join(f"{k} {v}" for k, v in r["options"].items()) or "defaults", retain[r["preserve"]],
+         rate(r["target"]), rate(r["others"]), *(rate(r["attacks"][a]) for a in attacks), f"{r['fit_s']:.0f}"]
         for r in d["rows"]
     ]  # fmt: skip
-    header = ["options", "circle drawn", "other objects drawn", *(f"{a} success" for a in attacks), "fit s"]
-    note = (f"ShapesSD, n {d['n']} per object and per attack, tuning seeds from {d['seed']} (training seed "
-            f"{d['train_seed']}; retain set: {d.get('preserve', 'none')}).")
-    return (source("python benchmarks/defence_tuning.py --method advunlearn --json", "advunlearn_tuning.json",
-                   "advunlearn_tuning.log") + "\n\n" + note + "\n\n" + table(header, rows))  # fmt: skip
+    header = ["options", "retain set", "circle drawn", "other objects drawn", *(f"{a} success" for a in attacks),
+              "fit s"]  # fmt: skip
+    note = (f"ShapesSD, n {d['n']} per object and per attack, suite and attack seeds from {d['seed']}, training "
+            f"seed {d['train_seed']}; fit times on one thread beside two other runs. {d['note']}.")
+    return (source("python benchmarks/defence_tuning.py --method advunlearn --configs '...' --json",
+                   "advunlearn_tuning.json", "advunlearn_tuning.log") + "\n\n" + note + "\n\n" + table(header, rows))
 
 
 TABLES: dict[str, Callable[[], str]] = {
