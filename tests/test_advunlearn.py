@@ -115,6 +115,26 @@ def test_the_inner_attack_lowers_its_loss_on_the_current_weights(sd):
         assert all(p.requires_grad for p in tuned.parameters)  # the attack froze them only while it ran
 
 
+def test_with_two_concepts_each_erasure_step_trains_on_the_concept_last_attacked(sd, monkeypatch):
+    seen = {"attacked": None, "pairs": []}
+    real_attack, real_erase = adv._Trainer.attack, adv._Trainer.erase_loss
+
+    def attack(self, pool, start, concept, *args):
+        seen["attacked"] = concept
+        return real_attack(self, pool, start, concept, *args)
+
+    def erase(self, pool, i, delta):
+        if delta is not None:
+            seen["pairs"].append((seen["attacked"], int(pool.concept[i])))
+        return real_erase(self, pool, i, delta)
+
+    monkeypatch.setattr(adv._Trainer, "attack", attack)
+    monkeypatch.setattr(adv._Trainer, "erase_loss", erase)
+    request = EditRequest(concepts=("cat", "dog"), preserve=("a tree",))
+    fit(sd, "advunlearn", request, config(iterations=8, attack_every=2), progress=False)
+    assert {a for a, _ in seen["pairs"]} == {0, 1} and all(a == e for a, e in seen["pairs"])
+
+
 def test_resume_after_ctrl_c_equals_an_uninterrupted_run(sd, tmp_path, monkeypatch):
     """Interrupted during iteration 4 of 7: the pool refreshed at 3 and the latest adversarial tokens restored."""
     cfg = config(iterations=7)

@@ -24,20 +24,31 @@ says so):
   with the ORIGINAL text encoder's conditioning, guided DDIM (`sampling_guidance` 3) to a random step; the
   targets come from the original model at that x_t;
 * `retain_mode` iter: after each erasure step, a second optimiser step on the retain loss over
-  `retain_batch` prompts (the official default; `retain_weight` scales it, 1 there); reg: one summed loss;
-* `modules` text-encoder trains every Linear of the text encoder's layers (the official
-  `text_encoder_full` without `--norm_layer`: no norm, no embedding table); x trains ESD-x's set.
+  `retain_batch` prompts (the official default); reg: one summed loss. `retain_weight` scales the retain loss
+  in both (the official applies its weight only in reg; at the default 1 the two agree);
+* `modules` text-encoder trains every Linear (weight and bias) of the text encoder; the official
+  `text_encoder_full` trains its layers' LayerNorms and the final LayerNorm too. They are left out here so that
+  the edit is a change of Linear layers, which a LoRA file can hold (the embeddings are left out by both);
+  x trains ESD-x's set.
 How the inner attack's cost was kept down, and other departures:
 * x_t are not drawn afresh for every sample (the official loop samples a new trajectory for each attack
   step, erasure step and retain step, ~K/2 guided UNet calls each): every `refresh_every` steps a pool of
-  `pool_trajectories` concept trajectories and as many retain trajectories is sampled, and every step of
-  each is a sample with its frozen targets computed once (as ESD's `pool` schedule). Attack, erasure and
+  `pool_trajectories` concept trajectories and max(`pool_trajectories`, `retain_batch`) retain trajectories
+  is sampled, and every step of each is a sample with its frozen targets computed once (as ESD's `pool`
+  schedule; in the text-encoder mode the sampler's own predictions are the frozen ones). Attack, erasure and
   retain steps then cost one forward and backward each;
 * the attack zeroes its gradient before each step; the official loop never calls `zero_grad` on the attack's
   optimiser, so its Adam sees the running sum of every earlier step's gradient (read as an oversight);
 * the retain prompts are the request's `preserve` list or the world's generic captions (ShapesSD: the other
   objects), not the official COCO object list, and one naming the concept is refused;
-* with several concepts the adversarial tokens are shared, each attack run against one concept in turn.
+* with several concepts the adversarial tokens are shared, each attack run against one concept in turn (the
+  official picks the word at random) and the erasure steps until the next attack train on that concept;
+* x_t is scored at its own DDIM timestep (as ESD here; the official loop keeps CompVis' random DDPM t in
+  [20k, 20k + 20) against a latent at another noise level); attacks run when (step - warmup) is a multiple of
+  `attack_every` (the official: when step is; the same at the default 1); the first attack starts from
+  ordinary vocabulary tokens other than the concept's (the official: any token, special ones included);
+* each pool refresh draws max(`pool_trajectories`, `retain_batch`) retain prompts (with replacement) whose
+  trajectories serve the retain steps until the next refresh; the official draws 5 fresh prompts every step.
 SDXL (two text encoders) is refused, as the soft-prompt attack is.
 """
 
@@ -116,12 +127,12 @@ def _check(pipe, request: EditRequest, config: AdvUnlearnConfig) -> None:
         raise ValueError("advunlearn erases toward the unconditional prediction (ESD's); it takes no guide")
     for concept in request.concepts:
         concept_ids(pipe, concept)
-    component = pipe.text_encoder if config.modules == "text-encoder" else pipe.unet
-    if component.dtype != torch.float32:
-        raise ValueError(
-            f"advunlearn fine-tunes float32 master weights, but the model is loaded in {component.dtype}; "
-            "load it in float32 (--dtype float32)"
-        )
+    for component in (pipe.text_encoder, pipe.unet):  # the trained part's master weights, and float32 targets
+        if component.dtype != torch.float32:
+            raise ValueError(
+                f"advunlearn fine-tunes float32 master weights, but the model is loaded in {component.dtype}; "
+                "load it in float32 (--dtype float32)"
+            )
 
 
 @dataclass
@@ -171,6 +182,7 @@ class _Trainer:
     def encode(self, which: str, index: torch.Tensor, free: torch.Tensor | None = None) -> torch.Tensor:
         """Conditioning as the trained text encoder reads it (differentiable): plain concept, [delta, concept]
         or retain prompts, rows `index`."""
+        index = index.cpu()  # the token ids live on the CPU (encode_ids moves them); pool rows may be on a GPU
         if which == "adversarial":
             ids, mask, first = self.adversarial
             free = free.expand(len(index), -1, -1)
@@ -263,7 +275,8 @@ def fit_advunlearn(pipe, request: EditRequest, config: AdvUnlearnConfig, inputs:
     if inputs.resume and (inputs.checkpoint is None or not Path(inputs.checkpoint).exists()):
         raise ValueError(f"--resume: there is no checkpoint at {inputs.checkpoint}")
     options = {k: v for k, v in dataclasses.asdict(config).items() if k != "iterations"}
-    run_config = {"config": options, "request": request.to_dict(), "seed": seed, "retain": retain}
+    run_config = {"config": options, "resolved": {k: v for k, v in chosen.items() if k != "iterations"},
+                  "request": request.to_dict(), "seed": seed, "retain": retain}  # fmt: skip
     if inputs.resume:  # before any work: the file is this method's checkpoint, of this run
         check_checkpoint(inputs.checkpoint, "advunlearn", run_config)
     _, unet = denoiser(pipe)
@@ -272,7 +285,7 @@ def fit_advunlearn(pipe, request: EditRequest, config: AdvUnlearnConfig, inputs:
         view = _frozen_view(unet, tuned, lora=False) if config.modules == "x" else None
         trainer = _Trainer(pipe, request, config, unet, view, retain)
         optimizer = torch.optim.Adam(tuned.parameters, lr=chosen["lr"])
-        state = {"pool": None, "delta": None, "losses": [], "attack_losses": [], "retain_losses": []}
+        state = {"pool": None, "delta": None, "concept": 0, "losses": [], "attack_losses": [], "retain_losses": []}
         start = 0
         if inputs.resume:
             saved = load_checkpoint(inputs.checkpoint, run_config, "advunlearn")
@@ -285,6 +298,7 @@ def fit_advunlearn(pipe, request: EditRequest, config: AdvUnlearnConfig, inputs:
             state["delta"] = saved["delta"].to(device) if saved["delta"] is not None else None
             for name in ("losses", "attack_losses", "retain_losses"):
                 state[name] = list(saved[name])
+            state["concept"] = int(saved["concept"])
             start = saved["step"]
             if start > chosen["iterations"]:
                 raise ValueError(f"the checkpoint is at iteration {start}, past --iterations {chosen['iterations']}")
@@ -303,7 +317,13 @@ def fit_advunlearn(pipe, request: EditRequest, config: AdvUnlearnConfig, inputs:
                 state["delta"], attack_loss = trainer.attack(pool, begin, concept, chosen["attack_steps"],
                                                                 chosen["attack_lr"], seed, step)
                 state["attack_losses"].append(attack_loss)
-            i = int(step_rng(seed, step, 8).integers(len(pool.x)))
+                state["concept"] = concept
+            # after the warm-up, the erasure trains on the concept the tokens were found against (the official
+            # loop keeps one word for both until the next attack)
+            rows = torch.nonzero(pool.concept == state["concept"]).flatten() if adversarial else None
+            if rows is None or len(rows) == 0:
+                rows = torch.arange(len(pool.x), device=pool.x.device)
+            i = int(rows[int(step_rng(seed, step, 8).integers(len(rows)))])
             optimizer.zero_grad(set_to_none=True)
             loss = trainer.erase_loss(pool, i, state["delta"] if adversarial else None)
             if config.retain_mode == "reg":
@@ -327,7 +347,8 @@ def fit_advunlearn(pipe, request: EditRequest, config: AdvUnlearnConfig, inputs:
             save_checkpoint(inputs.checkpoint, step, run_config, kind="advunlearn",
                             trained=[p.detach() for p in tuned.parameters], optimizer=optimizer.state_dict(),
                             pool=state["pool"].state_dict() if state["pool"] is not None else None,
-                            delta=state["delta"], losses=state["losses"], attack_losses=state["attack_losses"],
+                            delta=state["delta"], concept=state["concept"], losses=state["losses"],
+                            attack_losses=state["attack_losses"],
                             retain_losses=state["retain_losses"])  # fmt: skip
 
         run_steps(total=chosen["iterations"], start=start, step_fn=step_fn, save_fn=save_fn,
