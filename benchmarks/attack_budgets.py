@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
-from rece_tuning import TUNING_SEEDS, _share, _text
+sys.path.insert(0, str(Path(__file__).parent))  # the sibling script's helpers, however this one is run
+from rece_tuning import TUNING_SEEDS, _share, _text  # noqa: E402
 
 from concept_edit import EditRequest, fit
 from concept_edit.attacks import probe

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
-from rece_tuning import TUNING_SEEDS, _accuracies, _share, _text
+sys.path.insert(0, str(Path(__file__).parent))  # the sibling script's helpers, however this one is run
+from rece_tuning import TUNING_SEEDS, _accuracies, _share, _text  # noqa: E402
 
 from concept_edit import EditRequest, fit, make_config
 from concept_edit.attacks import probe
