@@ -192,7 +192,7 @@ def test_pickled_weights_are_refused_unless_allowed(_tiny_sd_session, tmp_path):
 def test_methods_lists_every_method(capsys):
     code, stdout, _ = run(["methods"], capsys)
     listed = [line.split()[0] for line in stdout.splitlines()]
-    assert code == 0 and listed == ["amnesia", "cad", "eigen", "esd", "rece", "uce"]
+    assert code == 0 and listed == ["advunlearn", "amnesia", "cad", "eigen", "esd", "rece", "uce"]
 
 
 def test_concepts_and_preserve_lists_come_from_files(sd_folder, tmp_path, capsys):
@@ -399,7 +399,8 @@ def test_a_method_is_described_before_its_code_is_imported():
 
     code = (
         "import sys; from concept_edit.methods import available_methods, get_method\n"
-        "assert available_methods() == ['amnesia', 'cad', 'eigen', 'esd', 'rece', 'uce'], available_methods()\n"
+        "names = ['advunlearn', 'amnesia', 'cad', 'eigen', 'esd', 'rece', 'uce']\n"
+        "assert available_methods() == names, available_methods()\n"
         "m = get_method('esd'); assert m.config_cls.__name__ == 'ESDConfig' and m.modes == ('erase',)\n"
         "assert 'concept_edit.methods.esd.fit' not in sys.modules and 'torch' not in sys.modules\n"
         "assert m.fit.__name__ == 'fit_esd' and 'concept_edit.methods.esd.fit' in sys.modules\n"
