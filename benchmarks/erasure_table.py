@@ -33,9 +33,10 @@ of stopping the table. With --rows-file, each finished row is appended to that J
 atomically) and rows already in it are skipped, so an interrupted run resumes; with --fill as well, rows in it
 that lack a column of --attacks get it: the method is fitted again at the same --train-seed and must give the
 row's target accuracy again (else the row is marked `refit_mismatch` and left as it was), so a new attack is
-measured on the same edit as the row's other columns (`filled_columns` names them). The full table takes hours
-on a 2-core CPU (ESD, Selective Amnesia and the soft-prompt attack dominate); `--quick` runs a tiny setting
-(UCE and eigen on "circle", 2 images per concept, minimal attack budgets) to check the script end to end.
+measured on the same edit as the row's other columns (`filled_columns` names them); --fill adds no row. The
+full table takes hours on a 2-core CPU (ESD, Selective Amnesia and the soft-prompt attack dominate); `--quick`
+runs a tiny setting (UCE and eigen on "circle", 2 images per concept, minimal attack budgets) to check the
+script end to end.
 The last line with --json is {"rows": [{"method", "concept", "target_accuracy", "others_accuracy",
 "attack_success": {attack: rate}, ...}]}.
 """
@@ -209,6 +210,8 @@ def main() -> None:
     lacking = [i for i, r in enumerate(rows) if args.fill and r["method"] in methods and r["concept"] in concepts
                and "refused" not in r and any(a not in r.get("attacks", {}) for a in attacks)]  # fmt: skip
     pipe, suites, baselines = None, {}, {}
+    if args.fill:  # only columns are added: rows not in the file are left to a run without --fill
+        done |= {(row, concept) for concept in concepts for row in methods}
     if lacking or any((row, concept) not in done for concept in concepts for row in methods):  # else: only print
         pipe = load_pipeline("shapes", device="cpu")
         for name in {_home(c)[0] for c in concepts} | ({"shapes-paraphrase", "shapes-containing"}):
@@ -223,7 +226,8 @@ def main() -> None:
         home, label = _home(concept)
         for row in methods:
             if (row, concept) in done:
-                print(f"{row} / {concept}: already in {args.rows_file}, skipped", flush=True)
+                if not args.fill:
+                    print(f"{row} / {concept}: already in {args.rows_file}, skipped", flush=True)
                 continue
             try:
                 result = _row(pipe, row, known[row], concept, home, label, suites, baselines, attacks, args, budgets,
