@@ -866,7 +866,8 @@ def advunlearn_tuning() -> str:
 def attack_budgets() -> str:
     """Each attack's success at each budget on the tuning seeds (the evidence for the table's budgets)."""
     d = load("attack_budgets.json")
-    rows = [[r["attack"], str(r["budget"]), rate(r), rate(r["without_attack"]), f"{r['seconds']:.0f}"] for r in d["rows"]]
+    rows = [[r["attack"], str(r["budget"]), rate(r), rate(r["without_attack"]), f"{r['seconds']:.0f}"]
+            for r in d["rows"]]  # fmt: skip
     header = ["attack", "budget (steps)", "success", "same prompts, no attack", "seconds"]
     note = (f"{d['method'].upper()} erasing {d['concept']} on ShapesSD (its default, training seed {d['seed']}), n "
             f"{d['n']} attacked prompts, tuning seeds from {d['seed']}.")
