@@ -8,9 +8,9 @@ replaces them (`World.method_defaults("advunlearn", pipe)`: ShapesSD has its own
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from concept_edit.methods.registry import CheckpointedInputs, describe, input_field
+from concept_edit.methods.esd.config import ESDInputs
+from concept_edit.methods.registry import describe
 from concept_edit.validation import check_choice, check_fields
 
 MODULES = ("text-encoder", "x")
@@ -102,10 +102,8 @@ class AdvUnlearnConfig:
 
 
 @dataclass(frozen=True)
-class AdvUnlearnInputs(CheckpointedInputs):
-    checkpoint: Path | None = input_field("file that Ctrl-C and every --checkpoint-every iterations write")
-    resume: bool = input_field("continue the run saved in --checkpoint", default=False)
-    checkpoint_every: int = input_field("iterations between checkpoints", default=100)
+class AdvUnlearnInputs(ESDInputs):
+    """ESD's checkpoint inputs (--checkpoint, --resume, --checkpoint-every): the same training loop's."""
 
 
 describe(
