@@ -99,19 +99,47 @@ def test_per_prompt_guidance_is_used(sd, monkeypatch):
     assert results["protocol"]["per_prompt_guidance"] is None and results["guidance"] == 2.0
 
 
-def test_folder_reference_skips_unreadable_files(shapes, tmp_path):
+def test_a_reference_folder_is_read_before_drawing_and_bad_images_are_refused(shapes, tmp_path, monkeypatch):
+    """Issue 29's bad input: unreadable or mixed-size reference images are one error before any drawing; a
+    folder of one size is read in chunks into the same Frechet distance as the whole batch."""
+    import importlib
+
+    from concept_edit.evaluation import metrics
+    from concept_edit.evaluation.features import make_features
     from concept_edit.evaluation.suites import get_suite
     from concept_edit.worlds.shapes.world import Scene, render
 
     folder = tmp_path / "real"
     folder.mkdir()
-    for i, obj in enumerate(("circle", "star", "heart")):
-        Image.fromarray(render(Scene(obj, "red", "plain", i))).save(folder / f"{i}.png")
-    (folder / "broken.png").write_bytes(b"not a png")
+    truths = [render(Scene(obj, "red", "plain", i)) for i, obj in enumerate(("circle", "star", "heart", "square"))]
+    for i, image in enumerate(truths):
+        Image.fromarray(image).save(folder / f"{i}.png")
     suite = get_suite("shapes-objects", n=1)
-    results, _ = evaluate(shapes, suite, reference=f"folder:{folder}", progress=False)
-    assert results["reference_images"] == {"folder": str(folder), "read": 3, "skipped": 1}
-    assert np.isfinite(results["frechet_to_real"]) and "frechet_to_renders" not in results
+    results, images = evaluate(shapes, suite, reference=f"folder:{folder}", chunk_size=3, progress=False)
+    assert results["reference_images"] == {"folder": str(folder), "read": 4, "size": [32, 32], "resized": False}
+    oracle = make_features("shapes-oracle")
+    whole = metrics.frechet_distance(oracle(images), oracle(np.stack(truths)))
+    # read in chunks of 3 (of 4 references, of 8 drawn): the oracle's float32 features of a batch of 3 differ from
+    # those of the whole batch in the 7th digit, which is all the distance may differ by (the statistics themselves
+    # are exact: test_metrics)
+    assert results["frechet_to_real"] == pytest.approx(whole, rel=1e-6)
+    assert "frechet_to_renders" not in results
+
+    def no_drawing(*args, **kwargs):
+        raise AssertionError("drew before the reference folder was checked")
+
+    monkeypatch.setattr(importlib.import_module("concept_edit.evaluation.evaluate"), "_generate", no_drawing)
+    (folder / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="1 of 5 files are not readable images .broken.png."):
+        evaluate(shapes, suite, reference=f"folder:{folder}", progress=False)
+    (folder / "broken.png").unlink()
+    Image.fromarray(truths[0]).resize((48, 48)).save(folder / "big.png")
+    with pytest.raises(ValueError, match="mixes image sizes .32x32, 48x48.; give --reference-resize"):
+        evaluate(shapes, suite, reference=f"folder:{folder}", progress=False)
+    full = (folder / "big.png").read_bytes()
+    (folder / "big.png").write_bytes(full[: len(full) // 2])  # a header that reads, pixels that do not
+    with pytest.raises(ValueError, match="big.png cannot be decoded"):
+        evaluate(shapes, suite, reference=f"folder:{folder}", reference_resize=True, progress=False)
     with pytest.raises(ValueError, match="does not exist"):
         evaluate(shapes, suite, reference=f"folder:{tmp_path / 'missing'}", progress=False)
 
@@ -219,7 +247,7 @@ def test_what_would_fail_after_drawing_fails_before(sd, tmp_path, monkeypatch):
     folder = tmp_path / "real"
     folder.mkdir()
     (folder / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(ValueError, match="holds 0 readable images"):
+    with pytest.raises(ValueError, match="1 of 1 files are not readable images"):
         evaluate(sd, _suite(head=""), reference=f"folder:{folder}", progress=False)
     monkeypatch.setattr(metrics, "_lpips", lambda: None)
     edit = _noop_edit(sd)

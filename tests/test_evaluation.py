@@ -72,6 +72,7 @@ def test_evaluate_runs_as_stages_over_one_spec(shapes, two_image_suite):
     (prepare -> draw -> read -> measure) and give them too; options beside a spec are refused."""
     from concept_edit.evaluation.evaluate import EvaluationSpec, draw, prepare
     from concept_edit.evaluation.measure import measure
+    from concept_edit.evaluation.tally import Tally
 
     suite = get_suite(str(two_image_suite))
     spec = EvaluationSpec(suite, target="circle", steps=3, samples_per_concept=1)
@@ -81,14 +82,43 @@ def test_evaluate_runs_as_stages_over_one_spec(shapes, two_image_suite):
     np.testing.assert_array_equal(images, again)
     plan = prepare(shapes, spec)
     assert (plan.steps, plan.judge.name, plan.reference) == (3, "shapes-oracle", "renders")  # the world's judge
-    drawn, baseline = draw(shapes, plan, progress=False)
-    assert baseline is None  # no edit: nothing to compare with
-    staged = measure(shapes, plan, drawn, baseline, plan.judge.read(drawn, plan.suite))
+    tally = Tally(plan)
+    for chunk in draw(shapes, plan, progress=False):
+        assert chunk.baseline is None  # no edit: nothing to compare with
+        tally.add(chunk, plan.judge.read(chunk.images, chunk.suite))
+    staged = measure(shapes, plan, tally)
     assert json.dumps(staged, sort_keys=True) == json.dumps(by_spec, sort_keys=True)
     with pytest.raises(TypeError, match="give options in the EvaluationSpec"):
         evaluate(shapes, spec, target="star")
     with pytest.raises(TypeError, match="unknown option.s. targt; known: .*target"):
         evaluate(shapes, suite, targt="star")
+
+
+def test_evaluate_in_chunks_gives_the_results_of_one_chunk(shapes):
+    """Issue 29: streaming (chunks of 5 of 16 entries, the last one short) keeps the answers, thumbnails, image
+    change per concept and Frechet distances of evaluating everything at once; keep_images=False returns none."""
+    from concept_edit import EditRequest, fit
+
+    suite = get_suite("shapes-objects", n=2, seed=3)
+    edit = fit(shapes, "uce", EditRequest(concepts=("circle",)))
+    # one image per pipeline call, so both runs draw the same pixels (a batch's size moves CPU convolutions' rounding)
+    options = {"edits": [edit], "target": "circle", "steps": 3, "progress": False, "samples_per_concept": 1,
+               "batch_size": 1}  # fmt: skip
+    whole, images = evaluate(shapes, suite, chunk_size=100, **options)
+    chunked, again = evaluate(shapes, suite, chunk_size=5, **options)
+    np.testing.assert_array_equal(images, again)
+    assert evaluate(shapes, suite, chunk_size=8, keep_images=False, **options)[1] is None
+    numbers = ("frechet_to_renders", "frechet_to_unedited")
+    for key in numbers:  # the oracle's float32 features of 5 images vs 16 differ in the 7th digit: no more
+        assert chunked.pop(key) == pytest.approx(whole.pop(key), rel=1e-5)
+    change, change_whole = chunked.pop("image_change_per_concept"), whole.pop("image_change_per_concept")
+    assert change == pytest.approx(change_whole, rel=1e-5) and max(change.values()) > 0.01
+    assert chunked.pop("image_change")["mean"] == pytest.approx(whole.pop("image_change")["mean"], rel=1e-5)
+    assert json.dumps(chunked, sort_keys=True) == json.dumps(whole, sort_keys=True)  # answers, samples, protocol
+    with pytest.raises(ValueError, match="chunk_size must be"):
+        evaluate(shapes, suite, chunk_size=0, progress=False)
+    with pytest.raises(ValueError, match="3 baseline images for 16 suite entries"):
+        evaluate(shapes, suite, baseline_images=images[:3], progress=False)
 
 
 def test_images_without_an_object_are_read_as_none_not_as_some_object(shapes, two_image_suite, monkeypatch):

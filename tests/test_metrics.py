@@ -44,6 +44,36 @@ def test_frechet_distance_known_answers():
         metrics.frechet_distance(x[:1], x)
 
 
+def test_frechet_statistics_gathered_in_chunks_equal_the_batch_formula():
+    """Issue 29: sums and Gram matrices chunk by chunk give np.mean / np.cov over all rows, even for features
+    whose mean dwarfs their spread (the shift keeps the Gram from cancelling), and the same distance."""
+    from scipy import linalg
+
+    from concept_edit.evaluation.frechet import FrechetStats, frechet_distance
+
+    rng = np.random.default_rng(1)
+    a = 1e4 + rng.normal(size=(1000, 8)) @ rng.normal(size=(8, 8))  # mean 1e4, spread ~3
+    b = 1e4 + 0.5 + rng.normal(size=(700, 8))
+    stats_a, stats_b = FrechetStats(), FrechetStats()
+    for start in range(0, len(a), 97):  # uneven chunks, the last one short
+        stats_a.add(a[start : start + 97])
+    for start in range(0, len(b), 256):
+        stats_b.add(b[start : start + 256])
+    assert stats_a.n == 1000
+    np.testing.assert_allclose(stats_a.mean, a.mean(0), rtol=1e-14)
+    np.testing.assert_allclose(stats_a.cov, np.cov(a, rowvar=False), rtol=1e-9, atol=1e-11)
+    naive = (a.T @ a - len(a) * np.outer(a.mean(0), a.mean(0))) / (len(a) - 1)  # what an unshifted Gram gives
+    assert not np.allclose(naive, np.cov(a, rowvar=False), rtol=1e-9, atol=1e-11)  # the shift makes the line above
+    mu_a, mu_b, ca, cb = a.mean(0), b.mean(0), np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    batch = ((mu_a - mu_b) ** 2).sum() + np.trace(ca + cb - 2 * linalg.sqrtm(ca @ cb).real)
+    assert frechet_distance(stats_a, stats_b) == pytest.approx(batch, rel=1e-9)
+    assert metrics.frechet_distance(a, b) == pytest.approx(batch, rel=1e-9)
+    with pytest.raises(ValueError, match="width 3 added to statistics of width 8"):
+        stats_a.add(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="need at least 2"):
+        _ = FrechetStats().add(a[:1]).cov
+
+
 def test_cosine_distance_known_answers():
     a = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0]])
     b = np.array([[2.0, 0.0], [-1.0, -1.0], [3.0, 0.0]])

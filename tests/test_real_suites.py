@@ -131,10 +131,41 @@ def test_professions_ask_only_the_attribute(name, head, count):
         assert suite.answers["gender"] == ("a man", "a woman")  # UCE eval-scripts/CLIP_classify.py
 
 
-@pytest.mark.parametrize("name", ["imagenette", "nudity-simple", "professions", "professions-race"])
+@pytest.mark.parametrize("name", ["nudity-simple", "professions", "professions-race"])
 def test_an_argument_to_a_suite_that_takes_none_is_refused(name):
     with pytest.raises(ValueError, match="takes no argument"):
         get_suite(f"{name}:extra")
+
+
+def test_imagenette_from_uce_csv_draws_each_row_at_its_own_seed(tmp_path):
+    """Issue 29: UCE's data/imagenette.csv gives every row its own seed; `imagenette:<csv>` keeps them."""
+    csv_file = tmp_path / "imagenette.csv"
+    rows = ["case_number,prompt,class,evaluation_seed"]
+    for k, (name, article) in enumerate([("tench", "a"), ("church", "a"), ("tench", "a"), ("garbage truck", "a")]):
+        rows.append(f"{k},an image of {article} {name},{name},{[1174, 6478, 6415, 24][k]}")
+    csv_file.write_text("\n".join(rows) + "\n")
+    suite = get_suite(f"imagenette:{csv_file}")
+    assert [(e.label, e.seed) for e in suite.entries] == [
+        ("tench", 1174), ("tench", 6415), ("church", 6478), ("garbage truck", 24)
+    ]  # fmt: skip
+    assert suite.entries[0].scene["imagenet_index"] == 0 and suite.protocol["seeds"].startswith("per row")
+    assert len(get_suite(f"imagenette:{csv_file}", n=1).entries) == 3  # the first row of each class
+    with pytest.raises(ValueError, match="leave --seed at 0"):
+        get_suite(f"imagenette:{csv_file}", seed=5)
+    csv_file.write_text("case_number,prompt,class,evaluation_seed\n0,an image of a cat,cat,3\n")
+    with pytest.raises(ValueError, match="imagenette.csv:2: class 'cat' is not an Imagenette class"):
+        get_suite(f"imagenette:{csv_file}")
+    csv_file.write_text("case_number,prompt,class,evaluation_seed\n0,an image of a dog,tench,3\n")
+    with pytest.raises(ValueError, match="does not name its class"):
+        get_suite(f"imagenette:{csv_file}")
+    csv_file.write_text("case_number,prompt,class,evaluation_seed\n0,an image of a tench,tench,-1\n")
+    with pytest.raises(ValueError, match="imagenette.csv:2: seed '-1' is not an integer"):
+        get_suite(f"imagenette:{csv_file}")
+    csv_file.write_text("case_number,prompt,class\n0,an image of a tench,tench\n")
+    with pytest.raises(ValueError, match="missing evaluation_seed"):
+        get_suite(f"imagenette:{csv_file}")
+    with pytest.raises(ValueError, match="cannot find"):
+        get_suite(f"imagenette:{tmp_path / 'none.csv'}")
 
 
 def test_i2p_from_a_local_csv_keeps_its_seeds_and_guidance(i2p_csv):

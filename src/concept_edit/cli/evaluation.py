@@ -59,6 +59,24 @@ def add_verbs(verbs) -> None:
     ev.add_argument(
         "--batch-size", type=number("--batch-size", low=1, integer=True), default=8, help="images per pipeline call"
     )
+    ev.add_argument(
+        "--chunk-size",
+        type=number("--chunk-size", low=1, integer=True),
+        default=256,
+        help="images drawn, judged and measured at a time: memory holds one chunk, whatever the suite's size",
+    )
+    ev.add_argument(
+        "--lpips-size",
+        type=number("--lpips-size", low=16, integer=True),
+        default=None,
+        help="measure LPIPS on images resized to this side (ESD's LPIPS script: 64); default: as drawn",
+    )
+    ev.add_argument(
+        "--reference-resize",
+        action="store_true",
+        help="a --reference folder of mixed image sizes: centre-crop and resize each to the model's side "
+        "(refused otherwise)",
+    )
     add_generation_args(ev)
     ev.add_argument("--out", required=True, help="results .json file")
     add_force(ev)
@@ -117,6 +135,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         allow_repeat=args.allow_repeat,
         store=args.store,
         batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
+        lpips_size=args.lpips_size,
+        reference_resize=args.reference_resize,
+        keep_images=False,  # the results file is all this verb writes: hold one chunk of images at a time
     )
     if results is None:  # not the main process of `accelerate launch`: its share is in the store
         return

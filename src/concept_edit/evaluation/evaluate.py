@@ -23,19 +23,22 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from concept_edit.edit import Edit, applied
 from concept_edit.evaluation import metrics
 from concept_edit.evaluation.judges import make_judge
 from concept_edit.evaluation.measure import measure
-from concept_edit.evaluation.references import check_reference, folder_images
+from concept_edit.evaluation.references import check_reference, folder_stats
 from concept_edit.evaluation.suites import Suite
+from concept_edit.evaluation.tally import Chunk, Tally
 from concept_edit.generation import generate, to_array
 from concept_edit.models.loading import model_info
+from concept_edit.validation import check_number
 from concept_edit.worlds import registered, world_of
 
 log = logging.getLogger(__name__)
@@ -62,6 +65,15 @@ class EvaluationSpec:
     compute_baseline: bool = True
     allow_repeat: bool = False
     batch_size: int = 32
+    chunk_size: int = 256  # images drawn, judged and measured at a time: memory does not grow with the suite
+    lpips_size: int | None = None  # LPIPS on images resized to this side (ESD's script: 64); None: as drawn
+    reference_resize: bool = False  # a reference folder of mixed sizes: centre-crop and resize (else refused)
+
+    def __post_init__(self) -> None:
+        check_number("batch_size", self.batch_size, low=1, integer=True)
+        check_number("chunk_size", self.chunk_size, low=1, integer=True)
+        if self.lpips_size is not None:
+            check_number("lpips_size", self.lpips_size, low=16, integer=True)  # AlexNet's LPIPS needs 16 px
 
 
 @dataclass
@@ -89,16 +101,20 @@ def evaluate(
     baseline_images: np.ndarray | None = None,
     store=None,
     progress: bool = True,
+    keep_images: bool = True,
     **options,
 ) -> tuple[dict | None, np.ndarray | None]:
-    """Draw every suite entry (with the edits applied), judge it, measure it: `prepare` -> `draw` -> `read` ->
-    `measure`. `suite` is an `EvaluationSpec`, or a suite with the spec's fields as keyword options.
+    """Draw every suite entry (with the edits applied), judge it, measure it: `prepare` -> `draw` (chunks of
+    `chunk_size` entries) -> `read` and tally each chunk -> `measure`. `suite` is an `EvaluationSpec`, or a suite
+    with the spec's fields as keyword options.
 
-    Returns (results, images). The image change is measured against `baseline_images` (the unedited model's
-    images for the same entries) or, when edits are given and `compute_baseline`, against a fresh unedited
-    drawing. `store` (an `ImageStore` or a folder) keeps every generated image so a second run, or an
-    interrupted one, draws only what is missing; under `accelerate launch` every process calls `evaluate` alike,
-    each draws its share, and only the main process gets (results, images): the others get (None, None).
+    Returns (results, images); images is None with `keep_images=False`, and then nothing held grows with the
+    suite but a few numbers per image (the CLI evaluates so). The image change is measured against
+    `baseline_images` (the unedited model's images for the same entries) or, when edits are given and
+    `compute_baseline`, against a fresh unedited drawing. `store` (an `ImageStore` or a folder) keeps every
+    generated image so a second run, or an interrupted one, draws only what is missing; under `accelerate
+    launch` every process calls `evaluate` alike, each draws its share, and only the main process gets
+    (results, images): the others get (None, None).
     """
     if isinstance(suite, EvaluationSpec):
         if options:
@@ -111,11 +127,17 @@ def evaluate(
             raise TypeError(f"evaluate: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         spec = EvaluationSpec(suite, **options)
     plan = prepare(pipe, spec, baseline_given=baseline_images is not None)
-    images, baseline = draw(pipe, plan, baseline_images=baseline_images, store=store, progress=progress)
-    if images is None:  # another process of `accelerate launch` drew its share; the main process scores
+    if baseline_images is not None and len(baseline_images) != len(plan.suite.entries):
+        raise ValueError(f"{len(baseline_images)} baseline images for {len(plan.suite.entries)} suite entries")
+    tally, main = Tally(plan, keep_images=keep_images), True
+    for chunk in draw(pipe, plan, baseline_images=baseline_images, store=store, progress=progress):
+        if chunk is None:  # another process of `accelerate launch` drew its share; the main process scores
+            main = False
+            continue
+        tally.add(chunk, plan.judge.read(chunk.images, chunk.suite))
+    if not main:
         return None, None
-    reading = plan.judge.read(images, plan.suite)
-    return measure(pipe, plan, images, baseline, reading), images
+    return measure(pipe, plan, tally), tally.all_images()
 
 
 def prepare(pipe, spec: EvaluationSpec, *, baseline_given: bool = False) -> Plan:
@@ -148,7 +170,8 @@ def prepare(pipe, spec: EvaluationSpec, *, baseline_given: bool = False) -> Plan
     # The unedited images: for the image change and the Frechet distance to them, where the suite has a
     # reference at all (shapes renders, unedited, real images); I2P, nudity and professions report neither.
     wants_baseline = not baseline_given and bool(spec.edits) and spec.compute_baseline and reference is not None
-    real = _check_before_drawing(pipe, suite, reference, change_features, wants_baseline or baseline_given)
+    real = _check_before_drawing(pipe, spec, suite, reference, extractor, change_features,
+                                 wants_baseline or baseline_given)  # fmt: skip
     # The paper's steps and guidance when the suite pins them (imagenette: UCE's 100 steps), else the model's.
     steps = suite.protocol.get("steps", info.default_steps) if spec.steps is None else spec.steps
     guidance = suite.protocol.get("guidance", info.default_guidance) if spec.guidance is None else spec.guidance
@@ -156,18 +179,29 @@ def prepare(pipe, spec: EvaluationSpec, *, baseline_given: bool = False) -> Plan
                 wants_baseline)  # fmt: skip
 
 
-def draw(pipe, plan: Plan, *, baseline_images=None, store=None, progress: bool = True):
-    """(images, baseline): every entry drawn with the edits, and without them when the plan wants a baseline
-    (else `baseline_images` as given). Under `accelerate launch` a process that is not the main one gets None."""
-    spec = plan.spec
+def draw(pipe, plan: Plan, *, baseline_images=None, store=None, progress: bool = True) -> Iterator[Chunk | None]:
+    """The suite's entries in chunks of `chunk_size`: each drawn with the edits, and without them when the plan
+    wants a baseline (else the chunk's share of `baseline_images`). Under `accelerate launch` a process that is
+    not the main one gets None for every chunk (its share is in the store)."""
+    spec, entries = plan.spec, plan.suite.entries
+    starts = range(0, len(entries), spec.chunk_size)
+    outer = len(starts) > 1  # one bar over the chunks; each chunk's own bars only when there is one chunk
+    bar = tqdm(total=len(entries), desc="evaluate", unit="image", disable=not (progress and outer), dynamic_ncols=True)
+    with bar:
+        for start in starts:
+            part = dataclasses.replace(plan.suite, entries=entries[start : start + spec.chunk_size])
 
-    def drawn(with_edits: Sequence[Edit]) -> np.ndarray | None:
-        return _generate(pipe, plan.suite, with_edits, plan.steps, plan.guidance, store, spec.batch_size, progress,
-                         spec.allow_repeat)  # fmt: skip
+            def drawn(with_edits: Sequence[Edit], part=part) -> np.ndarray | None:
+                return _generate(pipe, part, with_edits, plan.steps, plan.guidance, store, spec.batch_size,
+                                 progress and not outer, spec.allow_repeat)  # fmt: skip
 
-    images = drawn(spec.edits)
-    baseline = drawn(()) if plan.wants_baseline else baseline_images
-    return images, baseline
+            images = drawn(spec.edits)
+            if plan.wants_baseline:
+                baseline = drawn(())
+            else:
+                baseline = None if baseline_images is None else baseline_images[start : start + len(part.entries)]
+            bar.update(len(part.entries))
+            yield None if images is None else Chunk(start, part, images, baseline)
 
 
 def _check_judge_world(suite: Suite, spec: str | None, world, info) -> None:
@@ -198,13 +232,14 @@ def check_suite(pipe, suite: Suite, judge=None) -> None:
         raise ValueError(f"suite {suite.name}: {err}") from None
 
 
-def _check_before_drawing(pipe, suite: Suite, reference, extractor, image_change: bool):
-    """What would fail after hours of drawing fails now: the reference folder's images (returned, with their
-    count), the image-change metric, the CLIP score's model."""
+def _check_before_drawing(pipe, spec, suite: Suite, reference, features, change_features, image_change: bool):
+    """What would fail after hours of drawing fails now: the reference folder's images (read into Frechet
+    statistics, returned with their count), the image-change metric, the CLIP score's model."""
     real = None
     if reference and reference.startswith("folder:"):
-        real = folder_images(reference.partition(":")[2], model_info(pipe).resolution)
-    if image_change and extractor is None and not metrics.lpips_available():
+        real = folder_stats(reference.partition(":")[2], model_info(pipe).resolution, features,
+                            resize=spec.reference_resize, chunk_size=spec.chunk_size)  # fmt: skip
+    if image_change and change_features is None and not metrics.lpips_available():
         raise ValueError(
             f"the {suite.name} suite measures the image change against the unedited model, which needs LPIPS "
             "(pip install 'concept-edit[eval]') or a feature distance (--features clip); or pass --no-baseline"

@@ -1,25 +1,24 @@
-"""The measure stage of `evaluate`: from the drawn images and the judge's reading to the results dictionary
-(accuracies with their intervals, none shares, bias distributions, Frechet distances, the image change, CLIP
-scores, per-prompt rows, sample thumbnails, the protocol)."""
+"""The measure stage of `evaluate`: from the tally of every judged chunk (`tally.py`: the judge's answers, Frechet
+statistics, per-pair image change, CLIP scores, thumbnails) to the results dictionary (accuracies with their
+intervals, none shares, bias distributions, Frechet distances, the image change, CLIP scores, per-prompt rows,
+sample thumbnails, the protocol). No image is needed here: they went chunk by chunk."""
 
 from __future__ import annotations
 
-import base64
-import io
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image
 
-from concept_edit.evaluation import metrics
+from concept_edit.evaluation import frechet, metrics
 from concept_edit.evaluation.judges import NONE
 from concept_edit.evaluation.suites import Entry, Suite
 from concept_edit.models.prompts import overlong_prompts
 
 
-def measure(pipe, plan, images: np.ndarray, baseline: np.ndarray | None, reading) -> dict:
-    """The results dictionary of one evaluation (`evaluate`'s module docstring)."""
+def measure(pipe, plan, tally) -> dict:
+    """The results dictionary of one evaluation (`evaluate`'s module docstring) from its `Tally`."""
     suite, spec, info = plan.suite, plan.spec, plan.info
+    reading = tally.reading()
     predicted, expected = reading.labels, [e.label for e in suite.entries]
     judged = [i for i, p in enumerate(predicted) if p is not None]
     per_concept = metrics.per_concept_accuracy([predicted[i] for i in judged], [expected[i] for i in judged])
@@ -51,12 +50,12 @@ def measure(pipe, plan, images: np.ndarray, baseline: np.ndarray | None, reading
         results["judge_summary"] = summary
     results["suite_version"] = suite.version
     results["edit_names"] = [e.name for e in spec.edits]
-    results.update(_image_metrics(plan, images, baseline))
+    results.update(_image_metrics(plan, tally))
     if "clip_score" in suite.metrics:
-        results.update(_clip_scores(suite, images))
+        results.update(_clip_scores(suite, np.concatenate(tally.clip_scores)))
     results["protocol"] = protocol(pipe, plan)
     results["per_prompt"] = _per_prompt(suite.entries, predicted)
-    results["samples"] = _samples(suite.entries, images, predicted, spec.samples_per_concept)
+    results["samples"] = tally.samples
     return results
 
 
@@ -89,6 +88,7 @@ def protocol(pipe, plan) -> dict:
         "judge": judge.protocol(),
         "features": extractor.protocol() if extractor is not None else None,
         "reference": reference,
+        "lpips_size": plan.spec.lpips_size,  # the image change's LPIPS read at this side (ESD's script: 64)
         **({"suite_protocol": suite.protocol} if suite.protocol else {}),
         "versions": {
             "concept_edit": __version__,
@@ -99,53 +99,44 @@ def protocol(pipe, plan) -> dict:
     }
 
 
-def _image_metrics(plan, images, baseline) -> dict:
+def _image_metrics(plan, tally) -> dict:
     """Frechet distances to the reference and the unedited images, and the image change (overall, per concept)."""
-    suite, extractor, reference, real = plan.suite, plan.extractor, plan.reference, plan.real
-    out: dict = {"frechet_samples": len(images)}  # Frechet is biased by n: compare runs with the same n only
-    feats = extractor(images) if extractor is not None and len(images) >= 2 else None
-    if feats is not None and reference == "renders":
-        out["frechet_to_renders"] = metrics.frechet_distance(feats, extractor(plan.world.renders(suite.entries)))
-    elif feats is not None and real is not None:
-        out["frechet_to_real"] = metrics.frechet_distance(feats, extractor(real[0]))
-        out["reference_images"] = real[1]
-    if baseline is None:
+    suite = plan.suite
+    out: dict = {"frechet_samples": tally.count}  # Frechet is biased by n: compare runs with the same n only
+    features = tally.features if tally.features is not None and tally.count >= 2 else None
+    if features is not None and tally.renders is not None:
+        out["frechet_to_renders"] = frechet.frechet_distance(features, tally.renders)
+    elif features is not None and plan.real is not None:
+        out["frechet_to_real"] = frechet.frechet_distance(features, plan.real[0])
+        out["reference_images"] = plan.real[1]
+    if not tally.change:
         return out
-    extractor = plan.change_features  # the suite's features, else the world's own
-    out["image_change"] = _image_change(baseline, images, extractor)
-    if feats is not None:
-        out["frechet_to_unedited"] = metrics.frechet_distance(feats, plan.extractor(baseline))
+    change = np.concatenate(tally.change)
+
+    def mean_over(idx) -> float:
+        return float(change[np.asarray(idx, dtype=int)].mean())
+
+    out["image_change"] = {"metric": tally.change_metric, "mean": float(change.mean())}
+    if features is not None:
+        out["frechet_to_unedited"] = frechet.frechet_distance(features, tally.unedited)
     labels = [e.label for e in suite.entries]
     groups = [e.scene.get("group") for e in suite.entries]
     if any(groups):  # artists: erased / preserved / held-out (UCE Figure 4, CAD Table 5)
-        out["image_change_per_group"] = {
-            g: _image_change(baseline[idx], images[idx], extractor)["mean"]
-            for g in dict.fromkeys(g for g in groups if g)
-            for idx in [np.array([i for i, other in enumerate(groups) if other == g])]
-        }
+        named = dict.fromkeys(g for g in groups if g)
+        out["image_change_per_group"] = {g: mean_over([i for i, o in enumerate(groups) if o == g]) for g in named}
     out["image_change_per_concept"] = {
-        c: _image_change(baseline[idx], images[idx], extractor)["mean"]
-        for c in suite.concepts
-        for idx in [np.array([i for i, label in enumerate(labels) if label == c])]
+        c: mean_over([i for i, label in enumerate(labels) if label == c]) for c in suite.concepts
     }
     return out
 
 
-def _clip_scores(suite: Suite, images: np.ndarray) -> dict:
+def _clip_scores(suite: Suite, scores: np.ndarray) -> dict:
     """CLIP score of each image against its own prompt (UCE Table 4), averaged overall and per concept."""
-    from concept_edit.evaluation.judges.clip import clip_score
-
-    scores = clip_score(images, [e.prompt for e in suite.entries])
     labels = [e.label for e in suite.entries]
     per_concept = {
         c: float(np.mean([s for s, label in zip(scores, labels, strict=True) if label == c])) for c in suite.concepts
     }
     return {"clip_score": float(scores.mean()), "clip_score_per_concept": per_concept}
-
-
-def _image_change(before: np.ndarray, after: np.ndarray, extractor) -> dict:
-    """LPIPS when installed (the papers' metric), else the suite's feature distance (the oracle's for ShapesSD)."""
-    return metrics.image_change(before, after, features=extractor)
 
 
 def _none_shares(per_concept: dict, predicted: Sequence[str], expected: Sequence[str]) -> dict:
@@ -188,27 +179,3 @@ def _per_prompt(entries: Sequence[Entry], predicted: Sequence[str | None]) -> di
         if row["judged"]:
             row["accuracy"] = row["correct"] / row["judged"]
     return out
-
-
-SAMPLE_SIDE = 256  # report thumbnails: a 512-1024 px sample per image would make a results file of 100s of MB
-
-
-def _png(image: np.ndarray) -> str:
-    buf = io.BytesIO()
-    picture = Image.fromarray(image)
-    picture.thumbnail((SAMPLE_SIDE, SAMPLE_SIDE))  # no-op for ShapesSD's 32 px images
-    picture.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _samples(entries: Sequence[Entry], images: np.ndarray, predicted: Sequence[str], k: int) -> dict[str, list]:
-    out: dict[str, list] = {}
-    for i, entry in enumerate(entries):
-        bucket = out.setdefault(entry.label, [])
-        if len(bucket) < k:
-            bucket.append(
-                {"prompt": entry.prompt, "seed": entry.seed, "predicted": predicted[i], "png": _png(images[i])}
-            )
-    return out
-
-

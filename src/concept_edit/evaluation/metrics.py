@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
-from scipy import linalg
+
+from concept_edit.evaluation import frechet
 
 log = logging.getLogger(__name__)
 
@@ -85,23 +85,12 @@ def deviation(shares: dict[str, float], desired: dict[str, float] | None = None)
 
 
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
-    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) of Gaussian fits to two (N, D) feature sets."""
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) of Gaussian fits to two (N, D) feature sets
+    (`frechet.py` has the same from statistics gathered chunk by chunk)."""
     a, b = np.asarray(features_a, dtype=np.float64), np.asarray(features_b, dtype=np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or len(a) < 2 or len(b) < 2:
         raise ValueError("Frechet distance needs two (N >= 2, D) feature arrays of the same width")
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    with warnings.catch_warnings():  # fewer samples than feature dimensions give a singular product: expected
-        warnings.simplefilter("ignore", linalg.LinAlgWarning)
-        covmean = linalg.sqrtm(cov_a @ cov_b)
-    if not np.isfinite(covmean).all():  # regularise as the FID reference code does
-        eps = np.eye(len(cov_a)) * 1e-6
-        covmean = linalg.sqrtm((cov_a + eps) @ (cov_b + eps))
-    if np.abs(covmean.imag).max(initial=0) > 1e-3:  # the FID reference code raises here; a value is still useful
-        log.warning("Frechet distance: sqrtm left an imaginary part of %.3g (too few samples for the features' width)",
-                    np.abs(covmean.imag).max())  # fmt: skip
-    covmean = covmean.real
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
+    return frechet.frechet_distance(frechet.stats_of(a), frechet.stats_of(b))
 
 
 def cosine_distance(features_a: np.ndarray, features_b: np.ndarray) -> np.ndarray:
@@ -112,36 +101,48 @@ def cosine_distance(features_a: np.ndarray, features_b: np.ndarray) -> np.ndarra
     return 1 - num / np.maximum(den, 1e-12)
 
 
-def image_change(before: np.ndarray, after: np.ndarray, *, features=None) -> dict[str, float | str]:
-    """Mean perceptual change between paired (N, H, W, 3) uint8 image sets: LPIPS if available, else the
-    cosine distance of `features` (a `evaluation.features.FeatureExtractor`; a world's own, such as the shapes
-    oracle's, when the suite names none). ValueError when neither is there."""
+def image_change(before: np.ndarray, after: np.ndarray, *, features=None, lpips_size: int | None = None) -> dict:
+    """Mean perceptual change between paired (N, H, W, 3) uint8 image sets: {"metric", "mean"} (`pair_change`)."""
+    metric, distances = pair_change(before, after, features=features, lpips_size=lpips_size)
+    return {"metric": metric, "mean": float(np.mean(distances))}
+
+
+def pair_change(before: np.ndarray, after: np.ndarray, *, features=None, lpips_size: int | None = None):
+    """(metric name, per-pair distances): LPIPS if available, else the cosine distance of `features` (a
+    `evaluation.features.FeatureExtractor`; a world's own, such as the shapes oracle's, when the suite names none).
+    `lpips_size`: both images resized (bilinear) to that side first, as ESD's LPIPS script reads them at 64 px;
+    the metric's name says so ("lpips@64"). ValueError when neither LPIPS nor features are there."""
     lpips_model = _lpips()
     if lpips_model is not None:
         import torch
 
         def prep(x):
-            return torch.from_numpy(x).permute(0, 3, 1, 2).float() / 127.5 - 1
+            x = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float() / 127.5 - 1
+            if lpips_size is not None:
+                x = torch.nn.functional.interpolate(x, size=(lpips_size, lpips_size), mode="bilinear",
+                                                    antialias=True, align_corners=False)  # fmt: skip
+            return x
 
         with torch.no_grad():  # in batches: a thousand 512 px pairs would not fit at once
             values = [
                 lpips_model(prep(before[i : i + 16]), prep(after[i : i + 16])).flatten()
                 for i in range(0, len(before), 16)
             ]
-        return {"metric": "lpips", "mean": torch.cat(values).mean().item()}
+        name = "lpips" if lpips_size is None else f"lpips@{lpips_size}"
+        return name, torch.cat(values).double().numpy()
     if features is None:
         raise ValueError("the image change needs LPIPS (pip install 'concept-edit[eval]') or image features")
     distances = cosine_distance(features(before), features(after))
     name = getattr(features, "metric", features.name)  # the shapes oracle's features: "oracle"
-    return {"metric": f"{name}-feature-cosine-distance", "mean": float(distances.mean())}
+    return f"{name}-feature-cosine-distance", distances
 
 
-@lru_cache(maxsize=1)  # evaluate calls image_change once per concept: build the network once
 def lpips_available() -> bool:
     """Whether `image_change` can measure LPIPS here (the `lpips` package, a working torchvision, its weights)."""
     return _lpips() is not None
 
 
+@lru_cache(maxsize=1)  # evaluate measures the change chunk by chunk: build the network once
 def _lpips():
     """An LPIPS model if the package and its network weights are available offline, else None."""
     try:

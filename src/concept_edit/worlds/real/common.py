@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 from concept_edit.validation import MAX_SEED, check_seed
@@ -70,3 +71,14 @@ def read_text(path: Path, what: str) -> str:
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
         raise ValueError(f"{path}:{line}: not UTF-8 text (expected {what})") from None
+
+
+def csv_seed(path: Path, line: int, text: str) -> int:
+    """A CSV cell as a seed in 0..MAX_SEED; ValueError naming the file and line."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value.is_integer() and 0 <= value <= MAX_SEED):
+        raise ValueError(f"{path}:{line}: seed {text!r} is not an integer in 0..{MAX_SEED}")
+    return int(value)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from concept_edit.evaluation.suites import Entry, Suite
 from concept_edit.validation import MAX_SEED, check_seed
-from concept_edit.worlds.real.common import SA_DEFAULTS, SUITE_VERSION, file_sha256, protocol, read_text
+from concept_edit.worlds.real.common import SA_DEFAULTS, SUITE_VERSION, csv_seed, file_sha256, protocol, read_text
 
 HUB_REPO = "AIML-TUDA/i2p"
 HUB_FILE = "i2p_benchmark.csv"
@@ -147,7 +147,7 @@ def _read_rows(path: Path, reader: csv.DictReader) -> tuple[list[dict], str, str
                     {
                         "prompt": record["prompt"].strip(),
                         "categories": [c.strip() for c in (record.get("categories") or "").split(",")],
-                        "seed": _seed(path, line, record[seed_column]),
+                        "seed": csv_seed(path, line, record[seed_column]),
                         "guidance": _guidance(path, line, record[guidance_column]),
                         "line": line,
                     }
@@ -160,16 +160,6 @@ def _read_rows(path: Path, reader: csv.DictReader) -> tuple[list[dict], str, str
 
 def _field_count(record: dict) -> int:
     return sum(v is not None for k, v in record.items() if k is not None) + len(record.get(None) or [])
-
-
-def _seed(path: Path, line: int, text: str) -> int:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (value.is_integer() and 0 <= value <= MAX_SEED):
-        raise ValueError(f"{path}:{line}: seed {text!r} is not an integer in 0..{MAX_SEED}")
-    return int(value)
 
 
 def _guidance(path: Path, line: int, text: str) -> float:

@@ -6,6 +6,8 @@ concept, so concepts differ only by their prompt), cycling through the concept's
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from concept_edit.evaluation.suites import Entry, Suite
 from concept_edit.worlds.real.common import (
     DATA,
@@ -21,7 +23,8 @@ from concept_edit.worlds.real.common import (
 
 # UCE data/imagenette.csv: "an image of a {class}", "an" before a vowel ("an image of an English springer";
 # CAD Table 1 generates the same classes "following prior studies"). UCE and CAD draw 500 images per class
-# (UCE Sec. 5.1.2, CAD Sec. 6.2). UCE's CSV gives each row its own random seed; here seeds are seed + k.
+# (UCE Sec. 5.1.2, CAD Sec. 6.2). UCE's CSV gives each row its own random seed: `imagenette:<that CSV>` draws
+# its rows with their seeds (`uce_csv.py`); without it, seeds are seed + k.
 IMAGENETTE_TEMPLATE = "an image of {}"
 
 
@@ -76,13 +79,30 @@ def _cycled(label: str, templates, n: int, seed: int, head: str, scene: dict) ->
 
 
 def imagenette(n: int | None, seed: int, argument: str | None) -> Suite:
-    """UCE Table 2, CAD Table 1: top-1 of an ImageNet ResNet-50, erased class vs the other nine."""
-    no_argument("imagenette", argument)
+    """UCE Table 2, CAD Table 1: top-1 of an ImageNet ResNet-50, erased class vs the other nine.
+
+    `imagenette:<csv>`: UCE's data/imagenette.csv (case_number, prompt, class, evaluation_seed), each row drawn
+    at its own seed as UCE's generate-images.py does (the first n rows of each class; `--seed` must stay 0)."""
     n = n or IMAGENETTE_N
-    entries = []
-    for name, index in data_rows("imagenette.txt", 2):
-        template = IMAGENETTE_TEMPLATE.format(with_article(name)).replace(name, "{}")
-        entries += _cycled(name, (template,), n, seed, "imagenet", {"imagenet_index": int(index)})
+    classes = {name: int(index) for name, index in data_rows("imagenette.txt", 2)}
+    if argument:
+        from concept_edit.worlds.real.uce_csv import imagenette_rows
+
+        if seed:
+            raise ValueError("imagenette:<csv> draws each row at the CSV's own seed; leave --seed at 0")
+        path, rows = Path(argument), imagenette_rows(Path(argument), classes)
+        entries = [
+            Entry(r["prompt"], r["class"], r["seed"], "imagenet", {"imagenet_index": classes[r["class"]]})
+            for name in classes
+            for r in [row for row in rows if row["class"] == name][:n]
+        ]
+        extra = {"seeds": "per row, from the CSV (UCE)", "csv": path.name, "csv_sha256": file_sha256(path)}
+    else:
+        entries = []
+        for name, index in classes.items():
+            template = IMAGENETTE_TEMPLATE.format(with_article(name)).replace(name, "{}")
+            entries += _cycled(name, (template,), n, seed, "imagenet", {"imagenet_index": index})
+        extra = {}
     return Suite(
         "imagenette",
         SUITE_VERSION,
@@ -91,7 +111,7 @@ def imagenette(n: int | None, seed: int, argument: str | None) -> Suite:
         judge="imagenet",
         reference="unedited",
         features="inception",
-        protocol=protocol(entries, UCE_DEFAULTS, data_sha256=file_sha256(DATA / "imagenette.txt")),
+        protocol=protocol(entries, UCE_DEFAULTS, data_sha256=file_sha256(DATA / "imagenette.txt"), **extra),
     )
 
 
