@@ -56,6 +56,11 @@ def _prepare(args: argparse.Namespace, suffix: str, extra_outputs=()):
     if args.mode == "amplify" and not args.images:
         raise ValueError("amplify needs images of the concept: --images FOLDER (or shapes:OBJECT on ShapesSD)")
     edits = load_edits(args.edit)
+    if args.device is None:  # under `accelerate launch --num_processes N`: this process's own GPU
+        from concept_edit.processes import process_device
+
+        device = process_device()
+        args.device = None if device is None else str(device)
     pipe = load_model(args)
     images = None
     if args.images:
@@ -69,10 +74,13 @@ def _prepare(args: argparse.Namespace, suffix: str, extra_outputs=()):
 def cmd_attribute(args: argparse.Namespace) -> None:
     from concept_edit.edit import applied
     from concept_edit.methods.cad.fit import attribute, save_scores
+    from concept_edit.processes import process_group
 
     out, pipe, edits, request, config, inputs = _prepare(args, ".safetensors")
     with applied(pipe, *edits):
-        result = attribute(pipe, request, config, inputs, seed=args.seed)
+        result = attribute(pipe, request, config, inputs, seed=args.seed)  # split across processes, if launched so
+        if not process_group().main:  # every process holds the same scores; the main one writes them
+            return
         save_scores(out, result, request, config, args.seed, pipe)
     print(f"wrote {out}: scores of {len(result.scores)} weights from {len(result.samples)} samples (x_t, t)")
     print(summary_table(result.scores))
@@ -114,10 +122,13 @@ def cmd_check(args: argparse.Namespace) -> None:
     from concept_edit.io import write_json
     from concept_edit.methods.cad.check import approximation_check, scatter_plot
     from concept_edit.methods.cad.fit import attribute
+    from concept_edit.processes import process_group
 
     out, pipe, edits, request, config, inputs = _prepare(args, ".png", extra_outputs=(".json",))
     with applied(pipe, *edits):
-        result = attribute(pipe, request, config, inputs, seed=args.seed)
+        result = attribute(pipe, request, config, inputs, seed=args.seed)  # split across processes, if launched so
+        if not process_group().main:  # the check itself runs in one process
+            return
         check = approximation_check(pipe, result, subsets=args.subsets, fraction=args.fraction, seed=args.seed,
                                     progress=True)  # fmt: skip
     scatter_plot(check, out, f"CAD {args.mode} '{args.concept}' ({', '.join(config.modules)})")

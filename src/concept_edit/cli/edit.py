@@ -116,7 +116,11 @@ def cmd_methods(args: argparse.Namespace) -> None:
 def cmd_edit(args: argparse.Namespace) -> None:
     from concept_edit.edit import applied, resolve_edit_path
     from concept_edit.methods import EditRequest, fit, get_method, make_config, make_inputs
+    from concept_edit.processes import process_group
 
+    group = process_group()  # under `accelerate launch --num_processes N`: amnesia and cad split their sums
+    if group.count > 1 and args.method not in ("amnesia", "cad"):
+        raise ValueError(f"{args.method} runs in one process; only amnesia and cad split work across processes")
     out = resolve_edit_path(args.out, for_writing=True)
     target = check_output(out, force=args.force, inputs=edit_inputs(args.edit))
     method = get_method(args.method)
@@ -134,6 +138,8 @@ def cmd_edit(args: argparse.Namespace) -> None:
     values = _values(args, args.input_fields)
     checkpoint = _checkpoint_path(args, method, target, values)
     below = load_edits(args.edit)
+    if group.count > 1 and args.device is None:  # this process's own GPU
+        args.device = str(group.device)
     pipe = load_model(args, text_to_image=False)  # the registry refuses methods that cannot train digits models
     for f in dataclasses.fields(method.inputs_cls):  # text specs (a judge...) become objects for this pipeline
         parse = f.metadata.get("parse")
@@ -141,6 +147,8 @@ def cmd_edit(args: argparse.Namespace) -> None:
             values[f.name] = parse(values[f.name], pipe)
     with applied(pipe, *below):
         edit = fit(pipe, args.method, request, config, make_inputs(args.method, **values), seed=args.seed)
+    if not group.main:  # every process holds the same edit; the main one writes it
+        return
     edit = stored_as(edit, args.store_dtype)
     from concept_edit.io import kept_on_full_disk
 
@@ -162,6 +170,7 @@ def cmd_edit(args: argparse.Namespace) -> None:
 def _checkpoint_path(args: argparse.Namespace, method, target: Path, values: dict) -> Path | None:
     """A training method's checkpoint: --checkpoint, else beside the edit it will become. Refused before any work
     when it is not this method's checkpoint, would clobber one, or is (part of) the output or a cache."""
+    from concept_edit.processes import process_group
     from concept_edit.training import check_checkpoint_slot, paths_overlap
     from concept_edit.validation import check_number
 
@@ -171,6 +180,8 @@ def _checkpoint_path(args: argparse.Namespace, method, target: Path, values: dic
         raise ValueError(f"--fisher {fisher} is the output {target} (or holds it); give the Fisher cache its own path")
     if "checkpoint" not in names:
         return None
+    if "checkpoint" not in values and process_group().count > 1:
+        return None  # several processes keep no checkpoint (the methods refuse --checkpoint or --resume given)
     check_number("--checkpoint-every", values.get("checkpoint_every", 1), low=1, integer=True)
     given = "checkpoint" in values
     path = Path(values.setdefault("checkpoint", target.parent / f"{target.stem}.checkpoint.safetensors"))

@@ -34,8 +34,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import datetime, timezone
 
 import numpy as np
@@ -47,6 +46,9 @@ from concept_edit.edit.state import state_of
 from concept_edit.evaluation.image_store import ImageStore, edit_identity, item_key, model_hash, protocol
 from concept_edit.generation import generate, to_array
 from concept_edit.models.loading import model_info
+from concept_edit.processes import Group as _Group
+from concept_edit.processes import process_device
+from concept_edit.processes import process_group as _group
 from concept_edit.validation import check_number, check_seed
 
 __all__ = ["ImageStore", "edit_identity", "generate_stored", "model_hash", "process_device", "protocol"]
@@ -80,37 +82,6 @@ def _items(pipe, prompts, seeds, edits, steps, guidance, guidances) -> list[dict
         {**common, "prompt": p, "seed": check_seed(s), "guidance": float(check_number("guidance", g, low=0))}
         for p, s, g in zip(prompts, seeds, guidances, strict=True)
     ]
-
-
-# -- processes ----------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Group:
-    rank: int
-    count: int
-    wait: Callable[[], None] | None  # accelerate's barrier; None when the ranks were given by hand
-    device: torch.device | None = None
-
-
-def _group(process_index: int | None, num_processes: int | None) -> _Group:
-    if process_index is None and num_processes is None:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # set by `accelerate launch` (torchrun) for n > 1
-            from accelerate import PartialState
-
-            state = PartialState(cpu=not torch.cuda.is_available())  # without CUDA: gloo across CPU processes
-            return _Group(state.process_index, state.num_processes, state.wait_for_everyone, state.device)
-        return _Group(0, 1, None)
-    if process_index is None or num_processes is None:
-        raise ValueError("give both process_index and num_processes, or neither")
-    count = check_number("num_processes", num_processes, low=1, integer=True)
-    rank = check_number("process_index", process_index, low=0, high=count - 1, integer=True)
-    return _Group(rank, count, None)
-
-
-def process_device() -> torch.device | None:
-    """The device this process owns under `accelerate launch` with several processes (load the model there);
-    None when not launched so."""
-    group = _group(None, None)
-    return group.device if group.count > 1 else None
 
 
 # -- generation ---------------------------------------------------------------------------------------------------

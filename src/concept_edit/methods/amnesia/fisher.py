@@ -24,6 +24,15 @@ For the VAE the ELBO has no timesteps: `vae_squared_gradients` takes a batch's p
 `torch.func.vmap` pass.
 
 `estimate_fisher` runs the steps with progress, a checkpoint on Ctrl-C and resume (`training.run_steps`).
+
+Across processes (`accelerate launch --num_processes N`, `concept_edit.processes`): the estimate of section
+2's F_i (the expectation above, unnumbered there; the F of eq. 1-4) is a mean of per-sample squares,
+F_i = (1 / M) sum_m g_{m,i}^2, so it splits exactly. Every process holds the same M samples, and each step
+(one sample; a batch of samples for the VAE) draws its timesteps and noise from its own seeded generator,
+so the draws do not depend on which process computes the step. Process r takes the steps r, r + N, ...,
+sums its squares in float32, the processes add their sums once, at the end (`processes.sum_across`), and
+every process divides by the global M: the one-process F up to float32 summation order. Only the main
+process shows progress; checkpoints (and resume) are refused with several processes.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from pathlib import Path
 
 import torch
 
+from concept_edit.processes import Group, process_group, share, sum_across
 from concept_edit.training import Diverged, load_checkpoint, run_steps, save_checkpoint
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -144,12 +154,24 @@ def estimate_fisher(
     resume: bool = False,
     progress: bool = True,
     desc: str = "amnesia: fisher",
+    group: Group | None = None,
 ) -> list[torch.Tensor]:
     """F = (1 / count) * sum over steps of `squared_gradients(step)` (each the sum of its samples' g^2).
 
     With `checkpoint`, partial sums are saved every few steps and on Ctrl-C, and `resume` continues them.
     A non-finite squared gradient stops the estimate at that step (`Diverged`).
+    Under `accelerate launch` with several processes (or `group`), this process computes the steps of its
+    share (`concept_edit.processes.share`: more processes than steps is refused before any step), the sums
+    are added across the processes once, and every process returns the same F. With ranks given by hand
+    (an unconnected `group`), it returns its share's sum over `count` only.
     """
+    group = process_group() if group is None else group
+    if group.count > 1 and (checkpoint is not None or resume):
+        raise ValueError(
+            f"{desc}: checkpoints (and --resume) work with one process only; with {group.count} processes leave "
+            "--checkpoint and --resume out"
+        )
+    mine = share(steps, group, "Fisher sample steps")
     total = [torch.zeros_like(p, dtype=torch.float32) for p in params]
     start = 0
     config = {"fisher": run_config or {}}
@@ -158,7 +180,8 @@ def estimate_fisher(
         total = [t.to(p.device) for t, p in zip(saved["sums"], params, strict=True)]
         start = saved["step"]
 
-    def step_fn(step: int) -> dict[str, float]:
+    def step_fn(index: int) -> dict[str, float]:
+        step = mine[index]  # with one process, index == step: checkpoints count steps as before
         squares = squared_gradients(step)
         if not all(bool(torch.isfinite(s).all()) for s in squares):
             raise Diverged(f"{desc}: the gradient of sample step {step + 1} is not finite: the model's loss overflows")
@@ -170,8 +193,10 @@ def estimate_fisher(
             save_checkpoint(checkpoint, step, config, kind="amnesia-fisher", sums=[t.detach() for t in total])
 
     every = max(1, steps // 20)
-    run_steps(total=steps, start=start, step_fn=step_fn, save_fn=save_fn, every=every, desc=desc,
-              progress=progress, checkpointing=checkpoint is not None, checkpoint_file=checkpoint)  # fmt: skip
+    run_steps(total=len(mine), start=start, step_fn=step_fn, save_fn=save_fn, every=every, desc=desc,
+              progress=progress and group.main, checkpointing=checkpoint is not None,
+              checkpoint_file=checkpoint)  # fmt: skip
     for p in params:
         p.grad = None
+    sum_across(total, group)  # the one sum across processes (nothing with one process)
     return torch._foreach_div(total, float(count))

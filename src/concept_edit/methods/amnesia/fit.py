@@ -74,6 +74,7 @@ from concept_edit.methods.amnesia.fisher import (
 from concept_edit.methods.registry import EditRequest, _norm, register
 from concept_edit.models.conditioning import encode_conditions
 from concept_edit.models.loading import model_info
+from concept_edit.processes import Group, check_device, process_group, share
 from concept_edit.stopping import Interrupted, Terminated
 from concept_edit.training import (
     Diverged,
@@ -256,9 +257,29 @@ def fisher_checkpoint(checkpoint: Path) -> Path:
     return checkpoint.with_name(checkpoint.stem + ".fisher.safetensors")
 
 
+VAE_FISHER_BATCH = 256  # the VAE's samples per Fisher step (one vectorised pass)
+
+
+def fisher_steps(backend, samples: int) -> int:
+    """The Fisher's steps, its units of work: one per sample of a diffusion model, one per batch of the VAE."""
+    return samples if backend.diffusion else -(-samples // VAE_FISHER_BATCH)
+
+
+def _fisher_step_count(pipe, values: dict, sampling: dict) -> int:
+    """How many Fisher steps `_plan`'s samples give, known before any is drawn: on a text-to-image model the
+    first fisher_samples of the replay samples, on the digits models fisher_samples of their own."""
+    if world_of(pipe).text_to_image:
+        return min(values["fisher_samples"], values["replay_samples"])
+    return fisher_steps(backend_for(pipe, None, **sampling), values["fisher_samples"])
+
+
 def fisher_of(backend, params, data: Data, values: dict, seed: int, *, checkpoint=None, run_config=None,
-              resume=False, progress=True) -> list[torch.Tensor]:  # fmt: skip
-    """The diagonal Fisher of the current weights on `data` (one squared per-sample gradient each)."""
+              resume=False, progress=True, group: Group | None = None) -> list[torch.Tensor]:  # fmt: skip
+    """The diagonal Fisher of the current weights on `data` (one squared per-sample gradient each).
+
+    Under `accelerate launch` with several processes (or `group`), each process computes its share of the
+    steps and the sums are added across them once (`fisher.estimate_fisher`).
+    """
     n = len(data)
     if backend.diffusion:
 
@@ -273,18 +294,17 @@ def fisher_of(backend, params, data: Data, values: dict, seed: int, *, checkpoin
             return diffusion_squared_gradient(params, backend.loss, x0, rows, t, noise, scale=scale,
                                               chunk=values["fisher_chunk"])  # fmt: skip
 
-        steps = n
     else:  # the VAE: one ELBO per sample; per-sample gradients of a batch in one vectorised pass
-        batch = 256
-        steps = (n + batch - 1) // batch
+        batch = VAE_FISHER_BATCH
 
         def squared(step: int) -> list[torch.Tensor]:
             part = data.take(torch.arange(step * batch, min(n, (step + 1) * batch)))
             noise = torch.randn((len(part), backend.latent_dim), generator=step_generator(seed, step, 41))
             return vae_squared_gradients(backend.vae, params, part.x, part.rows, noise.to(backend.device))
 
-    return estimate_fisher(params, steps=steps, squared_gradients=squared, count=n, checkpoint=checkpoint,
-                           run_config=run_config, resume=resume, progress=progress)  # fmt: skip
+    return estimate_fisher(params, steps=fisher_steps(backend, n), squared_gradients=squared, count=n,
+                           checkpoint=checkpoint, run_config=run_config, resume=resume, progress=progress,
+                           group=group)  # fmt: skip
 
 
 # -- the method ------------------------------------------------------------------------------------------------
@@ -319,10 +339,27 @@ def _check(pipe, request: EditRequest, values: dict) -> None:
 @register("amnesia")
 def fit_amnesia(pipe, request: EditRequest, config: AmnesiaConfig, inputs: AmnesiaInputs, *, seed: int = 0,
                 progress: bool = True):  # fmt: skip
-    """Train Selective Amnesia on `pipe` to forget `request.concepts` and return the change as an `Edit`."""
+    """Train Selective Amnesia on `pipe` to forget `request.concepts` and return the change as an `Edit`.
+
+    Under `accelerate launch` with several processes the Fisher is split across them (`fisher.estimate_fisher`);
+    the samples and the training run in every process alike (the Fisher is the same in all), and only the
+    main process shows progress and writes the Fisher cache (the caller writes the edit from it alone).
+    Checkpoints are refused with several processes.
+    """
     values = {**config.resolved(pipe), "surrogate_given": config.surrogate is not None}
     _check(pipe, request, values)
     del values["surrogate_given"]
+    group = process_group()
+    if group.count > 1 and (inputs.checkpoint is not None or inputs.resume):
+        raise ValueError(
+            f"amnesia: checkpoints (and --resume) work with one process only; with {group.count} processes leave "
+            "--checkpoint and --resume out"
+        )
+    check_device(group, pipe.device)
+    sampling = {"steps": values["sampling_steps"], "guidance": values["sampling_guidance"]}
+    if group.count > 1:  # more processes than Fisher steps: refused before any hash or sample
+        share(_fisher_step_count(pipe, values, sampling), group, "Fisher sample steps")
+    progress = progress and group.main
     checkpoint = Path(inputs.checkpoint) if inputs.checkpoint is not None else None
     fisher_partial = fisher_checkpoint(checkpoint) if checkpoint else None
     if inputs.resume and (checkpoint is None or not (checkpoint.exists() or fisher_partial.exists())):
@@ -340,7 +377,6 @@ def fit_amnesia(pipe, request: EditRequest, config: AmnesiaConfig, inputs: Amnes
             check_checkpoint(checkpoint, "amnesia", run_config)
         if fisher_partial.exists():
             check_checkpoint(fisher_partial, "amnesia-fisher")
-    sampling = {"steps": values["sampling_steps"], "guidance": values["sampling_guidance"]}
     backend, plan = _plan(pipe, lambda cond: backend_for(pipe, cond, **sampling), request, values, seed, progress)
     keys = backend.parameter_names(values["parameters"])
     settings = _fisher_settings(values, plan, seed)
@@ -354,8 +390,8 @@ def fit_amnesia(pipe, request: EditRequest, config: AmnesiaConfig, inputs: Amnes
         else:
             fisher = fisher_of(backend, params, plan.fisher, values, seed, checkpoint=fisher_partial,
                                run_config={**settings, "base_hash": base_hash}, resume=inputs.resume,
-                               progress=progress)  # fmt: skip
-            if cache is not None:
+                               progress=progress, group=group)  # fmt: skip
+            if cache is not None and group.main:
                 with kept_on_full_disk(cache, fisher_partial, "the Fisher estimate"):
                     save_fisher(cache, keys, fisher, base_hash, settings, model_info(pipe).spec)
         penalty = EWCPenalty(params, fisher, values["lam"])

@@ -18,7 +18,10 @@ guidance branches into every UNet parameter and saves the full gradient dictiona
   needs is the unconditional branch that guided sampling has just computed (when c_base is "");
 * the backward pass runs on the conditional branch only (the base term is a constant under sg) and only
   the chosen weights require grad, so autograd computes no other weight's gradient;
-* gradients are accumulated in float32 buffers for the chosen weights, whatever the model's dtype.
+* gradients are accumulated in float32 buffers for the chosen weights, whatever the model's dtype;
+* dJ/dw = (1 / M) sum over the M samples of dJ_m/dw is a sum over samples, so the backward batches can be
+  dealt out to several processes, each adding its batches into its own buffers, and the buffers summed once
+  across processes before the scores w * dJ/dw are taken (`cad.fit.attribute`, `accelerate launch`).
 """
 
 from __future__ import annotations
@@ -248,7 +251,8 @@ def add_batch_gradient(
     batch: int,
     batch_size: int,
 ) -> None:
-    """Add this batch's share of dJ/dw (J averages over all samples) into the float32 `grads` buffers.
+    """Add this batch's share of dJ/dw (J averages over all samples: the share is its samples' dJ_m/dw summed,
+    over the global sample count) into the float32 `grads` buffers.
 
     Call inside `gradients_for(pipe, weights)`: autograd then computes no other weight's gradient.
     """

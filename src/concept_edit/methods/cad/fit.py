@@ -14,6 +14,9 @@ guidance 3 for SD; on ShapesSD its own 25 steps), except the per-row count, whic
 per concept) instead of one new trajectory per step.
 Attribution is the long part: it shows progress, and with a checkpoint Ctrl-C saves the accumulated
 gradients and `resume` continues (the samples are regenerated from the seed, identically).
+Across processes (`accelerate launch --num_processes N`): every process draws all the samples alike (from
+the seed), takes every N-th backward batch, and the gradient sums are added across processes once, so all
+get the one-process scores (up to float32 summation order; `attribute`). Checkpoints are then refused.
 `concept-edit attribute` saves the scores; `scores` prunes from such a file without recomputing them.
 """
 
@@ -49,6 +52,7 @@ from concept_edit.methods.registry import EditRequest, register
 from concept_edit.models.conditioning import Conditions, encode_conditions
 from concept_edit.models.loading import model_info
 from concept_edit.models.prompts import check_request_texts
+from concept_edit.processes import Group, check_device, process_group, share, sum_across
 from concept_edit.training import Diverged, check_checkpoint, load_checkpoint, run_steps, save_checkpoint
 from concept_edit.validation import check_unused
 from concept_edit.worlds import world_of
@@ -100,10 +104,37 @@ def _check(pipe, request: EditRequest, config: CADConfig, inputs: CADInputs) -> 
         raise ValueError(f"--resume: there is no checkpoint at {inputs.checkpoint}")
 
 
+def _sample_count(request: EditRequest, config: CADConfig, steps: list[int], images) -> int:
+    """How many samples (x_t, t) the attribution averages over, known before any is drawn."""
+    if request.mode == "erase":
+        return config.samples * len(request.concepts) * len(steps)
+    return len(images.pixels) * len(steps)
+
+
 def attribute(pipe, request: EditRequest, config: CADConfig, inputs: CADInputs, *, seed: int = 0,
-              progress: bool = True) -> Attribution:  # fmt: skip
-    """The CAD scores of the chosen modules' weights for the request's concept(s) (eq. 3 with eq. 4 or 5)."""
+              progress: bool = True, group: Group | None = None) -> Attribution:  # fmt: skip
+    """The CAD scores of the chosen modules' weights for the request's concept(s) (eq. 3 with eq. 4 or 5).
+
+    The score is w_i dJ/dw_i with J a mean over the samples (eq. 4 or 5), so dJ/dw_i = (1 / M) sum_m dJ_m/dw_i
+    is a sum over the M samples, accumulated by backward batch in float32 (`add_batch_gradient`). Under
+    `accelerate launch` with several processes (or `group`): every process draws all the samples alike (the
+    trajectories' noise and the amplify noise come from per-sample seeded generators), so the union of the
+    shares is exactly the one-process set; process r backpropagates the batches r, r + N, ... (the same
+    batches as one process, more processes than batches is refused before any sampling), the partial sums
+    are added across processes once, at the end (`processes.sum_across`), and every process gets the same
+    scores, equal to the one-process ones up to float32 summation order. Only the main process shows
+    progress; checkpoints (and --resume) are refused with several processes. With ranks given by hand (an
+    unconnected `group`) the scores are this process's share only.
+    """
     _check(pipe, request, config, inputs)
+    group = process_group() if group is None else group
+    if group.count > 1 and (inputs.checkpoint is not None or inputs.resume):
+        raise ValueError(
+            f"cad: checkpoints (and --resume) work with one process only; with {group.count} processes leave "
+            "--checkpoint and --resume out"
+        )
+    check_device(group, pipe.device)
+    progress = progress and group.main
     run_config = {"config": config.attribution_options(), "request": request.to_dict(), "seed": seed,
                   "batch_size": config.batch_size}  # fmt: skip
     if inputs.resume:  # before any sampling: the file is a CAD checkpoint of this attribution
@@ -112,6 +143,9 @@ def attribute(pipe, request: EditRequest, config: CADConfig, inputs: CADInputs, 
     scheduler = _scheduler(pipe, config)
     steps = chosen_steps(len(scheduler.timesteps), config.timesteps)
     objective = request.mode
+    images = resolve_images(inputs.images, model_info(pipe).resolution) if objective == "amplify" else None
+    batches = -(-_sample_count(request, config, steps, images) // config.batch_size)
+    mine = share(batches, group, f"backward batches of {config.batch_size} samples")  # before any sampling
     if objective == "erase":
         concepts, bases = list(request.concepts), list(request.concept_guides)
         cond = encode_conditions(pipe, [*concepts, "", *bases])
@@ -121,9 +155,11 @@ def attribute(pipe, request: EditRequest, config: CADConfig, inputs: CADInputs, 
                                 scheduler=scheduler, steps=steps, guidance=config.guidance, seed=seed,
                                 progress=progress)  # fmt: skip
     else:
-        images = resolve_images(inputs.images, model_info(pipe).resolution)
         cond = encode_conditions(pipe, [request.concepts[0]])
         samples = amplify_samples(pipe, images.pixels, 0, scheduler=scheduler, steps=steps, seed=seed)
+    if batch_count(samples, config.batch_size) != batches:  # the count the shares were dealt from
+        raise RuntimeError(f"cad: {len(samples)} samples make {batch_count(samples, config.batch_size)} batches, "
+                           f"not the {batches} expected")  # fmt: skip
     grads = {name: torch.zeros(w.shape, dtype=torch.float32, device=w.device) for name, w in weights.items()}
     start = 0
     if inputs.resume:
@@ -133,7 +169,8 @@ def attribute(pipe, request: EditRequest, config: CADConfig, inputs: CADInputs, 
         start = saved["step"]
         log.info("resumed CAD attribution from %s at batch %d", inputs.checkpoint, start)
 
-    def step_fn(batch: int) -> dict[str, float]:
+    def step_fn(index: int) -> dict[str, float]:
+        batch = mine[index]  # with one process, index == batch: checkpoints count batches as before
         add_batch_gradient(pipe, samples, cond, weights, objective, grads, batch=batch, batch_size=config.batch_size)
         if not all(bool(torch.isfinite(g).all()) for g in grads.values()):
             raise Diverged(f"cad: the attribution gradient is not finite after batch {batch + 1}")
@@ -144,10 +181,11 @@ def attribute(pipe, request: EditRequest, config: CADConfig, inputs: CADInputs, 
             save_checkpoint(inputs.checkpoint, batch, run_config, kind="cad", grads=grads)
 
     with gradients_for(pipe, weights):
-        run_steps(total=batch_count(samples, config.batch_size), start=start, step_fn=step_fn, save_fn=save_fn,
+        run_steps(total=len(mine), start=start, step_fn=step_fn, save_fn=save_fn,
                   every=inputs.checkpoint_every, desc=f"cad: attribution ({objective})", progress=progress,
                   checkpointing=inputs.checkpoint is not None, checkpoint_file=inputs.checkpoint,
                   diverged_hint="; lower --guidance (the samples or the objective overflow)")  # fmt: skip
+    sum_across(list(grads.values()), group)  # the one sum across processes (nothing with one process)
     return Attribution(scores_from(weights, grads), samples, cond, objective, weights)
 
 
