@@ -190,3 +190,26 @@ def test_another_python_process_finds_the_same_keys(sd, tmp_path, calls, clip_to
     images = generate_stored(sd, PROMPTS, SEEDS, store=tmp_path, **RUN)
     assert calls == []
     assert np.array_equal(images, to_array(generate(sd, PROMPTS, SEEDS, steps=2, guidance=5.0, batch_size=4)))
+
+
+def test_evaluate_in_chunks_with_a_store_announces_the_whole_once_and_reuses_it(shapes, tmp_path, caplog):
+    """Issue 29: a chunked evaluation says once what the store holds of the whole suite (and of other protocols,
+    kept apart), draws chunk by chunk, and a second run with another chunk size draws nothing."""
+    from concept_edit.evaluation import evaluate, get_suite
+
+    suite = get_suite("shapes-objects", n=1)  # 8 entries, one per object
+    options = {"store": tmp_path / "store", "progress": False, "chunk_size": 1, "steps": 2}
+    with caplog.at_level(logging.INFO, logger="concept_edit"):
+        first, images = evaluate(shapes, suite, **options)
+    assert caplog.text.count("image store") == 1 + len(suite.entries)  # the whole, then each chunk's (quiet) line
+    assert "8 images asked for (8 distinct): 0 already stored, 8 to generate" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="concept_edit"):
+        again, same = evaluate(shapes, suite, **{**options, "chunk_size": 3})
+    np.testing.assert_array_equal(images, same)
+    assert "8 already stored, 0 to generate" in caplog.text and again["per_concept"] == first["per_concept"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="concept_edit"):
+        evaluate(shapes, suite, **{**options, "steps": 3})
+    assert "0 already stored, 8 to generate" in caplog.text
+    assert "it also holds 8 images of other models, edits or protocols: kept apart" in caplog.text

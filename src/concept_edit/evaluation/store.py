@@ -146,6 +146,32 @@ def generate_stored(
     return np.stack([images[item_key(item)] for item in items])
 
 
+def announce(
+    pipe,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    store: str | os.PathLike | ImageStore,
+    edits: Sequence[Edit] = (),
+    steps: int | None = None,
+    guidance: float | None = None,
+    guidances: Sequence[float | None] | None = None,
+    progress: bool = True,
+) -> None:
+    """Say once what the store holds of a whole request and what is left to draw (by its index, no image read):
+    `evaluate` asks for a suite chunk by chunk and announces the whole here first. Images the store holds for
+    other models, edits or protocols are counted, and kept: keys never mix them."""
+    store = store if isinstance(store, ImageStore) else ImageStore(store)
+    items = _items(pipe, prompts, seeds, edits, steps, guidance, guidances)
+    group = _group(None, None)
+    by_key = {item_key(item): item for item in items}
+    share = list(by_key)[group.rank :: group.count]
+    index = store.index()
+    missing = [by_key[k] for k in share if k not in index]
+    other = len(index.keys() - by_key.keys())
+    _announce(store, len(items), len(by_key), len(share) - len(missing), missing, group, progress, other)
+
+
 def _fill(pipe, store: ImageStore, missing: list[dict], rank: int, batch_size: int, progress: bool) -> dict:
     """Generate and store `missing`, batch by batch (equal guidance within a batch); key -> image."""
     drawn_with = _drawn_with(pipe)
@@ -202,7 +228,8 @@ def _evaluations(items: Sequence[dict]) -> int:
     return sum(item["protocol"]["steps"] * (2 if item["guidance"] > 1 else 1) for item in items)
 
 
-def _announce(store, total: int, distinct: int, stored: int, missing: list[dict], group: _Group, progress: bool):
+def _announce(store, total: int, distinct: int, stored: int, missing: list[dict], group: _Group, progress: bool,
+              other: int = 0):  # fmt: skip
     """The cost before any work: what is stored, what is left, in UNet evaluations."""
     share = f"; process {group.rank} of {group.count} takes {stored + len(missing)}" if group.count > 1 else ""
     cost = ""
@@ -211,9 +238,10 @@ def _announce(store, total: int, distinct: int, stored: int, missing: list[dict]
         doubled = " x 2 (guidance)" if cfg == len(missing) else f" (x 2 for the {cfg} with guidance)" if cfg else ""
         steps = missing[0]["protocol"]["steps"]
         cost = f": {len(missing)} images x {steps} steps{doubled} = {_evaluations(missing)} UNet evaluations"
+    others = f" (it also holds {other} images of other models, edits or protocols: kept apart)" if other else ""
     _say(
         f"image store {store.root}: {total} images asked for ({distinct} distinct){share}: {stored} already stored, "
-        f"{len(missing)} to generate{cost}",
+        f"{len(missing)} to generate{cost}{others}",
         progress,
     )
 
