@@ -230,3 +230,16 @@ def test_bad_input_is_refused_and_nothing_changes(sd, options, request_, message
 def test_sdxl_is_refused(sdxl):
     with pytest.raises(ValueError, match="two"):
         fit(sdxl, "advunlearn", REQUEST, config(), progress=False)
+
+
+def test_gradient_checkpointing_gives_the_same_edit(sd):
+    """Recomputing the UNet's activations in backward changes memory, not the result (float tolerance)."""
+    plain = fit(sd, "advunlearn", REQUEST, config(), seed=0, progress=False)
+    checkpointed = fit(sd, "advunlearn", REQUEST, config(gradient_checkpointing=True), seed=0, progress=False)
+    assert not sd.unet.is_gradient_checkpointing
+    a = {c.target: c.parts() for c in plain.changes()}
+    b = {c.target: c.parts() for c in checkpointed.changes()}
+    assert a.keys() == b.keys() and a
+    for key, parts in a.items():
+        for name, tensor in parts.items():
+            torch.testing.assert_close(b[key][name], tensor, rtol=1e-4, atol=1e-6)

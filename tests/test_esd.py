@@ -521,3 +521,18 @@ def test_a_stable_diffusion_run_trains_at_the_papers_rate(sd):
     cfg = make_config("esd", iterations=1, sampling_steps=2)  # no lr given
     edit = fit(sd, "esd", EditRequest(concepts=("cat",)), cfg, progress=False)
     assert edit.manifest["stats"]["lr"] == 1e-5
+
+
+def test_gradient_checkpointing_gives_the_same_edit(sd):
+    """Recomputing activations in backward changes memory, not the result (float tolerance), and is switched off
+    again after the fit."""
+    plain = fit(sd, "esd", EditRequest(concepts=("cat",)), config(), seed=0, progress=False)
+    checkpointed = fit(sd, "esd", EditRequest(concepts=("cat",)), config(gradient_checkpointing=True), seed=0,
+                       progress=False)  # fmt: skip
+    assert not sd.unet.is_gradient_checkpointing
+    a = {c.target: c.parts() for c in plain.changes()}
+    b = {c.target: c.parts() for c in checkpointed.changes()}
+    assert a.keys() == b.keys() and a
+    for key, parts in a.items():
+        for name, tensor in parts.items():
+            torch.testing.assert_close(b[key][name], tensor, rtol=1e-4, atol=1e-6)

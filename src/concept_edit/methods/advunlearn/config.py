@@ -63,6 +63,9 @@ class AdvUnlearnConfig:
     sampling_guidance: float = field(default=3.0, metadata={"help": "guidance scale when sampling x_t (official 3)"})
     pool_trajectories: int = field(default=4, metadata={"help": "concept trajectories per pool refresh"})
     refresh_every: int = field(default=25, metadata={"help": "outer steps between pool refreshes"})
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "recompute the UNet's activations in backward (saves memory)"}
+    )
 
     def __post_init__(self) -> None:
         check_fields(

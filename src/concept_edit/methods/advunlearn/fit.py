@@ -351,10 +351,23 @@ def fit_advunlearn(pipe, request: EditRequest, config: AdvUnlearnConfig, inputs:
                             attack_losses=state["attack_losses"],
                             retain_losses=state["retain_losses"])  # fmt: skip
 
-        run_steps(total=chosen["iterations"], start=start, step_fn=step_fn, save_fn=save_fn,
-                  every=inputs.checkpoint_every, desc="advunlearn", progress=progress,
-                  checkpointing=inputs.checkpoint is not None, checkpoint_file=inputs.checkpoint,
-                  diverged_hint="; lower --lr, --attack-lr or --eta")  # fmt: skip
+        checkpointing = unet.is_gradient_checkpointing
+        if config.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        try:
+            run_steps(total=chosen["iterations"], start=start, step_fn=step_fn, save_fn=save_fn,
+                      every=inputs.checkpoint_every, desc="advunlearn", progress=progress,
+                      checkpointing=inputs.checkpoint is not None, checkpoint_file=inputs.checkpoint,
+                      diverged_hint="; lower --lr, --attack-lr or --eta")  # fmt: skip
+        finally:  # before trainable() builds the edit's deltas: let go of what only training needed (as ESD)
+            if config.gradient_checkpointing and not checkpointing:
+                unet.disable_gradient_checkpointing()
+            optimizer.state.clear()
+            for p in tuned.parameters:
+                p.grad = None
+            if view is not None:
+                view.clear()
+            state["pool"] = None
     log.info("advunlearn: %d iterations in %.1f s", chosen["iterations"], time.perf_counter() - started)
 
     def tail(values: list[float]) -> float | None:

@@ -6,9 +6,9 @@ theta*_i)^2 to the loss, the 1/2 absorbed into lambda; this follows the code so 
 100, SD 50) mean the same here.
 
 The penalty is quadratic, so its gradient is known in closed form, 2 lambda F (theta - theta*): it is added
-to the parameters' gradients with fused `torch._foreach_*` operations, on the training device, instead of
-building the penalty into the autograd graph (the official code moves F and theta* to the device and sums
-the penalty parameter by parameter at every step).
+to the parameters' gradients one parameter at a time, on the training device (the only temporary is one
+tensor), instead of building the penalty into the autograd graph (the official code moves F and theta* to the
+device and sums the penalty parameter by parameter at every step, keeping its terms for backward).
 """
 
 from __future__ import annotations
@@ -34,31 +34,29 @@ class EWCPenalty:
         self.anchors = [p.detach().to(torch.float32, copy=True) for p in self.params]
         self.fisher = [f.detach().to(p.device, torch.float32) for p, f in zip(self.params, fisher, strict=True)]
 
-    def _diffs(self) -> list[torch.Tensor]:
-        current = [p.detach().float() for p in self.params]
-        return torch._foreach_sub(current, self.anchors)
+    def _diff(self, p: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+        return p.detach().float() - anchor
 
     @torch.no_grad()
     def value(self) -> float:
         """The penalty at the current parameters."""
-        diffs = self._diffs()
-        squares = torch._foreach_mul(diffs, diffs)
-        weighted = torch._foreach_mul(squares, self.fisher)
-        return self.lam * float(sum(w.sum() for w in weighted))
+        total = 0.0
+        for p, anchor, f in zip(self.params, self.anchors, self.fisher, strict=True):
+            d = self._diff(p, anchor)
+            total += float(d.mul_(d).mul_(f).sum())
+        return self.lam * total
 
     @torch.no_grad()
     def add_gradient_(self) -> None:
-        """grad += 2 lambda F (theta - theta*), for every parameter (a missing grad counts as zero)."""
+        """grad += 2 lambda F (theta - theta*), for every parameter (a missing grad counts as zero).
+
+        One parameter at a time: the temporary is one tensor, not a float32 copy of every trained tensor at
+        once (the same operations, in the same order, as the fused `torch._foreach_*` form).
+        """
         if self.lam == 0:
             return
-        for p in self.params:
+        for p, anchor, f in zip(self.params, self.anchors, self.fisher, strict=True):
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        diffs = self._diffs()
-        torch._foreach_mul_(diffs, self.fisher)
-        grads = [p.grad for p in self.params]
-        if all(g.dtype == torch.float32 for g in grads):
-            torch._foreach_add_(grads, diffs, alpha=2 * self.lam)
-        else:
-            for g, d in zip(grads, diffs, strict=True):
-                g.add_(d.to(g.dtype), alpha=2 * self.lam)
+            d = self._diff(p, anchor).mul_(f)
+            p.grad.add_(d if p.grad.dtype == torch.float32 else d.to(p.grad.dtype), alpha=2 * self.lam)

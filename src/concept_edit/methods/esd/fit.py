@@ -526,6 +526,13 @@ def fit_esd(pipe, request: EditRequest, config: ESDConfig, inputs: ESDInputs, *,
         finally:
             if config.gradient_checkpointing and not checkpointing:
                 unet.disable_gradient_checkpointing()
+            # before trainable() builds the edit (a float32 delta per trained tensor): let go of the optimiser's
+            # moments, the gradients, the frozen copy and the pool, so the deltas do not come on top of them
+            optimizer.state.clear()
+            for p in tuned.parameters:
+                p.grad = None
+            trainer.frozen.clear()
+            state["pool"] = None
     log.info("esd: %d iterations in %.1f s", iterations, time.perf_counter() - started)
     losses = state["losses"]
     tail = losses[-max(1, len(losses) // 10) :]
