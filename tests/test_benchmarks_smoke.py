@@ -52,6 +52,8 @@ CASES = {
     ),
     "rece_tuning.py": ("--rounds 0,1 --n 1 --attacks soft-prompt --budget 1", "rows", True),
     "shapes_quality.py": ("--n 1", "held_out", True),
+    "eval_memory.py": ("--small 8 --large 16 --chunk-size 8 --steps 1", "ratio", True),
+    "sd_memory.py": ("--tiny --methods esd-x --iterations 1", "rows", False),
     "uce_shapes.py": (
         "--parts erase,logo,debias --n 1 --debias-images 2 --debias-iterations 1",
         "erase",

@@ -875,6 +875,104 @@ def attack_budgets() -> str:
             + "\n\n" + note + "\n\n" + table(header, rows))  # fmt: skip
 
 
+# sd_memory: what fits on a GPU, from the measured CPU peaks (see docs/benchmarks/memory.md for the arithmetic)
+GPUS_GIB = (16, 24, 40, 80)
+CUDA_CONTEXT_GIB = 1.0  # CUDA context + allocator slack, reserved on every card
+DENSE_TRAINING = ("esd-x", "esd-u", "amnesia", "advunlearn")  # trainable(): originals kept in host RAM
+
+
+def _sd_memory_command(d: dict) -> str:
+    p = d["protocol"]
+    low = f" --low-resolution {p['low_resolution']}" if p.get("low_resolution") else ""
+    return f"python benchmarks/sd_memory.py --resolution {p['resolution']} --iterations {p['iterations']}{low} --json"
+
+
+def _sd_peak(r: dict, key: str, loop: str) -> str:
+    """A measured peak, or "> X GB" when the run was stopped at the script's memory limit."""
+    if r[key] is not None:
+        return gb(r[key])
+    return f"> {gb(r['stopped_above'][loop])} (stopped)" if loop in r.get("stopped_above", {}) else "–"
+
+
+def eval_memory() -> str:
+    """evaluate's peak memory against the suite's size: streaming vs the whole suite in one chunk."""
+    d = load("eval_memory.json")
+    mib = 2**20
+    rows = [
+        [mode.replace("_", " "), f"{r['small']['peak_bytes'] / mib:.0f} MiB ({r['small']['growth_bytes'] / mib:.0f})",
+         f"{r['large']['peak_bytes'] / mib:.0f} MiB ({r['large']['growth_bytes'] / mib:.0f})", f"{r['ratio']:.3f}"]
+        for mode, r in d["rows"].items()
+    ]  # fmt: skip
+    header = ["evaluate", f"peak, {d['n_small']} images (held by evaluate)",
+              f"peak, {d['n_large']} images (held by evaluate)", "ratio (target <= 1.1 streaming)"]  # fmt: skip
+    sizes = f"--small {d['n_small']} --large {d['n_large']} --steps {d['steps']}"
+    command = f"python benchmarks/eval_memory.py {sizes} --json"
+    return source(command, "eval_memory.json", "eval_memory.log") + "\n\n" + table(header, rows)
+
+
+def sd_memory() -> str:
+    d = load("sd_memory.json")
+    p = d["protocol"]
+    rows = []
+    for r in d["rows"]:
+        if r["ratio"] is not None:
+            ratio = f"**{r['ratio']:.2f}**"
+        else:
+            ratio = f"**< {r['ratio_below']:.2f}**" if "ratio_below" in r else "–"
+        ours, official = r["runs"]["ours"], r["runs"]["official"]
+        rows.append(
+            [
+                r["method"],
+                gb(r["weights_bytes"]),
+                gb(r["trained_bytes"]),
+                _sd_peak(r, "peak_bytes", "ours"),
+                _sd_peak(r, "official_peak_bytes", "official"),
+                ratio,
+                gb(r["low_resolution_peak_bytes"]) if "low_resolution_peak_bytes" in r else "–",
+                f"{ours.get('seconds', '–')} / {official.get('seconds', '–')}",
+            ]
+        )
+    header = [
+        "method",
+        "weights",
+        "trained tensors",
+        f"ours: peak at {p['resolution']} px",
+        f"official-style: peak at {p['resolution']} px",
+        "ours / official",
+        f"ours: peak at {p['low_resolution']} px" if p.get("low_resolution") else "–",
+        "run s (ours / official)",
+    ]
+    return source(_sd_memory_command(d), "sd_memory.json", "sd_memory.log") + "\n\n" + table(header, rows)
+
+
+def sd_memory_gpus() -> str:
+    """Each method's estimated GPU peak at 512 px as the code runs it, and the cards it fits on.
+
+    Closed-form and statistics methods take a half-precision pipeline: the weights halve (W / 2 less). The
+    training methods refuse one (float32 master weights, bf16 autocast is an option): their weights stay
+    float32, and the copy of the trained tensors that `trainable()` keeps in host RAM (T) is not on the GPU.
+    Everything else is kept at its measured float32 size (an upper bound: autocast halves activations).
+    """
+    d = load("sd_memory.json")
+    rows = []
+    for r in d["rows"]:
+        if "peak_bytes_512_estimate" not in r:  # stopped at the memory limit, or run without --low-resolution
+            peak = _sd_peak(r, "peak_bytes", "ours")
+            rows.append([r["method"], f"{peak} at {d['protocol']['resolution']} px", "", "not estimated", "",
+                         *("–" for _ in GPUS_GIB)])  # fmt: skip
+            continue
+        w, t, p512 = r["weights_bytes"], r["trained_bytes"], r["peak_bytes_512_estimate"]
+        if r["method"] in DENSE_TRAINING:
+            estimate, arithmetic, weights = p512 - t, f"{gb(p512)} − {gb(t)}", "float32"
+        else:
+            estimate, arithmetic, weights = p512 - w / 2, f"{gb(p512)} − {gb(w)} / 2", "float16"
+        fits = ["yes" if estimate / 1024**3 + CUDA_CONTEXT_GIB <= g else "no" for g in GPUS_GIB]
+        rows.append([r["method"], gb(p512), weights, arithmetic, f"**{gb(estimate)}**", *fits])
+    header = ["method", "float32 CPU peak at 512 px", "weights on the GPU", "arithmetic", "GPU estimate"]
+    header += [f"{g} GB" for g in GPUS_GIB]
+    return table(header, rows)
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "attack_budgets": attack_budgets,
     "rece_tuning": rece_tuning,
@@ -884,6 +982,9 @@ TABLES: dict[str, Callable[[], str]] = {
     "probe": probe_table,
     "probe_budget": probe_budget,
     "edit_apply": edit_apply,
+    "sd_memory": sd_memory,
+    "eval_memory": eval_memory,
+    "sd_memory_gpus": sd_memory_gpus,
     "uce_speed": uce_speed,
     "uce_speed_wholewords": uce_speed_wholewords,
     "shapes_quality": shapes_quality,
