@@ -97,6 +97,8 @@ def test_evaluate_runs_as_stages_over_one_spec(shapes, two_image_suite):
 def test_evaluate_in_chunks_gives_the_results_of_one_chunk(shapes):
     """Issue 29: streaming (chunks of 5 of 16 entries, the last one short) keeps the answers, thumbnails, image
     change per concept and Frechet distances of evaluating everything at once; keep_images=False returns none."""
+    import dataclasses
+
     from concept_edit import EditRequest, fit
 
     suite = get_suite("shapes-objects", n=2, seed=3)
@@ -117,6 +119,12 @@ def test_evaluate_in_chunks_gives_the_results_of_one_chunk(shapes):
     assert json.dumps(chunked, sort_keys=True) == json.dumps(whole, sort_keys=True)  # answers, samples, protocol
     with pytest.raises(ValueError, match="chunk_size must be"):
         evaluate(shapes, suite, chunk_size=0, progress=False)
+    with pytest.raises(ValueError, match="lpips_size must be"):  # LPIPS' AlexNet cannot read below 31 px
+        evaluate(shapes, suite, lpips_size=16, progress=False)
+    assert "lpips_size" not in whole["protocol"]  # only when asked, so earlier results stay comparable
+    empty = dataclasses.replace(suite, entries=())
+    with pytest.raises(ValueError, match="has no entries"):
+        evaluate(shapes, empty, progress=False)
     with pytest.raises(ValueError, match="3 baseline images for 16 suite entries"):
         evaluate(shapes, suite, baseline_images=images[:3], progress=False)
 

@@ -2,6 +2,7 @@
 the ImageNet mapping, NudeNet's thresholding and class list, CLIP zero-shot, CLIP score and features, and
 the clear errors when weights or optional packages are missing."""
 
+import dataclasses
 import sys
 
 import numpy as np
@@ -81,6 +82,11 @@ def test_imagenet_judge_maps_the_top1_class_to_the_suites_names():
     # the suite's own spelling wins: an entry labelled "chainsaw" reads 491 as "chainsaw"
     force_top1(judge, 491)
     assert judge.read(images[:1], imagenette_suite(("chainsaw",))).labels == ["chainsaw"]
+    # a chunk of a suite (evaluate streams): the whole suite's labels come in answers["imagenet"], so a wrong
+    # answer is named by the suite's spelling even when no entry of the chunk has that label
+    chunk = dataclasses.replace(imagenette_suite(("tench",)), answers={"imagenet": ["tench", "chainsaw"]})
+    assert judge.read(images[:1], chunk).labels == ["chainsaw"]
+    assert judge.read(images[:1], imagenette_suite(("tench",))).labels == ["chain saw"]  # without: its synonym
 
 
 def test_imagenet_judge_runs_a_random_tiny_resnet():

@@ -67,7 +67,7 @@ def add_verbs(verbs) -> None:
     )
     ev.add_argument(
         "--lpips-size",
-        type=number("--lpips-size", low=16, integer=True),
+        type=number("--lpips-size", low=32, integer=True),
         default=None,
         help="measure LPIPS on images resized to this side (ESD's LPIPS script: 64); default: as drawn",
     )

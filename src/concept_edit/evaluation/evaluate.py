@@ -73,7 +73,7 @@ class EvaluationSpec:
         check_number("batch_size", self.batch_size, low=1, integer=True)
         check_number("chunk_size", self.chunk_size, low=1, integer=True)
         if self.lpips_size is not None:
-            check_number("lpips_size", self.lpips_size, low=16, integer=True)  # AlexNet's LPIPS needs 16 px
+            check_number("lpips_size", self.lpips_size, low=32, integer=True)  # LPIPS' AlexNet needs >= 31 px
 
 
 @dataclass
@@ -135,6 +135,7 @@ def evaluate(
             main = False
             continue
         tally.add(chunk, plan.judge.read(chunk.images, chunk.suite))
+        del chunk
     if not main:
         return None, None
     return measure(pipe, plan, tally), tally.all_images()
@@ -144,6 +145,8 @@ def prepare(pipe, spec: EvaluationSpec, *, baseline_given: bool = False) -> Plan
     """Resolve the spec against the model and its world; everything that would fail after hours of drawing
     (an unknown target, a judge that cannot answer, a missing reference folder, overlong prompts) fails here."""
     suite = spec.suite
+    if not suite.entries:
+        raise ValueError(f"the {suite.name} suite has no entries: nothing to evaluate")
     info, world = model_info(pipe), world_of(pipe)
     features = (suite.features or world.features) if spec.features == "suite" else spec.features
     reference = suite.reference if spec.reference == "suite" else spec.reference
@@ -185,6 +188,9 @@ def draw(pipe, plan: Plan, *, baseline_images=None, store=None, progress: bool =
     not the main one gets None for every chunk (its share is in the store)."""
     spec, entries = plan.spec, plan.suite.entries
     starts = range(0, len(entries), spec.chunk_size)
+    # a judge that names its answers from the suite's labels (ImageNet) gets them all, not the chunk's
+    labels = list(dict.fromkeys(e.label for e in entries if e.head == "imagenet"))
+    whole = {**plan.suite.answers, "imagenet": labels} if labels and "imagenet" not in plan.suite.answers else None
     outer = len(starts) > 1  # one bar over the chunks; each chunk's own bars only when there is one chunk
     if store is not None and outer:  # the chunks' own announcements are quiet: say the whole once
         from concept_edit.evaluation.store import announce
@@ -197,6 +203,8 @@ def draw(pipe, plan: Plan, *, baseline_images=None, store=None, progress: bool =
     with bar:
         for start in starts:
             part = dataclasses.replace(plan.suite, entries=entries[start : start + spec.chunk_size])
+            if whole is not None:
+                part = dataclasses.replace(part, answers=whole)
 
             def drawn(with_edits: Sequence[Edit], part=part) -> np.ndarray | None:
                 return _generate(pipe, part, with_edits, plan.steps, plan.guidance, store, spec.batch_size,
@@ -209,6 +217,7 @@ def draw(pipe, plan: Plan, *, baseline_images=None, store=None, progress: bool =
                 baseline = None if baseline_images is None else baseline_images[start : start + len(part.entries)]
             bar.update(len(part.entries))
             yield None if images is None else Chunk(start, part, images, baseline)
+            del images, baseline  # hold one chunk, not two, while the next is drawn
 
 
 def _check_judge_world(suite: Suite, spec: str | None, world, info) -> None:

@@ -88,7 +88,8 @@ def protocol(pipe, plan) -> dict:
         "judge": judge.protocol(),
         "features": extractor.protocol() if extractor is not None else None,
         "reference": reference,
-        "lpips_size": plan.spec.lpips_size,  # the image change's LPIPS read at this side (ESD's script: 64)
+        # the image change's LPIPS read at this side (ESD's script: 64): only when asked, so earlier results compare
+        **({"lpips_size": plan.spec.lpips_size} if plan.spec.lpips_size is not None else {}),
         **({"suite_protocol": suite.protocol} if suite.protocol else {}),
         "versions": {
             "concept_edit": __version__,

@@ -182,7 +182,8 @@ def check_protocols(runs: Sequence[dict]) -> None:
         seen = first.setdefault(run["suite"], run)
         other = comparable_protocol(seen)
         if other != protocol:
-            differ = sorted(k for k in other.keys() | protocol.keys() if other.get(k) != protocol.get(k))
+            differ = sorted(k for k in other.keys() | protocol.keys()
+                            if (k in other) != (k in protocol) or other.get(k) != protocol.get(k))  # fmt: skip
             raise ValueError(
                 f"{seen['_file']} and {run['_file']} evaluate suite {run['suite']} with different protocols "
                 f"({', '.join(differ)} differ): their figures are not comparable. Re-run one, or pass "

@@ -48,6 +48,10 @@ class Tally:
 
     def add(self, chunk: Chunk, reading: Reading) -> None:
         plan, images = self.plan, chunk.images
+        if len(reading.labels) != len(images):
+            raise RuntimeError(f"the judge answered {len(reading.labels)} of a chunk's {len(images)} images")
+        if (reading.attributes is None) != (self.attributes is None) and self.labels:
+            raise RuntimeError("the judge read the attribute for some chunks and not others")
         self.labels += reading.labels
         if reading.attributes is not None:
             self.attributes = (self.attributes or []) + list(reading.attributes)

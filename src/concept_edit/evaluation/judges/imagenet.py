@@ -114,7 +114,9 @@ class ImageNetJudge(HubModel, WeightsJudge):
         return self.id2label[index].split(",")[0].strip()
 
     def read(self, images: np.ndarray, suite) -> Reading:
-        suite_names = {self.index_of(e.label): e.label for e in suite.entries if e.head}
+        # the whole suite's labels (evaluate reads a chunk at a time: `answers["imagenet"]` carries them all)
+        labels = suite.answers.get("imagenet") or [e.label for e in suite.entries if e.head]
+        suite_names = {self.index_of(label): label for label in labels}
         indices, probs = self.top1(images)
         labels = [
             self.answer(int(i), suite_names) if e.head else None for i, e in zip(indices, suite.entries, strict=True)

@@ -96,7 +96,7 @@ def imagenette(n: int | None, seed: int, argument: str | None) -> Suite:
             for name in classes
             for r in [row for row in rows if row["class"] == name][:n]
         ]
-        extra = {"seeds": "per row, from the CSV (UCE)", "csv": path.name, "csv_sha256": file_sha256(path)}
+        extra = {"seeds": "per row, from the CSV (UCE)", "source": path.name, "file_sha256": file_sha256(path)}
     else:
         entries = []
         for name, index in classes.items():
