@@ -157,3 +157,24 @@ def test_low_rank_tuning_leaves_no_peft_attributes(sd):
     with trainable(sd, [key], kind="low_rank") as tuned:
         train(sd, tuned.parameters, steps=1)
     assert not hasattr(sd.unet, "peft_config")
+
+
+def test_the_kept_originals_are_shared_not_copied_on_the_cpu(sd):
+    """Issue 29: ESD's frozen model and EWC's theta* read trainable()'s own copy of the original weights on the
+    CPU (one copy of the trained tensors, not two); a dtype that differs gets its own; training leaves them be."""
+    import torch
+
+    from concept_edit.edit.tuning import trainable
+
+    key = sorted(parameters_by_role(sd, "cross-attn"))[0]
+    before = get_parameter(sd, key).detach().clone()
+    with trainable(sd, [key]) as tuned:
+        (param,) = tuned.parameters
+        kept = tuned.original(param)
+        assert kept.data_ptr() == tuned.originals[id(param)].data_ptr() != param.data_ptr()
+        assert tuned.original(param, torch.float64).dtype == torch.float64  # converted: a copy of its own
+        with torch.no_grad():
+            param.add_(1.0)
+        assert torch.equal(kept, before) and not torch.equal(param.detach(), before)
+    assert torch.equal(get_parameter(sd, key), before)
+    assert tuned.originals == {}  # released with the block

@@ -46,6 +46,19 @@ class Tuning:
     parameters: list[nn.Parameter]
     changes: list[Change] | None = None  # set when the block ends without an error
     stats: dict = field(default_factory=dict)
+    # dense: the original value of each trained parameter (a CPU copy kept for the delta and the revert),
+    # read-only; a method that needs the original values (ESD's frozen model, EWC's theta*) reads them here
+    # instead of keeping another copy of the trained tensors (on the CPU, where they would be counted twice)
+    originals: dict[int, torch.Tensor] = field(default_factory=dict)  # id(parameter) -> its original value
+
+    def original(self, param: nn.Parameter, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The parameter's original value on its device and in `dtype` (its own by default): the kept copy
+        itself where that matches (no new memory), else a converted copy."""
+        kept = self.originals.get(id(param))
+        dtype = dtype or param.dtype
+        if kept is None:
+            return param.detach().to(dtype, copy=True)
+        return kept if kept.device == param.device and kept.dtype == dtype else kept.to(param.device, dtype)
 
     def edit(
         self, *, method: str, config: dict, request: dict, seed: int | None, stats: dict | None = None, dtype=None
@@ -107,6 +120,7 @@ def _dense(pipe, keys: list[str]) -> Iterator[Tuning]:
     for p in params.values():
         p.requires_grad_(True)
     tuning = Tuning(pipe, "dense", list(params.values()))
+    tuning.originals = {id(params[k]): originals[k] for k in keys}
     ok = False
     try:
         yield tuning
@@ -124,6 +138,7 @@ def _dense(pipe, keys: list[str]) -> Iterator[Tuning]:
                 param.copy_(original)
                 mark_written(pipe, key, param)
         tuning.changes = changes if ok else None
+        tuning.originals = {}
 
 
 def _owner(pipe, key: str) -> tuple[str, str, nn.Module]:

@@ -21,7 +21,8 @@ import torch
 class EWCPenalty:
     """lambda * sum_i F_i (theta_i - theta*_i)^2 over `params`, with theta* their values at construction."""
 
-    def __init__(self, params: Sequence[torch.nn.Parameter], fisher: Sequence[torch.Tensor], lam: float):
+    def __init__(self, params: Sequence[torch.nn.Parameter], fisher: Sequence[torch.Tensor], lam: float,
+                 anchors: Sequence[torch.Tensor] | None = None):  # fmt: skip
         if lam < 0:
             raise ValueError(f"lambda must be >= 0, got {lam}")
         self.params = list(params)
@@ -31,11 +32,13 @@ class EWCPenalty:
             if tuple(f.shape) != tuple(p.shape):
                 raise ValueError(f"a Fisher tensor has shape {tuple(f.shape)}, its parameter {tuple(p.shape)}")
         self.lam = float(lam)
-        self.anchors = [p.detach().to(torch.float32, copy=True) for p in self.params]
+        # theta*: the given original values (trainable()'s kept copy, not another one), else a float32 copy
+        self.anchors = list(anchors) if anchors is not None else [p.detach().to(torch.float32, copy=True)
+                                                                   for p in self.params]  # fmt: skip
         self.fisher = [f.detach().to(p.device, torch.float32) for p, f in zip(self.params, fisher, strict=True)]
 
     def _diff(self, p: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
-        return p.detach().float() - anchor
+        return p.detach().float() - anchor.float()
 
     @torch.no_grad()
     def value(self) -> float:

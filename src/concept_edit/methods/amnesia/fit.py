@@ -394,7 +394,8 @@ def fit_amnesia(pipe, request: EditRequest, config: AmnesiaConfig, inputs: Amnes
             if cache is not None and group.main:
                 with kept_on_full_disk(cache, fisher_partial, "the Fisher estimate"):
                     save_fisher(cache, keys, fisher, base_hash, settings, model_info(pipe).spec)
-        penalty = EWCPenalty(params, fisher, values["lam"])
+        # theta* is the original weights: trainable()'s kept copy where it can be (not another copy of the UNet)
+        penalty = EWCPenalty(params, fisher, values["lam"], anchors=[tuned.original(p, torch.float32) for p in params])
         optimizer = torch.optim.Adam(params, lr=values["lr"])
         state = {"losses": [], "start": 0}
         if inputs.resume and checkpoint.exists():

@@ -395,8 +395,8 @@ def _frozen_view(unet, tuning, lora: bool, dtype: torch.dtype | None = None) -> 
         if lora:
             if "lora_B" in name:
                 frozen[name] = torch.zeros_like(p)
-        else:
-            frozen[name] = p.detach().to(dtype or p.dtype, copy=True)
+        else:  # on the CPU the copy trainable() keeps for the revert is this tensor itself: not held twice
+            frozen[name] = tuning.original(p, dtype)
     return frozen
 
 
