@@ -213,3 +213,13 @@ def test_evaluate_in_chunks_with_a_store_announces_the_whole_once_and_reuses_it(
         evaluate(shapes, suite, **{**options, "steps": 3})
     assert "0 already stored, 8 to generate" in caplog.text
     assert "it also holds 8 images of other models, edits or protocols: kept apart" in caplog.text
+    caplog.clear()
+    from concept_edit import EditRequest, fit
+
+    edit = fit(shapes, "uce", EditRequest(concepts=("circle",)))
+    with caplog.at_level(logging.INFO, logger="concept_edit"):
+        evaluate(shapes, suite, edits=[edit], **{**options, "steps": 3})
+    # the edited pass and its unedited baseline (stored above at 3 steps) are one request: only the 2-step
+    # images are another protocol's
+    assert "8 already stored, 0 to generate (it also holds 8 images of other models" in caplog.text
+    assert "holds 16" not in caplog.text

@@ -195,10 +195,10 @@ def draw(pipe, plan: Plan, *, baseline_images=None, store=None, progress: bool =
     if store is not None and outer:  # the chunks' own announcements are quiet: say the whole once
         from concept_edit.evaluation.store import announce
 
-        for with_edits in (spec.edits, ()) if plan.wants_baseline else (spec.edits,):
-            announce(pipe, [e.prompt for e in entries], [e.seed for e in entries], store=store, edits=with_edits,
-                     steps=plan.steps, guidance=plan.guidance, guidances=[e.guidance for e in entries],
-                     progress=progress)  # fmt: skip
+        passes = (spec.edits, ()) if plan.wants_baseline else (spec.edits,)
+        announce(pipe, [e.prompt for e in entries], [e.seed for e in entries], store=store, passes=passes,
+                 steps=plan.steps, guidance=plan.guidance, guidances=[e.guidance for e in entries],
+                 progress=progress)  # fmt: skip
     bar = tqdm(total=len(entries), desc="evaluate", unit="image", disable=not (progress and outer), dynamic_ncols=True)
     with bar:
         for start in starts:

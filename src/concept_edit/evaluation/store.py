@@ -152,24 +152,25 @@ def announce(
     seeds: Sequence[int],
     *,
     store: str | os.PathLike | ImageStore,
-    edits: Sequence[Edit] = (),
+    passes: Sequence[Sequence[Edit]] = ((),),
     steps: int | None = None,
     guidance: float | None = None,
     guidances: Sequence[float | None] | None = None,
     progress: bool = True,
 ) -> None:
-    """Say once what the store holds of a whole request and what is left to draw (by its index, no image read):
-    `evaluate` asks for a suite chunk by chunk and announces the whole here first. Images the store holds for
-    other models, edits or protocols are counted, and kept: keys never mix them."""
+    """Say once, per pass (a set of edits: the edited images, the unedited baseline), what the store holds of a
+    whole request and what is left to draw (by its index, no image read): `evaluate` asks for a suite chunk by
+    chunk and announces the whole here first. Images the store holds for other models, edits or protocols (none
+    of these passes) are counted, and kept: keys never mix them."""
     store = store if isinstance(store, ImageStore) else ImageStore(store)
-    items = _items(pipe, prompts, seeds, edits, steps, guidance, guidances)
-    group = _group(None, None)
-    by_key = {item_key(item): item for item in items}
-    share = list(by_key)[group.rank :: group.count]
-    index = store.index()
-    missing = [by_key[k] for k in share if k not in index]
-    other = len(index.keys() - by_key.keys())
-    _announce(store, len(items), len(by_key), len(share) - len(missing), missing, group, progress, other)
+    group, index = _group(None, None), store.index()
+    requests = [{item_key(i): i for i in _items(pipe, prompts, seeds, e, steps, guidance, guidances)} for e in passes]
+    other = len(index.keys() - set().union(*(r.keys() for r in requests)))
+    for number, by_key in enumerate(requests):
+        share = list(by_key)[group.rank :: group.count]
+        missing = [by_key[k] for k in share if k not in index]
+        _announce(store, len(prompts), len(by_key), len(share) - len(missing), missing, group, progress,
+                  other if number == len(requests) - 1 else 0)  # fmt: skip
 
 
 def _fill(pipe, store: ImageStore, missing: list[dict], rank: int, batch_size: int, progress: bool) -> dict:
