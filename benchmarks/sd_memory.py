@@ -44,19 +44,11 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))  # the sibling script's SD-1.4 UNet config, however this one is run
+from edit_apply import SD14_UNET  # noqa: E402
+
 METHODS = ("uce", "esd-x", "esd-u", "cad", "amnesia", "eigen", "rece", "advunlearn")
 CONCEPT, GUIDE, PRESERVE = "cat", "art", ("a dog", "a photo of a car", "a tree")
-SD14_UNET = {
-    "sample_size": 64,
-    "in_channels": 4,
-    "out_channels": 4,
-    "block_out_channels": (320, 640, 1280, 1280),
-    "layers_per_block": 2,
-    "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-    "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    "cross_attention_dim": 768,
-    "attention_head_dim": 8,
-}
 SD14_VAE = {
     "in_channels": 3,
     "out_channels": 3,

@@ -108,7 +108,8 @@ def _run(script: str, tmp_path: Path) -> dict:
     args = shlex.split(args)
     copy = tmp_path / "benchmarks" / script
     copy.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(BENCHMARKS / script, copy)
+    for sibling in BENCHMARKS.glob("*.py"):  # scripts that import a sibling's helpers find it beside them
+        shutil.copy(sibling, copy.parent / sibling.name)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     run = subprocess.run(
         [sys.executable, str(copy), *args, "--json"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900
