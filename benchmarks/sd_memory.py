@@ -85,6 +85,7 @@ def ours_options(method: str, iterations: int, steps: int, eigen_steps: int) -> 
             "surrogate_samples": 1,
             "sampling_steps": steps,
             "surrogate": "uniform",
+            "step_in_backward": True,  # Adam stepped per tensor inside backward: no full set of gradients
         },
         "eigen": {"samples": 1, "steps": eigen_steps},
         "rece": {"rounds": 2},

@@ -887,11 +887,13 @@ def _sd_memory_command(d: dict) -> str:
     return f"python benchmarks/sd_memory.py --resolution {p['resolution']} --iterations {p['iterations']}{low} --json"
 
 
-def _sd_peak(r: dict, key: str, loop: str) -> str:
-    """A measured peak, or "> X GB" when the run was stopped at the script's memory limit."""
+def _sd_peak(r: dict, key: str, loop: str, resolution: int | None = None) -> str:
+    """A measured peak, or "> X GB" when the run was stopped at the script's memory limit; a row measured apart at
+    another resolution than the run's says its own."""
+    own = f" at {r['resolution']} px" if r.get("resolution", resolution) != resolution else ""
     if r[key] is not None:
-        return gb(r[key])
-    return f"> {gb(r['stopped_above'][loop])} (stopped)" if loop in r.get("stopped_above", {}) else "–"
+        return gb(r[key]) + own
+    return f"> {gb(r['stopped_above'][loop])}{own} (stopped)" if loop in r.get("stopped_above", {}) else "–"
 
 
 def eval_memory() -> str:
@@ -925,8 +927,8 @@ def sd_memory() -> str:
                 r["method"],
                 gb(r["weights_bytes"]),
                 gb(r["trained_bytes"]),
-                _sd_peak(r, "peak_bytes", "ours"),
-                _sd_peak(r, "official_peak_bytes", "official"),
+                _sd_peak(r, "peak_bytes", "ours", p["resolution"]),
+                _sd_peak(r, "official_peak_bytes", "official", p["resolution"]),
                 ratio,
                 gb(r["low_resolution_peak_bytes"]) if "low_resolution_peak_bytes" in r else "–",
                 f"{ours.get('seconds', '–')} / {official.get('seconds', '–')}",
@@ -957,8 +959,9 @@ def sd_memory_gpus() -> str:
     rows = []
     for r in d["rows"]:
         if "peak_bytes_512_estimate" not in r:  # stopped at the memory limit, or run without --low-resolution
-            peak = _sd_peak(r, "peak_bytes", "ours")
-            rows.append([r["method"], f"{peak} at {d['protocol']['resolution']} px", "", "not estimated", "",
+            at = r.get("resolution", d["protocol"]["resolution"])
+            peak = _sd_peak(r, "peak_bytes", "ours", at)
+            rows.append([r["method"], f"{peak} at {at} px", "", "not estimated", "",
                          *("–" for _ in GPUS_GIB)])  # fmt: skip
             continue
         w, t, p512 = r["weights_bytes"], r["trained_bytes"], r["peak_bytes_512_estimate"]

@@ -56,6 +56,13 @@ class AmnesiaConfig:
     )
     sampling_steps: int | None = field(default=None, metadata={"help": "DDIM steps of generated samples"})
     sampling_guidance: float | None = field(default=None, metadata={"help": "guidance of generated samples"})
+    step_in_backward: bool = field(
+        default=False,
+        metadata={
+            "help": "step Adam inside backward, one tensor at a time: the same update without a full set of "
+            "gradients (one UNet copy less: 3.4 GB at SD scale)"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.surrogate is not None and (not isinstance(self.surrogate, str) or not self.surrogate.strip()):

@@ -58,8 +58,16 @@ class EWCPenalty:
         """
         if self.lam == 0:
             return
-        for p, anchor, f in zip(self.params, self.anchors, self.fisher, strict=True):
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            d = self._diff(p, anchor).mul_(f)
-            p.grad.add_(d if p.grad.dtype == torch.float32 else d.to(p.grad.dtype), alpha=2 * self.lam)
+        for index in range(len(self.params)):
+            self.add_gradient_of_(index)
+
+    @torch.no_grad()
+    def add_gradient_of_(self, index: int) -> None:
+        """grad += 2 lambda F (theta - theta*) for the parameter `index` (the form stepped inside backward)."""
+        if self.lam == 0:
+            return
+        p, anchor, f = self.params[index], self.anchors[index], self.fisher[index]
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        d = self._diff(p, anchor).mul_(f)
+        p.grad.add_(d if p.grad.dtype == torch.float32 else d.to(p.grad.dtype), alpha=2 * self.lam)

@@ -38,8 +38,10 @@ redraws them from the seed (identical on the CPU; GPU sampling may differ in the
 Faster than the official code, same objective:
 * the Fisher batches the timesteps of each sample (see `amnesia.fisher`; `fisher_timesteps` subsamples them)
   and is cached as safetensors keyed by the hash of the model's weights and its settings (`--fisher`);
-* the EWC state (F and theta*) lives on the training device and its gradient is added in closed form with
-  fused foreach operations (`amnesia.ewc`);
+* the EWC state (F and theta*) lives on the training device and its gradient is added in closed form, one
+  tensor at a time (`amnesia.ewc`); theta* is `trainable()`'s kept copy of the original weights, not another;
+* `--step-in-backward` steps Adam on each tensor as soon as backward completes its gradient (adding the EWC
+  gradient first) and drops that gradient: the same update without a full set of gradients (`step_in_backward`);
 * forget and replay rows go through the model in one batch;
 * surrogate and replay samples are drawn once, as latents (a text-to-image model's sampler gives latents, so
   nothing is decoded and re-encoded; a uniform surrogate is encoded once). The official SD code decodes its
@@ -75,6 +77,7 @@ from concept_edit.methods.registry import EditRequest, _norm, register
 from concept_edit.models.conditioning import encode_conditions
 from concept_edit.models.loading import model_info
 from concept_edit.processes import Group, check_device, process_group, share
+from concept_edit.step_in_backward import StepInBackward
 from concept_edit.stopping import Interrupted, Terminated
 from concept_edit.training import (
     Diverged,
@@ -336,6 +339,18 @@ def _check(pipe, request: EditRequest, values: dict) -> None:
         )
 
 
+def _train(optimizer, run) -> None:
+    """Run the steps; then let go of the optimiser's moments (and the in-backward hooks) before the edit's deltas
+    are built, on every way out: hooks left behind would step on any later backward through these weights."""
+    try:
+        run()
+    finally:
+        if isinstance(optimizer, StepInBackward):
+            optimizer.close()
+        else:
+            optimizer.state.clear()
+
+
 @register("amnesia")
 def fit_amnesia(pipe, request: EditRequest, config: AmnesiaConfig, inputs: AmnesiaInputs, *, seed: int = 0,
                 progress: bool = True):  # fmt: skip
@@ -371,7 +386,9 @@ def fit_amnesia(pipe, request: EditRequest, config: AmnesiaConfig, inputs: Amnes
     base_hash = combine({k: current_digest(pipe, k, t) for k, t in named_tensors(pipe).items()}) if needs_hash else ""
     if inputs.fisher is not None and Path(inputs.fisher).is_file():
         check_fisher_owner(Path(inputs.fisher), base_hash)
-    run_config = {"config": values, "request": request.to_dict(), "seed": seed, "base_hash": base_hash}
+    # how Adam is stepped does not change the run: a checkpoint of either way resumes in the other
+    same_run = {k: v for k, v in values.items() if k != "step_in_backward"}
+    run_config = {"config": same_run, "request": request.to_dict(), "seed": seed, "base_hash": base_hash}
     if inputs.resume:  # before the Fisher or any sample: the files are this run's checkpoints
         if checkpoint.exists():
             check_checkpoint(checkpoint, "amnesia", run_config)
@@ -396,7 +413,11 @@ def fit_amnesia(pipe, request: EditRequest, config: AmnesiaConfig, inputs: Amnes
                     save_fisher(cache, keys, fisher, base_hash, settings, model_info(pipe).spec)
         # theta* is the original weights: trainable()'s kept copy where it can be (not another copy of the UNet)
         penalty = EWCPenalty(params, fisher, values["lam"], anchors=[tuned.original(p, torch.float32) for p in params])
-        optimizer = torch.optim.Adam(params, lr=values["lr"])
+        if config.step_in_backward:  # the EWC gradient and Adam's step per tensor as backward completes it
+            before = (lambda index, _: penalty.add_gradient_of_(index)) if values["lam"] > 0 else None
+            optimizer = StepInBackward(params, lambda one: torch.optim.Adam(one, lr=values["lr"]), before)
+        else:
+            optimizer = torch.optim.Adam(params, lr=values["lr"])
         state = {"losses": [], "start": 0}
         if inputs.resume and checkpoint.exists():
             saved = load_checkpoint(checkpoint, run_config, "amnesia")
@@ -426,8 +447,11 @@ def fit_amnesia(pipe, request: EditRequest, config: AmnesiaConfig, inputs: Amnes
             loss = forget_loss + values["gamma"] * reduce(losses[batch:]) if values["gamma"] > 0 else forget_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            penalty.add_gradient_()
-            optimizer.step()
+            if config.step_in_backward:
+                optimizer.finish()
+            else:
+                penalty.add_gradient_()
+                optimizer.step()
             state["losses"].append(loss.item())
             return {"loss": state["losses"][-1], "forget": forget_loss.item()}
 
@@ -438,10 +462,11 @@ def fit_amnesia(pipe, request: EditRequest, config: AmnesiaConfig, inputs: Amnes
                             optimizer=optimizer.state_dict(), losses=state["losses"])  # fmt: skip
 
         try:
-            run_steps(total=values["steps"], start=state["start"], step_fn=step_fn, save_fn=save_fn,
-                      every=inputs.checkpoint_every, desc="amnesia", progress=progress,
-                      checkpointing=checkpoint is not None, checkpoint_file=checkpoint,
-                      diverged_hint="; lower --lr (or --lam)")  # fmt: skip
+            _train(optimizer, lambda: run_steps(
+                total=values["steps"], start=state["start"], step_fn=step_fn, save_fn=save_fn,
+                every=inputs.checkpoint_every, desc="amnesia", progress=progress,
+                checkpointing=checkpoint is not None, checkpoint_file=checkpoint,
+                diverged_hint="; lower --lr (or --lam)"))  # fmt: skip
         except Diverged as err:  # the Fisher is sound (it is checked); only the training diverged
             if fisher_partial is None or not fisher_partial.exists():
                 raise
