@@ -223,3 +223,33 @@ def test_evaluate_in_chunks_with_a_store_announces_the_whole_once_and_reuses_it(
     # images are another protocol's
     assert "8 already stored, 0 to generate (it also holds 8 images of other models" in caplog.text
     assert "holds 16" not in caplog.text
+
+
+def test_the_index_is_parsed_once_then_only_what_is_appended(sd, tmp_path, monkeypatch, caplog):
+    generate_stored(sd, PROMPTS[:3], SEEDS[:3], store=tmp_path, **RUN)
+    from concept_edit.evaluation import image_store
+
+    parsed, real_parse = [], image_store._parse
+    monkeypatch.setattr(image_store, "_parse", lambda line: parsed.append(line) or real_parse(line))
+    store = ImageStore(tmp_path)
+    first = store.index()
+    assert len(parsed) == 3 and len(first) == 3
+    assert store.index() == first and len(parsed) == 3  # nothing appended: nothing parsed again
+    generate_stored(sd, PROMPTS, SEEDS, store=store, **RUN)  # appends the other three
+    # 3, then the first append's check of its own file (once per store object), then the 3 appended lines
+    assert len(store.index()) == 6 and len(parsed) == 9
+    index = store.index_path(0)
+    text = index.read_text()
+    index.write_text(text + text.splitlines(keepends=True)[0][:20])  # a writer half-way through a line
+    with caplog.at_level(logging.WARNING):
+        assert len(store.index()) == 6
+    assert "1 damaged line(s) ignored (first: line 7)" in caplog.text
+    index.write_text(text + text.splitlines(keepends=True)[0])  # ... which it finishes: read, once
+    assert len(store.index()) == 6 and len(store.index()[next(iter(first))]) == 2
+    parsed.clear()
+    lines = text.splitlines(keepends=True)
+    # rewritten in place at the same size: the last image's line replaced by junk of its length
+    index.write_text("".join(lines[:5]) + lines[0] + "x" * (len(lines[5]) - 1) + "\n")
+    assert index.stat().st_size == len(text) + len(lines[0])
+    assert len(store.index()) == 5 and len(parsed) == 7  # parsed again whole, not mistaken for appended lines
+    assert store.index() == ImageStore(tmp_path).index()

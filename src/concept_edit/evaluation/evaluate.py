@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from concept_edit.edit import Edit, applied
 from concept_edit.evaluation import metrics
+from concept_edit.evaluation.image_store import ImageStore
 from concept_edit.evaluation.judges import make_judge
 from concept_edit.evaluation.measure import measure
 from concept_edit.evaluation.references import check_reference, folder_stats
@@ -192,6 +193,8 @@ def draw(pipe, plan: Plan, *, baseline_images=None, store=None, progress: bool =
     labels = list(dict.fromkeys(e.label for e in entries if e.head == "imagenet"))
     whole = {**plan.suite.answers, "imagenet": labels} if labels and "imagenet" not in plan.suite.answers else None
     outer = len(starts) > 1  # one bar over the chunks; each chunk's own bars only when there is one chunk
+    if store is not None and not isinstance(store, ImageStore):
+        store = ImageStore(store)  # one object for every chunk: it parses its index once, then what is appended
     if store is not None and outer:  # the chunks' own announcements are quiet: say the whole once
         from concept_edit.evaluation.store import announce
 

@@ -98,12 +98,29 @@ def _parse(line: str) -> dict | None:
         return None
 
 
+def _parse_lines(data: bytes, first_line: int) -> tuple[list[dict], list[int], int, int]:
+    """(good entries, numbers of damaged lines, bytes and lines consumed) of index bytes starting at line
+    `first_line`: an unfinished last line counts as damaged but is not consumed (a writer may be finishing it)."""
+    *lines, rest = data.split(b"\n")
+    good, bad = [], []
+    for number, raw in enumerate(lines, first_line):
+        entry = _parse(raw.decode("utf-8", errors="replace") + "\n")
+        if entry is None:
+            bad.append(number)
+        else:
+            good.append(entry)
+    if rest:
+        bad.append(first_line + len(lines))
+    return good, bad, len(data) - len(rest), len(lines)
+
+
 class ImageStore:
     """A folder of generated images and their index; see the module docstring for the layout."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self._repaired: set[int] = set()  # ranks whose index file this object has already cleaned
+        self._read: dict[Path, tuple] = {}  # index file -> (bytes and lines parsed, good entries, last bytes)
 
     def __repr__(self) -> str:
         return f"ImageStore({str(self.root)!r})"
@@ -116,36 +133,58 @@ class ImageStore:
 
     def index(self) -> dict[str, list[dict]]:
         """Every process's index merged: key -> its entries (one per time it was written). Damaged lines are
-        skipped with a warning; their images count as missing and are generated again."""
+        skipped with a warning; their images count as missing and are generated again.
+
+        Each index file is parsed once: a later call reads only the lines appended since (a file rewritten
+        meanwhile, by a repair, is read again whole), so asking once per chunk of a large suite stays cheap.
+        """
         merged: dict[str, list[dict]] = {}
         for path in sorted(self.root.glob("index.*.jsonl")):
-            good, bad = self._read_index(path)
-            if bad:
-                log.warning(
-                    "%s: %d damaged line(s) ignored (first: line %d); their images will be generated again",
-                    path,
-                    len(bad),
-                    bad[0],
-                )
-            for entry in good:
+            for entry in self._entries_of(path):
                 merged.setdefault(entry["key"], []).append(entry)
         return merged
+
+    def _entries_of(self, path: Path) -> list[dict]:
+        """The good entries of one index file, parsing only the bytes appended since the last call. The last
+        bytes already parsed are read again and compared: a file rewritten meanwhile (by a repair, or by hand)
+        is parsed again whole."""
+        try:
+            with open(path, "rb") as f:
+                cached = self._read.get(path)
+                if cached is not None:
+                    offset, lines, entries, tail = cached
+                    f.seek(offset - len(tail))
+                    if f.read(len(tail)) != tail:
+                        cached = None
+                if cached is None:
+                    f.seek(0)
+                    offset, lines, entries, tail = 0, 0, [], b""
+                data = f.read()
+        except OSError as err:
+            log.warning("%s cannot be read (%s); its images will be generated again", path, err)
+            return []
+        good, bad, consumed, read = _parse_lines(data, lines + 1)
+        if bad:
+            log.warning(
+                "%s: %d damaged line(s) ignored (first: line %d); their images will be generated again",
+                path,
+                len(bad),
+                bad[0],
+            )
+        entries = entries + good
+        tail = (tail + data[:consumed])[-64:]
+        self._read[path] = (offset + consumed, lines + read, entries, tail)
+        return entries
 
     @staticmethod
     def _read_index(path: Path) -> tuple[list[dict], list[int]]:
         """(good entries, line numbers of damaged lines); an unfinished last line counts as damaged."""
         try:
-            text = path.read_text(encoding="utf-8", errors="replace")
+            data = path.read_bytes()
         except OSError as err:
             log.warning("%s cannot be read (%s); its images will be generated again", path, err)
             return [], []
-        good, bad = [], []
-        for number, line in enumerate(text.splitlines(keepends=True), 1):
-            entry = _parse(line) if line.endswith("\n") else None
-            if entry is None:
-                bad.append(number)
-            else:
-                good.append(entry)
+        good, bad, _, _ = _parse_lines(data, 1)
         return good, bad
 
     def load(self, key: str, entries: Sequence[dict]) -> np.ndarray | None:
