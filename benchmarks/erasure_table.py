@@ -98,8 +98,9 @@ def erasure_rows() -> dict[str, tuple[str, dict]]:
             continue
         if name == "esd":
             rows["esd-x"], rows["esd-u"] = ("esd", {"variant": "x"}), ("esd", {"variant": "u"})
-        elif name == "advunlearn":  # the paper's text encoder, and ESD-x's set
+        elif name == "advunlearn":  # the paper's text encoder, ESD-x's set, and its key/value projections only
             rows["advunlearn"], rows["advunlearn-x"] = ("advunlearn", {}), ("advunlearn", {"modules": "x"})
+            rows["advunlearn-kv"] = ("advunlearn", {"modules": "kv"})
         else:
             rows[name] = (name, {})
     return rows

@@ -34,7 +34,7 @@ def assert_state(pipe, reference):
         assert torch.equal(now[key], value), key
 
 
-@pytest.mark.parametrize("modules", ["text-encoder", "x"])
+@pytest.mark.parametrize("modules", ["text-encoder", "x", "kv"])
 def test_only_the_chosen_weights_train_and_the_pipeline_is_restored(sd, modules):
     before = snapshot(sd)
     edit = fit(sd, "advunlearn", REQUEST, config(modules=modules), progress=False)
@@ -45,6 +45,8 @@ def test_only_the_chosen_weights_train_and_the_pipeline_is_restored(sd, modules)
     assert all(t.startswith(prefix) for t in edit.targets)
     if modules == "x":
         assert all(".attn2." in t for t in edit.targets)
+    elif modules == "kv":
+        assert all(".attn2.to_k." in t or ".attn2.to_v." in t for t in edit.targets)
     else:  # no norm, no embedding table: the official text_encoder_full without --norm_layer
         assert not any("norm" in t or "embed" in t for t in edit.targets)
     stats = edit.manifest["stats"]
@@ -59,7 +61,7 @@ def trainer(pipe, cfg, request=REQUEST):
     stack = ExitStack()
     keys = adv.trained_parameters(pipe, cfg.modules)
     tuned = stack.enter_context(trainable(pipe, keys))
-    view = adv._frozen_view(pipe.unet, tuned, lora=False) if cfg.modules == "x" else None
+    view = adv._frozen_view(pipe.unet, tuned, lora=False) if cfg.modules != "text-encoder" else None
     return stack, tuned, adv._Trainer(pipe, request, cfg, pipe.unet, view, list(request.preserve))
 
 

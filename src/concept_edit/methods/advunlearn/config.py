@@ -13,7 +13,7 @@ from concept_edit.methods.esd.config import ESDInputs
 from concept_edit.methods.registry import describe
 from concept_edit.validation import check_choice, check_fields
 
-MODULES = ("text-encoder", "x")
+MODULES = ("text-encoder", "x", "kv")
 RETAIN_MODES = ("iter", "reg")
 ATTACK_INITS = ("latest", "random")
 # the official script's values; a world's tuned values replace the None-defaulted ones
@@ -24,7 +24,10 @@ PAPER = {"lr": 1e-5, "iterations": 1000, "warmup": 200, "attack_steps": 30, "att
 class AdvUnlearnConfig:
     modules: str = field(
         default="text-encoder",
-        metadata={"help": "what trains: text-encoder (the paper's default: its Linear layers) | x (ESD-x's set)"},
+        metadata={
+            "help": "what trains: text-encoder (the paper's default: its Linear layers) | x (ESD-x's set) | kv "
+            "(the cross-attention key and value projections only: what reads the text, as UCE edits)"
+        },
     )
     eta: float = field(default=1.0, metadata={"help": "ESD's negative guidance (official --negative_guidance 1)"})
     iterations: int | None = field(

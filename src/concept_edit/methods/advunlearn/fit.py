@@ -29,7 +29,9 @@ says so):
 * `modules` text-encoder trains every Linear (weight and bias) of the text encoder; the official
   `text_encoder_full` trains its layers' LayerNorms and the final LayerNorm too. They are left out here so that
   the edit is a change of Linear layers, which a LoRA file can hold (the embeddings are left out by both);
-  x trains ESD-x's set.
+  x trains ESD-x's set; kv (not in the paper) only the cross-attention key and value projections, the layers
+  that read the text: the query and output projections of x act on the image features of every prompt, so a
+  change there reaches the other concepts' images too.
 How the inner attack's cost was kept down, and other departures:
 * x_t are not drawn afresh for every sample (the official loop samples a new trajectory for each attack
   step, erasure step and retain step, ~K/2 guided UNet calls each): every `refresh_every` steps a pool of
@@ -89,9 +91,10 @@ RETAIN_PROMPTS = 64  # generic retain captions asked of a world when the request
 
 
 def trained_parameters(pipe, modules: str) -> list[str]:
-    """Pipeline-relative names of what trains: the text encoder's Linear layers, or ESD-x's cross-attention."""
-    if modules == "x":
-        return variant_parameters(pipe, "x")
+    """Pipeline-relative names of what trains: the text encoder's Linear layers, ESD-x's cross-attention, or
+    its key and value projections."""
+    if modules in ("x", "kv"):
+        return variant_parameters(pipe, modules)
     names = []
     for name, module in pipe.text_encoder.named_modules():
         if isinstance(module, nn.Linear) and "pooler" not in name:  # the pooler does not feed the UNet
@@ -282,7 +285,7 @@ def fit_advunlearn(pipe, request: EditRequest, config: AdvUnlearnConfig, inputs:
     _, unet = denoiser(pipe)
     started = time.perf_counter()
     with trainable(pipe, keys) as tuned:
-        view = _frozen_view(unet, tuned, lora=False) if config.modules == "x" else None
+        view = _frozen_view(unet, tuned, lora=False) if config.modules != "text-encoder" else None
         trainer = _Trainer(pipe, request, config, unet, view, retain)
         optimizer = torch.optim.Adam(tuned.parameters, lr=chosen["lr"])
         state = {"pool": None, "delta": None, "concept": 0, "losses": [], "attack_losses": [], "retain_losses": []}

@@ -19,6 +19,8 @@ AMNESIA = {"lam": 50.0, "lr": 3e-3, "batch_size": 8, "steps": 300, "fisher_sampl
 ADVUNLEARN = {
     "text-encoder": {"lr": 1e-4, "iterations": 300, "warmup": 100, "attack_steps": 10, "attack_lr": 1e-2},
     "x": {"lr": 3e-4, "iterations": 300, "warmup": 100, "attack_steps": 10, "attack_lr": 1e-2},
+    # not tuned apart: the x values, as ESD's kv variant takes ESD-x's step (ESD_LR)
+    "kv": {"lr": 3e-4, "iterations": 300, "warmup": 100, "attack_steps": 10, "attack_lr": 1e-2},
 }
 
 METHOD_DEFAULTS = {
