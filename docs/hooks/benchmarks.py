@@ -845,21 +845,30 @@ def rece_tuning() -> str:
 
 
 def advunlearn_tuning() -> str:
-    """AdvUnlearn's candidate options on the tuning seeds: the target, the others, each attack, fit time."""
+    """AdvUnlearn's candidate options on the tuning seeds: the target, the others, each attack, fit time. Later runs
+    at another n carry their own unedited figures (`unedited` in the row): a line for it precedes them."""
     d = load("advunlearn_tuning.json")
-    attacks = list(d["rows"][0]["attacks"]) if d["rows"] else []
+    attacks = list(dict.fromkeys(a for r in d["rows"] for a in r["attacks"]))
     retain = {"others": "the other objects' names", "none": "the world's captions"}
-    unedited = ["unedited", "", rate(d["unedited"]["target"]), rate(d["unedited"]["others"]),
-                *["" for _ in attacks], ""]  # fmt: skip
-    rows = [unedited] + [
-        [", ".join(f"{k} {v}" for k, v in r["options"].items()) or "defaults", retain[r["preserve"]],
-         rate(r["target"]), rate(r["others"]), *(rate(r["attacks"][a]) for a in attacks), f"{r['fit_s']:.0f}"]
-        for r in d["rows"]
-    ]  # fmt: skip
+
+    def unedited(figures: dict, n: int) -> list[str]:
+        return [f"unedited (n {n})", "", rate(figures["target"]), rate(figures["others"]), *("" for _ in attacks), ""]
+
+    rows, shown = [unedited(d["unedited"], d["n"])], d["unedited"]
+    for r in d["rows"]:
+        if r.get("unedited", shown) != shown:
+            shown = r["unedited"]
+            rows.append(unedited(shown, r["n"]))
+        rows.append(
+            [", ".join(f"{k} {v}" for k, v in r["options"].items()) or "defaults", retain[r["preserve"]],
+             rate(r["target"]), rate(r["others"]), *(rate(r["attacks"][a]) if a in r["attacks"] else "–"
+                                                     for a in attacks), f"{r['fit_s']:.0f}"]
+        )  # fmt: skip
     header = ["options", "retain set", "circle drawn", "other objects drawn", *(f"{a} success" for a in attacks),
               "fit s"]  # fmt: skip
-    note = (f"ShapesSD, n {d['n']} per object and per attack, suite and attack seeds from {d['seed']}, training "
-            f"seed {d['train_seed']}; fit times on one thread beside two other runs. {d['note']}.")
+    note = (f"ShapesSD, n {d['n']} per object and per attack unless a row says otherwise, suite and attack seeds "
+            f"from {d['seed']}, training seed {d['train_seed']}; fit times on one thread beside two or three other "
+            f"runs. {d['note']}.")
     return (source("python benchmarks/defence_tuning.py --method advunlearn --configs '...' --json",
                    "advunlearn_tuning.json", "advunlearn_tuning.log") + "\n\n" + note + "\n\n" + table(header, rows))
 
