@@ -2,6 +2,7 @@
 the CPU, with the same optimiser state; Selective Amnesia's `--step-in-backward` gives the same edit, resumes a
 checkpoint of the standard way, and leaves no hook behind."""
 
+import copy
 import os
 import signal
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from concept_edit import EditRequest, fit, make_config, make_inputs
+from concept_edit.methods.amnesia import fit as amnesia_fit
 from concept_edit.methods.amnesia.backends import TextToImage
 from concept_edit.step_in_backward import StepInBackward
 from concept_edit.training import Interrupted
@@ -37,39 +39,60 @@ def nets():
     return first, second
 
 
-def pull(params):
+def pull(index, p):
     """A term outside the autograd graph (as EWC's): grad += 0.1 * p (a missing gradient counts as zero)."""
+    if p.grad is None:
+        p.grad = torch.zeros_like(p)
+    p.grad.add_(p.detach(), alpha=0.1)
 
-    def add(index, p):
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        p.grad.add_(p.detach(), alpha=0.1)
 
-    return add
+def standard_step(net, optimizer, x, before):
+    optimizer.zero_grad(set_to_none=True)
+    net(x).square().mean().backward()
+    if before is not None:
+        for index, p in enumerate(net.parameters()):
+            before(index, p)
+    optimizer.step()
+
+
+def inside_step(net, fused, x):
+    fused.zero_grad()
+    net(x).square().mean().backward()
+    fused.finish()
+
+
+def batch(step):
+    return torch.randn(5, 4, generator=torch.Generator().manual_seed(step))
+
+
+def assert_same(a, b):
+    for x, y in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(x, y, atol=0, rtol=0)
+
+
+def assert_no_stepping_hook(pipe):
+    """A backward through the UNet keeps its gradients and changes no weight: no stepping hook was left."""
+    before = {n: p.detach().clone() for n, p in pipe.unet.named_parameters()}
+    pipe.unet.requires_grad_(True)
+    x = torch.randn(1, pipe.unet.config.in_channels, 8, 8)
+    text = torch.randn(1, 3, pipe.unet.config.cross_attention_dim)
+    pipe.unet(x, 10, encoder_hidden_states=text).sample.sum().backward()
+    assert all(p.grad is not None for p in pipe.unet.parameters())
+    assert all(torch.equal(before[n], p) for n, p in pipe.unet.named_parameters())
+    pipe.unet.requires_grad_(False).zero_grad(set_to_none=True)
 
 
 @pytest.mark.parametrize("with_before", [True, False])
 def test_stepping_inside_backward_equals_the_standard_step(with_before):
     standard, inside = nets()
-    params = list(standard.parameters())
-    before = pull(params)
-    optimizer = torch.optim.Adam(params, lr=1e-2)
-    fused = StepInBackward(list(inside.parameters()), lambda one: torch.optim.Adam(one, lr=1e-2),
-                           before if with_before else None)  # fmt: skip
+    before = pull if with_before else None
+    optimizer = torch.optim.Adam(standard.parameters(), lr=1e-2)
+    fused = StepInBackward(list(inside.parameters()), lambda one: torch.optim.Adam(one, lr=1e-2), before)
     for step in range(4):
-        x = torch.randn(5, 4, generator=torch.Generator().manual_seed(step))
-        optimizer.zero_grad(set_to_none=True)
-        standard(x).square().mean().backward()
-        if with_before:
-            for index, p in enumerate(params):
-                before(index, p)
-        optimizer.step()
-        fused.zero_grad()
-        inside(x).square().mean().backward()
-        fused.finish()
+        standard_step(standard, optimizer, batch(step), before)
+        inside_step(inside, fused, batch(step))
         assert all(p.grad is None for p in inside.parameters())  # no gradient outlives its step
-    for a, b in zip(standard.parameters(), inside.parameters(), strict=True):
-        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert_same(standard, inside)
     moved = inside.unused.detach()
     assert (moved != 1).all() if with_before else (moved == 1).all()  # stepped only when `before` gives it a gradient
     ours, theirs = fused.state_dict(), optimizer.state_dict()
@@ -77,14 +100,32 @@ def test_stepping_inside_backward_equals_the_standard_step(with_before):
     for key, state in theirs["state"].items():
         for name, value in state.items():
             torch.testing.assert_close(ours["state"][key][name], value, atol=0, rtol=0)
-    # either state loads into the other form, and the next steps agree
-    fresh = torch.optim.Adam(params, lr=1e-2)
-    fresh.load_state_dict(ours)
-    fused.load_state_dict(theirs)
+    # each state, loaded into the other form (copies: a loaded state shares its tensors), continues alike
+    swapped_standard, swapped_inside = nets()
+    swapped_standard.load_state_dict(inside.state_dict())
+    swapped_inside.load_state_dict(standard.state_dict())
+    crossed = torch.optim.Adam(swapped_standard.parameters(), lr=1e-2)
+    crossed.load_state_dict(copy.deepcopy(ours))
+    crossed_fused = StepInBackward(list(swapped_inside.parameters()), lambda one: torch.optim.Adam(one, lr=1e-2),
+                                   before)  # fmt: skip
+    crossed_fused.load_state_dict(copy.deepcopy(theirs))
+    for step in range(4, 7):
+        standard_step(standard, optimizer, batch(step), before)
+        standard_step(swapped_standard, crossed, batch(step), before)
+        inside_step(swapped_inside, crossed_fused, batch(step))
+    assert_same(standard, swapped_standard)
+    assert_same(standard, swapped_inside)
+    three = StepInBackward(list(inside.parameters())[:3], lambda one: torch.optim.Adam(one))
     with pytest.raises(ValueError, match="not of these 3 parameters"):
-        StepInBackward(params[:3], lambda one: torch.optim.Adam(one)).load_state_dict(theirs)
+        three.load_state_dict(theirs)
+    three.close()
+    fused.zero_grad()
+    inside(batch(0)).sum().backward()
+    with pytest.raises(RuntimeError, match="second backward before finish"):
+        inside(batch(1)).sum().backward()  # gradient accumulation would step each tensor on a partial gradient
     fused.close()
-    inside(torch.randn(2, 4)).sum().backward()  # the hooks are gone: a later backward keeps its gradients
+    inside.zero_grad(set_to_none=True)
+    inside(batch(2)).sum().backward()  # the hooks are gone: a later backward keeps its gradients
     assert all(p.grad is not None for p in (inside.a.weight, inside.b.bias))
 
 
@@ -94,25 +135,19 @@ def test_amnesia_step_in_backward_gives_the_same_edit_and_no_hook_stays(sd):
     assert inside.manifest["stats"] == standard.manifest["stats"]
     for a, b in zip(standard.changes(), inside.changes(), strict=True):
         torch.testing.assert_close(a.delta, b.delta, atol=0, rtol=0)
-    before = {n: p.detach().clone() for n, p in sd.unet.named_parameters()}
-    sd.unet.requires_grad_(True)
-    x = torch.randn(1, sd.unet.config.in_channels, 8, 8)
-    text = torch.randn(1, 3, sd.unet.config.cross_attention_dim)
-    sd.unet(x, 10, encoder_hidden_states=text).sample.sum().backward()
-    assert all(p.grad is not None for p in sd.unet.parameters() if p.requires_grad)  # no stepping hook left
-    assert all(torch.equal(before[n], p) for n, p in sd.unet.named_parameters())
-    sd.unet.requires_grad_(False).zero_grad(set_to_none=True)
+    assert_no_stepping_hook(sd)
 
 
-def test_a_standard_checkpoint_resumes_stepping_inside_backward(sd, tmp_path, monkeypatch):
-    cfg = {**FAST, "steps": 4}
+@pytest.mark.parametrize(("first", "then"), [(False, True), (True, False)])
+def test_a_checkpoint_of_either_way_resumes_in_the_other(sd, tmp_path, monkeypatch, first, then):
+    cfg = {**FAST, "steps": 4, "fisher_timesteps": 3}
     whole = fit(sd, "amnesia", REQUEST, make_config("amnesia", **cfg), seed=3, progress=False)
     ckpt = tmp_path / "run.ckpt"
     calls = {"n": 0}
     real_loss = TextToImage.loss
 
     def loss_then_ctrl_c(self, x, rows, t, noise):
-        if len(x) == 2 * FAST["batch_size"]:  # a training step (forget + replay rows)
+        if len(x) == 2 * FAST["batch_size"]:  # a training step (forget + replay rows; a Fisher forward has 3)
             calls["n"] += 1
             if calls["n"] == 2:
                 os.kill(os.getpid(), signal.SIGINT)
@@ -120,12 +155,40 @@ def test_a_standard_checkpoint_resumes_stepping_inside_backward(sd, tmp_path, mo
 
     monkeypatch.setattr(TextToImage, "loss", loss_then_ctrl_c)
     with pytest.raises(Interrupted):
-        fit(sd, "amnesia", REQUEST, make_config("amnesia", **cfg), make_inputs("amnesia", checkpoint=ckpt), seed=3,
-            progress=False)  # fmt: skip
+        fit(sd, "amnesia", REQUEST, make_config("amnesia", **cfg, step_in_backward=first),
+            make_inputs("amnesia", checkpoint=ckpt), seed=3, progress=False)  # fmt: skip
     monkeypatch.setattr(TextToImage, "loss", real_loss)
+    assert_no_stepping_hook(sd)  # interrupted: no hook left either
     inputs = make_inputs("amnesia", checkpoint=ckpt, resume=True)
-    resumed = fit(sd, "amnesia", REQUEST, make_config("amnesia", **cfg, step_in_backward=True), inputs, seed=3,
+    resumed = fit(sd, "amnesia", REQUEST, make_config("amnesia", **cfg, step_in_backward=then), inputs, seed=3,
                   progress=False)  # fmt: skip
     assert resumed.manifest["stats"] == whole.manifest["stats"]
     for a, b in zip(whole.changes(), resumed.changes(), strict=True):
         torch.testing.assert_close(a.delta, b.delta, atol=0, rtol=0)
+
+
+def test_a_checkpoint_that_fails_to_load_leaves_no_hook(sd, tmp_path, monkeypatch):
+    ckpt = tmp_path / "run.ckpt"
+    calls = {"n": 0}
+    real_loss = TextToImage.loss
+
+    def loss_then_ctrl_c(self, x, rows, t, noise):
+        if len(x) == 2 * FAST["batch_size"]:
+            calls["n"] += 1
+            if calls["n"] == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+        return real_loss(self, x, rows, t, noise)
+
+    cfg = make_config("amnesia", **{**FAST, "steps": 4, "fisher_timesteps": 3}, step_in_backward=True)
+    monkeypatch.setattr(TextToImage, "loss", loss_then_ctrl_c)
+    with pytest.raises(Interrupted):
+        fit(sd, "amnesia", REQUEST, cfg, make_inputs("amnesia", checkpoint=ckpt), seed=3, progress=False)
+    monkeypatch.setattr(TextToImage, "loss", real_loss)
+
+    def damaged(*args, **kwargs):
+        raise ValueError("the checkpoint is damaged")
+
+    monkeypatch.setattr(amnesia_fit, "load_checkpoint", damaged)  # fails after the hooks are in place
+    with pytest.raises(ValueError, match="damaged"):
+        fit(sd, "amnesia", REQUEST, cfg, make_inputs("amnesia", checkpoint=ckpt, resume=True), seed=3, progress=False)
+    assert_no_stepping_hook(sd)

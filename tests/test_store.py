@@ -244,6 +244,10 @@ def test_the_index_is_parsed_once_then_only_what_is_appended(sd, tmp_path, monke
     with caplog.at_level(logging.WARNING):
         assert len(store.index()) == 6
     assert "1 damaged line(s) ignored (first: line 7)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert len(store.index()) == 6
+    assert caplog.text == ""  # said once while it sits there, not at every chunk
     index.write_text(text + text.splitlines(keepends=True)[0])  # ... which it finishes: read, once
     assert len(store.index()) == 6 and len(store.index()[next(iter(first))]) == 2
     parsed.clear()
@@ -253,3 +257,8 @@ def test_the_index_is_parsed_once_then_only_what_is_appended(sd, tmp_path, monke
     assert index.stat().st_size == len(text) + len(lines[0])
     assert len(store.index()) == 5 and len(parsed) == 7  # parsed again whole, not mistaken for appended lines
     assert store.index() == ImageStore(tmp_path).index()
+    replacement = tmp_path / "replacement"  # another file put in its place (as a repair does), larger
+    replacement.write_text("".join(lines[2:]) + lines[0] + lines[1] + lines[0])
+    os.replace(replacement, index)
+    parsed.clear()
+    assert store.index() == ImageStore(tmp_path).index() and len(parsed) == 7 + 7

@@ -10,6 +10,9 @@ With `before`, a tensor that gets no gradient in a step (unused by the forward) 
 zero gradient plus `before`, as the standard loop steps it after `before` made its missing gradient zero;
 without `before` it is left alone, as `optimizer.step()` skips a tensor whose gradient is None.
 
+Exactly one backward per step, then `finish()`: a second backward before `finish()` (gradient accumulation)
+would step each tensor again on a partial gradient, so it is refused.
+
 `state_dict()` has the layout of one optimiser over all the parameters, so checkpoints are the same file
 either way, and a run can resume in the other mode.
 """
@@ -42,6 +45,8 @@ class StepInBackward:
     @torch.no_grad()
     def _step(self, index: int) -> None:
         p = self.params[index]
+        if index in self._stepped:
+            raise RuntimeError("a second backward before finish(): step inside backward takes one backward per step")
         if self.before is not None:
             self.before(index, p)
         self.optimizers[index].step()

@@ -120,7 +120,9 @@ class ImageStore:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self._repaired: set[int] = set()  # ranks whose index file this object has already cleaned
-        self._read: dict[Path, tuple] = {}  # index file -> (bytes and lines parsed, good entries, last bytes)
+        # index file -> (its identity, bytes and lines parsed, good entries, first and last parsed bytes, where an
+        # unfinished last line was said)
+        self._read: dict[Path, tuple] = {}
 
     def __repr__(self) -> str:
         return f"ImageStore({str(self.root)!r})"
@@ -145,35 +147,42 @@ class ImageStore:
         return merged
 
     def _entries_of(self, path: Path) -> list[dict]:
-        """The good entries of one index file, parsing only the bytes appended since the last call. The last
-        bytes already parsed are read again and compared: a file rewritten meanwhile (by a repair, or by hand)
-        is parsed again whole."""
+        """The good entries of one index file, parsing only the bytes appended since the last call. A file that
+        is another file now (a repair writes a new one), or whose first or last parsed bytes changed, is parsed
+        again whole; an edit inside the file that keeps its size, start and end is seen by a new store object
+        (each `generate_stored` / `evaluate` call makes one), not by this one."""
         try:
             with open(path, "rb") as f:
+                identity = (os.fstat(f.fileno()).st_dev, os.fstat(f.fileno()).st_ino)
                 cached = self._read.get(path)
                 if cached is not None:
-                    offset, lines, entries, tail = cached
+                    same, offset, lines, entries, head, tail, warned = cached
+                    f.seek(0)
+                    start = f.read(len(head))
                     f.seek(offset - len(tail))
-                    if f.read(len(tail)) != tail:
+                    if same != identity or start != head or f.read(len(tail)) != tail:
                         cached = None
                 if cached is None:
-                    f.seek(0)
-                    offset, lines, entries, tail = 0, 0, [], b""
+                    offset, lines, entries, head, tail, warned = 0, 0, [], b"", b"", None
+                f.seek(offset)
                 data = f.read()
         except OSError as err:
             log.warning("%s cannot be read (%s); its images will be generated again", path, err)
             return []
         good, bad, consumed, read = _parse_lines(data, lines + 1)
-        if bad:
+        unfinished = bool(bad) and consumed < len(data)  # the last line has no newline yet: not consumed
+        said = [n for n in bad if not (unfinished and n == bad[-1] and warned == offset + consumed)]
+        if said:  # a damaged line is said once; an unfinished last line once per place it sits
             log.warning(
                 "%s: %d damaged line(s) ignored (first: line %d); their images will be generated again",
                 path,
-                len(bad),
-                bad[0],
+                len(said),
+                said[0],
             )
         entries = entries + good
-        tail = (tail + data[:consumed])[-64:]
-        self._read[path] = (offset + consumed, lines + read, entries, tail)
+        head, tail = (head + data[:consumed])[:256], (tail + data[:consumed])[-256:]  # of the parsed bytes only
+        warned = offset + consumed if unfinished else None
+        self._read[path] = (identity, offset + consumed, lines + read, entries, head, tail, warned)
         return entries
 
     @staticmethod

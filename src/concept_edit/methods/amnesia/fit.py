@@ -339,10 +339,12 @@ def _check(pipe, request: EditRequest, values: dict) -> None:
         )
 
 
-def _train(optimizer, run) -> None:
-    """Run the steps; then let go of the optimiser's moments (and the in-backward hooks) before the edit's deltas
-    are built, on every way out: hooks left behind would step on any later backward through these weights."""
+def _train(optimizer, load_saved, run) -> None:
+    """Load a checkpoint and run the steps; then let go of the optimiser's moments (and the in-backward hooks)
+    before the edit's deltas are built, on every way out: hooks left behind would step on any later backward
+    through these weights."""
     try:
+        load_saved()
         run()
     finally:
         if isinstance(optimizer, StepInBackward):
@@ -419,13 +421,16 @@ def fit_amnesia(pipe, request: EditRequest, config: AmnesiaConfig, inputs: Amnes
         else:
             optimizer = torch.optim.Adam(params, lr=values["lr"])
         state = {"losses": [], "start": 0}
-        if inputs.resume and checkpoint.exists():
-            saved = load_checkpoint(checkpoint, run_config, "amnesia")
-            with torch.no_grad():
-                for p, v in zip(params, saved["trained"], strict=True):
-                    p.copy_(v)
-            optimizer.load_state_dict(saved["optimizer"])
-            state.update(losses=list(saved["losses"]), start=saved["step"])
+
+        def load_saved() -> None:  # inside _train: a checkpoint that fails to load must not leave hooks behind
+            if inputs.resume and checkpoint.exists():
+                saved = load_checkpoint(checkpoint, run_config, "amnesia")
+                with torch.no_grad():
+                    for p, v in zip(params, saved["trained"], strict=True):
+                        p.copy_(v)
+                optimizer.load_state_dict(saved["optimizer"])
+                state.update(losses=list(saved["losses"]), start=saved["step"])
+
         batch = values["batch_size"]
 
         def step_fn(step: int) -> dict[str, float]:
@@ -462,7 +467,7 @@ def fit_amnesia(pipe, request: EditRequest, config: AmnesiaConfig, inputs: Amnes
                             optimizer=optimizer.state_dict(), losses=state["losses"])  # fmt: skip
 
         try:
-            _train(optimizer, lambda: run_steps(
+            _train(optimizer, load_saved, lambda: run_steps(
                 total=values["steps"], start=state["start"], step_fn=step_fn, save_fn=save_fn,
                 every=inputs.checkpoint_every, desc="amnesia", progress=progress,
                 checkpointing=checkpoint is not None, checkpoint_file=checkpoint,
