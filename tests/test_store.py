@@ -257,7 +257,13 @@ def test_the_index_is_parsed_once_then_only_what_is_appended(sd, tmp_path, monke
     assert index.stat().st_size == len(text) + len(lines[0])
     assert len(store.index()) == 5 and len(parsed) == 7  # parsed again whole, not mistaken for appended lines
     assert store.index() == ImageStore(tmp_path).index()
-    replacement = tmp_path / "replacement"  # another file put in its place (as a repair does), larger
+    replacement = tmp_path / "replacement"  # another file in its place, differing only inside: its inode tells
+    parts = index.read_bytes().split(b"\n")
+    parts[2] = b"y" * len(parts[2])  # same size, start and end
+    replacement.write_bytes(b"\n".join(parts))
+    os.replace(replacement, index)
+    assert len(store.index()) == len(ImageStore(tmp_path).index()) == 4
+    # another file put in its place (as a repair does), larger
     replacement.write_text("".join(lines[2:]) + lines[0] + lines[1] + lines[0])
     os.replace(replacement, index)
     parsed.clear()
