@@ -8,6 +8,7 @@ import signal
 import numpy as np
 import pytest
 import torch
+from test_esd import assert_same_edit
 
 from concept_edit import Edit, EditRequest, applied, apply, compose, fit, make_config, make_inputs, revert
 from concept_edit.methods.advunlearn import fit as adv
@@ -239,9 +240,4 @@ def test_gradient_checkpointing_gives_the_same_edit(sd):
     plain = fit(sd, "advunlearn", REQUEST, config(), seed=0, progress=False)
     checkpointed = fit(sd, "advunlearn", REQUEST, config(gradient_checkpointing=True), seed=0, progress=False)
     assert not sd.unet.is_gradient_checkpointing
-    a = {c.target: c.parts() for c in plain.changes()}
-    b = {c.target: c.parts() for c in checkpointed.changes()}
-    assert a.keys() == b.keys() and a
-    for key, parts in a.items():
-        for name, tensor in parts.items():
-            torch.testing.assert_close(b[key][name], tensor, rtol=1e-4, atol=1e-6)
+    assert_same_edit(plain, checkpointed)

@@ -134,16 +134,14 @@ def test_the_fisher_cache_is_reused_and_refused_for_other_weights(sd, other_sd, 
         fit(sd, "amnesia", REQUEST, config(fisher_samples=1), make_inputs("amnesia", fisher=cached), progress=False)
 
 
-@pytest.mark.parametrize("phase", ["fisher", "training"])
-def test_resume_after_ctrl_c_equals_an_uninterrupted_run(sd, tmp_path, monkeypatch, phase):
-    cfg = config(steps=4, fisher_timesteps=3)  # a Fisher forward has 3 rows, a training step 4
-    whole = fit(sd, "amnesia", REQUEST, cfg, seed=3, progress=False)
-    ckpt = tmp_path / "run.ckpt"
+def interrupt_fit(pipe, cfg, ckpt, monkeypatch, phase: str) -> None:
+    """Fit with a checkpoint and Ctrl-C in the second forward of `phase` ("fisher" or "training"): a training
+    step has 2 x batch rows (forget + replay), so `cfg` needs fisher_timesteps other than that."""
     calls = {"n": 0}
     real_loss = TextToImage.loss
 
     def loss_then_ctrl_c(self, x, rows, t, noise):
-        training = len(x) == 2 * FAST["batch_size"]
+        training = len(x) == 2 * cfg.batch_size
         if training == (phase == "training"):
             calls["n"] += 1
             if calls["n"] == 2:
@@ -152,8 +150,17 @@ def test_resume_after_ctrl_c_equals_an_uninterrupted_run(sd, tmp_path, monkeypat
 
     monkeypatch.setattr(TextToImage, "loss", loss_then_ctrl_c)
     with pytest.raises(Interrupted):
-        fit(sd, "amnesia", REQUEST, cfg, make_inputs("amnesia", checkpoint=ckpt), seed=3, progress=False)
+        fit(pipe, "amnesia", REQUEST, cfg, make_inputs("amnesia", checkpoint=ckpt), seed=3, progress=False)
     monkeypatch.setattr(TextToImage, "loss", real_loss)
+    assert calls["n"] == 2  # interrupted in that phase
+
+
+@pytest.mark.parametrize("phase", ["fisher", "training"])
+def test_resume_after_ctrl_c_equals_an_uninterrupted_run(sd, tmp_path, monkeypatch, phase):
+    cfg = config(steps=4, fisher_timesteps=3)  # a Fisher forward has 3 rows, a training step 4
+    whole = fit(sd, "amnesia", REQUEST, cfg, seed=3, progress=False)
+    ckpt = tmp_path / "run.ckpt"
+    interrupt_fit(sd, cfg, ckpt, monkeypatch, phase)
     inputs = make_inputs("amnesia", checkpoint=ckpt, resume=True)
     resumed = fit(sd, "amnesia", REQUEST, cfg, inputs, seed=3, progress=False)
     assert resumed.manifest["stats"] == whole.manifest["stats"]

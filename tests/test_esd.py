@@ -523,6 +523,16 @@ def test_a_stable_diffusion_run_trains_at_the_papers_rate(sd):
     assert edit.manifest["stats"]["lr"] == 1e-5
 
 
+def assert_same_edit(first, second, rtol=1e-4, atol=1e-6):
+    """The two edits change the same tensors by the same parts, within float tolerance."""
+    a = {c.target: c.parts() for c in first.changes()}
+    b = {c.target: c.parts() for c in second.changes()}
+    assert a.keys() == b.keys() and a
+    for key, parts in a.items():
+        for name, tensor in parts.items():
+            torch.testing.assert_close(b[key][name], tensor, rtol=rtol, atol=atol)
+
+
 def test_gradient_checkpointing_gives_the_same_edit(sd):
     """Recomputing activations in backward changes memory, not the result (float tolerance), and is switched off
     again after the fit."""
@@ -530,9 +540,4 @@ def test_gradient_checkpointing_gives_the_same_edit(sd):
     checkpointed = fit(sd, "esd", EditRequest(concepts=("cat",)), config(gradient_checkpointing=True), seed=0,
                        progress=False)  # fmt: skip
     assert not sd.unet.is_gradient_checkpointing
-    a = {c.target: c.parts() for c in plain.changes()}
-    b = {c.target: c.parts() for c in checkpointed.changes()}
-    assert a.keys() == b.keys() and a
-    for key, parts in a.items():
-        for name, tensor in parts.items():
-            torch.testing.assert_close(b[key][name], tensor, rtol=1e-4, atol=1e-6)
+    assert_same_edit(plain, checkpointed)

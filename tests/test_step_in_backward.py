@@ -3,17 +3,14 @@ the CPU, with the same optimiser state; Selective Amnesia's `--step-in-backward`
 checkpoint of the standard way, and leaves no hook behind."""
 
 import copy
-import os
-import signal
 
 import pytest
 import torch
+from test_amnesia import interrupt_fit
 
 from concept_edit import EditRequest, fit, make_config, make_inputs
 from concept_edit.methods.amnesia import fit as amnesia_fit
-from concept_edit.methods.amnesia.backends import TextToImage
 from concept_edit.step_in_backward import StepInBackward
-from concept_edit.training import Interrupted
 
 FAST = {"steps": 3, "lr": 1e-3, "batch_size": 2, "fisher_samples": 2, "fisher_timesteps": 4, "replay_samples": 3,
         "surrogate_samples": 2, "sampling_steps": 2, "surrogate": "uniform"}  # fmt: skip
@@ -138,32 +135,12 @@ def test_amnesia_step_in_backward_gives_the_same_edit_and_no_hook_stays(sd):
     assert_no_stepping_hook(sd)
 
 
-def interrupt_training(pipe, cfg, ckpt, monkeypatch):
-    """Fit with a checkpoint and Ctrl-C in the second training step (forget + replay rows: 2 x batch; a Fisher
-    forward has fisher_timesteps = 3 rows), so the checkpoint is one of training, not of the Fisher."""
-    calls = {"n": 0}
-    real_loss = TextToImage.loss
-
-    def loss_then_ctrl_c(self, x, rows, t, noise):
-        if len(x) == 2 * FAST["batch_size"]:
-            calls["n"] += 1
-            if calls["n"] == 2:
-                os.kill(os.getpid(), signal.SIGINT)
-        return real_loss(self, x, rows, t, noise)
-
-    monkeypatch.setattr(TextToImage, "loss", loss_then_ctrl_c)
-    with pytest.raises(Interrupted):
-        fit(pipe, "amnesia", REQUEST, cfg, make_inputs("amnesia", checkpoint=ckpt), seed=3, progress=False)
-    monkeypatch.setattr(TextToImage, "loss", real_loss)
-    assert calls["n"] == 2  # interrupted in training
-
-
 @pytest.mark.parametrize(("first", "then"), [(False, True), (True, False)])
 def test_a_checkpoint_of_either_way_resumes_in_the_other(sd, tmp_path, monkeypatch, first, then):
     cfg = {**FAST, "steps": 4, "fisher_timesteps": 3}
     whole = fit(sd, "amnesia", REQUEST, make_config("amnesia", **cfg), seed=3, progress=False)
     ckpt = tmp_path / "run.ckpt"
-    interrupt_training(sd, make_config("amnesia", **cfg, step_in_backward=first), ckpt, monkeypatch)
+    interrupt_fit(sd, make_config("amnesia", **cfg, step_in_backward=first), ckpt, monkeypatch, "training")
     assert_no_stepping_hook(sd)  # interrupted: no hook left either
     inputs = make_inputs("amnesia", checkpoint=ckpt, resume=True)
     resumed = fit(sd, "amnesia", REQUEST, make_config("amnesia", **cfg, step_in_backward=then), inputs, seed=3,
@@ -176,7 +153,7 @@ def test_a_checkpoint_of_either_way_resumes_in_the_other(sd, tmp_path, monkeypat
 def test_a_checkpoint_that_fails_to_load_leaves_no_hook(sd, tmp_path, monkeypatch):
     ckpt = tmp_path / "run.ckpt"
     cfg = make_config("amnesia", **{**FAST, "steps": 4, "fisher_timesteps": 3}, step_in_backward=True)
-    interrupt_training(sd, cfg, ckpt, monkeypatch)
+    interrupt_fit(sd, cfg, ckpt, monkeypatch, "training")
 
     def damaged(*args, **kwargs):
         raise ValueError("the checkpoint is damaged")
