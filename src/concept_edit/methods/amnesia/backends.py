@@ -101,9 +101,13 @@ class TextToImage(Diffusion):
         return names
 
     def loss(self, x, rows, timesteps, noise) -> torch.Tensor:
+        return self.loss_given(x, self.cond.take(rows), timesteps, noise)
+
+    def loss_given(self, x, cond: Conditions, timesteps, noise) -> torch.Tensor:
+        """`loss` with the conditioning given row by row (an adversarial prompt's, `amnesia.adversarial`)."""
         timesteps = timesteps.to(self.device)
         noisy = self.train_scheduler.add_noise(x, noise, timesteps)
-        out = predict_noise(self.unet, noisy.to(self.unet.dtype), timesteps, self.cond.take(rows)).float()
+        out = predict_noise(self.unet, noisy.to(self.unet.dtype), timesteps, cond).float()
         target = noise if self.prediction == "epsilon" else self.train_scheduler.get_velocity(x, noise, timesteps)
         return (out - target).pow(2).flatten(1).mean(1)
 

@@ -64,6 +64,26 @@ class AmnesiaConfig:
         },
     )
 
+    adversarial_steps: int = field(
+        default=0,
+        metadata={
+            "help": "inner soft-prompt attack steps per attack; the forget term also trains on the prompts it finds "
+            "(not in the paper: AdvUnlearn's adversarial training on SA's objective; 0: the paper's SA)"
+        },
+    )
+    attack_every: int = field(default=10, metadata={"help": "training steps between inner attacks"})
+    attack_tokens: int = field(default=1, metadata={"help": "free prefix tokens of the inner attack"})
+    attack_lr: float = field(default=1e-2, metadata={"help": "Adam step of the inner attack"})
+    adversarial_warmup: int | None = field(
+        default=None, metadata={"help": "first steps of plain SA, before the first attack (default: a third)"}
+    )
+    adversarial_share: float = field(
+        default=0.5, metadata={"help": "share of each step's forget rows conditioned on the adversarial prompt"}
+    )
+    concept_samples: int = field(
+        default=16, metadata={"help": "the concept's latents (drawn once by the original model) the attack fits"}
+    )
+
     def __post_init__(self) -> None:
         if self.surrogate is not None and (not isinstance(self.surrogate, str) or not self.surrogate.strip()):
             raise ValueError("surrogate must be 'uniform' or a prompt/class, got an empty text")
@@ -82,6 +102,13 @@ class AmnesiaConfig:
                 "surrogate_samples": {"low": 1, "integer": True, "optional": True},
                 "sampling_steps": {"low": 1, "integer": True, "optional": True},
                 "sampling_guidance": {"low": 0, "optional": True},
+                "adversarial_steps": {"low": 0, "integer": True},
+                "attack_every": {"low": 1, "integer": True},
+                "attack_tokens": {"low": 1, "high": 16, "integer": True},
+                "attack_lr": {"low": 0, "low_open": True},
+                "adversarial_warmup": {"low": 0, "integer": True, "optional": True},
+                "adversarial_share": {"low": 0, "high": 1, "low_open": True},
+                "concept_samples": {"low": 1, "integer": True},
             },
         )
         check_choice("parameters", self.parameters, GROUPS)
@@ -101,6 +128,8 @@ class AmnesiaConfig:
         for name, default in {**PAPER_DEFAULTS, **world_of(pipe).method_defaults("amnesia", pipe)}.items():
             if values[name] is None:
                 values[name] = default
+        if values["adversarial_warmup"] is None:
+            values["adversarial_warmup"] = values["steps"] // 3
         return values
 
 

@@ -64,6 +64,7 @@ import torch
 from concept_edit.edit import trainable
 from concept_edit.edit.state import combine, current_digest, named_tensors
 from concept_edit.io import kept_on_full_disk, save_tensors
+from concept_edit.methods.amnesia.adversarial import AdversarialPrompts, check_adversarial
 from concept_edit.methods.amnesia.backends import Data, backend_for
 from concept_edit.methods.amnesia.config import AmnesiaConfig, AmnesiaInputs  # noqa: F401
 from concept_edit.methods.amnesia.ewc import EWCPenalty
@@ -74,7 +75,7 @@ from concept_edit.methods.amnesia.fisher import (
     vae_squared_gradients,
 )
 from concept_edit.methods.registry import EditRequest, _norm, register
-from concept_edit.models.conditioning import encode_conditions
+from concept_edit.models.conditioning import Conditions, encode_conditions
 from concept_edit.models.loading import model_info
 from concept_edit.processes import Group, check_device, process_group, share
 from concept_edit.step_in_backward import StepInBackward
@@ -111,6 +112,7 @@ class _Plan:
     fisher: Data
     surrogate: Data | None
     replay_texts: list[str]  # what the replay and the Fisher samples were drawn for (prompts or classes)
+    concept: torch.Tensor | None = None  # the concept's latents by the original model (the inner attack's data)
 
 
 def _bare(text: str) -> str:
@@ -173,8 +175,12 @@ def _plan(pipe, backend_factory, request: EditRequest, values: dict, seed: int, 
     elif backend.kind == "text-to-image":  # uniform noise images, encoded once
         n = values["surrogate_samples"]
         surrogate_data = Data(backend.uniform(n, step_generator(seed, 0, 34)), torch.zeros(n, dtype=torch.long))
+    concept = None
+    if values["adversarial_steps"] > 0:  # rows cycle over the concepts (`AdversarialPrompts.concept_of`)
+        concept_rows = rows["forget"][torch.arange(values["concept_samples"]) % len(rows["forget"])]
+        concept = backend.generate(concept_rows, seed, 35, progress=progress)
     return backend, _Plan(getattr(backend, "cond", None), rows["forget"].to(backend.device), replay, fisher,
-                          surrogate_data, replay_texts)  # fmt: skip
+                          surrogate_data, replay_texts, concept)  # fmt: skip
 
 
 # -- Fisher: estimate, cache, reuse ---------------------------------------------------------------------------
@@ -337,6 +343,7 @@ def _check(pipe, request: EditRequest, values: dict) -> None:
             f"Selective Amnesia fine-tunes float32 master weights, but the model is loaded in {pipe.unet.dtype}; "
             "load it in float32 (--dtype float32)"
         )
+    check_adversarial(pipe, values, not class_conditional)
 
 
 def _train(optimizer, load_saved, run) -> None:
@@ -420,7 +427,10 @@ def fit_amnesia(pipe, request: EditRequest, config: AmnesiaConfig, inputs: Amnes
             optimizer = StepInBackward(params, lambda one: torch.optim.Adam(one, lr=values["lr"]), before)
         else:
             optimizer = torch.optim.Adam(params, lr=values["lr"])
-        state = {"losses": [], "start": 0}
+        state = {"losses": [], "start": 0, "attack_losses": []}
+        adversary = None
+        if values["adversarial_steps"] > 0:
+            adversary = AdversarialPrompts(pipe, backend, list(request.concepts), plan.concept, values)
 
         def load_saved() -> None:  # inside _train: a checkpoint that fails to load must not leave hooks behind
             if inputs.resume and checkpoint.exists():
@@ -430,6 +440,9 @@ def fit_amnesia(pipe, request: EditRequest, config: AmnesiaConfig, inputs: Amnes
                         p.copy_(v)
                 optimizer.load_state_dict(saved["optimizer"])
                 state.update(losses=list(saved["losses"]), start=saved["step"])
+                if adversary is not None:
+                    state["attack_losses"] = list(saved["attack_losses"])
+                    adversary.set_delta(saved["delta"])
 
         batch = values["batch_size"]
 
@@ -446,7 +459,17 @@ def fit_amnesia(pipe, request: EditRequest, config: AmnesiaConfig, inputs: Amnes
                 parts.append(plan.replay.take(torch.randint(len(plan.replay), (batch,), generator=gen)))
             rows = Data.cat(parts)
             t, noise = backend.draw(rows.x, gen)
-            losses = backend.loss(rows.x, rows.rows, t, noise)
+            shown = {}
+            if adversary is not None and step >= values["adversarial_warmup"]:
+                if (step - values["adversarial_warmup"]) % values["attack_every"] == 0:
+                    state["attack_losses"].append(adversary.attack(seed, step))
+                shown["attack"] = state["attack_losses"][-1]
+                # the first forget rows on [delta, concept]: concept k is row k + 1 of the conditioning
+                k = max(1, round(values["adversarial_share"] * batch))
+                cond = Conditions.cat([adversary.conditions((rows.rows[:k] - 1).cpu()), plan.cond.take(rows.rows[k:])])
+                losses = backend.loss_given(rows.x, cond, t, noise)
+            else:
+                losses = backend.loss(rows.x, rows.rows, t, noise)
             reduce = torch.mean if backend.reduction == "mean" else torch.sum
             forget_loss = reduce(losses[:batch])
             loss = forget_loss + values["gamma"] * reduce(losses[batch:]) if values["gamma"] > 0 else forget_loss
@@ -458,13 +481,16 @@ def fit_amnesia(pipe, request: EditRequest, config: AmnesiaConfig, inputs: Amnes
                 penalty.add_gradient_()
                 optimizer.step()
             state["losses"].append(loss.item())
-            return {"loss": state["losses"][-1], "forget": forget_loss.item()}
+            return {"loss": state["losses"][-1], "forget": forget_loss.item(), **shown}
 
         def save_fn(step: int) -> None:
             if checkpoint is None:
                 return
+            adversarial = {}
+            if adversary is not None:
+                adversarial = {"delta": adversary.delta, "attack_losses": state["attack_losses"]}
             save_checkpoint(checkpoint, step, run_config, kind="amnesia", trained=[p.detach() for p in params],
-                            optimizer=optimizer.state_dict(), losses=state["losses"])  # fmt: skip
+                            optimizer=optimizer.state_dict(), losses=state["losses"], **adversarial)  # fmt: skip
 
         try:
             _train(optimizer, load_saved, lambda: run_steps(
@@ -498,6 +524,9 @@ def fit_amnesia(pipe, request: EditRequest, config: AmnesiaConfig, inputs: Amnes
         "fisher_mean": float(sum(f.sum() for f in fisher) / sum(f.numel() for f in fisher)),
         "trained_parameters": len(keys),
     }
+    if values["adversarial_steps"] > 0:
+        tail_attack = state["attack_losses"][-max(1, len(state["attack_losses"]) // 10) :]
+        stats.update(attacks=len(state["attack_losses"]), final_attack_loss=sum(tail_attack) / len(tail_attack))
     log.info("amnesia: %d steps in %.1f s", values["steps"], time.perf_counter() - started)
     request_dict = request.to_dict()
     return tuned.edit(method="amnesia", config={**dataclasses.asdict(config), "resolved": values},
