@@ -17,7 +17,7 @@ from concept_edit.models.conditioning import encode_conditions
 from concept_edit.training import Interrupted, step_generator
 
 ADV = {"adversarial_steps": 3, "attack_every": 2, "adversarial_warmup": 1, "concept_samples": 2, "steps": 5,
-       "fisher_timesteps": 3}  # a Fisher forward has 3 rows, a training step 4, an attack step 2
+       "fisher_timesteps": 3}  # a Fisher forward has 3 rows, a training step 4 (6 with adversarial rows), an attack 2
 
 
 def test_the_inner_attack_lowers_its_own_loss_on_fixed_weights(sd):
@@ -41,12 +41,13 @@ def test_the_inner_attack_lowers_its_own_loss_on_fixed_weights(sd):
     assert score(adversary.delta) < score(start)
 
 
-def test_forget_rows_after_the_warm_up_are_conditioned_on_the_adversarial_prompt(sd, monkeypatch):
+def test_after_the_warm_up_more_forget_rows_are_conditioned_on_the_adversarial_prompt(sd, monkeypatch):
     seen = []
     real = TextToImage.loss_given
+    batch = FAST["batch_size"]
 
     def spy(self, x, cond, t, noise):
-        if len(x) == 2 * FAST["batch_size"]:  # a training step (forget + replay rows), not the attack's batch
+        if len(x) in (2 * batch, 3 * batch):  # a training step (forget, replay, adversarial rows), not an attack's
             seen.append(cond.embeds.detach().clone())
         return real(self, x, cond, t, noise)
 
@@ -63,17 +64,18 @@ def test_forget_rows_after_the_warm_up_are_conditioned_on_the_adversarial_prompt
     edit = fit(sd, "amnesia", REQUEST, config(**ADV), seed=0, progress=False)
     assert [s for s, _ in deltas] == [1, 3]  # after the warm-up, every attack_every steps
     assert edit.manifest["stats"]["attacks"] == 2
-    assert len(seen) == 5  # every step goes through loss_given; the warm-up step with the plain conditioning
+    assert [len(e) for e in seen] == [2 * batch] + [3 * batch] * 4  # the warm-up step is plain SA
     ids, mask, first = template_ids(sd, ["{} cat"], 1)
     plain = encode_conditions(sd, ["cat"]).embeds[0]
-    torch.testing.assert_close(seen[0][0], plain)  # step 0 (warm-up): the plain prompt
-    for step, embeds in enumerate(seen[1:], start=1):
+    for step, embeds in enumerate(seen):
+        torch.testing.assert_close(embeds[:batch], plain.expand(batch, -1, -1))  # SA's own forget rows stay plain
+        if step == 0:
+            continue
         delta = [d for s, d in deltas if s <= step][-1]
         with torch.no_grad():
             expected = encode_ids(sd, ids, mask, delta, first)[0]
-        torch.testing.assert_close(embeds[0], expected, atol=0, rtol=0)  # share 0.5 of 2 rows: the first
-        torch.testing.assert_close(embeds[1], plain)  # the other forget row stays plain
-        assert not torch.equal(embeds[0], plain)
+        torch.testing.assert_close(embeds[2 * batch :], expected.expand(batch, -1, -1), atol=0, rtol=0)
+        assert not torch.equal(expected, plain)
 
 
 def test_resume_after_ctrl_c_between_attacks_equals_an_uninterrupted_run(sd, tmp_path, monkeypatch):
@@ -105,8 +107,8 @@ def test_stepping_in_backward_is_the_same_adversarial_run(sd):
     """The attack differentiates its tokens only: no weight gradient, so no in-backward step fires during it."""
     standard = fit(sd, "amnesia", REQUEST, config(**ADV), seed=1, progress=False)
     inside = fit(sd, "amnesia", REQUEST, config(**ADV, step_in_backward=True), seed=1, progress=False)
-    plain = fit(sd, "amnesia", REQUEST, config(steps=ADV["steps"]), seed=1, progress=False)
-    for a, b, c in zip(standard.changes(), inside.changes(), plain.changes(), strict=True):
+    plain = fit(sd, "amnesia", REQUEST, config(**{**ADV, "adversarial_steps": 0}), seed=1, progress=False)
+    for a, b in zip(standard.changes(), inside.changes(), strict=True):
         torch.testing.assert_close(a.delta, b.delta, atol=0, rtol=0)
     assert any(not torch.equal(a.delta, c.delta) for a, c in zip(standard.changes(), plain.changes(), strict=True))
 
@@ -114,8 +116,8 @@ def test_stepping_in_backward_is_the_same_adversarial_run(sd):
 def test_bad_adversarial_settings_are_refused_before_anything_is_drawn(sd, sdxl, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="adversarial_steps must be >= 0"):
         config(adversarial_steps=-1)
-    with pytest.raises(ValueError, match="adversarial_share must be <= 1"):
-        config(adversarial_steps=1, adversarial_share=1.5)
+    with pytest.raises(ValueError, match="adversarial_weight must be > 0"):
+        config(adversarial_steps=1, adversarial_weight=0.0)
     drawn = []
     monkeypatch.setattr(TextToImage, "generate", lambda *a, **k: drawn.append(1))
     ckpt = make_inputs("amnesia", checkpoint=tmp_path / "c")

@@ -16,9 +16,9 @@ problem is put on SA's objective (eq. 4 of the SA paper, its forget term on the 
   `attack_lr`, every `attack_every` training steps, each attack starting from the last one's tokens (the first
   from random ordinary vocabulary tokens), as AdvUnlearn's official loop does; with several concepts one set
   of tokens is found against all of them together;
-* after `adversarial_warmup` steps of plain SA, a share `adversarial_share` of each step's forget rows is
-  conditioned on [delta*, c_f] (the rest on c_f, so the plain prompt keeps being remapped); their target is
-  the surrogate, as for the plain rows;
+* after `adversarial_warmup` steps of plain SA, each step has `batch_size` more forget rows, conditioned on
+  [delta*, c_f] with surrogate images as their data, their mean loss weighted by `adversarial_weight` beside
+  SA's own terms (the plain rows, drawn as in SA, keep remapping c_f itself);
 * the text encoder does not train (SA trains the UNet), so each attack's conditioning is encoded once.
 Only on a text-to-image model with one text encoder (the attack's input space): SDXL and the digits models are
 refused.

@@ -77,8 +77,9 @@ class AmnesiaConfig:
     adversarial_warmup: int | None = field(
         default=None, metadata={"help": "first steps of plain SA, before the first attack (default: a third)"}
     )
-    adversarial_share: float = field(
-        default=0.5, metadata={"help": "share of each step's forget rows conditioned on the adversarial prompt"}
+    adversarial_weight: float = field(
+        default=1.0,
+        metadata={"help": "weight of the forget term on the adversarial prompt (batch_size rows beside the plain)"},
     )
     concept_samples: int = field(
         default=16, metadata={"help": "the concept's latents (drawn once by the original model) the attack fits"}
@@ -107,7 +108,7 @@ class AmnesiaConfig:
                 "attack_tokens": {"low": 1, "high": 16, "integer": True},
                 "attack_lr": {"low": 0, "low_open": True},
                 "adversarial_warmup": {"low": 0, "integer": True, "optional": True},
-                "adversarial_share": {"low": 0, "high": 1, "low_open": True},
+                "adversarial_weight": {"low": 0, "low_open": True},
                 "concept_samples": {"low": 1, "integer": True},
             },
         )

@@ -459,20 +459,28 @@ def fit_amnesia(pipe, request: EditRequest, config: AmnesiaConfig, inputs: Amnes
                 parts.append(plan.replay.take(torch.randint(len(plan.replay), (batch,), generator=gen)))
             rows = Data.cat(parts)
             t, noise = backend.draw(rows.x, gen)
-            shown = {}
+            shown, adversarial_losses = {}, None
             if adversary is not None and step >= values["adversarial_warmup"]:
                 if (step - values["adversarial_warmup"]) % values["attack_every"] == 0:
                     state["attack_losses"].append(adversary.attack(seed, step))
                 shown["attack"] = state["attack_losses"][-1]
-                # the first forget rows on [delta, concept]: concept k is row k + 1 of the conditioning
-                k = max(1, round(values["adversarial_share"] * batch))
-                cond = Conditions.cat([adversary.conditions((rows.rows[:k] - 1).cpu()), plan.cond.take(rows.rows[k:])])
-                losses = backend.loss_given(rows.x, cond, t, noise)
+                # `batch` more forget rows, on [delta, concept], from their own stream (the plain rows stay SA's)
+                agen = step_generator(seed, step, 53)
+                concept = torch.randint(len(plan.forget_rows), (batch,), generator=agen)
+                adv_x = plan.surrogate.take(torch.randint(len(plan.surrogate), (batch,), generator=agen)).x
+                adv_t, adv_noise = backend.draw(adv_x, agen)
+                cond = Conditions.cat([plan.cond.take(rows.rows), adversary.conditions(concept)])
+                losses = backend.loss_given(torch.cat([rows.x, adv_x]), cond, torch.cat([t, adv_t]),
+                                            torch.cat([noise, adv_noise]))  # fmt: skip
+                losses, adversarial_losses = losses[: len(rows.x)], losses[len(rows.x) :]
             else:
                 losses = backend.loss(rows.x, rows.rows, t, noise)
             reduce = torch.mean if backend.reduction == "mean" else torch.sum
             forget_loss = reduce(losses[:batch])
             loss = forget_loss + values["gamma"] * reduce(losses[batch:]) if values["gamma"] > 0 else forget_loss
+            if adversarial_losses is not None:
+                shown["adversarial"] = reduce(adversarial_losses).item()
+                loss = loss + values["adversarial_weight"] * reduce(adversarial_losses)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.step_in_backward:
