@@ -844,10 +844,11 @@ def rece_tuning() -> str:
             + note + "\n\n" + table(header, rows))  # fmt: skip
 
 
-def advunlearn_tuning() -> str:
-    """AdvUnlearn's candidate options on the tuning seeds: the target, the others, each attack, fit time. Later runs
-    at another n carry their own unedited figures (`unedited` in the row): a line for it precedes them."""
-    d = load("advunlearn_tuning.json")
+def defence_tuning(method: str, name: str, target: str = "circle") -> str:
+    """A defence's candidate options on the tuning seeds (`benchmarks/defence_tuning.py`): the target, the others,
+    each attack, fit time. Later runs at another n carry their own unedited figures (`unedited` in the row): a
+    line for it precedes them."""
+    d = load(f"{name}.json")
     attacks = list(dict.fromkeys(a for r in d["rows"] for a in r["attacks"]))
     retain = {"others": "the other objects' names", "none": "the world's captions"}
 
@@ -864,13 +865,21 @@ def advunlearn_tuning() -> str:
              rate(r["target"]), rate(r["others"]), *(rate(r["attacks"][a]) if a in r["attacks"] else "–"
                                                      for a in attacks), f"{r['fit_s']:.0f}"]
         )  # fmt: skip
-    header = ["options", "retain set", "circle drawn", "other objects drawn", *(f"{a} success" for a in attacks),
+    header = ["options", "retain set", f"{target} drawn", "other objects drawn", *(f"{a} success" for a in attacks),
               "fit s"]  # fmt: skip
     note = (f"ShapesSD, n {d['n']} per object and per attack unless a row says otherwise, suite and attack seeds "
-            f"from {d['seed']}, training seed {d['train_seed']}; fit times on one thread beside two or three other "
-            f"runs. {d['note']}.")
-    return (source("python benchmarks/defence_tuning.py --method advunlearn --configs '...' --json",
-                   "advunlearn_tuning.json", "advunlearn_tuning.log") + "\n\n" + note + "\n\n" + table(header, rows))
+            f"from {d['seed']}, training seed {d['train_seed']}; fit times on one thread beside other runs. "
+            f"{d['note']}.")
+    return (source(f"python benchmarks/defence_tuning.py --method {method} --configs '...' --json",
+                   f"{name}.json", f"{name}.log") + "\n\n" + note + "\n\n" + table(header, rows))  # fmt: skip
+
+
+def advunlearn_tuning() -> str:
+    return defence_tuning("advunlearn", "advunlearn_tuning")
+
+
+def amnesia_adversarial_tuning() -> str:
+    return defence_tuning("amnesia", "amnesia_adversarial_tuning")
 
 
 def attack_budgets() -> str:
@@ -990,6 +999,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "attack_budgets": attack_budgets,
     "rece_tuning": rece_tuning,
     "advunlearn_tuning": advunlearn_tuning,
+    "amnesia_adversarial_tuning": amnesia_adversarial_tuning,
     "erasure_table": erasure_table,
     "erasure_summary": erasure_summary,
     "probe": probe_table,
