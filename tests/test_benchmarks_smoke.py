@@ -30,6 +30,9 @@ CASES = {
         "rows",
         False,
     ),
+    "advunlearn_parts.py": (
+        "--n 1 --budget 1 --options iterations=2,warmup=1,attack_steps=1,sampling_steps=2", "rows", True
+    ),
     "amnesia_speed.py": ("--smoke --samples 1 --timesteps 10", "speedup", False),
     "attack_budgets.py": ("--n 1 --budgets soft-prompt=1", "rows", True),
     "cad_amplify.py": ("--n 2 --ratios 0.1", "after", True),
