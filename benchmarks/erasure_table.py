@@ -86,6 +86,12 @@ VARIANTS = {
 }
 
 
+# AdvUnlearn-x as chosen on the tuning seeds on 2026-12-05 (advunlearn_tuning.json, run p): the retain loss summed
+# into each step over 16 retain trajectories, ESD's negative guidance 2, 250 iterations (100 of them warm-up); on
+# the tuning seeds circle 0/16, the others 108/112 (unedited 110/112), soft-prompt 4/16
+ADVUNLEARN_X_REG = {"modules": "x", "retain_mode": "reg", "retain_batch": 16, "iterations": 250, "eta": 2.0}
+
+
 def attack_columns() -> list[str]:
     return [*ATTACKS, *VARIANTS]
 
@@ -101,6 +107,7 @@ def erasure_rows() -> dict[str, tuple[str, dict]]:
         elif name == "advunlearn":  # the paper's text encoder, ESD-x's set, and its key/value projections only
             rows["advunlearn"], rows["advunlearn-x"] = ("advunlearn", {}), ("advunlearn", {"modules": "x"})
             rows["advunlearn-kv"] = ("advunlearn", {"modules": "kv"})
+            rows["advunlearn-x-reg"] = ("advunlearn", ADVUNLEARN_X_REG)
         else:
             rows[name] = (name, {})
     return rows
