@@ -5,7 +5,8 @@
         [--rows-file rows.jsonl]
 
 Every registered method that erases (`concept-edit methods`; ESD as its two variants ESD-x and ESD-u, AdvUnlearn
-as the paper's text encoder and as ESD-x's set, advunlearn-x) is
+as the paper's text encoder, as ESD-x's set (advunlearn-x, and advunlearn-x-reg with the options chosen on the
+tuning seeds for circle), and as the keys and values alone, advunlearn-kv) is
 fitted at its documented default (Selective Amnesia, which needs a surrogate on a text-to-image model,
 with the one `AMNESIA_SURROGATES` names for the concept) to each concept: an object ("circle"), a style
 ("striped") and the memorised "the acme logo". One row per (method, concept):
