@@ -86,7 +86,7 @@ def test_resume_after_ctrl_c_between_attacks_equals_an_uninterrupted_run(sd, tmp
 
     def attack_then_ctrl_c(self, seed, step):
         calls["n"] += 1
-        if calls["n"] == 2:  # the second attack: the checkpoint holds the first one's tokens
+        if calls["n"] == 1:  # stop after the step of the first attack: the resumed run's attack starts from its tokens
             os.kill(os.getpid(), signal.SIGINT)
         return real_attack(self, seed, step)
 
@@ -95,7 +95,7 @@ def test_resume_after_ctrl_c_between_attacks_equals_an_uninterrupted_run(sd, tmp
     with pytest.raises(Interrupted):
         fit(sd, "amnesia", REQUEST, cfg, make_inputs("amnesia", checkpoint=ckpt), seed=3, progress=False)
     monkeypatch.setattr(AdversarialPrompts, "attack", real_attack)
-    assert calls["n"] == 2
+    assert calls["n"] == 1
     resumed = fit(sd, "amnesia", REQUEST, cfg, make_inputs("amnesia", checkpoint=ckpt, resume=True), seed=3,
                   progress=False)  # fmt: skip
     assert resumed.manifest["stats"] == whole.manifest["stats"]
@@ -125,7 +125,16 @@ def test_bad_adversarial_settings_are_refused_before_anything_is_drawn(sd, sdxl,
         fit(sd, "amnesia", REQUEST, config(**{**ADV, "adversarial_warmup": 5}), ckpt, progress=False)
     with pytest.raises(ValueError, match="two"):
         fit(sdxl, "amnesia", REQUEST, config(**ADV), ckpt, progress=False)
-    digits = tiny_vae_model()
+    with pytest.raises(ValueError, match="fewer than the 2 concepts"):
+        two = EditRequest(concepts=("cat", "fox"), preserve=REQUEST.preserve)
+        fit(sd, "amnesia", two, config(**{**ADV, "concept_samples": 1}), ckpt, progress=False)
+    long = EditRequest(concepts=(" ".join(["cat"] * 10),), preserve=REQUEST.preserve)  # 12 of the 16 tokens
+    fit_plain = config(**{**ADV, "adversarial_steps": 0, "steps": 1})
+    with pytest.raises(ValueError, match="does not fit"):
+        fit(sd, "amnesia", long, config(**{**ADV, "attack_tokens": 16}), ckpt, progress=False)
+    assert not drawn and not list(tmp_path.iterdir())
+    monkeypatch.undo()
+    fit(sd, "amnesia", long, fit_plain, progress=False)  # plain SA takes that concept: the free tokens did not fit
+    digits = tiny_vae_model()  # the digits models draw with their own backend: refused by its kind
     with pytest.raises(ValueError, match="needs a text-to-image model"):
         fit(digits, "amnesia", EditRequest(concepts=("3",)), config(**ADV), ckpt, progress=False)
-    assert not drawn and not list(tmp_path.iterdir())

@@ -853,7 +853,8 @@ def defence_tuning(method: str, name: str, target: str = "circle") -> str:
     retain = {"others": "the other objects' names", "none": "the world's captions"}
 
     def unedited(figures: dict, n: int) -> list[str]:
-        return [f"unedited (n {n})", "", rate(figures["target"]), rate(figures["others"]), *("" for _ in attacks), ""]
+        return ["", f"unedited (n {n})", "", rate(figures["target"]), rate(figures["others"]),
+                *("" for _ in attacks), ""]  # fmt: skip
 
     rows, shown = [unedited(d["unedited"], d["n"])], d["unedited"]
     for r in d["rows"]:
@@ -861,12 +862,13 @@ def defence_tuning(method: str, name: str, target: str = "circle") -> str:
             shown = r["unedited"]
             rows.append(unedited(shown, r["n"]))
         rows.append(
-            [", ".join(f"{k} {v}" for k, v in r["options"].items()) or "defaults", retain[r["preserve"]],
+            [r.get("run", ""), ", ".join(f"{k} {v}" for k, v in r["options"].items()) or "defaults",
+             retain[r["preserve"]],
              rate(r["target"]), rate(r["others"]), *(rate(r["attacks"][a]) if a in r["attacks"] else "–"
                                                      for a in attacks), f"{r['fit_s']:.0f}"]
         )  # fmt: skip
-    header = ["options", "retain set", f"{target} drawn", "other objects drawn", *(f"{a} success" for a in attacks),
-              "fit s"]  # fmt: skip
+    header = ["run", "options", "retain set", f"{target} drawn", "other objects drawn",
+              *(f"{a} success" for a in attacks), "fit s"]  # fmt: skip
     note = (f"ShapesSD, n {d['n']} per object and per attack unless a row says otherwise, suite and attack seeds "
             f"from {d['seed']}, training seed {d['train_seed']}; fit times on one thread beside other runs. "
             f"{d['note']}.")

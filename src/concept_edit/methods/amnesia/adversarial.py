@@ -34,8 +34,9 @@ from concept_edit.models.prompts import concept_ids
 from concept_edit.training import step_generator, step_rng
 
 
-def check_adversarial(pipe, values: dict, text_to_image: bool) -> None:
-    """Refuse adversarial training where there is no single text encoder to attack, and settings that never attack."""
+def check_adversarial(pipe, values: dict, text_to_image: bool, concepts: list[str]) -> None:
+    """Refuse, before anything is drawn: no single text encoder to attack, settings that never attack, fewer concept
+    samples than concepts, a concept that does not fit the tokenizer with the free tokens."""
     if values["adversarial_steps"] == 0:
         return
     if not text_to_image:
@@ -47,6 +48,12 @@ def check_adversarial(pipe, values: dict, text_to_image: bool) -> None:
             f"--adversarial-warmup {values['adversarial_warmup']} is not below --steps {values['steps']}: the "
             "inner attack would never run"
         )
+    if values["concept_samples"] < len(concepts):
+        raise ValueError(
+            f"--concept-samples {values['concept_samples']} is fewer than the {len(concepts)} concepts: the attack "
+            "needs latents of each"
+        )
+    template_ids(pipe, ["{} " + c for c in concepts], values["attack_tokens"])  # ValueError if it does not fit
 
 
 class AdversarialPrompts:

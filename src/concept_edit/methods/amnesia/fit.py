@@ -343,7 +343,7 @@ def _check(pipe, request: EditRequest, values: dict) -> None:
             f"Selective Amnesia fine-tunes float32 master weights, but the model is loaded in {pipe.unet.dtype}; "
             "load it in float32 (--dtype float32)"
         )
-    check_adversarial(pipe, values, not class_conditional)
+    check_adversarial(pipe, values, not class_conditional, list(request.concepts))
 
 
 def _train(optimizer, load_saved, run) -> None:
@@ -442,7 +442,8 @@ def fit_amnesia(pipe, request: EditRequest, config: AmnesiaConfig, inputs: Amnes
                 state.update(losses=list(saved["losses"]), start=saved["step"])
                 if adversary is not None:
                     state["attack_losses"] = list(saved["attack_losses"])
-                    adversary.set_delta(saved["delta"])
+                    delta = saved["delta"]  # read on the CPU: the attack runs where the model is
+                    adversary.set_delta(delta.to(pipe.device) if delta is not None else None)
 
         batch = values["batch_size"]
 
