@@ -862,7 +862,8 @@ def defence_tuning(method: str, name: str, target: str = "circle") -> str:
             shown = r["unedited"]
             rows.append(unedited(shown, r["n"]))
         rows.append(
-            [r.get("run", ""), ", ".join(f"{k} {v}" for k, v in r["options"].items()) or "defaults",
+            [r.get("run", ""), (", ".join(f"{k} {v}" for k, v in r["options"].items()) or "defaults")
+             + (f" (training seed {r['train_seed']})" if "train_seed" in r else ""),
              retain[r["preserve"]],
              rate(r["target"]), rate(r["others"]), *(rate(r["attacks"][a]) if a in r["attacks"] else "–"
                                                      for a in attacks), f"{r['fit_s']:.0f}"]
