@@ -123,6 +123,13 @@ def token_embeddings(pipe) -> torch.Tensor:
     return pipe.text_encoder.get_input_embeddings().weight
 
 
+def random_token_embeddings(pipe, allowed: torch.Tensor, count: int, rng) -> torch.Tensor:
+    """Embeddings (1, count, dim) of `count` tokens picked by the numpy generator `rng` from the `allowed` ids: the
+    starting point of an attack inside a defence (AdvUnlearn's `init_adv`)."""
+    ids = allowed[torch.as_tensor(rng.choice(len(allowed), count))].to(pipe.device)
+    return token_embeddings(pipe).detach()[ids].float().unsqueeze(0).clone()
+
+
 def nearest_tokens(pipe, free: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     """For each free embedding (..., dim), the allowed vocabulary id of highest cosine similarity (P4D's projection)."""
     table = token_embeddings(pipe).detach().float()[allowed.to(token_embeddings(pipe).device)]

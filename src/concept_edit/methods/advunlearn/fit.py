@@ -65,7 +65,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from concept_edit.attacks.encoder import encode_ids, frozen, prompt_ids, template_ids, token_embeddings, vocabulary
+from concept_edit.attacks.encoder import (
+    encode_ids,
+    frozen,
+    prompt_ids,
+    random_token_embeddings,
+    template_ids,
+    vocabulary,
+)
 from concept_edit.edit import trainable
 from concept_edit.methods.advunlearn.config import AdvUnlearnConfig, AdvUnlearnInputs
 from concept_edit.methods.esd.fit import OFFICIAL_STEPS, _frozen_view, esd_target, variant_parameters
@@ -233,9 +240,7 @@ class _Trainer:
 
     def random_tokens(self, seed: int, step: int) -> torch.Tensor:
         """The first attack's start: embeddings of random ordinary vocabulary tokens (official `init_adv`)."""
-        picks = step_rng(seed, step, 5).choice(len(self.allowed), self.config.attack_tokens)
-        ids = self.allowed[torch.as_tensor(picks)]
-        return token_embeddings(self.pipe).detach()[ids.to(self.pipe.device)].float().unsqueeze(0).clone()
+        return random_token_embeddings(self.pipe, self.allowed, self.config.attack_tokens, step_rng(seed, step, 5))
 
     def attack(self, pool: _Pool, start: torch.Tensor, concept: int, steps: int, lr: float, seed: int, step: int):
         """The inner attack on the weights as they are: `steps` Adam steps on delta; returns (delta, last loss)."""

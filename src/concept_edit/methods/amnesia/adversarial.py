@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from concept_edit.attacks.encoder import encode_ids, frozen, template_ids, token_embeddings, vocabulary
+from concept_edit.attacks.encoder import encode_ids, frozen, random_token_embeddings, template_ids, vocabulary
 from concept_edit.models.conditioning import Conditions
 from concept_edit.models.prompts import concept_ids
 from concept_edit.training import step_generator, step_rng
@@ -73,9 +73,7 @@ class AdversarialPrompts:
         return Conditions(encode_ids(self.pipe, self.ids[rows], self.mask[rows], free, self.first[rows]))
 
     def _random_tokens(self, seed: int, step: int) -> torch.Tensor:
-        picks = step_rng(seed, step, 52).choice(len(self.allowed), self.values["attack_tokens"])
-        ids = self.allowed[torch.as_tensor(picks)].to(self.pipe.device)
-        return token_embeddings(self.pipe).detach()[ids].float().unsqueeze(0).clone()
+        return random_token_embeddings(self.pipe, self.allowed, self.values["attack_tokens"], step_rng(seed, step, 52))
 
     def attack(self, seed: int, step: int) -> float:
         """`adversarial_steps` Adam steps on delta against the weights as they are; returns the last attack loss."""
