@@ -219,6 +219,9 @@ BAD = [
     ({}, EditRequest(concepts=("cat",), preserve=("a dog", "two cats")), "names the erased concept"),
     ({}, EditRequest(concepts=("cat",)), "retain prompts"),
     ({}, EditRequest(concepts=("cat",), guide="dog", preserve=("a tree",)), "guide"),
+    ({"null_space": 0.9}, REQUEST, "modules x or kv"),  # the text encoder (the default modules)
+    ({"modules": "x", "null_space": 1.0}, REQUEST, "below 1"),
+    ({"modules": "x", "null_space": -0.1}, REQUEST, "null_space"),
 ]
 
 
@@ -241,3 +244,29 @@ def test_gradient_checkpointing_gives_the_same_edit(sd):
     checkpointed = fit(sd, "advunlearn", REQUEST, config(gradient_checkpointing=True), seed=0, progress=False)
     assert not sd.unet.is_gradient_checkpointing
     assert_same_edit(plain, checkpointed)
+
+
+def test_null_space_keeps_the_retain_and_empty_prompts_keys_and_values(sd):
+    """AlphaEdit's projection: every key/value change maps the retain and empty prompts' token embeddings (the
+    directions holding the share) to zero, checked against a float64 eigendecomposition of their Gram matrix;
+    the concept's own keys still move, and the query/output projections are left free."""
+    from concept_edit.models.conditioning import encode_conditions
+
+    embeds = encode_conditions(sd, ["", *REQUEST.preserve]).embeds.double().reshape(-1, sd.text_encoder.config.hidden_size)
+    values, vectors = np.linalg.eigh((embeds.T @ embeds).numpy())  # independent of the SVD the code uses
+    order = np.argsort(values)[::-1]
+    energy = np.cumsum(values[order]) / values.sum()
+    k = int((energy < 0.999).sum()) + 1
+    held = torch.from_numpy(vectors[:, order[:k]].copy())  # dim x k
+    edit = fit(sd, "advunlearn", REQUEST, config(modules="x", null_space=0.999), progress=False)
+    assert edit.manifest["stats"]["null_space_rank"] == k < embeds.shape[1]
+    concept = encode_conditions(sd, ["cat"]).embeds.double().reshape(-1, embeds.shape[1])
+    kv = [c for c in edit.changes() if ".to_k." in c.target or ".to_v." in c.target]
+    assert kv and any(".to_q." in c.target or ".to_out." in c.target for c in edit.changes())
+    for change in kv:
+        delta = change.delta.double()
+        assert (delta @ held).abs().max() <= 1e-5 * delta.abs().max()
+        assert (delta @ concept.T).abs().max() > 1e-3 * delta.abs().max() * concept.norm(dim=1).max()
+    free = fit(sd, "advunlearn", REQUEST, config(modules="x"), progress=False)  # without: the held directions move
+    assert max((c.delta.double() @ held).abs().max() / c.delta.abs().max() for c in free.changes()
+               if ".to_k." in c.target or ".to_v." in c.target) > 1e-2  # fmt: skip

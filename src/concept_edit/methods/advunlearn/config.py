@@ -69,6 +69,14 @@ class AdvUnlearnConfig:
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "recompute the UNet's activations in backward (saves memory)"}
     )
+    null_space: float = field(
+        default=0.0,
+        metadata={
+            "help": "not in the paper (AlphaEdit's projection): keep each key/value update off the directions that "
+            "hold this share of the retain and empty prompts' text-embedding energy, so that their keys and "
+            "values stay as they were (0: off; modules x or kv)"
+        },
+    )
 
     def __post_init__(self) -> None:
         check_fields(
@@ -88,10 +96,18 @@ class AdvUnlearnConfig:
                 "sampling_guidance": {"low": 0},
                 "pool_trajectories": {"low": 1, "integer": True},
                 "refresh_every": {"low": 1, "integer": True},
+                "null_space": {"low": 0, "high": 1},
             },
         )
         for name, allowed in (("modules", MODULES), ("retain_mode", RETAIN_MODES), ("attack_init", ATTACK_INITS)):
             check_choice(name, getattr(self, name), allowed)
+        if self.null_space == 1:
+            raise ValueError("null_space must be below 1: every direction held fixed leaves nothing to train")
+        if self.null_space and self.modules == "text-encoder":
+            raise ValueError(
+                "--null-space constrains the cross-attention key/value updates; it needs --modules x or kv "
+                "(the text encoder's layers read no fixed text embedding)"
+            )
 
     def resolved(self, tuned: dict) -> dict:
         """lr, iterations, warmup, attack_steps, attack_lr and retain_weight: the option, else the world's tuned

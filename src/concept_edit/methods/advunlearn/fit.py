@@ -75,6 +75,7 @@ from concept_edit.attacks.encoder import (
 )
 from concept_edit.edit import trainable
 from concept_edit.methods.advunlearn.config import AdvUnlearnConfig, AdvUnlearnInputs
+from concept_edit.methods.advunlearn.null_space import KeyValueProjection
 from concept_edit.methods.esd.fit import OFFICIAL_STEPS, _frozen_view, esd_target, variant_parameters
 from concept_edit.methods.registry import EditRequest, register
 from concept_edit.models.conditioning import Conditions, encode_conditions, predict_noise
@@ -293,6 +294,9 @@ def fit_advunlearn(pipe, request: EditRequest, config: AdvUnlearnConfig, inputs:
         view = _frozen_view(unet, tuned, lora=False) if config.modules != "text-encoder" else None
         trainer = _Trainer(pipe, request, config, unet, view, retain)
         optimizer = torch.optim.Adam(tuned.parameters, lr=chosen["lr"])
+        # the rows from the empty prompt on: "", then the retain prompts
+        project = KeyValueProjection(pipe, tuned, keys, trainer.original.embeds[trainer.uncond_row :],
+                                     config.null_space) if config.null_space else None  # fmt: skip
         state = {"pool": None, "delta": None, "concept": 0, "losses": [], "attack_losses": [], "retain_losses": []}
         start = 0
         if inputs.resume:
@@ -311,6 +315,11 @@ def fit_advunlearn(pipe, request: EditRequest, config: AdvUnlearnConfig, inputs:
             if start > chosen["iterations"]:
                 raise ValueError(f"the checkpoint is at iteration {start}, past --iterations {chosen['iterations']}")
             log.info("resumed advunlearn from %s at iteration %d", inputs.checkpoint, start)
+
+        def optimizer_step() -> None:
+            optimizer.step()
+            if project is not None:
+                project()
 
         def step_fn(step: int) -> dict[str, float]:
             if state["pool"] is None or step % config.refresh_every == 0:
@@ -337,14 +346,14 @@ def fit_advunlearn(pipe, request: EditRequest, config: AdvUnlearnConfig, inputs:
             if config.retain_mode == "reg":
                 retain_loss = trainer.retain_loss(pool, seed, step)
                 (loss + chosen["retain_weight"] * retain_loss).backward()
-                optimizer.step()
+                optimizer_step()
             else:
                 loss.backward()
-                optimizer.step()
+                optimizer_step()
                 optimizer.zero_grad(set_to_none=True)
                 retain_loss = trainer.retain_loss(pool, seed, step)
                 (chosen["retain_weight"] * retain_loss).backward()
-                optimizer.step()
+                optimizer_step()
             state["losses"].append(loss.item())
             state["retain_losses"].append(retain_loss.item())
             return {"loss": state["losses"][-1], "retain": state["retain_losses"][-1]}
@@ -384,6 +393,7 @@ def fit_advunlearn(pipe, request: EditRequest, config: AdvUnlearnConfig, inputs:
 
     stats = {**chosen, "final_loss": tail(state["losses"]), "final_retain_loss": tail(state["retain_losses"]),
              "final_attack_loss": tail(state["attack_losses"]), "attacks": len(state["attack_losses"]),
-             "retain_prompts": len(retain), "trained_parameters": len(keys)}  # fmt: skip
+             "retain_prompts": len(retain), "trained_parameters": len(keys),
+             "null_space_rank": project.rank if project is not None else None}  # fmt: skip
     return tuned.edit(method="advunlearn", config=dataclasses.asdict(config), request=request.to_dict(), seed=seed,
                       stats=stats)  # fmt: skip

@@ -1,0 +1,56 @@
+"""AlphaEdit's null-space constraint on AdvUnlearn's cross-attention key/value updates (not in AdvUnlearn's paper).
+
+AlphaEdit (Fang et al., ICLR 2025, its eq. 7-9) projects a layer's update Delta onto the null space of the keys K0
+of what must be preserved: Delta P with P = I - U U^T, U the eigenvectors of K0 K0^T whose eigenvalues are not
+negligible, so that (W + Delta P) K0 = W K0 and the preserved outputs are unchanged by construction. Here the
+layers are the UNet's cross-attention key and value projections, whose inputs are the text encoder's token
+embeddings: K0 holds every token embedding (padding included: the UNet attends to all of them) of the retain
+prompts and of the empty prompt (classifier-free guidance's unconditional branch, which every prompt's image
+uses). U is the fewest right singular vectors holding `share` of K0's energy (sum of squared singular values; a
+scale-free form of AlphaEdit's eigenvalue threshold). After every optimiser step the trained key/value weights
+are set to W0 + (W - W0) P, so the constraint holds exactly whatever Adam did; a key/value bias, where a model
+has one, is held at its original value (its change would move every prompt's keys). The query and output
+projections of ESD's x set read image features, which no prompt list spans: they are not constrained.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from concept_edit.methods.esd.fit import variant_parameters
+from concept_edit.models.targets import get_parameter
+
+
+def retain_projector(embeds: torch.Tensor, share: float) -> tuple[torch.Tensor, int]:
+    """(P, k): P = I - V_k^T V_k (float64, dim x dim) for the token embeddings `embeds` (..., dim), V_k their
+    first k right singular vectors, k the fewest holding `share` of the energy."""
+    x = embeds.reshape(-1, embeds.shape[-1]).detach().to("cpu", torch.float64)
+    _, singular, vh = torch.linalg.svd(x, full_matrices=False)
+    energy = (singular**2).cumsum(0) / (singular**2).sum()
+    k = min(int((energy < share).sum()) + 1, len(singular))
+    basis = vh[:k]
+    return torch.eye(x.shape[1], dtype=torch.float64) - basis.T @ basis, k
+
+
+class KeyValueProjection:
+    """Holds the trained key/value weights at W0 + (W - W0) P (`__call__` after each optimiser step)."""
+
+    def __init__(self, pipe, tuned, keys: list[str], embeds: torch.Tensor, share: float):
+        projector, self.rank = retain_projector(embeds, share)
+        kv = set(variant_parameters(pipe, "kv")) & set(keys)
+        self.weights, self.biases = [], []
+        for key in sorted(kv):
+            param = get_parameter(pipe, key)
+            if key.endswith(".weight"):
+                self.weights.append((param, projector.to(param.device, torch.float32)))
+            else:
+                self.biases.append(param)
+        self.tuned = tuned
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        for param, projector in self.weights:
+            original = self.tuned.original(param, torch.float32)
+            param.copy_(original + (param.float() - original) @ projector)
+        for param in self.biases:
+            param.copy_(self.tuned.original(param))
