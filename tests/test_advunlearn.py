@@ -252,7 +252,8 @@ def test_null_space_keeps_the_retain_and_empty_prompts_keys_and_values(sd):
     the concept's own keys still move, and the query/output projections are left free."""
     from concept_edit.models.conditioning import encode_conditions
 
-    embeds = encode_conditions(sd, ["", *REQUEST.preserve]).embeds.double().reshape(-1, sd.text_encoder.config.hidden_size)
+    dim = sd.text_encoder.config.hidden_size
+    embeds = encode_conditions(sd, ["", *REQUEST.preserve]).embeds.double().reshape(-1, dim)
     values, vectors = np.linalg.eigh((embeds.T @ embeds).numpy())  # independent of the SVD the code uses
     order = np.argsort(values)[::-1]
     energy = np.cumsum(values[order]) / values.sum()

@@ -18,6 +18,7 @@ from concept_edit.training import Interrupted, step_generator
 
 ADV = {"adversarial_steps": 3, "attack_every": 2, "adversarial_warmup": 1, "concept_samples": 2, "steps": 5,
        "fisher_timesteps": 3}  # a Fisher forward has 3 rows, a training step 4 (6 with adversarial rows), an attack 2
+PLAIN = {"steps": 5, "fisher_timesteps": 3}  # ADV's run without the attack (its options refused when it is off)
 
 
 def test_the_inner_attack_lowers_its_own_loss_on_fixed_weights(sd):
@@ -107,7 +108,7 @@ def test_stepping_in_backward_is_the_same_adversarial_run(sd):
     """The attack differentiates its tokens only: no weight gradient, so no in-backward step fires during it."""
     standard = fit(sd, "amnesia", REQUEST, config(**ADV), seed=1, progress=False)
     inside = fit(sd, "amnesia", REQUEST, config(**ADV, step_in_backward=True), seed=1, progress=False)
-    plain = fit(sd, "amnesia", REQUEST, config(**{**ADV, "adversarial_steps": 0}), seed=1, progress=False)
+    plain = fit(sd, "amnesia", REQUEST, config(**PLAIN), seed=1, progress=False)
     for a, b in zip(standard.changes(), inside.changes(), strict=True):
         torch.testing.assert_close(a.delta, b.delta, atol=0, rtol=0)
     assert any(not torch.equal(a.delta, c.delta) for a, c in zip(standard.changes(), plain.changes(), strict=True))
@@ -118,6 +119,8 @@ def test_bad_adversarial_settings_are_refused_before_anything_is_drawn(sd, sdxl,
         config(adversarial_steps=-1)
     with pytest.raises(ValueError, match="adversarial_weight must be > 0"):
         config(adversarial_steps=1, adversarial_weight=0.0)
+    with pytest.raises(ValueError, match="attack_tokens 3 does nothing"):  # the attack's options without the attack
+        config(attack_tokens=3)
     drawn = []
     monkeypatch.setattr(TextToImage, "generate", lambda *a, **k: drawn.append(1))
     ckpt = make_inputs("amnesia", checkpoint=tmp_path / "c")
@@ -129,7 +132,7 @@ def test_bad_adversarial_settings_are_refused_before_anything_is_drawn(sd, sdxl,
         two = EditRequest(concepts=("cat", "fox"), preserve=REQUEST.preserve)
         fit(sd, "amnesia", two, config(**{**ADV, "concept_samples": 1}), ckpt, progress=False)
     long = EditRequest(concepts=(" ".join(["cat"] * 10),), preserve=REQUEST.preserve)  # 12 of the 16 tokens
-    fit_plain = config(**{**ADV, "adversarial_steps": 0, "steps": 1})
+    fit_plain = config(**{**PLAIN, "steps": 1})
     with pytest.raises(ValueError, match="does not fit"):
         fit(sd, "amnesia", long, config(**{**ADV, "attack_tokens": 16}), ckpt, progress=False)
     assert not drawn and not list(tmp_path.iterdir())

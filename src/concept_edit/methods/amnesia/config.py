@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from concept_edit.methods.registry import CheckpointedInputs, describe, input_field
-from concept_edit.validation import check_choice, check_fields
+from concept_edit.validation import check_choice, check_fields, check_unused
 
 GROUPS = ("all", "x", "u")  # trained parameter groups (concept_edit.methods.amnesia.backends)
 
@@ -113,6 +113,13 @@ class AmnesiaConfig:
             },
         )
         check_choice("parameters", self.parameters, GROUPS)
+        if not self.adversarial_steps:
+            check_unused(
+                self,
+                ["attack_every", "attack_tokens", "attack_lr", "adversarial_warmup", "adversarial_weight",
+                 "concept_samples"],  # fmt: skip
+                "it sets the inner attack, which runs only with --adversarial-steps above 0",
+            )
 
     @property
     def concept_texts(self) -> tuple[tuple[str, str], ...]:
