@@ -52,6 +52,9 @@ How the inner attack's cost was kept down, and other departures:
 * each pool refresh draws max(`pool_trajectories`, `retain_batch`) retain prompts (with replacement) whose
   trajectories serve the retain steps until the next refresh; the official draws 5 fresh prompts every step.
 SDXL (two text encoders) is refused, as the soft-prompt attack is.
+Not in the paper: `null_space` holds every key/value update off the retain and empty prompts' token-embedding
+subspace after each optimiser step (AlphaEdit's projection, `null_space.py`), so their keys and values stay as they
+were; the query and output projections stay free.
 """
 
 from __future__ import annotations

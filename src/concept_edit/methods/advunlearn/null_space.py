@@ -39,10 +39,13 @@ class KeyValueProjection:
         projector, self.rank = retain_projector(embeds, share)
         kv = set(variant_parameters(pipe, "kv")) & set(keys)
         self.weights, self.biases = [], []
+        on_device = {}  # one float32 copy per device, shared by every layer (they all read the text embeddings)
         for key in sorted(kv):
             param = get_parameter(pipe, key)
             if key.endswith(".weight"):
-                self.weights.append((param, projector.to(param.device, torch.float32)))
+                if param.device not in on_device:
+                    on_device[param.device] = projector.to(param.device, torch.float32)
+                self.weights.append((param, on_device[param.device]))
             else:
                 self.biases.append(param)
         self.tuned = tuned
