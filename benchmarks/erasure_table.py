@@ -6,7 +6,8 @@
 
 Every registered method that erases (`concept-edit methods`; ESD as its two variants ESD-x and ESD-u, AdvUnlearn
 as the paper's text encoder, as ESD-x's set (advunlearn-x, and advunlearn-x-reg with the options chosen on the
-tuning seeds for circle), and as the keys and values alone, advunlearn-kv) is
+tuning seeds for circle, and advunlearn-x-null, those with the key/value updates held off the retain prompts'
+subspace), and as the keys and values alone, advunlearn-kv) is
 fitted at its documented default (Selective Amnesia, which needs a surrogate on a text-to-image model,
 with the one `AMNESIA_SURROGATES` names for the concept) to each concept: an object ("circle"), a style
 ("striped") and the memorised "the acme logo". One row per (method, concept):
@@ -91,6 +92,10 @@ VARIANTS = {
 # into each step over 16 retain trajectories, ESD's negative guidance 2, 250 iterations (100 of them warm-up); on
 # the tuning seeds circle 0/16, the others 108/112 (unedited 110/112), soft-prompt 4/16
 ADVUNLEARN_X_REG = {"modules": "x", "retain_mode": "reg", "retain_batch": 16, "iterations": 250, "eta": 2.0}
+# the same with its key/value updates held off the retain and empty prompts' embedding subspace (--null-space,
+# AlphaEdit's projection), 3 attack tokens and lr 4.5e-4, chosen on the tuning seeds on 2026-12-05 (advunlearn_tuning
+# run ab, training seed 5000): circle 0/16, the others 109/112 (unedited 110/112), soft-prompt 2/16
+ADVUNLEARN_X_NULL = {**ADVUNLEARN_X_REG, "null_space": 0.95, "attack_tokens": 3, "lr": 4.5e-4}
 
 
 def attack_columns() -> list[str]:
@@ -109,6 +114,7 @@ def erasure_rows() -> dict[str, tuple[str, dict]]:
             rows["advunlearn"], rows["advunlearn-x"] = ("advunlearn", {}), ("advunlearn", {"modules": "x"})
             rows["advunlearn-kv"] = ("advunlearn", {"modules": "kv"})
             rows["advunlearn-x-reg"] = ("advunlearn", ADVUNLEARN_X_REG)
+            rows["advunlearn-x-null"] = ("advunlearn", ADVUNLEARN_X_NULL)
         else:
             rows[name] = (name, {})
     return rows
