@@ -138,9 +138,11 @@ def test_with_two_concepts_each_erasure_step_trains_on_the_concept_last_attacked
     assert {a for a, _ in seen["pairs"]} == {0, 1} and all(a == e for a, e in seen["pairs"])
 
 
-def test_resume_after_ctrl_c_equals_an_uninterrupted_run(sd, tmp_path, monkeypatch):
-    """Interrupted during iteration 4 of 7: the pool refreshed at 3 and the latest adversarial tokens restored."""
-    cfg = config(iterations=7)
+@pytest.mark.parametrize("options", [{}, {"modules": "x", "null_space": 0.9}], ids=["text-encoder", "x-null-space"])
+def test_resume_after_ctrl_c_equals_an_uninterrupted_run(sd, tmp_path, monkeypatch, options):
+    """Interrupted during iteration 4 of 7: the pool refreshed at 3 and the latest adversarial tokens restored
+    (and with --null-space, the projection rebuilt from the same retain prompts)."""
+    cfg = config(iterations=7, **options)
     whole = fit(sd, "advunlearn", REQUEST, cfg, seed=3, progress=False)
     ckpt = tmp_path / "run.ckpt"
     calls = {"n": 0}
