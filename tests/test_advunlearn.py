@@ -273,3 +273,13 @@ def test_null_space_keeps_the_retain_and_empty_prompts_keys_and_values(sd):
     free = fit(sd, "advunlearn", REQUEST, config(modules="x"), progress=False)  # without: the held directions move
     assert max((c.delta.double() @ held).abs().max() / c.delta.abs().max() for c in free.changes()
                if ".to_k." in c.target or ".to_v." in c.target) > 1e-2  # fmt: skip
+
+
+def test_null_space_holding_every_direction_is_refused_before_training(sd):
+    from concept_edit.methods.advunlearn.null_space import KeyValueProjection
+
+    dim = sd.text_encoder.config.hidden_size
+    full_rank = torch.randn(4, 3 * dim, dim, generator=torch.Generator().manual_seed(0))
+    keys = adv.trained_parameters(sd, "kv")
+    with pytest.raises(ValueError, match=f"holds all {dim} directions"):
+        KeyValueProjection(sd, None, keys, full_rank, 1 - 1e-12)

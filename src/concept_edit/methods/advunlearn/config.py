@@ -96,13 +96,15 @@ class AdvUnlearnConfig:
                 "sampling_guidance": {"low": 0},
                 "pool_trajectories": {"low": 1, "integer": True},
                 "refresh_every": {"low": 1, "integer": True},
-                "null_space": {"low": 0, "high": 1},
+                "null_space": {"low": 0},
             },
         )
         for name, allowed in (("modules", MODULES), ("retain_mode", RETAIN_MODES), ("attack_init", ATTACK_INITS)):
             check_choice(name, getattr(self, name), allowed)
-        if self.null_space == 1:
-            raise ValueError("null_space must be below 1: every direction held fixed leaves nothing to train")
+        if self.null_space >= 1:
+            raise ValueError(
+                f"null_space must be below 1 (a share of the energy; 1 holds every direction), got {self.null_space}"
+            )
         if self.null_space and self.modules == "text-encoder":
             raise ValueError(
                 "--null-space constrains the cross-attention key/value updates; it needs --modules x or kv "
