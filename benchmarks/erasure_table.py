@@ -94,7 +94,8 @@ VARIANTS = {
 ADVUNLEARN_X_REG = {"modules": "x", "retain_mode": "reg", "retain_batch": 16, "iterations": 250, "eta": 2.0}
 # the same with its key/value updates held off the retain and empty prompts' embedding subspace (--null-space,
 # AlphaEdit's projection), 3 attack tokens and lr 4.5e-4, chosen on the tuning seeds on 2026-12-05 (advunlearn_tuning
-# run ab, training seed 5000): circle 0/16, the others 109/112 (unedited 110/112), soft-prompt 2/16
+# run ab, training seed 5000): circle 0/16, the others 109/112 (unedited 110/112), soft-prompt 2/16; at training
+# seeds 5001 and 5002 afterwards (runs ac, ad) 3/16 and 1/16, 106 and 109/112, 1/16 and 6/16
 ADVUNLEARN_X_NULL = {**ADVUNLEARN_X_REG, "null_space": 0.95, "attack_tokens": 3, "lr": 4.5e-4}
 
 
