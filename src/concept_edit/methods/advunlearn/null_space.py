@@ -47,15 +47,16 @@ class KeyValueProjection:
             )
         kv = set(variant_parameters(pipe, "kv")) & set(keys)
         weights = set(variant_parameters(pipe, "kv", weights_only=True)) & kv
-        self.weights, self.biases = [], []
+        self.weights = []
         on_device = {}  # one copy per device, shared by every layer (they all read the text embeddings)
         for key in sorted(weights):
             param = get_parameter(pipe, key)
             # float64: the product stays exact whatever a GPU's float32 matmul mode (TF32) is
-            projector_here = on_device.setdefault(param.device, projector.to(param.device))
-            # the original on the weight's device once, not copied there at every step
-            self.weights.append((param, tuned.original(param, torch.float32).clone(), projector_here))
-        self.biases = [(p, tuned.original(p).clone()) for p in (get_parameter(pipe, k) for k in sorted(kv - weights))]
+            if param.device not in on_device:
+                on_device[param.device] = projector.to(param.device)
+            # the original on the weight's device once (read only), not copied there at every step
+            self.weights.append((param, tuned.original(param, torch.float32), on_device[param.device]))
+        self.biases = [(p, tuned.original(p)) for p in (get_parameter(pipe, k) for k in sorted(kv - weights))]
 
     @torch.no_grad()
     def __call__(self) -> None:
