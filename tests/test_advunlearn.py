@@ -118,7 +118,8 @@ def test_the_inner_attack_lowers_its_loss_on_the_current_weights(sd):
         assert all(p.requires_grad for p in tuned.parameters)  # the attack froze them only while it ran
 
 
-def test_with_two_concepts_each_erasure_step_trains_on_the_concept_last_attacked(sd, monkeypatch):
+@pytest.mark.parametrize("erase_batch", [1, 3])
+def test_with_two_concepts_each_erasure_step_trains_on_the_concept_last_attacked(sd, monkeypatch, erase_batch):
     seen = {"attacked": None, "pairs": []}
     real_attack, real_erase = adv._Trainer.attack, adv._Trainer.erase_loss
 
@@ -128,17 +129,19 @@ def test_with_two_concepts_each_erasure_step_trains_on_the_concept_last_attacked
 
     def erase(self, pool, i, delta):
         if delta is not None:
-            seen["pairs"].append((seen["attacked"], int(pool.concept[i])))
+            assert len(i) == len(set(i.tolist())) == erase_batch  # distinct samples, all of the attacked concept
+            seen["pairs"] += [(seen["attacked"], int(c)) for c in pool.concept[i]]
         return real_erase(self, pool, i, delta)
 
     monkeypatch.setattr(adv._Trainer, "attack", attack)
     monkeypatch.setattr(adv._Trainer, "erase_loss", erase)
     request = EditRequest(concepts=("cat", "dog"), preserve=("a tree",))
-    fit(sd, "advunlearn", request, config(iterations=8, attack_every=2), progress=False)
+    fit(sd, "advunlearn", request, config(iterations=8, attack_every=2, erase_batch=erase_batch), progress=False)
     assert {a for a, _ in seen["pairs"]} == {0, 1} and all(a == e for a, e in seen["pairs"])
 
 
-@pytest.mark.parametrize("options", [{}, {"modules": "x", "null_space": 0.9}], ids=["text-encoder", "x-null-space"])
+@pytest.mark.parametrize("options", [{}, {"modules": "x", "null_space": 0.9, "erase_batch": 3}],
+                         ids=["text-encoder", "x-null-space-batch"])
 def test_resume_after_ctrl_c_equals_an_uninterrupted_run(sd, tmp_path, monkeypatch, options):
     """Interrupted during iteration 4 of 7: the pool refreshed at 3 and the latest adversarial tokens restored
     (and with --null-space, the projection rebuilt from the same retain prompts)."""
@@ -224,6 +227,7 @@ BAD = [
     ({"null_space": 0.9}, REQUEST, "modules x or kv"),  # the text encoder (the default modules)
     ({"modules": "x", "null_space": 1.0}, REQUEST, "below 1"),
     ({"modules": "x", "null_space": -0.1}, REQUEST, "null_space"),
+    ({"erase_batch": 0}, REQUEST, "erase_batch"),
 ]
 
 

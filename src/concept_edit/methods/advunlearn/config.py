@@ -56,6 +56,13 @@ class AdvUnlearnConfig:
         default=None, metadata={"help": "weight of the retain (utility) loss (default: the paper's 1; ShapesSD: tuned)"}
     )
     retain_batch: int = field(default=5, metadata={"help": "retain prompts per step (official: 5)"})
+    erase_batch: int = field(
+        default=1,
+        metadata={
+            "help": "concept samples per erasure step, all under the same adversarial tokens (official: 1; more "
+            "average the step's gradient over timesteps and trajectories)"
+        },
+    )
     retain_mode: str = field(
         default="iter",
         metadata={"help": "iter: a separate retain step after each erasure step (official) | reg: one summed loss"},
@@ -92,6 +99,7 @@ class AdvUnlearnConfig:
                 "attack_every": {"low": 1, "integer": True},
                 "retain_weight": {"low": 0, "optional": True},
                 "retain_batch": {"low": 1, "integer": True},
+                "erase_batch": {"low": 1, "integer": True},
                 "sampling_steps": {"low": 1, "integer": True, "optional": True},
                 "sampling_guidance": {"low": 0},
                 "pool_trajectories": {"low": 1, "integer": True},

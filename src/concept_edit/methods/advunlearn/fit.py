@@ -263,11 +263,21 @@ class _Trainer:
                 optimizer.step()
         return delta.detach(), loss.item()
 
-    def erase_loss(self, pool: _Pool, i: int, delta: torch.Tensor | None) -> torch.Tensor:
-        rows = pool.concept[i : i + 1]
+    def erase_loss(self, pool: _Pool, i: torch.Tensor, delta: torch.Tensor | None) -> torch.Tensor:
+        """ESD's loss on pool samples `i` (indices), each under the same adversarial tokens, if any."""
+        rows = pool.concept[i]
         cond = self.encode("plain", rows) if delta is None else self.encode("adversarial", rows, delta)
-        pred = self.eps(pool.x[i : i + 1], pool.t[i : i + 1], cond)
-        return torch.nn.functional.mse_loss(pred, pool.target[i : i + 1])
+        pred = self.eps(pool.x[i], pool.t[i], cond)
+        return torch.nn.functional.mse_loss(pred, pool.target[i])
+
+    def erase_samples(self, rows: torch.Tensor, seed: int, step: int) -> torch.Tensor:
+        """`erase_batch` distinct samples among pool `rows` (one, as drawn before the option, at the default 1)."""
+        rng = step_rng(seed, step, 8)
+        if self.config.erase_batch == 1:
+            picks = [int(rng.integers(len(rows)))]
+        else:
+            picks = rng.choice(len(rows), min(self.config.erase_batch, len(rows)), replace=False).tolist()
+        return rows[torch.as_tensor(picks, device=rows.device)]
 
     def retain_loss(self, pool: _Pool, seed: int, step: int) -> torch.Tensor:
         pick = torch.as_tensor(step_rng(seed, step, 7).choice(len(pool.retain_x), self.config.retain_batch))
@@ -343,9 +353,9 @@ def fit_advunlearn(pipe, request: EditRequest, config: AdvUnlearnConfig, inputs:
             rows = torch.nonzero(pool.concept == state["concept"]).flatten() if adversarial else None
             if rows is None or len(rows) == 0:
                 rows = torch.arange(len(pool.x), device=pool.x.device)
-            i = int(rows[int(step_rng(seed, step, 8).integers(len(rows)))])
             optimizer.zero_grad(set_to_none=True)
-            loss = trainer.erase_loss(pool, i, state["delta"] if adversarial else None)
+            picks = trainer.erase_samples(rows, seed, step)
+            loss = trainer.erase_loss(pool, picks, state["delta"] if adversarial else None)
             if config.retain_mode == "reg":
                 retain_loss = trainer.retain_loss(pool, seed, step)
                 (loss + chosen["retain_weight"] * retain_loss).backward()
