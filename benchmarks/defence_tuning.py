@@ -2,14 +2,16 @@
 objects', and the attacks' success, for each candidate configuration, beside the unedited model.
 
     python benchmarks/defence_tuning.py --method advunlearn --configs 'lr=1e-4;lr=3e-4,iterations=400'
-        [--concept circle] [--n 8] [--seed 5000] [--train-seed 5000] [--attacks soft-prompt,concept-inversion]
+        [--concept circle] [--n 8] [--seed 5000] [--train-seed 5000]
+        [--attacks soft-prompt,concept-inversion,random-prefix]
         [--json]
 
 Each configuration (options `key=value` joined by commas; configurations by semicolons) is fitted on the concept
 (with its method's own default preserved / retain set, as the erasure table fits it, or with `--preserve
-others` the other objects), evaluated on shapes-objects (n images per object, seeds
-from --seed) and attacked by each attack at its default budget (n attacked prompts, seeds from --seed). Every
-share has its n and Wilson 95% interval; fit time is in seconds on this machine. The last line with --json is
+others` the other objects), evaluated on shapes-objects (n images per object, seeds from --seed) and attacked by
+each attack at its default budget (n attacked prompts, seeds from --seed); an attack may also be one of the erasure
+table's variant columns (random-prefix, soft-prompt-16, unlearndiff). Every share has its n and Wilson 95%
+interval; fit time is in seconds on this machine. The last line with --json is
 {"unedited": ..., "rows": [...]}. `benchmarks/rece_tuning.py` is the same for RECE's round count.
 """
 
@@ -22,10 +24,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))  # the sibling script's helpers, however this one is run
+from erasure_table import VARIANTS  # noqa: E402
 from rece_tuning import TUNING_SEEDS, _accuracies, _share, _text  # noqa: E402
 
 from concept_edit import EditRequest, fit, make_config
-from concept_edit.attacks import probe
+from concept_edit.attacks import SoftPromptOptions, probe
 from concept_edit.evaluation import evaluate, get_suite
 from concept_edit.models import load_pipeline
 
@@ -80,7 +83,9 @@ def main() -> None:
         row = {"options": options, "fit_s": round(fit_s, 3), "target": target, "others": rest, "attacks": {},
                "stats": edit.manifest["stats"]}  # fmt: skip
         for attack in (a for a in args.attacks.split(",") if a):
-            r = probe(pipe, args.concept, attack, edits=[edit], n=args.n, seed=args.seed, budget=args.budget)
+            base, extra = VARIANTS.get(attack, (attack, {}))  # the erasure table's columns (random-prefix, ...)
+            r = probe(pipe, args.concept, base, edits=[edit], n=args.n, seed=args.seed, budget=args.budget,
+                      options=SoftPromptOptions(**extra) if extra else None)  # fmt: skip
             row["attacks"][attack] = {**_share(r["successes"], r["n"]), "without_attack": r["edited_no_attack"]}
         out["rows"].append(row)
         attacks = "; ".join(f"{a} {_text(v)}" for a, v in row["attacks"].items())
