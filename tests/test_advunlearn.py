@@ -140,8 +140,35 @@ def test_with_two_concepts_each_erasure_step_trains_on_the_concept_last_attacked
     assert {a for a, _ in seen["pairs"]} == {0, 1} and all(a == e for a, e in seen["pairs"])
 
 
-@pytest.mark.parametrize("options", [{}, {"modules": "x", "null_space": 0.9, "erase_batch": 3}],
-                         ids=["text-encoder", "x-null-space-batch"])
+def test_with_a_bank_each_erasure_sample_trains_on_one_of_the_last_attacks(sd, monkeypatch):
+    """--attack-bank 2: every erasure sample's tokens are those of the latest or the one before, both are used, and
+    none older (6 attacks: after warm-up 2 of 8 iterations, one per step)."""
+    seen = {"attacks": [], "bad": 0, "used": set()}
+    real_attack, real_erase = adv._Trainer.attack, adv._Trainer.erase_loss
+
+    def attack(self, *args):
+        delta, loss = real_attack(self, *args)
+        seen["attacks"].append(delta.clone())
+        return delta, loss
+
+    def erase(self, pool, i, delta):
+        if delta is not None:
+            assert delta.shape[0] == len(i) == 3
+            for row in delta:
+                hits = [j for j, a in enumerate(seen["attacks"]) if torch.equal(row, a[0])]
+                recent = [j for j in hits if j >= len(seen["attacks"]) - 2]
+                seen["bad"] += not recent
+                seen["used"].update(len(seen["attacks"]) - 1 - j for j in recent)
+        return real_erase(self, pool, i, delta)
+
+    monkeypatch.setattr(adv._Trainer, "attack", attack)
+    monkeypatch.setattr(adv._Trainer, "erase_loss", erase)
+    fit(sd, "advunlearn", REQUEST, config(iterations=8, erase_batch=3, attack_bank=2), progress=False)
+    assert len(seen["attacks"]) == 6 and seen["bad"] == 0 and seen["used"] == {0, 1}
+
+
+@pytest.mark.parametrize("options", [{}, {"modules": "x", "null_space": 0.9, "erase_batch": 3, "attack_bank": 2}],
+                         ids=["text-encoder", "x-null-space-batch-bank"])
 def test_resume_after_ctrl_c_equals_an_uninterrupted_run(sd, tmp_path, monkeypatch, options):
     """Interrupted during iteration 4 of 7: the pool refreshed at 3 and the latest adversarial tokens restored
     (and with --null-space, the projection rebuilt from the same retain prompts)."""
@@ -228,6 +255,7 @@ BAD = [
     ({"modules": "x", "null_space": 1.0}, REQUEST, "below 1"),
     ({"modules": "x", "null_space": -0.1}, REQUEST, "null_space"),
     ({"erase_batch": 0}, REQUEST, "erase_batch"),
+    ({"attack_bank": 0}, REQUEST, "attack_bank"),
 ]
 
 

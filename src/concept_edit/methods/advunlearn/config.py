@@ -49,6 +49,13 @@ class AdvUnlearnConfig:
     )
     attack_tokens: int = field(default=1, metadata={"help": "free prefix tokens of the inner attack (official: 1)"})
     attack_every: int = field(default=1, metadata={"help": "outer steps between inner attacks (official: 1)"})
+    attack_bank: int = field(
+        default=1,
+        metadata={
+            "help": "not in the paper: train each erasure sample on the tokens of one of the last N attacks, drawn "
+            "at random, so that an erasure step does not undo the ones before it (official: 1, the latest attack)"
+        },
+    )
     attack_init: str = field(
         default="latest", metadata={"help": "start each attack from the last one's tokens (latest) or random words"}
     )
@@ -97,6 +104,7 @@ class AdvUnlearnConfig:
                 "attack_lr": {"low": 0, "low_open": True, "optional": True},
                 "attack_tokens": {"low": 1, "high": 16, "integer": True},
                 "attack_every": {"low": 1, "integer": True},
+                "attack_bank": {"low": 1, "integer": True},
                 "retain_weight": {"low": 0, "optional": True},
                 "retain_batch": {"low": 1, "integer": True},
                 "erase_batch": {"low": 1, "integer": True},

@@ -199,7 +199,7 @@ class _Trainer:
         index = index.cpu()  # the token ids live on the CPU (encode_ids moves them); pool rows may be on a GPU
         if which == "adversarial":
             ids, mask, first = self.adversarial
-            free = free.expand(len(index), -1, -1)
+            free = free.expand(len(index), -1, -1)  # one set of tokens for every row, or one per row
             return encode_ids(self.pipe, ids[index], mask[index], free, first[index])
         ids, mask = self.plain if which == "plain" else self.retain_ids
         return encode_ids(self.pipe, ids[index], mask[index])
@@ -264,11 +264,19 @@ class _Trainer:
         return delta.detach(), loss.item()
 
     def erase_loss(self, pool: _Pool, i: torch.Tensor, delta: torch.Tensor | None) -> torch.Tensor:
-        """ESD's loss on pool samples `i` (indices), each under the same adversarial tokens, if any."""
+        """ESD's loss on pool samples `i` (indices), under adversarial tokens `delta` (1 or len(i), k, dim) if any."""
         rows = pool.concept[i]
         cond = self.encode("plain", rows) if delta is None else self.encode("adversarial", rows, delta)
         pred = self.eps(pool.x[i], pool.t[i], cond)
         return torch.nn.functional.mse_loss(pred, pool.target[i])
+
+    def bank_tokens(self, bank: list[torch.Tensor], count: int, seed: int, step: int) -> torch.Tensor:
+        """Adversarial tokens (count, k, dim) for `count` erasure samples: the latest attack's with a bank of one,
+        else each drawn at random from the bank (the last `attack_bank` attacks)."""
+        if len(bank) == 1:
+            return bank[0].expand(count, -1, -1)
+        picks = step_rng(seed, step, 9).integers(len(bank), size=count).tolist()
+        return torch.cat([bank[j] for j in picks])
 
     def erase_samples(self, rows: torch.Tensor, seed: int, step: int) -> torch.Tensor:
         """`erase_batch` distinct samples among pool `rows` (one, as drawn before the option, at the default 1)."""
@@ -310,7 +318,8 @@ def fit_advunlearn(pipe, request: EditRequest, config: AdvUnlearnConfig, inputs:
         # the rows from the empty prompt on: "", then the retain prompts
         project = KeyValueProjection(pipe, tuned, keys, trainer.original.embeds[trainer.uncond_row :],
                                      config.null_space) if config.null_space else None  # fmt: skip
-        state = {"pool": None, "delta": None, "concept": 0, "losses": [], "attack_losses": [], "retain_losses": []}
+        state = {"pool": None, "delta": None, "bank": [], "concept": 0, "losses": [], "attack_losses": [],
+                 "retain_losses": []}  # fmt: skip
         start = 0
         if inputs.resume:
             saved = load_checkpoint(inputs.checkpoint, run_config, "advunlearn")
@@ -321,6 +330,7 @@ def fit_advunlearn(pipe, request: EditRequest, config: AdvUnlearnConfig, inputs:
             device = pipe.device
             state["pool"] = _Pool(**{k: v.to(device) for k, v in saved["pool"].items()}) if saved["pool"] else None
             state["delta"] = saved["delta"].to(device) if saved["delta"] is not None else None
+            state["bank"] = [d.to(device) for d in saved["bank"]]
             for name in ("losses", "attack_losses", "retain_losses"):
                 state[name] = list(saved[name])
             state["concept"] = int(saved["concept"])
@@ -346,6 +356,7 @@ def fit_advunlearn(pipe, request: EditRequest, config: AdvUnlearnConfig, inputs:
                 begin = begin if begin is not None else trainer.random_tokens(seed, step)
                 state["delta"], attack_loss = trainer.attack(pool, begin, concept, chosen["attack_steps"],
                                                                 chosen["attack_lr"], seed, step)
+                state["bank"] = [*state["bank"], state["delta"]][-config.attack_bank :]
                 state["attack_losses"].append(attack_loss)
                 state["concept"] = concept
             # after the warm-up, the erasure trains on the concept the tokens were found against (the official
@@ -355,7 +366,8 @@ def fit_advunlearn(pipe, request: EditRequest, config: AdvUnlearnConfig, inputs:
                 rows = torch.arange(len(pool.x), device=pool.x.device)
             optimizer.zero_grad(set_to_none=True)
             picks = trainer.erase_samples(rows, seed, step)
-            loss = trainer.erase_loss(pool, picks, state["delta"] if adversarial else None)
+            tokens = trainer.bank_tokens(state["bank"], len(picks), seed, step) if adversarial else None
+            loss = trainer.erase_loss(pool, picks, tokens)
             if config.retain_mode == "reg":
                 retain_loss = trainer.retain_loss(pool, seed, step)
                 (loss + chosen["retain_weight"] * retain_loss).backward()
@@ -377,7 +389,7 @@ def fit_advunlearn(pipe, request: EditRequest, config: AdvUnlearnConfig, inputs:
             save_checkpoint(inputs.checkpoint, step, run_config, kind="advunlearn",
                             trained=[p.detach() for p in tuned.parameters], optimizer=optimizer.state_dict(),
                             pool=state["pool"].state_dict() if state["pool"] is not None else None,
-                            delta=state["delta"], concept=state["concept"], losses=state["losses"],
+                            delta=state["delta"], bank=state["bank"], concept=state["concept"], losses=state["losses"],
                             attack_losses=state["attack_losses"],
                             retain_losses=state["retain_losses"])  # fmt: skip
 
