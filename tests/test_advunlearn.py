@@ -97,6 +97,26 @@ def test_pool_targets_are_the_esd_formula_and_the_original_predictions(sd, modul
     torch.testing.assert_close(pool.eps_retain, eps_r, rtol=1e-4, atol=1e-5)
 
 
+def test_sample_from_original_draws_the_unedited_models_trajectories(sd):
+    """After the trained weights move, --sample-from original gives the pool the unmoved model gives (its x_t and
+    targets), while the official sampler's x_t move with the weights."""
+
+    def pool_of(sample_from, move):
+        stack, tuned, tr = trainer(sd, config(modules="x", sample_from=sample_from))
+        with stack:
+            if move:
+                with torch.no_grad():
+                    for p in tuned.parameters:
+                        p.add_(torch.randn_like(p, generator=torch.Generator().manual_seed(0)) * 0.05)
+            return tr.sample_pool(seed=1, refresh=0)
+
+    before = pool_of("trained", move=False)
+    original, trained = pool_of("original", move=True), pool_of("trained", move=True)
+    for name in ("x", "eps_concept", "target", "retain_x", "eps_retain"):
+        torch.testing.assert_close(getattr(original, name), getattr(before, name), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(trained.x, before.x, rtol=1e-3, atol=1e-3)
+
+
 def test_the_inner_attack_lowers_its_loss_on_the_current_weights(sd):
     stack, tuned, tr = trainer(sd, config())
     with stack:
@@ -256,6 +276,7 @@ BAD = [
     ({"modules": "x", "null_space": -0.1}, REQUEST, "null_space"),
     ({"erase_batch": 0}, REQUEST, "erase_batch"),
     ({"attack_bank": 0}, REQUEST, "attack_bank"),
+    ({"sample_from": "edited"}, REQUEST, "sample_from"),
 ]
 
 

@@ -16,6 +16,7 @@ from concept_edit.validation import check_choice, check_fields
 MODULES = ("text-encoder", "x", "kv")
 RETAIN_MODES = ("iter", "reg")
 ATTACK_INITS = ("latest", "random")
+SAMPLE_FROM = ("trained", "original")
 # the official script's values; a world's tuned values replace the None-defaulted ones
 PAPER = {"lr": 1e-5, "iterations": 1000, "warmup": 200, "attack_steps": 30, "attack_lr": 1e-3, "retain_weight": 1.0}
 
@@ -77,6 +78,14 @@ class AdvUnlearnConfig:
     sampling_steps: int | None = field(
         default=None, metadata={"help": "DDIM steps of a trajectory (50 as official; ShapesSD: its own 25)"}
     )
+    sample_from: str = field(
+        default="trained",
+        metadata={
+            "help": "whose trajectories give x_t: trained (official: the model being erased, whose concept "
+            "trajectories stop drawing it) | original (not in the paper: the unedited model's, which keep drawing "
+            "the concept, where an attacker steers; with the text encoder training they are the same)"
+        },
+    )
     sampling_guidance: float = field(default=3.0, metadata={"help": "guidance scale when sampling x_t (official 3)"})
     pool_trajectories: int = field(default=4, metadata={"help": "concept trajectories per pool refresh"})
     refresh_every: int = field(default=25, metadata={"help": "outer steps between pool refreshes"})
@@ -115,7 +124,8 @@ class AdvUnlearnConfig:
                 "null_space": {"low": 0},
             },
         )
-        for name, allowed in (("modules", MODULES), ("retain_mode", RETAIN_MODES), ("attack_init", ATTACK_INITS)):
+        for name, allowed in (("modules", MODULES), ("retain_mode", RETAIN_MODES), ("attack_init", ATTACK_INITS),
+                              ("sample_from", SAMPLE_FROM)):
             check_choice(name, getattr(self, name), allowed)
         if self.null_space >= 1:
             raise ValueError(

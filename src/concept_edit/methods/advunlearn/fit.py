@@ -22,7 +22,8 @@ says so):
   from random vocabulary tokens), and the ESD step trains on [delta*, c];
 * x_t is sampled by the model being trained (its UNet, which in the text-encoder mode is the original one)
   with the ORIGINAL text encoder's conditioning, guided DDIM (`sampling_guidance` 3) to a random step; the
-  targets come from the original model at that x_t;
+  targets come from the original model at that x_t (`sample_from` original, not in the paper: the original
+  UNet samples, so the concept's x_t keep showing the concept as an attacked model's would);
 * `retain_mode` iter: after each erasure step, a second optimiser step on the retain loss over
   `retain_batch` prompts (the official default); reg: one summed loss. `retain_weight` scales the retain loss
   in both (the official applies its weight only in reg; at the default 1 the two agree);
@@ -204,17 +205,23 @@ class _Trainer:
         ids, mask = self.plain if which == "plain" else self.retain_ids
         return encode_ids(self.pipe, ids[index], mask[index])
 
+    @property
+    def samples_original(self) -> bool:
+        """The trajectories are the unedited UNet's (`sample_from` original, and the UNet trains)."""
+        return self.config.sample_from == "original" and self.frozen_view is not None
+
     @torch.no_grad()
     def _trajectories(self, rows: torch.Tensor, generator: torch.Generator):
-        """Guided DDIM from noise by the model being trained with the original conditioning: every step's x and
-        t, and the sampler's own (eps_uncond, eps_rows) there (the frozen ones when the UNet does not train)."""
+        """Guided DDIM from noise by the model being trained (or the original, `samples_original`) with the
+        original conditioning: every step's x and t, and the sampler's own (eps_uncond, eps_rows) there (the
+        frozen ones when the UNet does not train or the original samples)."""
         n = len(rows)
         x = torch.randn((n, *self.latent_shape), generator=generator).to(self.pipe.device)
         x = x * self.scheduler.init_noise_sigma
         cond = Conditions.cat([self.original.take(torch.full_like(rows, self.uncond_row)), self.original.take(rows)])
         xs, ts, us, cs = [], [], [], []
         for t in self.scheduler.timesteps:
-            eps_u, eps_c = self.eps(torch.cat([x, x]), t, cond).chunk(2)
+            eps_u, eps_c = self.eps(torch.cat([x, x]), t, cond, frozen_model=self.samples_original).chunk(2)
             xs.append(x)
             ts.append(t.expand(n))
             us.append(eps_u)
@@ -236,7 +243,7 @@ class _Trainer:
         picks = step_rng(seed, refresh, 2).choice(len(self.retain), max(p, self.config.retain_batch))
         retain = torch.as_tensor(picks, device=device) + self.retain_rows
         rx, rt, rrows, _, eps_r = self._trajectories(retain, step_generator(seed, refresh, 3))
-        if self.frozen_view is not None:  # the UNet trains: the sampler's predictions are not the original's
+        if self.frozen_view is not None and not self.samples_original:  # the sampler is not the original
             eps_c, eps_r = self._frozen(x, t, concept), self._frozen(rx, rt, rrows)
             eps_u = self._frozen(x, t, torch.full_like(concept, self.uncond_row))
         target = esd_target(eps_c, eps_u, self.config.eta)
