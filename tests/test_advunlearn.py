@@ -117,6 +117,45 @@ def test_sample_from_original_draws_the_unedited_models_trajectories(sd):
     assert not torch.allclose(trained.x, before.x, rtol=1e-3, atol=1e-3)
 
 
+def test_sample_from_attacked_draws_under_the_latest_attack_with_the_plain_concepts_targets(sd, monkeypatch):
+    """--sample-from attacked: every pool refresh after the first attack is drawn under that attack's tokens (x_t
+    moved by them), and its targets are still the original model's for the plain concept at those x_t."""
+    seen = []
+    real_pool, real_attack = adv._Trainer.sample_pool, adv._Trainer.attack
+
+    def attack(self, *args):
+        delta, loss = real_attack(self, *args)
+        seen.append(("attack", delta.clone()))
+        return delta, loss
+
+    def sample_pool(self, seed, refresh, delta=None):
+        pool = real_pool(self, seed, refresh, delta)
+        seen.append(("pool", delta, pool, real_pool(self, seed, refresh)))
+        return pool
+
+    monkeypatch.setattr(adv._Trainer, "attack", attack)
+    monkeypatch.setattr(adv._Trainer, "sample_pool", sample_pool)
+    fit(sd, "advunlearn", REQUEST, config(modules="x", iterations=7, sample_from="attacked"), progress=False)
+    pools = [(i, e) for i, e in enumerate(seen) if e[0] == "pool"]  # refreshes at steps 0, 3, 6; attacks from 2
+    assert [e[1] is None for _, e in pools] == [True, False, False]
+    for i, (_, delta, pool, plain) in pools[1:]:
+        latest = [e[1] for e in seen[:i] if e[0] == "attack"][-1]
+        assert torch.equal(delta, latest)
+        assert not torch.allclose(pool.x, plain.x, atol=1e-3)  # the attack's tokens steered the trajectories
+        torch.testing.assert_close(pool.retain_x, plain.retain_x, rtol=0, atol=0)
+    stack, tuned, tr = trainer(sd, config(modules="x", eta=1.5))  # targets: the original UNet, plain concept
+    with stack:
+        pool = real_pool(tr, seed=1, refresh=0, delta=latest)
+    with torch.no_grad():
+        embeds = sd.encode_prompt(["cat", ""], sd.device, 1, False)[0]
+        eps_c = sd.unet(pool.x, pool.t, encoder_hidden_states=embeds[[0] * len(pool.x)]).sample
+        eps_u = sd.unet(pool.x, pool.t, encoder_hidden_states=embeds[[1] * len(pool.x)]).sample
+    from concept_edit.methods.esd.fit import esd_target
+
+    torch.testing.assert_close(pool.eps_concept, eps_c, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(pool.target, esd_target(eps_c, eps_u, 1.5), rtol=1e-4, atol=1e-5)
+
+
 def test_the_inner_attack_lowers_its_loss_on_the_current_weights(sd):
     stack, tuned, tr = trainer(sd, config())
     with stack:

@@ -16,7 +16,7 @@ from concept_edit.validation import check_choice, check_fields
 MODULES = ("text-encoder", "x", "kv")
 RETAIN_MODES = ("iter", "reg")
 ATTACK_INITS = ("latest", "random")
-SAMPLE_FROM = ("trained", "original")
+SAMPLE_FROM = ("trained", "attacked", "original")
 # the official script's values; a world's tuned values replace the None-defaulted ones
 PAPER = {"lr": 1e-5, "iterations": 1000, "warmup": 200, "attack_steps": 30, "attack_lr": 1e-3, "retain_weight": 1.0}
 
@@ -81,9 +81,10 @@ class AdvUnlearnConfig:
     sample_from: str = field(
         default="trained",
         metadata={
-            "help": "whose trajectories give x_t: trained (official: the model being erased, whose concept "
-            "trajectories stop drawing it) | original (not in the paper: the unedited model's, which keep drawing "
-            "the concept, where an attacker steers; with the text encoder training they are the same)"
+            "help": "whose trajectories give x_t: trained (official: the model being erased, on the plain concept "
+            "prompt) | attacked (not in the paper: the model being erased, on the latest attack's prompt once "
+            "there is one: where an attacker takes it) | original (not in the paper: the unedited model's; with "
+            "the text encoder training, trained and original are the same)"
         },
     )
     sampling_guidance: float = field(default=3.0, metadata={"help": "guidance scale when sampling x_t (official 3)"})

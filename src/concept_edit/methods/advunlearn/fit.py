@@ -22,8 +22,9 @@ says so):
   from random vocabulary tokens), and the ESD step trains on [delta*, c];
 * x_t is sampled by the model being trained (its UNet, which in the text-encoder mode is the original one)
   with the ORIGINAL text encoder's conditioning, guided DDIM (`sampling_guidance` 3) to a random step; the
-  targets come from the original model at that x_t (`sample_from` original, not in the paper: the original
-  UNet samples, so the concept's x_t keep showing the concept as an attacked model's would);
+  targets come from the original model at that x_t (not in the paper, `sample_from`: attacked draws the
+  concept's trajectories under the latest attack's [delta, c], where an attacker takes the model; original
+  draws them with the unedited UNet);
 * `retain_mode` iter: after each erasure step, a second optimiser step on the retain loss over
   `retain_batch` prompts (the official default); reg: one summed loss. `retain_weight` scales the retain loss
   in both (the official applies its weight only in reg; at the default 1 the two agree);
@@ -211,14 +212,16 @@ class _Trainer:
         return self.config.sample_from == "original" and self.frozen_view is not None
 
     @torch.no_grad()
-    def _trajectories(self, rows: torch.Tensor, generator: torch.Generator):
+    def _trajectories(self, rows: torch.Tensor, generator: torch.Generator, delta: torch.Tensor | None = None):
         """Guided DDIM from noise by the model being trained (or the original, `samples_original`) with the
         original conditioning: every step's x and t, and the sampler's own (eps_uncond, eps_rows) there (the
-        frozen ones when the UNet does not train or the original samples)."""
+        frozen ones when the UNet does not train or the original samples). With adversarial tokens `delta` the
+        rows are conditioned on [delta, concept] as the trained text encoder reads it."""
         n = len(rows)
         x = torch.randn((n, *self.latent_shape), generator=generator).to(self.pipe.device)
         x = x * self.scheduler.init_noise_sigma
-        cond = Conditions.cat([self.original.take(torch.full_like(rows, self.uncond_row)), self.original.take(rows)])
+        wanted = self.original.take(rows) if delta is None else Conditions(self.encode("adversarial", rows, delta))
+        cond = Conditions.cat([self.original.take(torch.full_like(rows, self.uncond_row)), wanted])
         xs, ts, us, cs = [], [], [], []
         for t in self.scheduler.timesteps:
             eps_u, eps_c = self.eps(torch.cat([x, x]), t, cond, frozen_model=self.samples_original).chunk(2)
@@ -235,15 +238,17 @@ class _Trainer:
                for i in range(0, len(x), 64)]  # fmt: skip
         return torch.cat(out)
 
-    def sample_pool(self, seed: int, refresh: int) -> _Pool:
+    def sample_pool(self, seed: int, refresh: int, delta: torch.Tensor | None = None) -> _Pool:
+        """A pool of concept and retain samples; with `delta` (`sample_from` attacked) the concept trajectories
+        are drawn under [delta, concept], their targets still the original model's for the plain concept."""
         p, n = self.config.pool_trajectories, len(self.concepts)
         device = self.pipe.device
         concept_rows = ((torch.arange(p) + refresh * p) % n).to(device)
-        x, t, concept, eps_u, eps_c = self._trajectories(concept_rows, step_generator(seed, refresh, 1))
+        x, t, concept, eps_u, eps_c = self._trajectories(concept_rows, step_generator(seed, refresh, 1), delta)
         picks = step_rng(seed, refresh, 2).choice(len(self.retain), max(p, self.config.retain_batch))
         retain = torch.as_tensor(picks, device=device) + self.retain_rows
         rx, rt, rrows, _, eps_r = self._trajectories(retain, step_generator(seed, refresh, 3))
-        if self.frozen_view is not None and not self.samples_original:  # the sampler is not the original
+        if delta is not None or (self.frozen_view is not None and not self.samples_original):  # not the original's
             eps_c, eps_r = self._frozen(x, t, concept), self._frozen(rx, rt, rrows)
             eps_u = self._frozen(x, t, torch.full_like(concept, self.uncond_row))
         target = esd_target(eps_c, eps_u, self.config.eta)
@@ -353,7 +358,8 @@ def fit_advunlearn(pipe, request: EditRequest, config: AdvUnlearnConfig, inputs:
 
         def step_fn(step: int) -> dict[str, float]:
             if state["pool"] is None or step % config.refresh_every == 0:
-                state["pool"] = trainer.sample_pool(seed, step // config.refresh_every)
+                attacked = state["delta"] if config.sample_from == "attacked" else None
+                state["pool"] = trainer.sample_pool(seed, step // config.refresh_every, attacked)
             pool = state["pool"]
             adversarial = step >= chosen["warmup"]
             if adversarial and (step - chosen["warmup"]) % config.attack_every == 0:
