@@ -11,6 +11,7 @@ import torch
 from test_esd import assert_same_edit
 
 from concept_edit import Edit, EditRequest, applied, apply, compose, fit, make_config, make_inputs, revert
+from concept_edit.io import load_tree
 from concept_edit.methods.advunlearn import fit as adv
 from concept_edit.training import Interrupted
 
@@ -117,7 +118,8 @@ def test_sample_from_original_draws_the_unedited_models_trajectories(sd):
     assert not torch.allclose(trained.x, before.x, rtol=1e-3, atol=1e-3)
 
 
-def test_sample_from_attacked_draws_under_the_latest_attack_with_the_plain_concepts_targets(sd, monkeypatch):
+@pytest.mark.parametrize("modules", ["x", "text-encoder"])
+def test_sample_from_attacked_draws_under_the_latest_attack_with_the_plain_concepts_targets(sd, monkeypatch, modules):
     """--sample-from attacked: every pool refresh after the first attack is drawn under that attack's tokens (x_t
     moved by them), and its targets are still the original model's for the plain concept at those x_t."""
     seen = []
@@ -135,7 +137,7 @@ def test_sample_from_attacked_draws_under_the_latest_attack_with_the_plain_conce
 
     monkeypatch.setattr(adv._Trainer, "attack", attack)
     monkeypatch.setattr(adv._Trainer, "sample_pool", sample_pool)
-    fit(sd, "advunlearn", REQUEST, config(modules="x", iterations=7, sample_from="attacked"), progress=False)
+    fit(sd, "advunlearn", REQUEST, config(modules=modules, iterations=7, sample_from="attacked"), progress=False)
     pools = [(i, e) for i, e in enumerate(seen) if e[0] == "pool"]  # refreshes at steps 0, 3, 6; attacks from 2
     assert [e[1] is None for _, e in pools] == [True, False, False]
     for i, (_, delta, pool, plain) in pools[1:]:
@@ -143,7 +145,7 @@ def test_sample_from_attacked_draws_under_the_latest_attack_with_the_plain_conce
         assert torch.equal(delta, latest)
         assert not torch.allclose(pool.x, plain.x, atol=1e-3)  # the attack's tokens steered the trajectories
         torch.testing.assert_close(pool.retain_x, plain.retain_x, rtol=0, atol=0)
-    stack, tuned, tr = trainer(sd, config(modules="x", eta=1.5))  # targets: the original UNet, plain concept
+    stack, tuned, tr = trainer(sd, config(modules=modules, eta=1.5))  # targets: the original UNet, plain concept
     with stack:
         pool = real_pool(tr, seed=1, refresh=0, delta=latest)
     with torch.no_grad():
@@ -177,32 +179,40 @@ def test_the_inner_attack_lowers_its_loss_on_the_current_weights(sd):
         assert all(p.requires_grad for p in tuned.parameters)  # the attack froze them only while it ran
 
 
-@pytest.mark.parametrize("erase_batch", [1, 3])
-def test_with_two_concepts_each_erasure_step_trains_on_the_concept_last_attacked(sd, monkeypatch, erase_batch):
-    seen = {"attacked": None, "pairs": []}
+@pytest.mark.parametrize(("erase_batch", "bank"), [(1, 1), (3, 1), (3, 4)])
+def test_with_two_concepts_each_erasure_step_trains_on_the_concept_last_attacked(sd, monkeypatch, erase_batch, bank):
+    """Each sample is of the concept last attacked and (with a bank) under tokens found against that concept."""
+    seen = {"attacks": [], "pairs": [], "token_pairs": []}
     real_attack, real_erase = adv._Trainer.attack, adv._Trainer.erase_loss
 
     def attack(self, pool, start, concept, *args):
-        seen["attacked"] = concept
-        return real_attack(self, pool, start, concept, *args)
+        delta, loss = real_attack(self, pool, start, concept, *args)
+        seen["attacks"].append((concept, delta.clone()))
+        return delta, loss
 
     def erase(self, pool, i, delta):
         if delta is not None:
             assert len(i) == len(set(i.tolist())) == erase_batch  # distinct samples, all of the attacked concept
-            seen["pairs"] += [(seen["attacked"], int(c)) for c in pool.concept[i]]
+            seen["pairs"] += [(seen["attacks"][-1][0], int(c)) for c in pool.concept[i]]
+            rows = delta.expand(len(i), -1, -1)
+            for row, c in zip(rows, pool.concept[i].tolist(), strict=True):
+                found = [a for a, d in seen["attacks"] if torch.equal(row, d[0])]
+                seen["token_pairs"].append((found[-1], c))
         return real_erase(self, pool, i, delta)
 
     monkeypatch.setattr(adv._Trainer, "attack", attack)
     monkeypatch.setattr(adv._Trainer, "erase_loss", erase)
     request = EditRequest(concepts=("cat", "dog"), preserve=("a tree",))
-    fit(sd, "advunlearn", request, config(iterations=8, attack_every=2, erase_batch=erase_batch), progress=False)
+    cfg = config(iterations=10, attack_every=2, erase_batch=erase_batch, attack_bank=bank)
+    fit(sd, "advunlearn", request, cfg, progress=False)
     assert {a for a, _ in seen["pairs"]} == {0, 1} and all(a == e for a, e in seen["pairs"])
+    assert all(a == c for a, c in seen["token_pairs"])
 
 
 def test_with_a_bank_each_erasure_sample_trains_on_one_of_the_last_attacks(sd, monkeypatch):
     """--attack-bank 2: every erasure sample's tokens are those of the latest or the one before, both are used, and
     none older (6 attacks: after warm-up 2 of 8 iterations, one per step)."""
-    seen = {"attacks": [], "bad": 0, "used": set()}
+    seen = {"attacks": [], "bad": 0, "used": set(), "mixed": 0}
     real_attack, real_erase = adv._Trainer.attack, adv._Trainer.erase_loss
 
     def attack(self, *args):
@@ -218,12 +228,14 @@ def test_with_a_bank_each_erasure_sample_trains_on_one_of_the_last_attacks(sd, m
                 recent = [j for j in hits if j >= len(seen["attacks"]) - 2]
                 seen["bad"] += not recent
                 seen["used"].update(len(seen["attacks"]) - 1 - j for j in recent)
+            seen["mixed"] += not torch.equal(delta[0], delta[1]) or not torch.equal(delta[1], delta[2])
         return real_erase(self, pool, i, delta)
 
     monkeypatch.setattr(adv._Trainer, "attack", attack)
     monkeypatch.setattr(adv._Trainer, "erase_loss", erase)
     fit(sd, "advunlearn", REQUEST, config(iterations=8, erase_batch=3, attack_bank=2), progress=False)
     assert len(seen["attacks"]) == 6 and seen["bad"] == 0 and seen["used"] == {0, 1}
+    assert seen["mixed"]  # drawn per sample, not one draw per step
 
 
 @pytest.mark.parametrize("options", [{}, {"modules": "x", "null_space": 0.9, "erase_batch": 3, "attack_bank": 2}],
@@ -247,9 +259,20 @@ def test_resume_after_ctrl_c_equals_an_uninterrupted_run(sd, tmp_path, monkeypat
     with pytest.raises(Interrupted):
         fit(sd, "advunlearn", REQUEST, cfg, make_inputs("advunlearn", checkpoint=ckpt), seed=3, progress=False)
     assert ckpt.exists()
+    saved = load_tree(ckpt)  # the bank is in the checkpoint: the last attack_bank attacks' tokens, or the latest
+    bank = options.get("attack_bank", 1)
+    assert len(saved["bank"]) == min(2, bank) and torch.equal(saved["bank"][-1], saved["delta"])
     monkeypatch.setattr(adv._Trainer, "erase_loss", real)
+    banks, real_bank = [], adv._Trainer.bank_tokens
+
+    def bank_tokens(self, bank_now, *args):
+        banks.append(len(bank_now))
+        return real_bank(self, bank_now, *args)
+
+    monkeypatch.setattr(adv._Trainer, "bank_tokens", bank_tokens)
     resumed = fit(sd, "advunlearn", REQUEST, cfg, make_inputs("advunlearn", checkpoint=ckpt, resume=True), seed=3,
                   progress=False)  # fmt: skip
+    assert banks[0] == min(2, bank)  # the first resumed step drew from the restored bank (and its new attack)
     assert resumed.manifest["stats"] == whole.manifest["stats"]
     for a, b in zip(whole.changes(), resumed.changes(), strict=True):
         assert a.target == b.target

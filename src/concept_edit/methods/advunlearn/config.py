@@ -53,8 +53,8 @@ class AdvUnlearnConfig:
     attack_bank: int = field(
         default=1,
         metadata={
-            "help": "not in the paper: train each erasure sample on the tokens of one of the last N attacks, drawn "
-            "at random, so that an erasure step does not undo the ones before it (official: 1, the latest attack)"
+            "help": "not in the paper: train each erasure sample on the tokens of one of the last N attacks against "
+            "its concept, drawn at random, not only the latest's (official: 1, the latest attack)"
         },
     )
     attack_init: str = field(
@@ -67,8 +67,8 @@ class AdvUnlearnConfig:
     erase_batch: int = field(
         default=1,
         metadata={
-            "help": "concept samples per erasure step, all under the same adversarial tokens (official: 1; more "
-            "average the step's gradient over timesteps and trajectories)"
+            "help": "concept samples per erasure step, without repeats (at most the pool's samples of the concept; "
+            "official: 1; more average the step's gradient over timesteps and trajectories)"
         },
     )
     retain_mode: str = field(
@@ -81,10 +81,10 @@ class AdvUnlearnConfig:
     sample_from: str = field(
         default="trained",
         metadata={
-            "help": "whose trajectories give x_t: trained (official: the model being erased, on the plain concept "
-            "prompt) | attacked (not in the paper: the model being erased, on the latest attack's prompt once "
-            "there is one: where an attacker takes it) | original (not in the paper: the unedited model's; with "
-            "the text encoder training, trained and original are the same)"
+            "help": "whose trajectories give x_t: trained (official: the model being erased, prompted with the "
+            "concept) | attacked (not in the paper: the model being erased, prompted with the latest attack's "
+            "tokens before the concept, from the first attack on; several concepts share the tokens) | original "
+            "(not in the paper: the unedited model; with --modules text-encoder the same as trained)"
         },
     )
     sampling_guidance: float = field(default=3.0, metadata={"help": "guidance scale when sampling x_t (official 3)"})

@@ -56,7 +56,10 @@ How the inner attack's cost was kept down, and other departures:
 SDXL (two text encoders) is refused, as the soft-prompt attack is.
 Not in the paper: `null_space` holds every key/value update off the retain and empty prompts' token-embedding
 subspace after each optimiser step (AlphaEdit's projection, `null_space.py`), so their keys and values stay as they
-were; the query and output projections stay free.
+were; the query and output projections stay free. `erase_batch` takes several concept samples per erasure step;
+`attack_bank` trains each on the tokens of one of the last attacks against its concept; `sample_from` draws the
+concept's trajectories under the latest attack's tokens or with the unedited UNet (all measured on ShapesSD's tuning
+seeds, none better there than the official choices: docs/methods/advunlearn.md).
 """
 
 from __future__ import annotations
@@ -248,9 +251,11 @@ class _Trainer:
         picks = step_rng(seed, refresh, 2).choice(len(self.retain), max(p, self.config.retain_batch))
         retain = torch.as_tensor(picks, device=device) + self.retain_rows
         rx, rt, rrows, _, eps_r = self._trajectories(retain, step_generator(seed, refresh, 3))
-        if delta is not None or (self.frozen_view is not None and not self.samples_original):  # not the original's
+        if self.frozen_view is not None and not self.samples_original:  # the UNet trains: none is the original's
             eps_c, eps_r = self._frozen(x, t, concept), self._frozen(rx, rt, rrows)
             eps_u = self._frozen(x, t, torch.full_like(concept, self.uncond_row))
+        elif delta is not None:  # the original UNet sampled under [delta, c]; the target is the plain concept's
+            eps_c = self._frozen(x, t, concept)
         target = esd_target(eps_c, eps_u, self.config.eta)
         return _Pool(x, t, concept, eps_c, target, rx, rt, rrows - self.retain_rows, eps_r)
 
@@ -284,7 +289,7 @@ class _Trainer:
 
     def bank_tokens(self, bank: list[torch.Tensor], count: int, seed: int, step: int) -> torch.Tensor:
         """Adversarial tokens (count, k, dim) for `count` erasure samples: the latest attack's with a bank of one,
-        else each drawn at random from the bank (the last `attack_bank` attacks)."""
+        else each sample's drawn at random from `bank` (the last `attack_bank` attacks against its concept)."""
         if len(bank) == 1:
             return bank[0].expand(count, -1, -1)
         picks = step_rng(seed, step, 9).integers(len(bank), size=count).tolist()
@@ -330,8 +335,8 @@ def fit_advunlearn(pipe, request: EditRequest, config: AdvUnlearnConfig, inputs:
         # the rows from the empty prompt on: "", then the retain prompts
         project = KeyValueProjection(pipe, tuned, keys, trainer.original.embeds[trainer.uncond_row :],
                                      config.null_space) if config.null_space else None  # fmt: skip
-        state = {"pool": None, "delta": None, "bank": [], "concept": 0, "losses": [], "attack_losses": [],
-                 "retain_losses": []}  # fmt: skip
+        state = {"pool": None, "delta": None, "bank": [], "bank_concepts": [], "concept": 0, "losses": [],
+                 "attack_losses": [], "retain_losses": []}  # fmt: skip
         start = 0
         if inputs.resume:
             saved = load_checkpoint(inputs.checkpoint, run_config, "advunlearn")
@@ -343,6 +348,7 @@ def fit_advunlearn(pipe, request: EditRequest, config: AdvUnlearnConfig, inputs:
             state["pool"] = _Pool(**{k: v.to(device) for k, v in saved["pool"].items()}) if saved["pool"] else None
             state["delta"] = saved["delta"].to(device) if saved["delta"] is not None else None
             state["bank"] = [d.to(device) for d in saved["bank"]]
+            state["bank_concepts"] = [int(c) for c in saved["bank_concepts"]]
             for name in ("losses", "attack_losses", "retain_losses"):
                 state[name] = list(saved[name])
             state["concept"] = int(saved["concept"])
@@ -370,6 +376,7 @@ def fit_advunlearn(pipe, request: EditRequest, config: AdvUnlearnConfig, inputs:
                 state["delta"], attack_loss = trainer.attack(pool, begin, concept, chosen["attack_steps"],
                                                                 chosen["attack_lr"], seed, step)
                 state["bank"] = [*state["bank"], state["delta"]][-config.attack_bank :]
+                state["bank_concepts"] = [*state["bank_concepts"], concept][-config.attack_bank :]
                 state["attack_losses"].append(attack_loss)
                 state["concept"] = concept
             # after the warm-up, the erasure trains on the concept the tokens were found against (the official
@@ -379,7 +386,9 @@ def fit_advunlearn(pipe, request: EditRequest, config: AdvUnlearnConfig, inputs:
                 rows = torch.arange(len(pool.x), device=pool.x.device)
             optimizer.zero_grad(set_to_none=True)
             picks = trainer.erase_samples(rows, seed, step)
-            tokens = trainer.bank_tokens(state["bank"], len(picks), seed, step) if adversarial else None
+            # each sample under tokens found against its own concept (the latest attack's is always among them)
+            bank = [d for d, c in zip(state["bank"], state["bank_concepts"], strict=True) if c == state["concept"]]
+            tokens = trainer.bank_tokens(bank, len(picks), seed, step) if adversarial else None
             loss = trainer.erase_loss(pool, picks, tokens)
             if config.retain_mode == "reg":
                 retain_loss = trainer.retain_loss(pool, seed, step)
@@ -402,7 +411,8 @@ def fit_advunlearn(pipe, request: EditRequest, config: AdvUnlearnConfig, inputs:
             save_checkpoint(inputs.checkpoint, step, run_config, kind="advunlearn",
                             trained=[p.detach() for p in tuned.parameters], optimizer=optimizer.state_dict(),
                             pool=state["pool"].state_dict() if state["pool"] is not None else None,
-                            delta=state["delta"], bank=state["bank"], concept=state["concept"], losses=state["losses"],
+                            delta=state["delta"], bank=state["bank"], bank_concepts=state["bank_concepts"],
+                            concept=state["concept"], losses=state["losses"],
                             attack_losses=state["attack_losses"],
                             retain_losses=state["retain_losses"])  # fmt: skip
 
