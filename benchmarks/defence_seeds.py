@@ -6,10 +6,12 @@
 A 16-prompt attack figure moves by several prompts between training seeds of one configuration, so a single
 fit that meets the bar says little. This groups the recorded tuning runs (n 16 per object and per attack,
 suite and attack seeds 5000+) by configuration across training seeds, and by any `--family` of named runs, and
-prints for each group: the runs and training seeds, the pooled erased-concept, other-object and soft-prompt
-(and random-prefix, where measured) shares with Wilson 95% intervals, and how many of its fits met the bar
-(erased concept <= 1/16, others within 0.03 of the unedited model's, soft-prompt <= 3/16). The last line with
---json is {"groups": [...], "bar": {...}}.
+prints for each group: each run's counts, the pooled erased-concept, other-object and soft-prompt (and
+random-prefix, where measured) shares, and how many of its fits met the bar (erased concept <= 1/16, the others
+at least the unedited model's share minus 0.03, soft-prompt <= 3/16). The pooled intervals are Wilson 95%
+intervals of the summed counts: they treat every image as independent, but the runs share their suite and
+attack seeds and differ only in the training seed, so they understate the spread between fits (read that from
+the runs' own counts). The last line with --json is {"groups": [...], "bar": {...}}.
 """
 
 from __future__ import annotations
@@ -48,12 +50,20 @@ def summarise(name: str, rows: list[dict], default_seed: int) -> dict:
         "group": name,
         "runs": [r.get("run") for r in rows],
         "train_seeds": [r.get("train_seed", default_seed) for r in rows],
+        "per_run": [_counts(r) for r in rows],
         "target": _pooled(rows, lambda r: r["target"]),
         "others": _pooled(rows, lambda r: r["others"]),
         "soft-prompt": _pooled(rows, lambda r: r.get("attacks", {}).get("soft-prompt")),
         "random-prefix": _pooled(rows, lambda r: r.get("attacks", {}).get("random-prefix")),
         "met_bar": sum(_meets_bar(r) for r in rows),
     }
+
+
+def _counts(row: dict) -> str:
+    soft = row.get("attacks", {}).get("soft-prompt")
+    soft = f"{soft['successes']}/{soft['n']}" if soft else "-"
+    return (f"{row.get('run')}: {row['target']['successes']}/{row['target']['n']}, "
+            f"{row['others']['successes']}/{row['others']['n']}, {soft}")  # fmt: skip
 
 
 def _text(cell: dict | None) -> str:
@@ -74,20 +84,27 @@ def main() -> None:
     rows = [r for r in data["rows"] if r.get("run") and r.get("n", data.get("n")) == 16]
     default_seed = data.get("train_seed")
     by_options: dict[str, list[dict]] = {}
-    for row in rows:
-        by_options.setdefault(json.dumps(row["options"], sort_keys=True), []).append(row)
+    for row in rows:  # one configuration: the same options (numbers compared as numbers) and retain set
+        options = {k: float(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+                   for k, v in row["options"].items()}  # fmt: skip
+        key = json.dumps({**options, "preserve": row.get("preserve")}, sort_keys=True)
+        by_options.setdefault(key, []).append(row)
     groups = [summarise(key, group, default_seed) for key, group in by_options.items() if len(group) > 1]
     named = {r["run"]: r for r in rows}
     for spec in args.family:
         name, _, labels = spec.partition("=")
-        missing = [label for label in labels.split(",") if label not in named]
+        labels = [label for label in labels.split(",") if label]
+        missing = [label for label in labels if label not in named]
         if missing or not labels:
             parser.error(f"--family {name!r}: no recorded run named {', '.join(missing) or '(none given)'}")
-        groups.append(summarise(name, [named[label] for label in labels.split(",")], default_seed))
+        if len(set(labels)) < len(labels):
+            parser.error(f"--family {name!r}: a run is named twice")
+        groups.append(summarise(name, [named[label] for label in labels], default_seed))
     for g in groups:
-        print(f"{g['group']}\n  runs {','.join(g['runs'])} (training seeds {sorted(set(g['train_seeds']))}): "
-              f"circle {_text(g['target'])}; others {_text(g['others'])}; soft-prompt {_text(g['soft-prompt'])}; "
-              f"random-prefix {_text(g['random-prefix'])}; met the bar {g['met_bar']} of {len(g['runs'])}")  # fmt: skip
+        print(f"{g['group']}\n  runs (circle, others, soft-prompt): {'; '.join(g['per_run'])}\n"
+              f"  pooled over training seeds {sorted(set(g['train_seeds']))}: circle {_text(g['target'])}; others "
+              f"{_text(g['others'])}; soft-prompt {_text(g['soft-prompt'])}; random-prefix "
+              f"{_text(g['random-prefix'])}; met the bar {g['met_bar']} of {len(g['runs'])}")  # fmt: skip
     if args.json:
         print(json.dumps({"file": args.file.name, "bar": {k: str(v) for k, v in BAR.items()}, "groups": groups}))
 
