@@ -53,6 +53,12 @@ CASES = {
         "loops",
         True,
     ),
+    # reads recorded runs only (no fitting): the committed tuning file, and one named family of two of its runs
+    "defence_seeds.py": (
+        f"--file {shlex.quote(str(BENCHMARKS / 'results' / 'advunlearn_tuning.json'))} --family 'two runs=ab,ac'",
+        "groups",
+        False,
+    ),
     "rece_tuning.py": ("--rounds 0,1 --n 1 --attacks soft-prompt --budget 1", "rows", True),
     "shapes_quality.py": ("--n 1", "held_out", True),
     "eval_memory.py": ("--small 8 --large 16 --chunk-size 8 --steps 1", "ratio", True),
