@@ -80,8 +80,13 @@ def main() -> None:
                         help="'name=run,run,...': pool these named runs as one group (repeatable)")  # fmt: skip
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    data = json.loads(args.file.read_text())
-    rows = [r for r in data["rows"] if r.get("run") and r.get("n", data.get("n")) == 16]
+    try:
+        data = json.loads(args.file.read_text())
+        rows = [r for r in data["rows"] if r.get("run") and r.get("n", data.get("n")) == 16]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        parser.error(f"--file {args.file}: not a readable tuning results file ({type(error).__name__}: {error})")
+    if not rows:
+        parser.error(f"--file {args.file}: holds no labelled tuning runs at n 16 (defence_tuning.py's rows)")
     default_seed = data.get("train_seed")
     by_options: dict[str, list[dict]] = {}
     for row in rows:  # one configuration: the same options (numbers compared as numbers) and retain set
