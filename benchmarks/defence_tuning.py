@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))  # the sibling script's helpers, however this one is run
-from erasure_table import VARIANTS  # noqa: E402
+from erasure_table import attack_setting  # noqa: E402
 from rece_tuning import TUNING_SEEDS, _accuracies, _share, _text  # noqa: E402
 
 from concept_edit import EditRequest, fit, make_config
-from concept_edit.attacks import SoftPromptOptions, probe
+from concept_edit.attacks import probe
 from concept_edit.evaluation import evaluate, get_suite
 from concept_edit.models import load_pipeline
 
@@ -83,9 +83,9 @@ def main() -> None:
         row = {"options": options, "fit_s": round(fit_s, 3), "target": target, "others": rest, "attacks": {},
                "stats": edit.manifest["stats"]}  # fmt: skip
         for attack in (a for a in args.attacks.split(",") if a):
-            base, extra = VARIANTS.get(attack, (attack, {}))  # the erasure table's columns (random-prefix, ...)
+            base, options = attack_setting(attack)  # also the erasure table's variant columns (random-prefix, ...)
             r = probe(pipe, args.concept, base, edits=[edit], n=args.n, seed=args.seed, budget=args.budget,
-                      options=SoftPromptOptions(**extra) if extra else None)  # fmt: skip
+                      options=options)  # fmt: skip
             row["attacks"][attack] = {**_share(r["successes"], r["n"]), "without_attack": r["edited_no_attack"]}
         out["rows"].append(row)
         attacks = "; ".join(f"{a} {_text(v)}" for a, v in row["attacks"].items())

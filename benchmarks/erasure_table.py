@@ -319,13 +319,20 @@ def _row(pipe, row, spec, concept, home, label, suites, baselines, attacks, args
     return result
 
 
+def attack_setting(attack: str, options: dict | None = None) -> tuple[str, object]:
+    """(the attack probe runs, its options) for a column: a variant is its base attack with the variant's settings
+    on top of the base's `options` (the quick ones, if any)."""
+    base, extra = VARIANTS.get(attack, (attack, {}))
+    chosen = (options or {}).get(base)
+    if extra:
+        chosen = dataclasses.replace(chosen, **extra) if chosen is not None else SoftPromptOptions(**extra)
+    return base, chosen
+
+
 def _attack(pipe, edit, result: dict, attacks, args, budgets, options) -> None:
     """Run each of `attacks` on the row's edit and record its cell (an attack that refuses: its reason)."""
     for attack in attacks:
-        base, extra = VARIANTS.get(attack, (attack, {}))
-        chosen = options.get(base)
-        if extra:  # a variant: the base attack's options (the quick ones, if any) with the variant's settings
-            chosen = dataclasses.replace(chosen, **extra) if chosen is not None else SoftPromptOptions(**extra)
+        base, chosen = attack_setting(attack, options)
         try:
             probed = probe(pipe, result["concept"], base, edits=[edit], budget=budgets.get(base), n=args.n,
                            seed=args.seed, options=chosen)  # fmt: skip
