@@ -89,10 +89,11 @@ def main() -> None:
         parser.error(f"--file {args.file}: holds no labelled tuning runs at n 16 (defence_tuning.py's rows)")
     default_seed = data.get("train_seed")
     by_options: dict[str, list[dict]] = {}
-    for row in rows:  # one configuration: the same options (numbers compared as numbers) and retain set
+    for row in rows:  # one configuration: the same options (numbers compared as numbers), retain set and stage on top
         options = {k: float(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
                    for k, v in row["options"].items()}  # fmt: skip
-        key = json.dumps({**options, "preserve": row.get("preserve")}, sort_keys=True)
+        then = {"then": row["then"]} if "then" in row else {}  # a stage fitted on top (defence_tuning.py --then)
+        key = json.dumps({**options, "preserve": row.get("preserve"), **then}, sort_keys=True)
         by_options.setdefault(key, []).append(row)
     groups = [summarise(key, group, default_seed) for key, group in by_options.items() if len(group) > 1]
     named = {r["run"]: r for r in rows}

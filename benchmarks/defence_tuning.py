@@ -4,7 +4,7 @@ objects', and the attacks' success, for each candidate configuration, beside the
     python benchmarks/defence_tuning.py --method advunlearn --configs 'lr=1e-4;lr=3e-4,iterations=400'
         [--concept circle] [--n 8] [--seed 5000] [--train-seed 5000]
         [--attacks soft-prompt,concept-inversion,random-prefix]
-        [--json]
+        [--then 'uce;rece:rounds=2'] [--save-edits DIR] [--json]
 
 Each configuration (options `key=value` joined by commas; configurations by semicolons) is fitted on the concept
 (with its method's own default preserved / retain set, as the erasure table fits it, or with `--preserve
@@ -12,7 +12,10 @@ others` the other objects), evaluated on shapes-objects (n images per object, se
 each attack at its default budget (n attacked prompts, seeds from --seed); an attack may also be one of the erasure
 table's variant columns (random-prefix, soft-prompt-16, unlearndiff). Every share has its n and Wilson 95%
 interval; fit time is in seconds on this machine. The last line with --json is
-{"unedited": ..., "rows": [...]}. `benchmarks/rece_tuning.py` is the same for RECE's round count.
+{"unedited": ..., "rows": [...]}. With `--then`, each configuration's edit is also measured with each of the
+`--then` stages (`method:k=v,...`) fitted on top of it, on the model with the edit applied (as `concept-edit edit
+METHOD --edit FIRST` does), the two composed into one edit; its row says `then`, and its fit time is both fits'.
+`benchmarks/rece_tuning.py` is the same for RECE's round count.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # the sibling script's helpers, 
 from erasure_table import attack_setting  # noqa: E402
 from rece_tuning import TUNING_SEEDS, _accuracies, _share, _text  # noqa: E402
 
-from concept_edit import EditRequest, fit, make_config
+from concept_edit import EditRequest, applied, compose, fit, make_config
 from concept_edit.attacks import probe
 from concept_edit.evaluation import evaluate, get_suite
 from concept_edit.models import load_pipeline
@@ -48,6 +51,22 @@ def parse_configs(text: str) -> list[dict]:
     return configs
 
 
+def parse_stages(text: str) -> list[tuple[str, dict]]:
+    """'uce;rece:rounds=2' -> [('uce', {}), ('rece', {'rounds': 2})]."""
+    stages = []
+    for part in (p.strip() for p in text.split(";") if p.strip()):
+        method, _, options = part.partition(":")
+        stages.append((method.strip(), parse_configs(options)[0]))
+    return stages
+
+
+def fit_on_top(pipe, first, method: str, options: dict, request: EditRequest, seed: int):
+    """`method` fitted on `pipe` with `first` applied, composed with `first` into one edit."""
+    with applied(pipe, first):
+        second = fit(pipe, method, request, make_config(method, **options), seed=seed, progress=False)
+    return compose(pipe, first, second)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", default="advunlearn")
@@ -60,6 +79,8 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=None, help="every attack's budget (default: its own)")
     parser.add_argument("--preserve", choices=("none", "others"), default="none",
                         help="none: the method's own default, as the erasure table fits it; others: the other objects")
+    parser.add_argument("--then", default="", help="stages fitted on top of each configuration's edit: 'm:k=v;m'")
+    parser.add_argument("--save-edits", type=Path, default=None, help="directory: each configuration's edit, saved")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if min(args.seed, args.train_seed) < TUNING_SEEDS:
@@ -72,27 +93,44 @@ def main() -> None:
     out = {"method": args.method, "unedited": {"target": target, "others": rest}, "rows": [], "n": args.n,
            "seed": args.seed, "train_seed": args.train_seed, "preserve": args.preserve}  # fmt: skip
     print(f"unedited: {args.concept} {_text(target)}, others {_text(rest)}", flush=True)
-    for options in parse_configs(args.configs):
+    for index, options in enumerate(parse_configs(args.configs)):
         started = time.perf_counter()
         preserve = others if args.preserve == "others" else ()
-        edit = fit(pipe, args.method, EditRequest(concepts=(args.concept,), preserve=preserve),
-                   make_config(args.method, **options), seed=args.train_seed, progress=False)  # fmt: skip
+        request = EditRequest(concepts=(args.concept,), preserve=preserve)
+        edit = fit(pipe, args.method, request, make_config(args.method, **options), seed=args.train_seed,
+                   progress=False)  # fmt: skip
         fit_s = time.perf_counter() - started
-        results, _ = evaluate(pipe, suite, edits=[edit], target=args.concept, progress=False, compute_baseline=False)
-        target, rest = _accuracies(results, args.concept)
-        row = {"options": options, "fit_s": round(fit_s, 3), "target": target, "others": rest, "attacks": {},
-               "stats": edit.manifest["stats"]}  # fmt: skip
-        for attack in (a for a in args.attacks.split(",") if a):
-            base, options = attack_setting(attack)  # also the erasure table's variant columns (random-prefix, ...)
-            r = probe(pipe, args.concept, base, edits=[edit], n=args.n, seed=args.seed, budget=args.budget,
-                      options=options)  # fmt: skip
-            row["attacks"][attack] = {**_share(r["successes"], r["n"]), "without_attack": r["edited_no_attack"]}
-        out["rows"].append(row)
-        attacks = "; ".join(f"{a} {_text(v)}" for a, v in row["attacks"].items())
-        print(f"{options or 'defaults'} ({fit_s:.0f} s): {args.concept} {_text(target)}, others {_text(rest)}; "
-              f"{attacks}", flush=True)  # fmt: skip
+        if args.save_edits is not None:
+            args.save_edits.mkdir(parents=True, exist_ok=True)
+            edit.save(args.save_edits / f"{args.method}-{args.train_seed}-{index}.safetensors")
+        out["rows"].append(_measure(pipe, suite, edit, options, fit_s, args))
+        for method, extra in parse_stages(args.then):
+            started = time.perf_counter()
+            stacked = fit_on_top(pipe, edit, method, extra, request, args.train_seed)
+            row = _measure(pipe, suite, stacked, options, fit_s + time.perf_counter() - started, args,
+                           then=f"{method}:{json.dumps(extra)}")  # fmt: skip
+            out["rows"].append(row)
     if args.json:
         print(json.dumps(out))
+
+
+def _measure(pipe, suite, edit, options: dict, fit_s: float, args, then: str | None = None) -> dict:
+    """One row: the edit's accuracies on the suite and each attack's success, printed as it finishes."""
+    results, _ = evaluate(pipe, suite, edits=[edit], target=args.concept, progress=False, compute_baseline=False)
+    target, rest = _accuracies(results, args.concept)
+    row = {"options": options, "fit_s": round(fit_s, 3), "target": target, "others": rest, "attacks": {},
+           "stats": edit.manifest.get("stats")}  # fmt: skip
+    if then is not None:
+        row["then"] = then
+    for attack in (a for a in args.attacks.split(",") if a):
+        base, chosen = attack_setting(attack)  # also the erasure table's variant columns (random-prefix, ...)
+        r = probe(pipe, args.concept, base, edits=[edit], n=args.n, seed=args.seed, budget=args.budget,
+                  options=chosen)  # fmt: skip
+        row["attacks"][attack] = {**_share(r["successes"], r["n"]), "without_attack": r["edited_no_attack"]}
+    attacks = "; ".join(f"{a} {_text(v)}" for a, v in row["attacks"].items())
+    label = f"{options or 'defaults'}" + (f" then {then}" if then else "")
+    print(f"{label} ({fit_s:.0f} s): {args.concept} {_text(target)}, others {_text(rest)}; {attacks}", flush=True)
+    return row
 
 
 if __name__ == "__main__":

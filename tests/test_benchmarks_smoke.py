@@ -40,7 +40,7 @@ CASES = {
     "cad_speed.py": ("--steps 3 --repeats 1", "speedup", True),
     "defence_tuning.py": (
         "--method advunlearn --configs iterations=2,warmup=1,attack_steps=1,sampling_steps=2 --n 1 "
-        "--attacks soft-prompt --budget 1",
+        "--attacks soft-prompt --budget 1 --then uce",
         "rows",
         True,
     ),
