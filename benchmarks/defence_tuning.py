@@ -4,7 +4,7 @@ objects', and the attacks' success, for each candidate configuration, beside the
     python benchmarks/defence_tuning.py --method advunlearn --configs 'lr=1e-4;lr=3e-4,iterations=400'
         [--concept circle] [--n 8] [--seed 5000] [--train-seed 5000]
         [--attacks soft-prompt,concept-inversion,random-prefix]
-        [--then 'uce;rece:rounds=2'] [--save-edits DIR] [--json]
+        [--then 'uce;rece:rounds=2'] [--save-edits DIR] [--average A.safetensors,B.safetensors] [--json]
 
 Each configuration (options `key=value` joined by commas; configurations by semicolons) is fitted on the concept
 (with its method's own default preserved / retain set, as the erasure table fits it, or with `--preserve
@@ -15,6 +15,8 @@ interval; fit time is in seconds on this machine. The last line with --json is
 {"unedited": ..., "rows": [...]}. With `--then`, each configuration's edit is also measured with each of the
 `--then` stages (`method:k=v,...`) fitted on top of it, on the model with the edit applied (as `concept-edit edit
 METHOD --edit FIRST` does), the two composed into one edit; its row says `then`, and its fit time is both fits'.
+`--average` measures instead the uniform average of saved edits' weight changes (a model soup of
+fits saved with --save-edits; every change must be a dense delta) and fits nothing.
 `benchmarks/rece_tuning.py` is the same for RECE's round count.
 """
 
@@ -32,6 +34,8 @@ from rece_tuning import TUNING_SEEDS, _accuracies, _share, _text  # noqa: E402
 
 from concept_edit import EditRequest, applied, compose, fit, make_config
 from concept_edit.attacks import probe
+from concept_edit.edit.changes import DenseDelta
+from concept_edit.edit.file import Edit
 from concept_edit.evaluation import evaluate, get_suite
 from concept_edit.models import load_pipeline
 
@@ -67,6 +71,17 @@ def fit_on_top(pipe, first, method: str, options: dict, request: EditRequest, se
     return compose(pipe, first, second)
 
 
+def average_edits(pipe, paths: list[str]):
+    """One edit whose every dense delta is the mean of the saved edits' deltas on that tensor (a model soup)."""
+    edits = [Edit.load(path) for path in paths]
+    targets = [[c.target for c in e.changes()] for e in edits]
+    if any(t != targets[0] for t in targets) or any(c.kind != "dense" for e in edits for c in e.changes()):
+        raise SystemExit("--average: the edits must change the same tensors, each by a dense delta")
+    changes = [DenseDelta(parts[0].target, sum(c.delta.float() for c in parts) / len(parts))
+               for parts in zip(*(e.changes() for e in edits), strict=True)]  # fmt: skip
+    return Edit.create(pipe, changes, method="average", config={"parts": paths}, request={"concepts": []}, seed=None)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", default="advunlearn")
@@ -81,6 +96,7 @@ def main() -> None:
                         help="none: the method's own default, as the erasure table fits it; others: the other objects")
     parser.add_argument("--then", default="", help="stages fitted on top of each configuration's edit: 'm:k=v;m'")
     parser.add_argument("--save-edits", type=Path, default=None, help="directory: each configuration's edit, saved")
+    parser.add_argument("--average", default="", help="comma-separated saved edits: measure their average, fit none")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if min(args.seed, args.train_seed) < TUNING_SEEDS:
@@ -93,7 +109,10 @@ def main() -> None:
     out = {"method": args.method, "unedited": {"target": target, "others": rest}, "rows": [], "n": args.n,
            "seed": args.seed, "train_seed": args.train_seed, "preserve": args.preserve}  # fmt: skip
     print(f"unedited: {args.concept} {_text(target)}, others {_text(rest)}", flush=True)
-    for index, options in enumerate(parse_configs(args.configs)):
+    if args.average:
+        paths = args.average.split(",")
+        out["rows"].append(_measure(pipe, suite, average_edits(pipe, paths), {"average_of": paths}, 0.0, args))
+    for index, options in enumerate(parse_configs(args.configs) if not args.average else []):
         started = time.perf_counter()
         preserve = others if args.preserve == "others" else ()
         request = EditRequest(concepts=(args.concept,), preserve=preserve)

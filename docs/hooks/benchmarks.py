@@ -863,10 +863,12 @@ def defence_tuning(method: str, name: str, target: str = "circle") -> str:
             rows.append(unedited(shown, r["n"]))
         rows.append(
             [r.get("run", ""), (", ".join(f"{k} {v}" for k, v in r["options"].items()) or "defaults")
-             + (f" (training seed {r['train_seed']})" if "train_seed" in r else ""),
+             + (f"; then {r['then']} fitted on top" if "then" in r else "")
+             + (f" (training seed {r['train_seed']})" if r.get("train_seed") is not None else ""),
              retain[r["preserve"]],
              rate(r["target"]), rate(r["others"]), *(rate(r["attacks"][a]) if a in r["attacks"] else "–"
-                                                     for a in attacks), f"{r['fit_s']:.0f}"]
+                                                     for a in attacks),
+             "–" if r["fit_s"] is None else f"{r['fit_s']:.0f}"]
         )  # fmt: skip
     header = ["run", "options", "retain set", f"{target} drawn", "other objects drawn",
               *(f"{a} success" for a in attacks), "fit s"]  # fmt: skip
