@@ -35,7 +35,7 @@ from rece_tuning import TUNING_SEEDS, _accuracies, _share, _text  # noqa: E402
 from concept_edit import EditRequest, applied, compose, fit, make_config
 from concept_edit.attacks import probe
 from concept_edit.edit.changes import DenseDelta
-from concept_edit.edit.file import Edit
+from concept_edit.edit.file import Edit, EditError
 from concept_edit.evaluation import evaluate, get_suite
 from concept_edit.models import load_pipeline
 
@@ -71,9 +71,8 @@ def fit_on_top(pipe, first, method: str, options: dict, request: EditRequest, se
     return compose(pipe, first, second)
 
 
-def average_edits(pipe, paths: list[str]):
-    """One edit whose every dense delta is the mean of the saved edits' deltas on that tensor (a model soup)."""
-    edits = [Edit.load(path) for path in paths]
+def average_edits(pipe, edits: list[Edit], paths: list[str]):
+    """One edit whose every dense delta is the mean of the edits' deltas on that tensor (a model soup)."""
     targets = [[c.target for c in e.changes()] for e in edits]
     if any(t != targets[0] for t in targets) or any(c.kind != "dense" for e in edits for c in e.changes()):
         raise SystemExit("--average: the edits must change the same tensors, each by a dense delta")
@@ -101,6 +100,16 @@ def main() -> None:
     args = parser.parse_args()
     if min(args.seed, args.train_seed) < TUNING_SEEDS:
         parser.error(f"tuning runs on the tuning seeds ({TUNING_SEEDS}+), never on the reported ones")
+    if args.average and (args.configs or args.then):
+        parser.error("--average measures saved edits and fits nothing: give it without --configs and --then")
+    try:  # bad stages, saved edits or a folder that is a file: one line before any work
+        for method, options in parse_stages(args.then):
+            make_config(method, **options)
+        saved = [Edit.load(path) for path in args.average.split(",") if args.average]
+    except (ValueError, TypeError, EditError) as error:
+        parser.error(str(error))
+    if args.save_edits is not None and args.save_edits.exists() and not args.save_edits.is_dir():
+        parser.error(f"--save-edits {args.save_edits}: not a folder")
     pipe = load_pipeline("shapes", device="cpu")
     suite = get_suite("shapes-objects", n=args.n, seed=args.seed)
     others = tuple(c for c in suite.concepts if c != args.concept)
@@ -109,9 +118,9 @@ def main() -> None:
     out = {"method": args.method, "unedited": {"target": target, "others": rest}, "rows": [], "n": args.n,
            "seed": args.seed, "train_seed": args.train_seed, "preserve": args.preserve}  # fmt: skip
     print(f"unedited: {args.concept} {_text(target)}, others {_text(rest)}", flush=True)
-    if args.average:
+    if saved:
         paths = args.average.split(",")
-        out["rows"].append(_measure(pipe, suite, average_edits(pipe, paths), {"average_of": paths}, 0.0, args))
+        out["rows"].append(_measure(pipe, suite, average_edits(pipe, saved, paths), {"average_of": paths}, 0.0, args))
     for index, options in enumerate(parse_configs(args.configs) if not args.average else []):
         started = time.perf_counter()
         preserve = others if args.preserve == "others" else ()

@@ -23,16 +23,16 @@ def test_average_is_the_mean_of_each_dense_delta(sd, tmp_path):
     first = make_edit(sd, make_change(sd, "dense", seed=1))
     second = make_edit(sd, make_change(sd, "dense", seed=2))
     paths = [str(first.save(tmp_path / "a.safetensors")), str(second.save(tmp_path / "b.safetensors"))]
-    (change,) = average_edits(sd, paths).changes()
+    (change,) = average_edits(sd, [first, second], paths).changes()
     (a,), (b,) = first.changes(), second.changes()
     torch.testing.assert_close(change.delta, (a.delta + b.delta) / 2, rtol=0, atol=1e-7)
 
 
 def test_average_refuses_edits_it_cannot_average(sd, tmp_path):
-    dense = make_edit(sd, make_change(sd, "dense", seed=1)).save(tmp_path / "a.safetensors")
-    low_rank = make_edit(sd, make_change(sd, "low_rank", seed=2)).save(tmp_path / "b.safetensors")
+    dense = make_edit(sd, make_change(sd, "dense", seed=1))
+    low_rank = make_edit(sd, make_change(sd, "low_rank", seed=2))
     with pytest.raises(SystemExit, match="same tensors, each by a dense delta"):
-        average_edits(sd, [str(dense), str(low_rank)])
+        average_edits(sd, [dense, low_rank], ["a", "b"])
 
 
 def test_a_stage_fitted_on_top_is_fitted_on_the_edited_model_and_composed(sd):
