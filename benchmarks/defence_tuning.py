@@ -73,6 +73,9 @@ def fit_on_top(pipe, first, method: str, options: dict, request: EditRequest, se
 
 def average_edits(pipe, edits: list[Edit], paths: list[str]):
     """One edit whose every dense delta is the mean of the edits' deltas on that tensor (a model soup)."""
+    for edit in edits:  # each must be made for this model: applying one checks its base
+        with applied(pipe, edit):
+            pass
     targets = [[c.target for c in e.changes()] for e in edits]
     if any(t != targets[0] for t in targets) or any(c.kind != "dense" for e in edits for c in e.changes()):
         raise SystemExit("--average: the edits must change the same tensors, each by a dense delta")
