@@ -209,6 +209,35 @@ def test_with_two_concepts_each_erasure_step_trains_on_the_concept_last_attacked
     assert all(a == c for a, c in seen["token_pairs"])
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+def test_each_inner_attack_step_is_on_attack_batch_samples_of_the_attacked_concept(sd, monkeypatch, batch):
+    """--attack-batch B: every Adam step of the inner attack predicts B pool samples at once, all of the concept
+    being attacked (two concepts)."""
+    seen = {"concept": None, "batches": []}
+    real_attack, real_eps = adv._Trainer.attack, adv._Trainer.eps
+
+    def attack(self, pool, start, concept, *args):
+        seen["concept"], seen["pool"] = concept, pool
+        delta, loss = real_attack(self, pool, start, concept, *args)
+        seen["concept"] = None
+        return delta, loss
+
+    def eps(self, x, t, cond, **kwargs):
+        if seen["concept"] is not None:  # inside the attack: which pool rows are these?
+            rows = [int(torch.nonzero((seen["pool"].x == xi).flatten(1).all(1) & (seen["pool"].t == ti))[0])
+                    for xi, ti in zip(x, t, strict=True)]  # fmt: skip
+            seen["batches"].append([int(seen["pool"].concept[r]) for r in rows])
+        return real_eps(self, x, t, cond, **kwargs)
+
+    monkeypatch.setattr(adv._Trainer, "attack", attack)
+    monkeypatch.setattr(adv._Trainer, "eps", eps)
+    request = EditRequest(concepts=("cat", "dog"), preserve=("a tree",))
+    fit(sd, "advunlearn", request, config(iterations=8, attack_batch=batch), progress=False)
+    assert len(seen["batches"]) == 6 * 3  # 6 attacks after the warm-up, 3 steps each
+    assert all(len(b) == batch and len(set(b)) == 1 for b in seen["batches"])
+    assert {b[0] for b in seen["batches"]} == {0, 1}  # both concepts attacked, each step on one
+
+
 def test_with_a_bank_each_erasure_sample_trains_on_one_of_the_last_attacks(sd, monkeypatch):
     """--attack-bank 2: every erasure sample's tokens are those of the latest or the one before, both are used, and
     none older (6 attacks: after warm-up 2 of 8 iterations, one per step)."""
@@ -338,6 +367,7 @@ BAD = [
     ({"modules": "x", "null_space": -0.1}, REQUEST, "null_space"),
     ({"erase_batch": 0}, REQUEST, "erase_batch"),
     ({"attack_bank": 0}, REQUEST, "attack_bank"),
+    ({"attack_batch": 0}, REQUEST, "attack_batch"),
     ({"sample_from": "edited"}, REQUEST, "sample_from"),
 ]
 

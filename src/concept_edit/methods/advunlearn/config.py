@@ -50,6 +50,14 @@ class AdvUnlearnConfig:
     )
     attack_tokens: int = field(default=1, metadata={"help": "free prefix tokens of the inner attack (official: 1)"})
     attack_every: int = field(default=1, metadata={"help": "outer steps between inner attacks (official: 1)"})
+    attack_batch: int = field(
+        default=1,
+        metadata={
+            "help": "not in the paper: concept samples (timesteps and trajectories of the pool) in each inner-attack "
+            "step's loss, drawn with repeats as the official single sample is (official: 1; the evaluation's "
+            "soft-prompt attack averages over many timesteps)"
+        },
+    )
     attack_bank: int = field(
         default=1,
         metadata={
@@ -114,6 +122,7 @@ class AdvUnlearnConfig:
                 "attack_lr": {"low": 0, "low_open": True, "optional": True},
                 "attack_tokens": {"low": 1, "high": 16, "integer": True},
                 "attack_every": {"low": 1, "integer": True},
+                "attack_batch": {"low": 1, "integer": True},
                 "attack_bank": {"low": 1, "integer": True},
                 "retain_weight": {"low": 0, "optional": True},
                 "retain_batch": {"low": 1, "integer": True},

@@ -264,18 +264,21 @@ class _Trainer:
         return random_token_embeddings(self.pipe, self.allowed, self.config.attack_tokens, step_rng(seed, step, 5))
 
     def attack(self, pool: _Pool, start: torch.Tensor, concept: int, steps: int, lr: float, seed: int, step: int):
-        """The inner attack on the weights as they are: `steps` Adam steps on delta; returns (delta, last loss)."""
+        """The inner attack on the weights as they are: `steps` Adam steps on delta, each on `attack_batch` pool
+        samples of the concept; returns (delta, last loss)."""
         delta = start.clone().requires_grad_(True)
         optimizer = torch.optim.Adam([delta], lr=lr)
         rows = torch.nonzero(pool.concept == concept).flatten()
-        picks = rows[torch.as_tensor(step_rng(seed, step, 6).choice(len(rows), steps)).to(rows.device)]
+        batch = self.config.attack_batch  # one draw of steps * batch: at 1, the draws the official single sample had
+        picks = step_rng(seed, step, 6).choice(len(rows), steps * batch)
+        picks = rows[torch.as_tensor(picks).to(rows.device)].reshape(steps, batch)
         loss = torch.zeros(())
         with frozen(self.pipe.text_encoder, self.unet):
-            for i in picks.tolist():
+            for i in picks:
                 optimizer.zero_grad(set_to_none=True)
-                cond = self.encode("adversarial", pool.concept[i : i + 1], delta)
-                pred = self.eps(pool.x[i : i + 1], pool.t[i : i + 1], cond)
-                loss = torch.nn.functional.mse_loss(pred, pool.eps_concept[i : i + 1])
+                cond = self.encode("adversarial", pool.concept[i], delta)
+                pred = self.eps(pool.x[i], pool.t[i], cond)
+                loss = torch.nn.functional.mse_loss(pred, pool.eps_concept[i])
                 loss.backward()
                 optimizer.step()
         return delta.detach(), loss.item()
