@@ -54,7 +54,8 @@ class AdvUnlearnConfig:
         default=1,
         metadata={
             "help": "not in the paper: concept samples (timesteps and trajectories of the pool) in each inner-attack "
-            "step's loss, drawn with repeats as the official single sample is (official: 1; the evaluation's "
+            "step's loss, drawn with repeats as the official single sample is, at most the pool's samples of the "
+            "concept (official: 1; the evaluation's "
             "soft-prompt attack averages over many timesteps)"
         },
     )

@@ -269,7 +269,9 @@ class _Trainer:
         delta = start.clone().requires_grad_(True)
         optimizer = torch.optim.Adam([delta], lr=lr)
         rows = torch.nonzero(pool.concept == concept).flatten()
-        batch = self.config.attack_batch  # one draw of steps * batch: at 1, the draws the official single sample had
+        # one draw of steps * batch (at 1, the draws the official single sample had); never more per step than the
+        # pool holds of the concept, so a huge --attack-batch cannot ask for a huge batch
+        batch = min(self.config.attack_batch, len(rows))
         picks = step_rng(seed, step, 6).choice(len(rows), steps * batch)
         picks = rows[torch.as_tensor(picks).to(rows.device)].reshape(steps, batch)
         loss = torch.zeros(())
