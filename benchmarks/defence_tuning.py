@@ -84,6 +84,12 @@ def average_edits(pipe, edits: list[Edit], paths: list[str]):
     return Edit.create(pipe, changes, method="average", config={"parts": paths}, request={"concepts": []}, seed=None)
 
 
+def _folder(value: str) -> Path:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("give a folder")
+    return Path(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--method", default="advunlearn")
@@ -97,7 +103,7 @@ def main() -> None:
     parser.add_argument("--preserve", choices=("none", "others"), default="none",
                         help="none: the method's own default, as the erasure table fits it; others: the other objects")
     parser.add_argument("--then", default="", help="stages fitted on top of each configuration's edit: 'm:k=v;m'")
-    parser.add_argument("--save-edits", type=Path, default=None, help="directory: each configuration's edit, saved")
+    parser.add_argument("--save-edits", type=_folder, default=None, help="directory: each configuration's edit, saved")
     parser.add_argument("--average", default="", help="comma-separated saved edits: measure their average, fit none")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
