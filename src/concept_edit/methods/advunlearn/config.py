@@ -55,8 +55,7 @@ class AdvUnlearnConfig:
         metadata={
             "help": "not in the paper: concept samples (timesteps and trajectories of the pool) in each inner-attack "
             "step's loss, drawn with repeats as the official single sample is, at most the pool's samples of the "
-            "concept (official: 1; the evaluation's "
-            "soft-prompt attack averages over many timesteps)"
+            "concept (official: 1; the evaluation's soft-prompt attack averages over many timesteps)"
         },
     )
     attack_bank: int = field(
