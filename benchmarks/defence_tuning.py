@@ -41,12 +41,16 @@ from concept_edit.models import load_pipeline
 
 
 def parse_configs(text: str) -> list[dict]:
-    """'a=1,b=x;a=2' -> [{'a': 1, 'b': 'x'}, {'a': 2}] (numbers parsed; '' is the defaults)."""
+    """'a=1,b=x;a=2,c=true' -> [{'a': 1, 'b': 'x'}, {'a': 2, 'c': True}] (numbers and true/false parsed; '' is
+    the defaults)."""
     configs = []
     for part in text.split(";"):
         options = {}
         for pair in (p for p in part.split(",") if p.strip()):
             key, _, value = pair.partition("=")
+            if value.strip().lower() in ("true", "false"):
+                options[key.strip()] = value.strip().lower() == "true"
+                continue
             try:
                 options[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
             except ValueError:

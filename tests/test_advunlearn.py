@@ -370,6 +370,9 @@ BAD = [
     ({"attack_bank": 0}, REQUEST, "attack_bank"),
     ({"attack_batch": 0}, REQUEST, "attack_batch"),
     ({"sample_from": "edited"}, REQUEST, "sample_from"),
+    ({"retain_embeddings": -1.0}, REQUEST, "retain_embeddings"),
+    ({"retain_embeddings": float("nan")}, REQUEST, "retain_embeddings"),
+    ({"modules": "x", "retain_embeddings": 1.0}, REQUEST, "needs --modules text-encoder"),
 ]
 
 
@@ -419,6 +422,56 @@ def test_null_space_keeps_the_retain_and_empty_prompts_keys_and_values(sd):
     free = fit(sd, "advunlearn", REQUEST, config(modules="x"), progress=False)  # without: the held directions move
     assert max((c.delta.double() @ held).abs().max() / c.delta.abs().max() for c in free.changes()
                if ".to_k." in c.target or ".to_v." in c.target) > 1e-2  # fmt: skip
+
+
+@pytest.mark.parametrize("erase_plain", [False, True])
+def test_erase_plain_adds_the_plain_concept_to_each_adversarial_erasure_step(sd, monkeypatch, erase_plain):
+    """Warm-up steps train on the plain prompt; after them each step trains on [delta, c], and with
+    --erase-plain on the plain prompt too, on the same samples."""
+    calls, real = [], adv._Trainer.erase_loss
+
+    def erase_loss(self, pool, i, delta):
+        calls.append((i.tolist(), delta is None))
+        return real(self, pool, i, delta)
+
+    monkeypatch.setattr(adv._Trainer, "erase_loss", erase_loss)
+    fit(sd, "advunlearn", REQUEST, config(erase_plain=erase_plain), progress=False)
+    plain = [(i, True) for i, _ in calls]
+    assert [c[1] for c in calls[:2]] == [True, True]  # the two warm-up steps
+    if erase_plain:
+        assert len(calls) == 2 + 2 * 4
+        assert calls[2::2] == [(i, False) for i, _ in calls[2::2]] and calls[3::2] == plain[2::2]
+    else:
+        assert len(calls) == 6 and not any(c[1] for c in calls[2:])
+
+
+def test_retain_embeddings_holds_the_empty_and_retain_prompts_text_embeddings(sd):
+    """The text-embedding retain loss is the relative mean square of the trained encoder's output against the
+    original's for "" and every retain prompt (checked against the pipeline's own encode_prompt, float64), and a
+    fit with it moves those embeddings less than the same fit without it."""
+    from concept_edit.models.conditioning import encode_conditions
+
+    prompts = ["", *REQUEST.preserve]
+    original = encode_conditions(sd, prompts).embeds.double()
+    stack, tuned, tr = trainer(sd, config(retain_embeddings=1.0))
+    with stack:
+        assert tr.held_loss().item() == 0.0
+        with torch.no_grad():
+            for p in tuned.parameters:
+                p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+        moved = encode_conditions(sd, prompts).embeds.double()
+        expected = ((moved - original) ** 2).mean() / (original**2).mean()
+        assert float(expected) > 1e-4
+        torch.testing.assert_close(tr.held_loss().double(), expected, rtol=1e-4, atol=0)
+
+    def drift(edit):
+        with applied(sd, edit):
+            return float(((encode_conditions(sd, prompts).embeds.double() - original) ** 2).mean())
+
+    cfg = {"lr": 1e-2, "iterations": 8}
+    free = fit(sd, "advunlearn", REQUEST, config(**cfg), seed=0, progress=False)
+    held = fit(sd, "advunlearn", REQUEST, config(retain_embeddings=100.0, **cfg), seed=0, progress=False)
+    assert drift(held) < 0.5 * drift(free)
 
 
 def test_null_space_holding_every_direction_is_refused_before_training(sd):

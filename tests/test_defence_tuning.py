@@ -1,5 +1,5 @@
-"""benchmarks/defence_tuning.py's two ways of making an edit from others: a stage fitted on top (--then) and the
-average of saved fits (--average)."""
+"""benchmarks/defence_tuning.py's option parsing and its two ways of making an edit from others: a stage fitted on
+top (--then) and the average of saved fits (--average)."""
 
 import sys
 from pathlib import Path
@@ -11,7 +11,12 @@ from test_edit_kinds import ATTN, make_change, make_edit, unet_output
 from concept_edit import EditRequest, applied, fit, make_config
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
-from defence_tuning import average_edits, fit_on_top, parse_stages  # noqa: E402
+from defence_tuning import average_edits, fit_on_top, parse_configs, parse_stages  # noqa: E402
+
+
+def test_parse_configs_reads_numbers_booleans_and_words():
+    expected = [{"lr": 0.0003, "iterations": 250, "erase_plain": True, "modules": "x"}, {"null_space": False}]
+    assert parse_configs("lr=3e-4,iterations=250,erase_plain=True,modules=x;null_space=false") == expected
 
 
 def test_parse_stages_reads_methods_and_their_options():

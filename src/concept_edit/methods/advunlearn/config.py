@@ -71,6 +71,22 @@ class AdvUnlearnConfig:
     retain_weight: float | None = field(
         default=None, metadata={"help": "weight of the retain (utility) loss (default: the paper's 1; ShapesSD: tuned)"}
     )
+    erase_plain: bool = field(
+        default=False,
+        metadata={
+            "help": "not in the paper: after the warm-up, each erasure step also trains on the plain concept prompt "
+            "(the official trains on the adversarial prompt alone)"
+        },
+    )
+    retain_embeddings: float = field(
+        default=0.0,
+        metadata={
+            "help": "not in the paper: weight of a second retain loss, on the text encoder's output: the empty "
+            "prompt's and the step's retain prompts' per-token embeddings as trained against the original's "
+            "(relative mean square; 0: off; --modules text-encoder, whose edit reaches every prompt, the empty one "
+            "that every image's guidance starts from too)"
+        },
+    )
     retain_batch: int = field(default=5, metadata={"help": "retain prompts per step (official: 5)"})
     erase_batch: int = field(
         default=1,
@@ -126,6 +142,7 @@ class AdvUnlearnConfig:
                 "attack_bank": {"low": 1, "integer": True},
                 "retain_weight": {"low": 0, "optional": True},
                 "retain_batch": {"low": 1, "integer": True},
+                "retain_embeddings": {"low": 0},
                 "erase_batch": {"low": 1, "integer": True},
                 "sampling_steps": {"low": 1, "integer": True, "optional": True},
                 "sampling_guidance": {"low": 0},
@@ -140,6 +157,11 @@ class AdvUnlearnConfig:
         if self.null_space >= 1:
             raise ValueError(
                 f"null_space must be below 1 (a share of the energy; 1 holds every direction), got {self.null_space}"
+            )
+        if self.retain_embeddings and self.modules != "text-encoder":
+            raise ValueError(
+                "--retain-embeddings holds the text encoder's output; it needs --modules text-encoder (with x or kv "
+                "the text encoder does not train)"
             )
         if self.null_space and self.modules == "text-encoder":
             raise ValueError(

@@ -58,8 +58,10 @@ Not in the paper: `null_space` holds every key/value update off the retain and e
 subspace after each optimiser step (AlphaEdit's projection, `null_space.py`), so their keys and values stay as they
 were; the query and output projections stay free. `erase_batch` takes several concept samples per erasure step;
 `attack_bank` trains each on the tokens of one of the last attacks against its concept; `sample_from` draws the
-concept's trajectories under the latest attack's tokens or with the unedited UNet (all measured on ShapesSD's tuning
-seeds, none better there than the official choices: docs/methods/advunlearn.md).
+concept's trajectories under the latest attack's tokens or with the unedited UNet; `erase_plain` adds the plain
+concept prompt to each adversarial erasure step; `retain_embeddings` (text encoder) holds the empty and retain
+prompts' text embeddings to the original's (all measured on ShapesSD's tuning seeds, none better there against
+the attack than the official choices: docs/methods/advunlearn.md).
 """
 
 from __future__ import annotations
@@ -187,6 +189,11 @@ class _Trainer:
         self.plain = prompt_ids(pipe, self.concepts)
         self.adversarial = template_ids(pipe, ["{} " + c for c in self.concepts], config.attack_tokens)
         self.retain_ids = prompt_ids(pipe, retain)
+        self.held_ids = prompt_ids(pipe, ["", *retain])  # the text-embedding retain loss's prompts
+        self.held = None
+        if config.retain_embeddings:  # their original per-token embeddings (built before any weight trains)
+            with torch.no_grad():
+                self.held = encode_ids(pipe, *self.held_ids)
         self.allowed = vocabulary(pipe.tokenizer, [i for c in self.concepts for i in concept_ids(pipe, c)])
         self.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
         steps = config.sampling_steps or world_of(pipe).method_sampling_steps or OFFICIAL_STEPS
@@ -309,11 +316,25 @@ class _Trainer:
             picks = rng.choice(len(rows), min(self.config.erase_batch, len(rows)), replace=False).tolist()
         return rows[torch.as_tensor(picks, device=rows.device)]
 
+    def held_loss(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The text-embedding retain loss (`retain_embeddings`): the trained text encoder's per-token output for
+        `rows` of ["", *retain] (all by default) against the original's, relative mean square."""
+        rows = torch.arange(len(self.held)) if rows is None else rows.cpu()
+        ids, mask = self.held_ids
+        out = encode_ids(self.pipe, ids[rows], mask[rows])
+        return ((out - self.held[rows]) ** 2).mean() / (self.held[rows] ** 2).mean()
+
     def retain_loss(self, pool: _Pool, seed: int, step: int) -> torch.Tensor:
         pick = torch.as_tensor(step_rng(seed, step, 7).choice(len(pool.retain_x), self.config.retain_batch))
         pick = pick.to(pool.retain_x.device)
         pred = self.eps(pool.retain_x[pick], pool.retain_t[pick], self.encode("retain", pool.retain[pick]))
-        return torch.nn.functional.mse_loss(pred, pool.eps_retain[pick])
+        loss = torch.nn.functional.mse_loss(pred, pool.eps_retain[pick])
+        if self.held is None:
+            return loss
+        # the empty prompt (every image's unconditional branch) and this step's retain prompts: encoding all of
+        # them each step would cost more than the UNet's steps
+        rows = torch.cat([torch.zeros(1, dtype=torch.long), pool.retain[pick].cpu() + 1])
+        return loss + self.config.retain_embeddings * self.held_loss(rows)
 
 
 @register("advunlearn")
@@ -395,6 +416,8 @@ def fit_advunlearn(pipe, request: EditRequest, config: AdvUnlearnConfig, inputs:
             bank = [d for d, c in zip(state["bank"], state["bank_concepts"], strict=True) if c == state["concept"]]
             tokens = trainer.bank_tokens(bank, len(picks), seed, step) if adversarial else None
             loss = trainer.erase_loss(pool, picks, tokens)
+            if adversarial and config.erase_plain:
+                loss = loss + trainer.erase_loss(pool, picks, None)
             if config.retain_mode == "reg":
                 retain_loss = trainer.retain_loss(pool, seed, step)
                 (loss + chosen["retain_weight"] * retain_loss).backward()
