@@ -428,14 +428,18 @@ def test_null_space_keeps_the_retain_and_empty_prompts_keys_and_values(sd):
 def test_erase_plain_adds_the_plain_concept_to_each_adversarial_erasure_step(sd, monkeypatch, erase_plain):
     """Warm-up steps train on the plain prompt; after them each step trains on [delta, c], and with
     --erase-plain on the plain prompt too, on the same samples."""
-    calls, real = [], adv._Trainer.erase_loss
+    calls, values, real = [], [], adv._Trainer.erase_loss
 
     def erase_loss(self, pool, i, delta):
         calls.append((i.tolist(), delta is None))
-        return real(self, pool, i, delta)
+        values.append(real(self, pool, i, delta))
+        return values[-1]
 
     monkeypatch.setattr(adv._Trainer, "erase_loss", erase_loss)
-    fit(sd, "advunlearn", REQUEST, config(erase_plain=erase_plain), progress=False)
+    edit = fit(sd, "advunlearn", REQUEST, config(erase_plain=erase_plain), progress=False)
+    # the last step's loss (final_loss over 6 iterations is the last one) is the sum of its erasure losses
+    last = values[-2] + values[-1] if erase_plain else values[-1]
+    assert edit.manifest["stats"]["final_loss"] == pytest.approx(last.item(), rel=1e-6)
     plain = [(i, True) for i, _ in calls]
     assert [c[1] for c in calls[:2]] == [True, True]  # the two warm-up steps
     if erase_plain:
@@ -468,10 +472,22 @@ def test_retain_embeddings_holds_the_empty_and_retain_prompts_text_embeddings(sd
         with applied(sd, edit):
             return float(((encode_conditions(sd, prompts).embeds.double() - original) ** 2).mean())
 
-    cfg = {"lr": 1e-2, "iterations": 8}
-    free = fit(sd, "advunlearn", REQUEST, config(**cfg), seed=0, progress=False)
-    held = fit(sd, "advunlearn", REQUEST, config(retain_embeddings=100.0, **cfg), seed=0, progress=False)
-    assert drift(held) < 0.5 * drift(free)
+    rows_seen, real_held = [], adv._Trainer.held_loss
+
+    def held_loss(self, rows=None):
+        rows_seen.append(rows.tolist())
+        return real_held(self, rows)
+
+    for mode in ("reg", "iter"):
+        cfg = {"lr": 1e-2, "iterations": 8, "retain_mode": mode, "retain_batch": 2}
+        free = fit(sd, "advunlearn", REQUEST, config(**cfg), seed=0, progress=False)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(adv._Trainer, "held_loss", held_loss)
+            held = fit(sd, "advunlearn", REQUEST, config(retain_embeddings=100.0, **cfg), seed=0, progress=False)
+        assert drift(held) < 0.5 * drift(free)
+    # every step holds the empty prompt (row 0) and the step's two retain prompts (rows 1.. of ["", *preserve])
+    assert len(rows_seen) == 16 and all(r[0] == 0 and len(r) == 3 and set(r[1:]) <= {1, 2} for r in rows_seen)
+    assert {x for r in rows_seen for x in r[1:]} == {1, 2}
 
 
 def test_null_space_holding_every_direction_is_refused_before_training(sd):

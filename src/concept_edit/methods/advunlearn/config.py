@@ -74,8 +74,8 @@ class AdvUnlearnConfig:
     erase_plain: bool = field(
         default=False,
         metadata={
-            "help": "not in the paper: after the warm-up, each erasure step also trains on the plain concept prompt "
-            "(the official trains on the adversarial prompt alone)"
+            "help": "not in the paper: after the warm-up, each erasure step also trains on the plain concept prompt, "
+            "its loss added to the adversarial one's (the official trains on the adversarial prompt alone)"
         },
     )
     retain_embeddings: float = field(
@@ -83,8 +83,9 @@ class AdvUnlearnConfig:
         metadata={
             "help": "not in the paper: weight of a second retain loss, on the text encoder's output: the empty "
             "prompt's and the step's retain prompts' per-token embeddings as trained against the original's "
-            "(relative mean square; 0: off; --modules text-encoder, whose edit reaches every prompt, the empty one "
-            "that every image's guidance starts from too)"
+            "(relative mean square), added to the retain loss so weighed by --retain-weight too (0: off; --modules "
+            "text-encoder, whose edit reaches every prompt, the empty one that every image's guidance starts from "
+            "too)"
         },
     )
     retain_batch: int = field(default=5, metadata={"help": "retain prompts per step (official: 5)"})
