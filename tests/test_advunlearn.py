@@ -372,6 +372,7 @@ BAD = [
     ({"sample_from": "edited"}, REQUEST, "sample_from"),
     ({"retain_embeddings": -1.0}, REQUEST, "retain_embeddings"),
     ({"retain_embeddings": float("nan")}, REQUEST, "retain_embeddings"),
+    ({"retain_embeddings": 1e30}, REQUEST, "retain_embeddings"),
     ({"modules": "x", "retain_embeddings": 1.0}, REQUEST, "needs --modules text-encoder"),
 ]
 

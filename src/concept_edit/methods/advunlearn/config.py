@@ -143,7 +143,7 @@ class AdvUnlearnConfig:
                 "attack_bank": {"low": 1, "integer": True},
                 "retain_weight": {"low": 0, "optional": True},
                 "retain_batch": {"low": 1, "integer": True},
-                "retain_embeddings": {"low": 0},
+                "retain_embeddings": {"low": 0, "high": 1e6},
                 "erase_batch": {"low": 1, "integer": True},
                 "sampling_steps": {"low": 1, "integer": True, "optional": True},
                 "sampling_guidance": {"low": 0},

@@ -189,9 +189,9 @@ class _Trainer:
         self.plain = prompt_ids(pipe, self.concepts)
         self.adversarial = template_ids(pipe, ["{} " + c for c in self.concepts], config.attack_tokens)
         self.retain_ids = prompt_ids(pipe, retain)
-        self.held_ids = prompt_ids(pipe, ["", *retain])  # the text-embedding retain loss's prompts
         self.held = None
-        if config.retain_embeddings:  # their original per-token embeddings (built before any weight trains)
+        if config.retain_embeddings:  # its prompts, and their original embeddings (before any weight trains)
+            self.held_ids = prompt_ids(pipe, ["", *retain])
             with torch.no_grad():
                 self.held = encode_ids(pipe, *self.held_ids)
         self.allowed = vocabulary(pipe.tokenizer, [i for c in self.concepts for i in concept_ids(pipe, c)])
