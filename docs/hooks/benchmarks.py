@@ -89,7 +89,8 @@ def source(command: str | list[str], *files: str) -> str:
 
 # -- the tables ----------------------------------------------------------------------------------------------
 ERASURE_METHODS = ("uce", "esd-x", "esd-u", "cad", "amnesia", "eigen", "rece", "advunlearn", "advunlearn-x",
-                   "advunlearn-x-reg", "advunlearn-x-null", "advunlearn-x-null-6e-4", "advunlearn-kv")
+                   "advunlearn-x-reg", "advunlearn-x-null", "advunlearn-x-null-6e-4", "advunlearn-te-held",
+                   "advunlearn-kv")
 PROBED = ("paraphrase", "soft-prompt", "ring-a-bell")  # the probe runs of benchmarks/results/probe_*.json
 ATTACKS = ("paraphrase", "soft-prompt", "soft-prompt-16", "unlearndiff", "random-prefix", "ring-a-bell",
            "concept-inversion")
