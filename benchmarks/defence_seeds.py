@@ -2,6 +2,7 @@
 
     python benchmarks/defence_seeds.py [--file benchmarks/results/advunlearn_tuning.json]
         [--family 'null-space variants=ab,ac,ad,...'] [--json]
+    python benchmarks/defence_seeds.py --table benchmarks/results/erasure_table_train_seeds.json [--json]
 
 A 16-prompt attack figure moves by several prompts between training seeds of one configuration, so a single
 fit that meets the bar says little. This groups the recorded tuning runs (n 16 per object and per attack,
@@ -11,7 +12,10 @@ random-prefix, where measured) shares, and how many of its fits met the bar (era
 at least the unedited model's share minus 0.03, soft-prompt <= 3/16). The pooled intervals are Wilson 95%
 intervals of the summed counts: they treat every image as independent, but the runs share their suite and
 attack seeds and differ only in the training seed, so they understate the spread between fits (read that from
-the runs' own counts). The last line with --json is {"groups": [...], "bar": {...}}.
+the runs' own counts). With --table (repeatable) it reads erasure-table rows instead (`erasure_table.py --json`
+output or its --rows-file JSONL; report seeds), one group per method, concept and options across the rows'
+training seeds (`train_seed`; a row without one takes the file's), judged against the unedited model's others
+recorded in each row (`others_before`). The last line with --json is {"groups": [...], "bar": {...}}.
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ def summarise(name: str, rows: list[dict], default_seed: int) -> dict:
         "others": _pooled(rows, lambda r: r["others"]),
         "soft-prompt": _pooled(rows, lambda r: r.get("attacks", {}).get("soft-prompt")),
         "random-prefix": _pooled(rows, lambda r: r.get("attacks", {}).get("random-prefix")),
+        "attacks": {name: _pooled(rows, lambda r, name=name: r.get("attacks", {}).get(name))
+                    for name in dict.fromkeys(k for r in rows for k in r.get("attacks", {}))},  # fmt: skip
         "met_bar": sum(_meets_bar(r) for r in rows),
     }
 
@@ -73,13 +79,64 @@ def _text(cell: dict | None) -> str:
     return f"{cell['successes']}/{cell['n']} {cell['rate']:.2f} [{low:.2f}, {high:.2f}]"
 
 
+def _cell(share: dict) -> dict:
+    """An erasure-table share ({accuracy, n}) as counts."""
+    return {"successes": round(share["accuracy"] * share["n"]), "n": share["n"]}
+
+
+def table_rows(path: Path) -> list[dict]:
+    """Erasure-table rows (a JSON object with "rows", or JSONL) in the tuning rows' shape, one run per training
+    seed; ValueError/OSError/KeyError on a file that is not one."""
+    text = path.read_text()
+    try:
+        data = json.loads(text)
+        raw, file_seed = data["rows"], data.get("train_seed")
+    except ValueError:  # a --rows-file: one row per line
+        raw, file_seed = [json.loads(line) for line in text.splitlines() if line.strip()], None
+    out = []
+    for row in raw:
+        if "target" not in row:  # a row that failed records only its reason
+            continue
+        seed = row.get("train_seed", file_seed)
+        out.append({
+            "run": f"{row['method']} {row['concept']} train seed {seed}",
+            "train_seed": seed,
+            "group": json.dumps({"method": row["method"], "concept": row["concept"], **row.get("config", {})},
+                                sort_keys=True),
+            "target": _cell(row["target"]),
+            "others": _cell(row["others"]),
+            "unedited": {"others": _cell(row["others_before"])},
+            "attacks": {k: v for k, v in row.get("attacks", {}).items() if "successes" in v},
+        })  # fmt: skip
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--file", type=Path, default=RESULTS / "advunlearn_tuning.json")
     parser.add_argument("--family", action="append", default=[],
                         help="'name=run,run,...': pool these named runs as one group (repeatable)")  # fmt: skip
+    parser.add_argument("--table", type=Path, action="append", default=[],
+                        help="erasure-table rows (report seeds) to group by method, concept and options")  # fmt: skip
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.table:
+        if args.family:
+            parser.error("--family names tuning runs; it cannot be used with --table")
+        rows = []
+        for path in args.table:
+            try:
+                rows += table_rows(path)
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+                parser.error(f"--table {path}: not erasure-table rows ({type(error).__name__}: {error})")
+        if not rows:
+            parser.error("--table: the files hold no finished rows")
+        grouped: dict[str, list[dict]] = {}
+        for row in rows:
+            grouped.setdefault(row["group"], []).append(row)
+        _report([summarise(key, group, None) for key, group in grouped.items()], ", ".join(map(str, args.table)),
+                args.json)  # fmt: skip
+        return
     try:
         data = json.loads(args.file.read_text())
         rows = [r for r in data["rows"] if r.get("run") and r.get("n", data.get("n")) == 16]
@@ -106,13 +163,20 @@ def main() -> None:
         if len(set(labels)) < len(labels):
             parser.error(f"--family {name!r}: a run is named twice")
         groups.append(summarise(name, [named[label] for label in labels], default_seed))
+    _report(groups, args.file.name, args.json)
+
+
+def _report(groups: list[dict], source: str, as_json: bool) -> None:
     for g in groups:
         print(f"{g['group']}\n  runs (circle, others, soft-prompt): {'; '.join(g['per_run'])}\n"
               f"  pooled over training seeds {sorted(set(g['train_seeds']))}: circle {_text(g['target'])}; others "
               f"{_text(g['others'])}; soft-prompt {_text(g['soft-prompt'])}; random-prefix "
               f"{_text(g['random-prefix'])}; met the bar {g['met_bar']} of {len(g['runs'])}")  # fmt: skip
-    if args.json:
-        print(json.dumps({"file": args.file.name, "bar": {k: str(v) for k, v in BAR.items()}, "groups": groups}))
+        rest = {name: cell for name, cell in g["attacks"].items() if name not in ("soft-prompt", "random-prefix")}
+        if rest:
+            print("  other attacks pooled: " + "; ".join(f"{name} {_text(cell)}" for name, cell in rest.items()))
+    if as_json:
+        print(json.dumps({"file": source, "bar": {k: str(v) for k, v in BAR.items()}, "groups": groups}))
 
 
 if __name__ == "__main__":

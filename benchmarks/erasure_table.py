@@ -312,6 +312,7 @@ def _row(pipe, row, spec, concept, home, label, suites, baselines, attacks, args
         "frechet_to_unedited": after.get("frechet_to_unedited"),
         "image_change": after.get("image_change"),
         "fit_s": round(fit_s, 1),
+        "train_seed": args.train_seed,
         "edit_bytes": _size(edit),
     }
     if home == "shapes-objects":
