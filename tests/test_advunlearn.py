@@ -499,3 +499,25 @@ def test_null_space_holding_every_direction_is_refused_before_training(sd):
     keys = adv.trained_parameters(sd, "kv")
     with pytest.raises(ValueError, match=f"holds all {dim} directions"):
         KeyValueProjection(sd, None, keys, full_rank, 1 - 1e-12)
+
+
+def test_null_space_holds_a_key_value_bias_where_the_model_has_one(sd):
+    """SD's key/value projections have no bias; a model whose do gets them held at their original value under
+    --null-space (a bias change would move every prompt's keys), while they train without it."""
+    torch.manual_seed(0)
+    for name, module in list(sd.unet.named_modules()):
+        if name.endswith("attn2"):
+            for proj in ("to_k", "to_v"):
+                old = getattr(module, proj)
+                new = torch.nn.Linear(old.in_features, old.out_features, bias=True)
+                with torch.no_grad():
+                    new.weight.copy_(old.weight)
+                    new.bias.normal_(0, 0.1)
+                setattr(module, proj, new)
+    biases = lambda edit: [c for c in edit.changes() if c.target.endswith(("to_k.bias", "to_v.bias"))]  # noqa: E731
+    free = fit(sd, "advunlearn", REQUEST, config(modules="x"), progress=False)
+    assert biases(free) and max(c.delta.abs().max() for c in biases(free)) > 1e-6
+    held = fit(sd, "advunlearn", REQUEST, config(modules="x", null_space=0.999), progress=False)
+    assert all(c.delta.abs().max() == 0 for c in biases(held))  # no change, or a change of exactly zero
+    weights = [c for c in held.changes() if c.target.endswith(("to_k.weight", "to_v.weight"))]
+    assert weights and max(c.delta.abs().max() for c in weights) > 1e-6
