@@ -370,6 +370,7 @@ BAD = [
     ({"attack_bank": 0}, REQUEST, "attack_bank"),
     ({"attack_batch": 0}, REQUEST, "attack_batch"),
     ({"sample_from": "edited"}, REQUEST, "sample_from"),
+    ({"attack_placement": "middle"}, REQUEST, "attack_placement"),
     ({"retain_embeddings": -1.0}, REQUEST, "retain_embeddings"),
     ({"retain_embeddings": float("nan")}, REQUEST, "retain_embeddings"),
     ({"retain_embeddings": 1e30}, REQUEST, "retain_embeddings"),
@@ -521,3 +522,31 @@ def test_null_space_holds_a_key_value_bias_where_the_model_has_one(sd):
     assert all(c.delta.abs().max() == 0 for c in biases(held))  # no change, or a change of exactly zero
     weights = [c for c in held.changes() if c.target.endswith(("to_k.weight", "to_v.weight"))]
     assert weights and max(c.delta.abs().max() for c in weights) > 1e-6
+
+
+@pytest.mark.parametrize("placement", ["prefix", "alone"])
+def test_attack_placement_alone_makes_the_free_tokens_the_whole_prompt(sd, placement):
+    """alone: the adversarial prompt is [start, free tokens, end], the concept's words left out, so two concepts
+    give the same conditioning for the same tokens; prefix (official): the tokens stand before each concept's
+    words. A fit runs either way."""
+    two = EditRequest(concepts=("cat", "bird"), preserve=REQUEST.preserve)
+    cfg = config(attack_placement=placement, attack_tokens=4)
+    stack, _, tr = trainer(sd, cfg, two)
+    with stack:
+        ids, mask, first = tr.adversarial
+        start, end = sd.tokenizer.bos_token_id, sd.tokenizer.eos_token_id
+        concept_ids = set(sd.tokenizer("cat bird", add_special_tokens=False).input_ids)
+        assert first.tolist() == [1, 1]
+        words = {int(i) for i in ids[:, 5:][mask[:, 5:].bool()]} - {end}
+        if placement == "alone":
+            assert mask.sum(1).tolist() == [6, 6]
+            assert ids[:, 0].tolist() == [start] * 2 and ids[:, 5].tolist() == [end] * 2
+            assert not words & concept_ids
+        else:
+            assert words == concept_ids
+        free = torch.randn(1, 4, sd.text_encoder.config.hidden_size, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            cat, bird = tr.encode("adversarial", torch.tensor([0, 1]), free).chunk(2)
+        assert torch.equal(cat, bird) == (placement == "alone")
+    edit = fit(sd, "advunlearn", REQUEST, cfg, progress=False)
+    assert edit.manifest["config"]["attack_placement"] == placement

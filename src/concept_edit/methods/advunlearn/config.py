@@ -16,6 +16,7 @@ from concept_edit.validation import check_choice, check_fields
 MODULES = ("text-encoder", "x", "kv")
 RETAIN_MODES = ("iter", "reg")
 ATTACK_INITS = ("latest", "random")
+ATTACK_PLACEMENTS = ("prefix", "alone")
 SAMPLE_FROM = ("trained", "attacked", "original")
 # the official script's values; a world's tuned values replace the None-defaulted ones
 PAPER = {"lr": 1e-5, "iterations": 1000, "warmup": 200, "attack_steps": 30, "attack_lr": 1e-3, "retain_weight": 1.0}
@@ -49,6 +50,14 @@ class AdvUnlearnConfig:
         default=None, metadata={"help": "Adam step of the inner attack (default: the paper's 1e-3; ShapesSD: tuned)"}
     )
     attack_tokens: int = field(default=1, metadata={"help": "free prefix tokens of the inner attack (official: 1)"})
+    attack_placement: str = field(
+        default="prefix",
+        metadata={
+            "help": "where the inner attack's free tokens go: prefix, before the concept's words (official "
+            "prefix_k); alone, the whole prompt, without the concept's words (not in the paper; P4D-N's form): "
+            "the erasure then trains on prompts that reach the concept without its name"
+        },
+    )
     attack_every: int = field(default=1, metadata={"help": "outer steps between inner attacks (official: 1)"})
     attack_batch: int = field(
         default=1,
@@ -153,7 +162,7 @@ class AdvUnlearnConfig:
             },
         )
         for name, allowed in (("modules", MODULES), ("retain_mode", RETAIN_MODES), ("attack_init", ATTACK_INITS),
-                              ("sample_from", SAMPLE_FROM)):
+                              ("attack_placement", ATTACK_PLACEMENTS), ("sample_from", SAMPLE_FROM)):
             check_choice(name, getattr(self, name), allowed)
         if self.null_space >= 1:
             raise ValueError(

@@ -60,8 +60,10 @@ were; the query and output projections stay free. `erase_batch` takes several co
 `attack_bank` trains each on the tokens of one of the last attacks against its concept; `sample_from` draws the
 concept's trajectories under the latest attack's tokens or with the unedited UNet; `erase_plain` adds the plain
 concept prompt to each adversarial erasure step; `retain_embeddings` (text encoder) holds the empty and retain
-prompts' text embeddings to the original's (all measured on ShapesSD's tuning seeds: docs/methods/advunlearn.md;
-the text encoder with both held the soft-prompt attack at 0/16 in two fits of three, the others did not help).
+prompts' text embeddings to the original's; `attack_placement` alone makes the attack's tokens the whole prompt, so
+the erasure also trains on prompts that reach the concept without its name (all measured on ShapesSD's tuning seeds:
+docs/methods/advunlearn.md; the text encoder with both held the soft-prompt attack at 0/16 in two fits of three, the
+others did not help).
 """
 
 from __future__ import annotations
@@ -187,7 +189,10 @@ class _Trainer:
         self.original = encode_conditions(pipe, [*self.concepts, "", *retain])  # rows: concepts, "", retain
         self.uncond_row, self.retain_rows = n, n + 1
         self.plain = prompt_ids(pipe, self.concepts)
-        self.adversarial = template_ids(pipe, ["{} " + c for c in self.concepts], config.attack_tokens)
+        # the free tokens before each concept's words (official), or as the whole prompt (`attack_placement` alone)
+        alone = config.attack_placement == "alone"
+        self.adversarial = template_ids(pipe, ["{}" if alone else "{} " + c for c in self.concepts],
+                                        config.attack_tokens)  # fmt: skip
         self.retain_ids = prompt_ids(pipe, retain)
         self.held = None
         if config.retain_embeddings:  # its prompts, and their original embeddings (before any weight trains)
