@@ -49,7 +49,7 @@ class AdvUnlearnConfig:
     attack_lr: float | None = field(
         default=None, metadata={"help": "Adam step of the inner attack (default: the paper's 1e-3; ShapesSD: tuned)"}
     )
-    attack_tokens: int = field(default=1, metadata={"help": "free prefix tokens of the inner attack (official: 1)"})
+    attack_tokens: int = field(default=1, metadata={"help": "free tokens of the inner attack (official: 1)"})
     attack_placement: str = field(
         default="prefix",
         metadata={
