@@ -32,8 +32,9 @@ Suite seeds start at --seed, attacks use --seed too, fitting uses --train-seed; 
 kept for tuning and refused here. A row that fails (a fit, an evaluation, or an attack that refuses, such as
 the paraphrase attack on the logo, whose every other caption names it) is recorded with its reason instead
 of stopping the table. With --rows-file, each finished row is appended to that JSONL file (rewritten
-atomically) and rows already in it are skipped, so an interrupted run resumes; with --fill as well, rows in it
-that lack a column of --attacks get it: the method is fitted again at the same --train-seed and must give the
+atomically) and rows already in it are skipped, so an interrupted run resumes (each row records the --n, --seed and
+--train-seed it was made with, and a file whose rows were made at other ones is refused); with --fill as well, rows
+in it that lack a column of --attacks get it: the method is fitted again at the same --train-seed and must give the
 row's target accuracy again (else the row is marked `refit_mismatch` and left as it was), so a new attack is
 measured on the same edit as the row's other columns (`filled_columns` names them); --fill adds no row. The
 full table takes hours on a 2-core CPU (ESD, Selective Amnesia and the soft-prompt attack dominate); `--quick`
@@ -232,6 +233,14 @@ def main() -> None:
     if args.fill and args.rows_file is None:
         parser.error("--fill adds columns to the rows of a --rows-file")
     rows = read_rows(args.rows_file)
+    # a row is resumed only at the settings it was made with (rows from before they were recorded are taken as is)
+    settings = {"n": args.n, "seed": args.seed, "train_seed": args.train_seed}
+    other = next((r for r in rows if any(k in r and r[k] != v for k, v in settings.items())), None)
+    if other is not None:
+        made = ", ".join(f"--{k.replace('_', '-')} {other[k]}" for k in settings if k in other)
+        asked = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items())
+        parser.error(f"--rows-file {args.rows_file}: its rows were made with {made}; this run asks for {asked}; "
+                     "give another file")  # fmt: skip
     done = {(r["method"], r["concept"]) for r in rows}
     lacking = [i for i, r in enumerate(rows) if args.fill and r["method"] in methods and r["concept"] in concepts
                and "refused" not in r and any(a not in r.get("attacks", {}) for a in attacks)]  # fmt: skip
@@ -264,6 +273,7 @@ def main() -> None:
             else:
                 print(f"{row} / {concept}: fit {result['fit_s']:.0f} s, target {result['target_accuracy']:.2f}",
                       flush=True)  # fmt: skip
+            result.update(settings)
             rows.append(result)
             if args.rows_file is not None:
                 append_row(args.rows_file, result)
@@ -312,7 +322,6 @@ def _row(pipe, row, spec, concept, home, label, suites, baselines, attacks, args
         "frechet_to_unedited": after.get("frechet_to_unedited"),
         "image_change": after.get("image_change"),
         "fit_s": round(fit_s, 1),
-        "train_seed": args.train_seed,
         "edit_bytes": _size(edit),
     }
     if home == "shapes-objects":

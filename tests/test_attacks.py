@@ -461,6 +461,14 @@ def test_erasure_table_appends_rows_resumes_and_records_refusals(tmp_path, monke
     table.main()  # resumes: both rows are in the file, nothing is fitted again
     assert calls == [("uce", "circle"), ("eigen", "circle")] and len(table.read_rows(rows_file)) == 2
     assert not (tmp_path / "rows.jsonl.tmp").exists()
+    assert all((r["n"], r["seed"], r["train_seed"]) == (16, 0, 0) for r in table.read_rows(rows_file))
+    before = rows_file.read_text()
+    for other in (["--train-seed", "1"], ["--seed", "3"], ["--n", "8"]):  # rows made at other settings: refused
+        monkeypatch.setattr("sys.argv", [*argv, *other])
+        with pytest.raises(SystemExit) as exit_info:
+            table.main()
+        assert exit_info.value.code == 2 and "its rows were made with" in capsys.readouterr().err
+    assert rows_file.read_text() == before and len(calls) == 2
 
 
 class _PixelNudeNet:
